@@ -1,0 +1,162 @@
+//! The whole webhook path in one call, for the adapters.
+
+use serde_json::json;
+
+use crate::dispatch::{DispatchRequest, sign_decision};
+use crate::event::{Event, EventKind};
+use crate::headers::{Headers, Secret};
+use crate::normalize::{NormalizeError, normalize};
+use crate::trigger::{App, Decision, decide_with_headers};
+use crate::verify::{Provider, VerifyError, VerifyOptions, verify};
+
+/// What the master needs to answer webhooks: the webhook secret, the key dispatches are signed
+/// with, and the apps.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// The secret the Git host signs webhooks with (or its plain token).
+    pub secret: Secret,
+    /// The key dispatches to hosts are signed with.
+    pub dispatch_key: Secret,
+    /// The apps and their triggers.
+    pub apps: Vec<App>,
+    /// Verification options.
+    pub verify: VerifyOptions,
+}
+
+impl MasterConfig {
+    /// A configuration with default [`VerifyOptions`].
+    pub fn new(secret: Secret, dispatch_key: Secret, apps: Vec<App>) -> Self {
+        MasterConfig { secret, dispatch_key, apps, verify: VerifyOptions::default() }
+    }
+}
+
+/// How a webhook was answered, with the HTTP status to reply with ([`Outcome::status`]) and the
+/// signed requests to send to the host ([`Outcome::requests`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Not genuine (401), too large (413), or the master has no secret (500).
+    Rejected(VerifyError),
+    /// Genuine, but the payload cannot be read (400).
+    BadRequest {
+        /// Who sent it.
+        provider: Provider,
+        /// What is wrong.
+        error: NormalizeError,
+    },
+    /// Genuine, and no app's trigger matched, or it was a ping (200).
+    Ignored {
+        /// The event.
+        event: Box<Event>,
+        /// One decision per app, each an ignore with its reason.
+        decisions: Vec<Decision>,
+    },
+    /// Genuine, and at least one app's trigger matched (202).
+    Dispatched {
+        /// The event.
+        event: Box<Event>,
+        /// One decision per app.
+        decisions: Vec<Decision>,
+        /// One signed request per matching app, to POST to the host.
+        requests: Vec<DispatchRequest>,
+    },
+}
+
+impl Outcome {
+    /// The HTTP status to answer the sender with: 401/413/500, 400, 200 (ignored) or 202.
+    pub fn status(&self) -> u16 {
+        match self {
+            Outcome::Rejected(e) => e.status(),
+            Outcome::BadRequest { error, .. } => error.status(),
+            Outcome::Ignored { .. } => 200,
+            Outcome::Dispatched { .. } => 202,
+        }
+    }
+
+    /// The signed requests to send to the host (empty unless [`Outcome::Dispatched`]).
+    pub fn requests(&self) -> &[DispatchRequest] {
+        match self {
+            Outcome::Dispatched { requests, .. } => requests,
+            _ => &[],
+        }
+    }
+
+    /// The per-app decisions (empty when the request was rejected or unreadable).
+    pub fn decisions(&self) -> &[Decision] {
+        match self {
+            Outcome::Ignored { decisions, .. } | Outcome::Dispatched { decisions, .. } => decisions,
+            _ => &[],
+        }
+    }
+
+    /// The event, once verified and read.
+    pub fn event(&self) -> Option<&Event> {
+        match self {
+            Outcome::Ignored { event, .. } | Outcome::Dispatched { event, .. } => Some(event),
+            _ => None,
+        }
+    }
+
+    /// One sentence for the sender's delivery log.
+    pub fn message(&self) -> String {
+        match self {
+            Outcome::Rejected(e) => e.to_string(),
+            Outcome::BadRequest { error, .. } => error.to_string(),
+            Outcome::Ignored { event, decisions } => {
+                if event.kind == EventKind::Ping {
+                    format!("pong: the {} webhook reaches the Skiff master", event.provider)
+                } else if decisions.is_empty() {
+                    "ignored: no app is configured".into()
+                } else {
+                    let reasons: Vec<&str> = decisions.iter().map(Decision::reason).collect();
+                    format!("ignored: {}", reasons.join("; "))
+                }
+            }
+            Outcome::Dispatched { requests, .. } => {
+                let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
+                format!("accepted: {} run(s) requested ({})", requests.len(), ids.join(", "))
+            }
+        }
+    }
+
+    /// A JSON body for the response: `status`, `message`, and for genuine events the
+    /// `delivery_id` and `decisions`.
+    pub fn response_body(&self) -> Vec<u8> {
+        let mut body = json!({ "status": self.status(), "message": self.message() });
+        if let Some(event) = self.event() {
+            body["delivery_id"] = json!(event.delivery_id);
+            body["decisions"] = json!(self.decisions());
+        }
+        body.to_string().into_bytes()
+    }
+}
+
+/// Verifies, normalizes, decides and signs: everything an adapter needs to answer a webhook.
+///
+/// Nothing is parsed before the signature is checked. `now_unix` (seconds) is used for the
+/// senders' timestamps and as the dispatch timestamp. The adapter then sends each of
+/// [`Outcome::requests`] to the host and answers with [`Outcome::status`] and
+/// [`Outcome::response_body`]. Deduplicating on the delivery id needs storage, so it is the
+/// adapter's or the host's job (the dispatch ids are stable for that).
+///
+/// See the crate documentation for an example.
+pub fn handle_webhook(config: &MasterConfig, headers: &Headers, body: &[u8], now_unix: i64) -> Outcome {
+    let provider = match verify(headers, body, &config.secret, now_unix, &config.verify) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Rejected(e),
+    };
+    let event = match normalize(provider, headers, body) {
+        Ok(e) => e,
+        Err(error) => return Outcome::BadRequest { provider, error },
+    };
+    if event.kind == EventKind::Ping {
+        return Outcome::Ignored { event: Box::new(event), decisions: Vec::new() };
+    }
+    let decisions = decide_with_headers(&event, headers, &config.apps);
+    let requests: Vec<DispatchRequest> =
+        decisions.iter().filter_map(|d| sign_decision(&event, d, &config.dispatch_key, now_unix)).collect();
+    if requests.is_empty() {
+        Outcome::Ignored { event: Box::new(event), decisions }
+    } else {
+        Outcome::Dispatched { event: Box::new(event), decisions, requests }
+    }
+}

@@ -1,0 +1,223 @@
+//! `skiff step run` and `skiff step inspect`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use skiff_host::builtin;
+use skiff_host::capabilities::http::Allowlist;
+use skiff_host::capabilities::log::{Level, LogRecord};
+use skiff_host::capabilities::process::ProcessGrant;
+use skiff_host::runtime::limits::{Limits, parse_duration, parse_size};
+use skiff_host::runtime::{EngineOptions, Runtime, StepInvocation};
+
+#[derive(Subcommand)]
+pub enum StepCommand {
+    /// Run one step in a fresh sandbox, print its log live, then its outputs.
+    Run(RunArgs),
+    /// Print what a step declares: inputs, outputs, capabilities.
+    Inspect {
+        /// A built-in step name or a path to a component (.wasm).
+        step: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A built-in step name (`diag`, `shell`, …) or a path to a component (.wasm).
+    step: String,
+    /// An input, `KEY=VALUE` (repeatable).
+    #[arg(long = "with", value_name = "KEY=VALUE")]
+    with: Vec<String>,
+    /// An environment variable the step sees, `KEY=VALUE` (repeatable). Nothing else is inherited.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A secret granted to the step, `NAME=VALUE` (repeatable). Masked in the log.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    secret: Vec<String>,
+    /// A host the step may call: `example.com`, `*.example.com`, `host:port` (repeatable).
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_host: Vec<String>,
+    /// Grant the `process` capability (programs run in the bubblewrap sandbox).
+    #[arg(long)]
+    allow_process: bool,
+    /// Let granted processes use the network.
+    #[arg(long)]
+    allow_process_network: bool,
+    /// The workspace directory (created if missing; default: the current directory).
+    #[arg(long = "dir", value_name = "WORKSPACE")]
+    dir: Option<PathBuf>,
+    /// Where `artifacts.upload` stores files.
+    #[arg(long, value_name = "DIR")]
+    artifacts: Option<PathBuf>,
+    /// Linear memory limit, like `256MiB`.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Wall-clock limit, like `30s` or `5m`.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// CPU-time limit, like `10s`.
+    #[arg(long, value_name = "DURATION")]
+    cpu: Option<String>,
+    /// Log size limit, like `10MiB`.
+    #[arg(long, value_name = "SIZE")]
+    log_limit: Option<String>,
+    /// Deterministic instruction budget (runs on a fuel-metered engine).
+    #[arg(long, value_name = "INSTRUCTIONS")]
+    fuel: Option<u64>,
+    /// Print outputs as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("{what} `{s}` must be written KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// Component bytes for a built-in name or a file path.
+pub fn component_bytes(step: &str) -> anyhow::Result<Vec<u8>> {
+    if let Some(bytes) = builtin::get(step) {
+        return Ok(bytes.to_vec());
+    }
+    let path = PathBuf::from(step);
+    if !path.exists() {
+        let names: Vec<_> = builtin::names().collect();
+        bail!("`{step}` is neither a built-in step ({}) nor a component file", names.join(", "));
+    }
+    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub async fn run(cmd: StepCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        StepCommand::Inspect { step, json } => inspect(&step, json).await,
+        StepCommand::Run(args) => run_step(args).await,
+    }
+}
+
+async fn inspect(step: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let runtime = Runtime::new(EngineOptions { pooling: false, ..Default::default() }, None)?;
+    let loaded = runtime.load(&component_bytes(step)?).await?;
+    let m = &loaded.manifest;
+    if json {
+        let v = serde_json::json!({
+            "name": m.name, "version": m.version, "description": m.description,
+            "sha256": hex::encode(loaded.digest),
+            "inputs": m.inputs.iter().map(|i| serde_json::json!({"name": i.name, "description": i.description, "required": i.required, "default": i.default})).collect::<Vec<_>>(),
+            "outputs": m.outputs.iter().map(|o| serde_json::json!({"name": o.name, "description": o.description})).collect::<Vec<_>>(),
+            "capabilities": {"hosts": m.capabilities.hosts, "secrets": m.capabilities.secrets, "process": m.capabilities.process},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} {} — {}", m.name, m.version, m.description);
+    println!("sha256: {}", hex::encode(loaded.digest));
+    println!("inputs:");
+    for i in &m.inputs {
+        let req = if i.required { " (required)" } else { "" };
+        let def = i.default.as_deref().map(|d| format!(" [default: {d}]")).unwrap_or_default();
+        println!("  {:<12} {}{req}{def}", i.name, i.description);
+    }
+    println!("outputs:");
+    for o in &m.outputs {
+        println!("  {:<12} {}", o.name, o.description);
+    }
+    let c = &m.capabilities;
+    println!("capabilities:");
+    println!("  hosts:   {}", if c.hosts.is_empty() { "none".into() } else { c.hosts.join(", ") });
+    println!("  secrets: {}", if c.secrets.is_empty() { "none".into() } else { c.secrets.join(", ") });
+    println!("  process: {}", if c.process { "yes" } else { "no" });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut limits = Limits::default();
+    if let Some(m) = &args.memory {
+        limits.memory = parse_size(m).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(t) = &args.timeout {
+        limits.timeout = parse_duration(t).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(c) = &args.cpu {
+        limits.cpu = parse_duration(c).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(l) = &args.log_limit {
+        limits.log_bytes = parse_size(l).map_err(anyhow::Error::msg)?;
+    }
+    limits.fuel = args.fuel;
+    let workspace = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating workspace {}", d.display()))?;
+            d.clone()
+        }
+        None => std::env::current_dir()?,
+    };
+    let options = EngineOptions { pooling: false, fuel: args.fuel.is_some(), ..Default::default() };
+    anyhow::ensure!(
+        limits.memory <= options.max_memory,
+        "--memory {} is above this host's largest slot of 4 GiB",
+        limits.memory
+    );
+    let runtime = Runtime::new(options, None)?;
+    let loaded = runtime.load(&component_bytes(&args.step)?).await?;
+    let inv = StepInvocation {
+        run_id: format!("local-{}", std::process::id()),
+        step_id: loaded.manifest.name.clone(),
+        inputs: pairs(&args.with, "--with")?,
+        event_json: "{}".into(),
+        workspace,
+        env: pairs(&args.env, "--env")?,
+        secrets: pairs(&args.secret, "--secret")?,
+        mask_also: Vec::new(),
+        allow_hosts: Allowlist::parse(&args.allow_host).map_err(anyhow::Error::msg)?,
+        process: ProcessGrant { allowed: args.allow_process, network: args.allow_process_network },
+        limits,
+        artifacts_dir: args.artifacts.clone(),
+    };
+    let sink = Arc::new(|rec: LogRecord| print_log(&rec));
+    let report = runtime.run(&loaded, inv, sink).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        if let Some(s) = &report.summary {
+            println!("── summary ──\n{}", s.trim_end());
+        }
+        println!("── outputs ──");
+        for (k, v) in &report.outputs {
+            println!("{k}={v}");
+        }
+        let u = &report.usage;
+        println!(
+            "── {} in {} ms (cpu {} ms, peak memory {} KiB, http {} B, log {} B)",
+            report.status,
+            u.wall_ms,
+            u.cpu_ms,
+            u.peak_memory / 1024,
+            u.http_bytes,
+            u.log_bytes
+        );
+    }
+    Ok(if report.status.succeeded() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// One log line on the terminal: stdout plain, everything else tagged.
+pub fn print_log(rec: &LogRecord) {
+    let mut out = std::io::stdout().lock();
+    let _ = match rec.level {
+        Level::Stdout | Level::Info => writeln!(out, "  {}", rec.text),
+        Level::System => writeln!(out, "  [skiff] {}", rec.text),
+        other => writeln!(out, "  [{}] {}", other.as_str(), rec.text),
+    };
+}

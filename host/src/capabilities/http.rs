@@ -1,0 +1,263 @@
+//! Outbound HTTP (`wasi:http`), only to allowlisted `host[:port]` patterns.
+//!
+//! The check runs in the host before any connection is made, for every
+//! request, so it holds for redirects too (the guest follows them itself).
+//! A name on the allowlist that resolves to a loopback, private or link-local
+//! address is refused (DNS rebinding); such addresses are reachable only when
+//! the allowlist names them literally, and cloud metadata (169.254.0.0/16) never.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::log::LogPipe;
+
+/// One allowlist entry: `example.com`, `*.example.com`, `example.com:8443`,
+/// `127.0.0.1:9000`, `[::1]:8080`, or `*` (any public host on 80/443).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    host: String,
+    /// None: the scheme's default port (80 or 443) only.
+    port: Option<u16>,
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim().trim_start_matches("https://").trim_start_matches("http://");
+        let t = t.split('/').next().unwrap_or("");
+        if t.is_empty() {
+            return Err(format!("`{s}` is not a host pattern: write `example.com`, `*.example.com` or `host:port`"));
+        }
+        let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+            let (h, after) =
+                rest.split_once(']').ok_or_else(|| format!("`{s}`: an IPv6 address needs a closing `]`"))?;
+            let port = after.strip_prefix(':').map(parse_port).transpose()?;
+            (h.to_string(), port)
+        } else if let Some((h, p)) = t.rsplit_once(':') {
+            (h.to_string(), Some(parse_port(p)?))
+        } else {
+            (t.to_string(), None)
+        };
+        let host = host.to_ascii_lowercase();
+        let wildcard_ok = host == "*" || host.strip_prefix("*.").is_some_and(|r| !r.contains('*'));
+        if host.contains('*') && !wildcard_ok {
+            return Err(format!("`{s}`: `*` may only stand alone or as the first label, like `*.example.com`"));
+        }
+        Ok(Self { host, port })
+    }
+
+    fn matches(&self, host: &str, port: u16, default_port: u16) -> bool {
+        let port_ok = match self.port {
+            Some(p) => p == port,
+            None => port == default_port,
+        };
+        let host_ok = if self.host == "*" {
+            true
+        } else if let Some(suffix) = self.host.strip_prefix("*.") {
+            host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
+        } else {
+            self.host == host
+        };
+        port_ok && host_ok
+    }
+
+    /// True when the pattern names an address (or localhost) itself, so the
+    /// user meant a private address.
+    fn is_literal_address(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok() || self.host == "localhost"
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    p.parse().map_err(|_| format!("`{p}` is not a port number"))
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        match self.port {
+            Some(p) => write!(f, "{host}:{p}"),
+            None => f.write_str(&host),
+        }
+    }
+}
+
+/// The hosts a step may call.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist(Vec<HostPattern>);
+
+impl Allowlist {
+    pub fn new(patterns: Vec<HostPattern>) -> Self {
+        Self(patterns)
+    }
+
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, String> {
+        patterns.iter().map(|p| HostPattern::parse(p.as_ref())).collect::<Result<_, _>>().map(Self)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The pattern allowing `host:port`, if any.
+    pub fn find(&self, host: &str, port: u16, default_port: u16) -> Option<&HostPattern> {
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        self.0.iter().find(|p| p.matches(&host, port, default_port))
+    }
+
+    /// Whether a declared need (`host[:port]` or a URL) is covered.
+    pub fn covers(&self, need: &str) -> bool {
+        let Ok(p) = HostPattern::parse(need) else { return false };
+        let https = !need.starts_with("http://");
+        let default = if https { 443 } else { 80 };
+        self.find(&p.host, p.port.unwrap_or(default), default).is_some()
+    }
+}
+
+/// Addresses a step may reach only when the allowlist names them literally.
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // CGNAT 100.64/10
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Never reachable: cloud metadata services live here.
+fn is_metadata(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local()),
+    }
+}
+
+/// The `wasi:http` hooks of one step: policy, logging and metering.
+pub struct HttpPolicy {
+    pub allow: Allowlist,
+    pub log: Arc<LogPipe>,
+    /// Bytes sent and received over HTTP by this step.
+    pub traffic: Arc<AtomicU64>,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        let _ = fut;
+        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let default_port = if https { 443 } else { 80 };
+        let Some(authority) = request.uri().authority().cloned() else {
+            return Box::new(async { Err(HttpError::HttpRequestUriInvalid) });
+        };
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = authority.port_u16().unwrap_or(default_port);
+        let shown = format!("{host}:{port}");
+        let Some(pattern) = self.allow.find(&host, port, default_port).cloned() else {
+            self.log.system(format!(
+                "denied outbound HTTP to `{shown}`: it is not in the step's allowlist (grant it with `permissions: {{ hosts: [\"{shown}\"] }}`)"
+            ));
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        };
+        let log = self.log.clone();
+        let traffic = self.traffic.clone();
+        Box::new(async move {
+            // Resolve first, and refuse private addresses a public name points to.
+            let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|_| HttpError::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None })?
+                .collect();
+            for a in &addrs {
+                let ip = a.ip();
+                if is_metadata(ip) || (is_private(ip) && !pattern.is_literal_address()) {
+                    log.system(format!(
+                        "denied outbound HTTP to `{shown}`: it resolves to {ip}, a private or metadata address; name the address itself in the allowlist to reach a private service"
+                    ));
+                    return Err(HttpError::HttpRequestDenied);
+                }
+            }
+            let sent = request
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            traffic.fetch_add(sent, Ordering::Relaxed);
+            let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let counter = traffic.clone();
+            let resp = resp.map(move |body| {
+                body.map_frame(move |frame| {
+                    if let Some(data) = frame.data_ref() {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    frame
+                })
+                .boxed_unsync()
+            });
+            let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
+            Ok((resp, io))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_hosts_and_ports() {
+        let a = Allowlist::parse(&["example.com", "*.corp.dev", "127.0.0.1:9000", "[::1]:8080"]).unwrap();
+        assert!(a.find("example.com", 443, 443).is_some());
+        assert!(a.find("example.com", 80, 80).is_some());
+        assert!(a.find("example.com", 8443, 443).is_none(), "a pattern without a port allows only the default");
+        assert!(a.find("evil-example.com", 443, 443).is_none());
+        assert!(a.find("api.corp.dev", 443, 443).is_some());
+        assert!(a.find("corp.dev", 443, 443).is_none());
+        assert!(a.find("xcorp.dev", 443, 443).is_none());
+        assert!(a.find("127.0.0.1", 9000, 80).is_some());
+        assert!(a.find("127.0.0.1", 9001, 80).is_none());
+        assert!(a.find("[::1]", 8080, 80).is_some());
+        assert!(a.covers("https://example.com/x"));
+        assert!(!a.covers("https://other.com"));
+    }
+
+    #[test]
+    fn bad_patterns_say_how_to_write_them() {
+        assert!(HostPattern::parse("").unwrap_err().contains("host pattern"));
+        assert!(HostPattern::parse("a.*.com").unwrap_err().contains("first label"));
+        assert!(HostPattern::parse("a.com:http").unwrap_err().contains("port"));
+    }
+
+    #[test]
+    fn private_and_metadata_addresses_are_recognised() {
+        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "100.64.0.1", "::1", "fd00::1", "::ffff:127.0.0.1"] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(is_metadata("169.254.169.254".parse().unwrap()));
+        assert!(!is_private("93.184.216.34".parse().unwrap()));
+    }
+}

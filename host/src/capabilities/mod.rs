@@ -1,0 +1,8 @@
+//! One module per capability a step can be granted: the WIT interface's host
+//! implementation and the policy that narrows it.
+
+pub mod artifacts;
+pub mod http;
+pub mod log;
+pub mod process;
+pub mod secrets;

@@ -1,0 +1,349 @@
+//! `skiff run [PIPELINE]`: runs a pipeline here, with live terminal output
+//! (or JSON lines with `--json`), and exits 0 only if the run succeeded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::pipeline::{RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, load_file, run_pipeline};
+
+/// Arguments of `skiff run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// The pipeline file (default: `.skiff/pipeline.yaml`, then `serverless-pipeline.yaml`).
+    pub pipeline: Option<PathBuf>,
+    /// Run only this job (and the jobs it needs).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// A webhook payload (JSON) to run for: the `body` context; `event` is derived from it.
+    #[arg(long, value_name = "FILE")]
+    pub event: Option<PathBuf>,
+    /// The event's name (`push`, `pull_request`, `manual`, …).
+    #[arg(long, value_name = "NAME")]
+    pub event_name: Option<String>,
+    /// The Git ref (`refs/heads/main`, or `main`).
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// A secret, repeatable.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secrets: Vec<String>,
+    /// A dotenv file of secrets.
+    #[arg(long, value_name = "FILE")]
+    pub secrets_file: Option<PathBuf>,
+    /// An input (`inputs` context), repeatable.
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    pub inputs: Vec<String>,
+    /// The run's workspace (default: a new folder under the temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Print run events as JSON lines instead of the terminal view.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn pair(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s.split_once('=').with_context(|| format!("{what} `{s}` is not NAME=VALUE"))?;
+    anyhow::ensure!(!k.trim().is_empty(), "{what} `{s}` has no name");
+    Ok((k.trim().to_string(), v.to_string()))
+}
+
+/// Parses a dotenv file: `NAME=value`, optional `export `, `#` comments, single or double quotes.
+pub fn parse_dotenv(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line.split_once('=').with_context(|| format!("line {}: expected NAME=VALUE", n + 1))?;
+        let v = v.trim();
+        let v = if let Some(inner) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+            inner.replace("\\n", "\n").replace("\\\"", "\"").replace("\\\\", "\\")
+        } else if let Some(inner) = v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
+            inner.to_string()
+        } else {
+            // An unquoted value ends at ` #`.
+            v.split(" #").next().unwrap_or("").trim_end().to_string()
+        };
+        out.insert(k.trim().to_string(), v);
+    }
+    Ok(out)
+}
+
+/// The `event` context for a local run.
+fn event_context(name: &str, git_ref: Option<&str>, body: &serde_json::Value) -> serde_json::Value {
+    let r = git_ref
+        .map(|r| if r.starts_with("refs/") { r.to_string() } else { format!("refs/heads/{r}") })
+        .or_else(|| body.get("ref").and_then(|v| v.as_str()).map(String::from))
+        .unwrap_or_default();
+    let sha = body
+        .get("after")
+        .or_else(|| body.pointer("/head_commit/id"))
+        .or_else(|| body.pointer("/pull_request/head/sha"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let mut e = serde_json::json!({"name": name, "ref": r, "sha": sha});
+    if let Some(b) = r.strip_prefix("refs/heads/") {
+        e["branch"] = b.into();
+    }
+    if let Some(t) = r.strip_prefix("refs/tags/") {
+        e["tag"] = t.into();
+    }
+    e
+}
+
+/// Runs `skiff run`.
+pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Result<ExitCode> {
+    let path = super::validate::find_pipeline(args.pipeline.clone())?;
+    let plan = match load_file(&path) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("{d}");
+            eprintln!("{}: {} problem(s); nothing was run", path.display(), d.0.len());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Some(j) = &args.job
+        && plan.instances(j).next().is_none()
+    {
+        let jobs: Vec<&str> = plan.jobs.iter().map(|j| j.job.as_str()).collect();
+        anyhow::bail!("no job `{j}` in {}; the jobs are {}", path.display(), jobs.join(", "));
+    }
+
+    let mut secrets = BTreeMap::new();
+    if let Some(f) = &args.secrets_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        secrets.extend(parse_dotenv(&text).with_context(|| format!("in {}", f.display()))?);
+    }
+    for s in &args.secrets {
+        let (k, v) = pair(s, "--secret")?;
+        secrets.insert(k, v);
+    }
+    let inputs = args.inputs.iter().map(|s| pair(s, "--input")).collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    let body = match &args.event {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))?
+        }
+        None => serde_json::json!({}),
+    };
+    let default_name = if args.event.is_some() { "push" } else { "manual" };
+    let event = event_context(args.event_name.as_deref().unwrap_or(default_name), args.git_ref.as_deref(), &body);
+
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let run_id = format!("local-{millis}-{}", std::process::id());
+    let workspace = match &args.workspace {
+        Some(w) => w.clone(),
+        None => std::env::temp_dir().join(format!("skiff-{run_id}")),
+    };
+    std::fs::create_dir_all(&workspace).with_context(|| format!("creating the workspace {}", workspace.display()))?;
+    let opts = RunOptions {
+        run_id,
+        run_number: 1,
+        run_attempt: 1,
+        event,
+        body,
+        secrets,
+        inputs,
+        workspace: workspace.clone(),
+        job: args.job.clone(),
+    };
+
+    let report = if args.json {
+        let obs = Arc::new(JsonObserver);
+        run_pipeline(&plan, opts, executor, obs).await
+    } else {
+        let multi = plan.jobs.len() > 1;
+        let term = Arc::new(Terminal::new(multi));
+        eprintln!("workspace: {}", workspace.display());
+        let ticker = {
+            let term = term.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    term.progress();
+                }
+            })
+        };
+        let report = run_pipeline(&plan, opts, executor, term.clone()).await;
+        ticker.abort();
+        print_summary(&report);
+        report
+    };
+    Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// JSON lines on stdout.
+struct JsonObserver;
+
+impl RunObserver for JsonObserver {
+    fn event(&self, e: &RunEvent) {
+        if let Ok(line) = serde_json::to_string(e) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+/// The live terminal view.
+pub struct Terminal {
+    multi: bool,
+    running: Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+fn secs(ms: u64) -> String {
+    if ms < 1000 { format!("{ms}ms") } else { format!("{:.1}s", ms as f64 / 1000.0) }
+}
+
+fn mark(s: Status) -> &'static str {
+    match s {
+        Status::Success => "✓",
+        Status::Failure => "✗",
+        Status::Cancelled => "⊘",
+        Status::Skipped => "↷",
+    }
+}
+
+impl Terminal {
+    /// A view; `multi` prefixes lines with the job, as jobs run in parallel.
+    pub fn new(multi: bool) -> Self {
+        Terminal { multi, running: Mutex::new(HashMap::new()) }
+    }
+
+    fn prefix(&self, job: &str) -> String {
+        if self.multi { format!("[{job}] ") } else { String::new() }
+    }
+
+    fn line(&self, s: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{s}");
+    }
+
+    /// Prints "still running" for every step running longer than 10 s.
+    pub fn progress(&self) {
+        let running = self.running.lock().expect("not poisoned");
+        for ((job, _), (name, since)) in running.iter() {
+            let s = since.elapsed().as_secs();
+            if s >= 10 {
+                self.line(&format!("{}  … {name} still running ({s}s)", self.prefix(job)));
+            }
+        }
+    }
+}
+
+impl RunObserver for Terminal {
+    fn event(&self, e: &RunEvent) {
+        match e {
+            RunEvent::RunStarted { run_id, pipeline, jobs } => {
+                self.line(&format!("▶ {pipeline} (run {run_id}, {} job(s))", jobs.len()))
+            }
+            RunEvent::JobStarted { job_id, name } => self.line(&format!("{}● job {name}", self.prefix(job_id))),
+            RunEvent::JobSkipped { job_id, name, reason } => {
+                self.line(&format!("{}↷ job {name} skipped: {reason}", self.prefix(job_id)))
+            }
+            RunEvent::StepStarted { job_id, step_id, name } => {
+                self.running
+                    .lock()
+                    .expect("not poisoned")
+                    .insert((job_id.clone(), step_id.clone()), (name.clone(), Instant::now()));
+                self.line(&format!("{}  ▶ {name}", self.prefix(job_id)));
+            }
+            RunEvent::Log(l) => {
+                let tag = match l.level.as_str() {
+                    "stdout" | "info" => String::new(),
+                    other => format!("{other}: "),
+                };
+                for t in l.text.lines() {
+                    self.line(&format!("{}  │ {tag}{t}", self.prefix(&l.job_id)));
+                }
+            }
+            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, .. } => {
+                self.running.lock().expect("not poisoned").remove(&(job_id.clone(), step_id.clone()));
+                let mut s = format!("{}  {} {name}", self.prefix(job_id), mark(*status));
+                if *status == Status::Skipped {
+                    s.push_str(" (skipped)");
+                } else {
+                    s.push_str(&format!(" ({})", secs(*duration_ms)));
+                }
+                if let Some(e) = error {
+                    s.push_str(&format!(": {e}"));
+                }
+                self.line(&s);
+            }
+            RunEvent::JobFinished { job_id, name, status, duration_ms, .. } => self.line(&format!(
+                "{}{} job {name}: {} ({})",
+                self.prefix(job_id),
+                mark(*status),
+                status.as_str(),
+                secs(*duration_ms)
+            )),
+            RunEvent::RunFinished { status, duration_ms, .. } => {
+                self.line(&format!("{} run {} in {}", mark(*status), status.as_str(), secs(*duration_ms)))
+            }
+        }
+    }
+}
+
+/// The table at the end: one row per step.
+pub fn print_summary(report: &RunReport) {
+    let mut rows: Vec<[String; 4]> = vec![["JOB".into(), "STEP".into(), "STATUS".into(), "TIME".into()]];
+    for j in &report.jobs {
+        if j.steps.is_empty() {
+            rows.push([j.key.clone(), "-".into(), j.status.as_str().into(), "-".into()]);
+        }
+        for s in &j.steps {
+            rows.push([j.key.clone(), s.name.clone(), s.status.as_str().into(), secs(s.duration.as_millis() as u64)]);
+        }
+    }
+    let widths: Vec<usize> =
+        (0..4).map(|c| rows.iter().map(|r| r[c].chars().count().min(60)).max().unwrap_or(0)).collect();
+    println!();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| {
+                let c: String = c.chars().take(60).collect();
+                format!("{c:<w$}")
+            })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    let summaries: Vec<&str> =
+        report.jobs.iter().flat_map(|j| j.steps.iter().filter_map(|s| s.summary.as_deref())).collect();
+    for s in summaries {
+        println!("\n{s}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_values() {
+        let m = parse_dotenv("# c\nA=1\nexport B=\"x\\ny\"\nC='a b' \nD=v # note\n").unwrap();
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "x\ny");
+        assert_eq!(m["C"], "a b");
+        assert_eq!(m["D"], "v");
+        assert!(parse_dotenv("nope").is_err());
+    }
+
+    #[test]
+    fn event_from_ref() {
+        let e = event_context("push", Some("main"), &serde_json::json!({"after": "abc"}));
+        assert_eq!(e["ref"], "refs/heads/main");
+        assert_eq!(e["branch"], "main");
+        assert_eq!(e["sha"], "abc");
+    }
+}

@@ -1,0 +1,150 @@
+//! The pipeline engine's executor on this host: each step a component run by
+//! the [`Runtime`] in a fresh store, with exactly the grants the pipeline gave.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::builtin;
+use crate::capabilities::http::Allowlist;
+use crate::capabilities::log::LogRecord;
+use crate::capabilities::process::ProcessGrant;
+use crate::pipeline::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult};
+use crate::runtime::limits::Limits;
+use crate::runtime::{Runtime, StepInvocation, StepStatus};
+
+/// Output keys the shell step uses to hand env, path and cleanup to the engine.
+const ENV_PREFIX: &str = "skiff.env.";
+const PATH_KEY: &str = "skiff.path";
+const POST_KEY: &str = "skiff.post";
+
+/// Runs pipeline steps on a local [`Runtime`].
+pub struct LocalExecutor {
+    runtime: Arc<Runtime>,
+    /// Default limits; a step's `timeout-minutes` and memory override them.
+    pub limits: Limits,
+    /// Where `artifacts.upload` stores files, per run.
+    pub artifacts_root: Option<PathBuf>,
+}
+
+impl LocalExecutor {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime, limits: Limits::default(), artifacts_root: None }
+    }
+
+    async fn execute(&self, req: StepRequest, log: &(dyn Fn(LogLine) + Send + Sync)) -> StepResult {
+        let started = Instant::now();
+        let fail = |msg: String| {
+            log(LogLine { job_id: req.job_id.clone(), step_id: req.step_id.clone(), level: "system".into(), text: msg.clone() });
+            StepResult { duration: started.elapsed(), ..StepResult::outcome(StepOutcome::Failure(msg)) }
+        };
+        let mut inputs = req.inputs.clone();
+        let mut process = ProcessGrant { allowed: req.permissions.process, network: req.permissions.network };
+        let bytes: Vec<u8> = match &req.uses {
+            StepRef::Builtin(name) => match builtin::get(name) {
+                Some(b) => b.to_vec(),
+                None => {
+                    let names: Vec<_> = builtin::names().collect();
+                    return fail(format!("there is no built-in step `{name}`; built-in steps are: {}", names.join(", ")));
+                }
+            },
+            StepRef::Path(p) => match std::fs::read(p) {
+                Ok(b) => b,
+                Err(e) => return fail(format!("cannot read step component {}: {e}", p.display())),
+            },
+            StepRef::Shell { script, shell } => {
+                inputs.insert("script".into(), script.clone());
+                inputs.insert("shell".into(), shell.clone());
+                if let Some(dir) = &req.working_directory {
+                    inputs.insert("working-directory".into(), dir.clone());
+                }
+                // A `run:` step is the user asking for a process; the OS sandbox confines it.
+                process.allowed = true;
+                builtin::get("shell").map(<[u8]>::to_vec).unwrap_or_default()
+            }
+        };
+        let step = match self.runtime.load(&bytes).await {
+            Ok(s) => s,
+            Err(e) => return fail(format!("{e:#}")),
+        };
+        let allow_hosts = match Allowlist::parse(&req.permissions.hosts) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        let mut limits = self.limits;
+        if let Some(t) = req.timeout {
+            limits.timeout = t;
+            limits.cpu = limits.cpu.min(t);
+        }
+        if let Some(m) = req.memory {
+            limits.memory = m;
+        }
+        let inv = StepInvocation {
+            run_id: req.run_id.clone(),
+            step_id: req.step_id.clone(),
+            inputs,
+            event_json: req.event_json.clone(),
+            workspace: req.workspace.clone(),
+            env: req.env.clone(),
+            secrets: req.secrets.clone(),
+            mask_also: Vec::new(),
+            allow_hosts,
+            process,
+            limits,
+            artifacts_dir: self.artifacts_root.as_ref().map(|r| r.join(&req.run_id)),
+        };
+        let (job_id, step_id) = (req.job_id.clone(), req.step_id.clone());
+        // The runtime's sink must be 'static; forward through a channel-free shim
+        // by collecting into the caller's callback synchronously.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogRecord>();
+        let sink = Arc::new(move |rec: LogRecord| {
+            let _ = tx.send(rec);
+        });
+        let run = self.runtime.run(&step, inv, sink);
+        tokio::pin!(run);
+        let report = loop {
+            tokio::select! {
+                biased;
+                Some(rec) = rx.recv() => log(LogLine { job_id: job_id.clone(), step_id: step_id.clone(), level: rec.level.as_str().into(), text: rec.text }),
+                report = &mut run => break report,
+            }
+        };
+        while let Ok(rec) = rx.try_recv() {
+            log(LogLine { job_id: job_id.clone(), step_id: step_id.clone(), level: rec.level.as_str().into(), text: rec.text });
+        }
+        let mut outputs = BTreeMap::new();
+        let mut env = BTreeMap::new();
+        let mut path = Vec::new();
+        let mut post = None;
+        for (k, v) in report.outputs {
+            if let Some(name) = k.strip_prefix(ENV_PREFIX) {
+                env.insert(name.to_string(), v);
+            } else if k == PATH_KEY {
+                path.extend(v.lines().filter(|l| !l.is_empty()).map(String::from));
+            } else if k == POST_KEY {
+                post = Some(v);
+            } else {
+                outputs.insert(k, v);
+            }
+        }
+        let outcome = match &report.status {
+            StepStatus::Succeeded => StepOutcome::Success,
+            StepStatus::TimedOut(_) => StepOutcome::Failure(report.status.to_string()),
+            other => StepOutcome::Failure(other.to_string()),
+        };
+        StepResult { outcome, outputs, env, path, post, summary: report.summary, duration: started.elapsed() }
+    }
+}
+
+impl StepExecutor for LocalExecutor {
+    fn run_step<'a>(
+        &'a self,
+        req: StepRequest,
+        log: &'a (dyn Fn(LogLine) + Send + Sync),
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(self.execute(req, log))
+    }
+}

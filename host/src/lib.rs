@@ -1,0 +1,12 @@
+//! The Skiff host: the `skiff` binary's library. It narrows wasmtime to the
+//! step runtime (`runtime`), grants capabilities one module each
+//! (`capabilities`), and carries the built-in steps (`builtin`).
+
+pub mod builtin;
+pub mod capabilities;
+pub mod cli;
+pub mod mask;
+pub mod pipeline;
+pub mod runtime;
+pub mod sandbox;
+pub mod serve;

@@ -1,0 +1,61 @@
+//! Serverless-cd compatibility: its npm plugins mapped to Skiff's built-in steps.
+
+/// The built-in step names, and what `uses:` may name without a path.
+pub const BUILTINS: &[&str] = &["diag", "shell", "checkout", "notify", "upload"];
+
+/// A Serverless-cd plugin resolved to a built-in step and inputs it implies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    /// The built-in step.
+    pub builtin: &'static str,
+    /// Inputs added unless the step sets them (`provider: dingtalk`).
+    pub inputs: &'static [(&'static str, &'static str)],
+}
+
+/// Maps a `plugin:` name (with or without a `@version`) to its built-in step.
+pub fn map_plugin(plugin: &str) -> Result<Mapped, String> {
+    let name = strip_version(plugin.trim());
+    let m = |builtin, inputs| Ok(Mapped { builtin, inputs });
+    match name {
+        "@serverless-cd/checkout" => m("checkout", &[]),
+        "@serverless-cd/ding-talk" | "@serverless-cd/dingtalk" => m("notify", &[("provider", "dingtalk")]),
+        "@serverless-cd/wechat" | "@serverless-cd/wecom" | "@serverless-cd/wechat-work" => {
+            m("notify", &[("provider", "wecom")])
+        }
+        "@serverless-cd/oss" | "@serverless-cd/oss-upload" => m("upload", &[("provider", "oss")]),
+        "@serverless-cd/s-setup" | "@serverless-cd/s-deploy" => Err(format!(
+            "plugin `{plugin}` has no Skiff equivalent: use a `run:` step with `s` installed (for example `run: s deploy -y`) and grant it `permissions: {{ process: true, network: true }}`"
+        )),
+        "@serverless-cd/setup-runtime" | "@serverless-cd/setup-node" => Err(format!(
+            "plugin `{plugin}` has no Skiff equivalent: use a `run:` step with the runtime installed on the host"
+        )),
+        "@serverless-cd/cache" => {
+            Err(format!("plugin `{plugin}` is not supported yet: key a cache with `hashFiles(...)` in a `run:` step"))
+        }
+        _ => Err(format!(
+            "unknown plugin `{plugin}`; Skiff maps @serverless-cd/checkout, @serverless-cd/ding-talk, @serverless-cd/wechat, @serverless-cd/wecom, @serverless-cd/oss and @serverless-cd/oss-upload; for anything else use `uses:` with a component or a `run:` step"
+        )),
+    }
+}
+
+fn strip_version(name: &str) -> &str {
+    // `@scope/name@1.2.3`: the version is after the second `@`.
+    match name.char_indices().skip(1).find(|(_, c)| *c == '@') {
+        Some((i, _)) => &name[..i],
+        None => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_known_plugins_and_explains_the_rest() {
+        assert_eq!(map_plugin("@serverless-cd/checkout@0.0.10").unwrap().builtin, "checkout");
+        assert_eq!(map_plugin("@serverless-cd/ding-talk").unwrap().inputs, &[("provider", "dingtalk")]);
+        assert_eq!(map_plugin("@serverless-cd/oss-upload").unwrap().builtin, "upload");
+        assert!(map_plugin("@serverless-cd/s-setup").unwrap_err().contains("use a `run:` step with `s` installed"));
+        assert!(map_plugin("left-pad").unwrap_err().starts_with("unknown plugin"));
+    }
+}

@@ -1,0 +1,21 @@
+//! The pipeline language and engine: the YAML format (and Serverless-cd's),
+//! `${{ }}` expressions in CEL, validation with positions, the plan, and the
+//! engine that runs a plan's steps through a [`StepExecutor`].
+//!
+//! `load_file` → [`Plan`] (or every problem as [`Diagnostics`]) →
+//! [`run_pipeline`] → [`RunReport`], with [`RunEvent`]s to a [`RunObserver`].
+
+pub mod compat;
+pub mod engine;
+pub mod executor;
+pub mod expr;
+pub mod load;
+pub mod model;
+pub mod plan;
+pub mod schema;
+pub mod source;
+
+pub use engine::{JobReport, RunEvent, RunObserver, RunOptions, RunReport, Status, StepReport, run_pipeline};
+pub use executor::{LogLine, Permissions, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult};
+pub use load::{Diagnostic, Diagnostics, load_file, load_str};
+pub use plan::Plan;

@@ -1,0 +1,259 @@
+//! The plan: a validated pipeline, ready to run. Jobs in dependency order with
+//! matrix combinations expanded, every step's `uses` resolved, every string
+//! value's expressions compiled, and every step's grants computed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::executor::Permissions;
+use super::expr::{Expr, Template};
+use super::source::Pos;
+
+/// A string value of the pipeline with its expressions compiled and its position for errors.
+#[derive(Debug, Clone)]
+pub struct Value {
+    /// As written.
+    pub raw: String,
+    /// Compiled.
+    pub tpl: Template,
+    /// Where it is.
+    pub pos: Pos,
+}
+
+/// An `if:` condition.
+#[derive(Debug, Clone)]
+pub struct Cond {
+    /// As written.
+    pub raw: String,
+    /// Compiled.
+    pub expr: Expr,
+    /// Where it is.
+    pub pos: Pos,
+}
+
+/// `concurrency:`.
+#[derive(Debug, Clone)]
+pub struct Concurrency {
+    /// The group (may hold expressions).
+    pub group: Value,
+    /// Cancel the run in progress.
+    pub cancel_in_progress: bool,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The pipeline file, as given (for messages).
+    pub file: String,
+    /// Its folder: relative `uses:` paths are resolved against it.
+    pub dir: PathBuf,
+    /// `name:`.
+    pub name: Option<String>,
+    /// `on:`, as written.
+    pub on: Option<serde_json::Value>,
+    /// `concurrency:`.
+    pub concurrency: Option<Concurrency>,
+    /// Pipeline `env:`.
+    pub env: BTreeMap<String, Value>,
+    /// Job instances in dependency order (a job's needs come before it).
+    pub jobs: Vec<PlanJob>,
+}
+
+/// One job instance (one per matrix combination).
+#[derive(Debug, Clone)]
+pub struct PlanJob {
+    /// Unique in the run: the job id, or `<job>-<n>` for a matrix combination. Also its workspace folder.
+    pub key: String,
+    /// The job id in the file.
+    pub job: String,
+    /// A display name.
+    pub name: String,
+    /// Job ids it waits for.
+    pub needs: Vec<String>,
+    /// This combination.
+    pub matrix: BTreeMap<String, serde_json::Value>,
+    /// `if:`.
+    pub if_: Option<Cond>,
+    /// `env:`.
+    pub env: BTreeMap<String, Value>,
+    /// `outputs:`.
+    pub outputs: BTreeMap<String, Value>,
+    /// `timeout-minutes:`.
+    pub timeout: Option<Duration>,
+    /// Cancel sibling combinations when one fails.
+    pub fail_fast: bool,
+    /// At most this many combinations of the job at once.
+    pub max_parallel: Option<u32>,
+    /// The steps.
+    pub steps: Vec<PlanStep>,
+}
+
+/// What a step runs, before expressions are evaluated.
+#[derive(Debug, Clone)]
+pub enum Uses {
+    /// A built-in step.
+    Builtin(String),
+    /// A component file (resolved against the pipeline's folder).
+    Path {
+        /// As written.
+        written: String,
+        /// Resolved.
+        path: PathBuf,
+    },
+    /// A `run:` script.
+    Shell {
+        /// The script with `${{ }}` replaced by environment variable references.
+        script: String,
+        /// The shell.
+        shell: String,
+        /// `SKIFF_EXPR_n` → expression, set in the step's environment.
+        exprs: Vec<(String, Expr)>,
+        /// Where the script is.
+        pos: Pos,
+    },
+}
+
+/// One step.
+#[derive(Debug, Clone)]
+pub struct PlanStep {
+    /// `id:` or `step-N`.
+    pub id: String,
+    /// True when the pipeline gave the id.
+    pub has_id: bool,
+    /// A display name.
+    pub name: String,
+    /// What it runs.
+    pub uses: Uses,
+    /// Written as a Serverless-cd `plugin:`.
+    pub plugin: Option<String>,
+    /// `with:` (or `inputs:`).
+    pub with: BTreeMap<String, Value>,
+    /// `env:`.
+    pub env: BTreeMap<String, Value>,
+    /// `if:`.
+    pub if_: Option<Cond>,
+    /// `continue-on-error:`.
+    pub continue_on_error: bool,
+    /// `timeout-minutes:`.
+    pub timeout: Option<Duration>,
+    /// `working-directory:`.
+    pub working_directory: Option<Value>,
+    /// Grants: explicit permissions plus every secret the step's values reference.
+    pub permissions: Permissions,
+    /// `post:` cleanup script.
+    pub post: Option<Value>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+}
+
+fn kv(out: &mut String, indent: &str, label: &str, m: &BTreeMap<String, Value>) {
+    if m.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{indent}{label}:");
+    for (k, v) in m {
+        let _ = writeln!(out, "{indent}  {k} = {}", quote(&v.raw));
+    }
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn minutes(d: Duration) -> String {
+    format!("{}m", d.as_secs_f64() / 60.0)
+}
+
+impl Plan {
+    /// A stable text rendering, for golden tests and `skiff validate --plan`.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "pipeline {}", quote(self.name.as_deref().unwrap_or("")));
+        if let Some(on) = &self.on {
+            let _ = writeln!(o, "on: {on}");
+        }
+        if let Some(c) = &self.concurrency {
+            let _ = writeln!(o, "concurrency: {} cancel-in-progress={}", quote(&c.group.raw), c.cancel_in_progress);
+        }
+        kv(&mut o, "", "env", &self.env);
+        for j in &self.jobs {
+            let _ = write!(o, "job {} ({})", j.key, quote(&j.name));
+            if !j.needs.is_empty() {
+                let _ = write!(o, " needs [{}]", j.needs.join(", "));
+            }
+            let _ = writeln!(o);
+            if !j.matrix.is_empty() {
+                let _ = writeln!(o, "  matrix: {}", serde_json::to_string(&j.matrix).unwrap_or_default());
+                let mp = j.max_parallel.map(|m| m.to_string()).unwrap_or_else(|| "all".into());
+                let _ = writeln!(o, "  fail-fast: {} max-parallel: {mp}", j.fail_fast);
+            }
+            if let Some(c) = &j.if_ {
+                let _ = writeln!(o, "  if: {}", quote(&c.raw));
+            }
+            if let Some(t) = j.timeout {
+                let _ = writeln!(o, "  timeout: {}", minutes(t));
+            }
+            kv(&mut o, "  ", "env", &j.env);
+            kv(&mut o, "  ", "outputs", &j.outputs);
+            for s in &j.steps {
+                let _ = writeln!(o, "  step {} ({})", s.id, quote(&s.name));
+                match &s.uses {
+                    Uses::Builtin(b) => {
+                        let _ = write!(o, "    uses: builtin {b}");
+                    }
+                    Uses::Path { written, .. } => {
+                        let _ = write!(o, "    uses: component {written}");
+                    }
+                    Uses::Shell { script, shell, exprs, .. } => {
+                        let _ = writeln!(o, "    uses: shell {shell}");
+                        let _ = write!(o, "    script: {}", quote(script));
+                        for (k, e) in exprs {
+                            let _ = write!(o, "\n    {k} = ${{{{ {} }}}}", e.source);
+                        }
+                    }
+                }
+                if let Some(p) = &s.plugin {
+                    let _ = write!(o, " (plugin {p})");
+                }
+                let _ = writeln!(o);
+                if let Some(c) = &s.if_ {
+                    let _ = writeln!(o, "    if: {}", quote(&c.raw));
+                }
+                kv(&mut o, "    ", "with", &s.with);
+                kv(&mut o, "    ", "env", &s.env);
+                if let Some(w) = &s.working_directory {
+                    let _ = writeln!(o, "    working-directory: {}", quote(&w.raw));
+                }
+                if s.continue_on_error {
+                    let _ = writeln!(o, "    continue-on-error: true");
+                }
+                if let Some(t) = s.timeout {
+                    let _ = writeln!(o, "    timeout: {}", minutes(t));
+                }
+                if let Some(m) = s.memory {
+                    let _ = writeln!(o, "    memory: {m}");
+                }
+                let p = &s.permissions;
+                let _ = writeln!(
+                    o,
+                    "    grants: secrets [{}] hosts [{}] process={} network={}",
+                    p.secrets.join(", "),
+                    p.hosts.join(", "),
+                    p.process,
+                    p.network
+                );
+                if let Some(post) = &s.post {
+                    let _ = writeln!(o, "    post: {}", quote(&post.raw));
+                }
+            }
+        }
+        o
+    }
+
+    /// The jobs with this job id (several for a matrix).
+    pub fn instances<'a>(&'a self, job: &'a str) -> impl Iterator<Item = &'a PlanJob> + 'a {
+        self.jobs.iter().filter(move |j| j.job == job)
+    }
+}

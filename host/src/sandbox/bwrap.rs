@@ -1,0 +1,155 @@
+//! The bubblewrap command line: which namespaces, which mounts, which environment.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The directory the workspace is mounted at inside the sandbox.
+pub const WORKSPACE: &str = "/workspace";
+
+/// The parts of `/etc` that tools, the dynamic loader, DNS and TLS need. Nothing
+/// with secrets (`shadow`, `gshadow`, `ssh/`), nothing user-specific (`npmrc`,
+/// `pip.conf` may hold tokens). `passwd` and `group` are replaced by minimal ones.
+const ETC: &[&str] = &[
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "gai.conf",
+    "gitconfig",
+    "host.conf",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "protocols",
+    "resolv.conf",
+    "services",
+    "ssl",
+    "timezone",
+];
+
+/// Top-level entries that are symlinks into `/usr` on merged-/usr systems and
+/// directories elsewhere; recreated as the host has them.
+const ROOT_LINKS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// The user the program runs as inside the sandbox (mapped to the host's own uid).
+pub const SANDBOX_UID: u32 = 1000;
+
+pub const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+skiff:x:1000:1000:skiff:/tmp:/bin/sh\n\
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+pub const GROUP: &str = "root:x:0:\nskiff:x:1000:\nnogroup:x:65534:\n";
+
+#[derive(Debug, Clone)]
+enum RootEntry {
+    Symlink(String, PathBuf),
+    Dir(String),
+}
+
+fn root_layout() -> &'static [RootEntry] {
+    static LAYOUT: OnceLock<Vec<RootEntry>> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        ROOT_LINKS
+            .iter()
+            .filter_map(|name| {
+                let path = Path::new("/").join(name);
+                if let Ok(target) = std::fs::read_link(&path) {
+                    Some(RootEntry::Symlink(name.to_string(), target))
+                } else if path.is_dir() {
+                    Some(RootEntry::Dir(name.to_string()))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    })
+}
+
+/// Where the data for generated files comes from: descriptors readable by bubblewrap.
+#[derive(Debug, Clone, Copy)]
+pub struct DataFds {
+    pub passwd: i32,
+    pub group: i32,
+}
+
+/// Everything `run` decided, in the shape bubblewrap wants.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    pub workspace: &'a Path,
+    /// Relative, already checked not to escape.
+    pub cwd: &'a str,
+    pub network: bool,
+    pub env: &'a [(String, String)],
+}
+
+/// The options (passed through `--args FD`, so environment values never show up in
+/// the host's process list), ending before the command.
+pub fn options(plan: &Plan<'_>, fds: DataFds) -> Vec<String> {
+    let mut a: Vec<String> = Vec::with_capacity(64 + plan.env.len() * 3);
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]);
+    if !plan.network {
+        push(&["--unshare-net"]);
+    }
+    push(&["--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
+    push(&["--uid", &SANDBOX_UID.to_string(), "--gid", &SANDBOX_UID.to_string(), "--hostname", "skiff"]);
+    push(&["--ro-bind", "/usr", "/usr"]);
+    for entry in root_layout() {
+        match entry {
+            RootEntry::Symlink(name, target) => {
+                push(&["--symlink", &target.to_string_lossy(), &format!("/{name}")]);
+            }
+            RootEntry::Dir(name) => push(&["--ro-bind", &format!("/{name}"), &format!("/{name}")]),
+        }
+    }
+    for name in ETC {
+        let path = format!("/etc/{name}");
+        push(&["--ro-bind-try", &path, &path]);
+    }
+    push(&["--perms", "0644", "--ro-bind-data", &fds.passwd.to_string(), "/etc/passwd"]);
+    push(&["--perms", "0644", "--ro-bind-data", &fds.group.to_string(), "/etc/group"]);
+    push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    push(&["--bind", &plan.workspace.to_string_lossy(), WORKSPACE]);
+    // The root itself is a tmpfs bubblewrap made; nothing may be created in it.
+    push(&["--remount-ro", "/"]);
+    let cwd = if plan.cwd.is_empty() { WORKSPACE.to_string() } else { format!("{WORKSPACE}/{}", plan.cwd) };
+    push(&["--chdir", &cwd, "--clearenv"]);
+    for (k, v) in plan.env {
+        push(&["--setenv", k, v]);
+    }
+    a
+}
+
+/// NUL-separated, as `--args` reads them.
+pub fn encode_args(args: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for arg in args {
+        out.extend_from_slice(arg.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_deny_network_and_keep_secrets_out_of_etc() {
+        let env = vec![("A".to_string(), "1".to_string())];
+        let plan = Plan { workspace: Path::new("/ws"), cwd: "sub", network: false, env: &env };
+        let args = options(&plan, DataFds { passwd: 7, group: 8 });
+        let joined = args.join(" ");
+        assert!(joined.contains("--unshare-net"));
+        assert!(joined.contains("--bind /ws /workspace"));
+        assert!(joined.contains("--chdir /workspace/sub"));
+        assert!(joined.contains("--setenv A 1"));
+        assert!(!joined.contains("shadow"));
+        let plan = Plan { network: true, ..plan };
+        assert!(!options(&plan, DataFds { passwd: 7, group: 8 }).iter().any(|a| a == "--unshare-net"));
+    }
+}

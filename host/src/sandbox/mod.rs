@@ -1,0 +1,622 @@
+//! Running native programs confined by bubblewrap: the OS side of the WIT
+//! `process` capability.
+//!
+//! A program runs in new user, pid, ipc, uts and cgroup namespaces (and a new,
+//! empty network namespace unless network is granted), sees a read-only `/usr`
+//! and the few parts of `/etc` tools need, a private `/tmp`, and the step's
+//! workspace read-write at `/workspace`: nothing else of the host. Rlimits (and a
+//! per-run cgroup where the host can create one) bound processes, files, CPU and
+//! memory; the whole process tree is killed on timeout, cancel or output flood.
+//! What is and is not enforced: `docs/process-sandbox.md`.
+
+mod bwrap;
+mod cgroup;
+mod output;
+mod sys;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+pub use bwrap::WORKSPACE;
+
+use output::{Budget, Pump};
+use sys::{PreExec, Resource, Signal};
+
+/// How long a process tree gets between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Resource limits of one process tree. `0` means "no limit" for each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// Processes (and threads) in the tree: a per-run `pids` cgroup where the host has one,
+    /// and RLIMIT_NPROC (which counts per real uid, and not at all for root).
+    pub max_processes: u64,
+    /// RLIMIT_NOFILE: open descriptors per process.
+    pub max_open_files: u64,
+    /// RLIMIT_FSIZE: the largest file a process may write, in bytes.
+    pub max_file_size: u64,
+    /// RLIMIT_CPU: CPU seconds per process (SIGXCPU, then SIGKILL 5 s later).
+    pub cpu_seconds: u64,
+    /// `memory.max` of a delegated cgroup v2, otherwise RLIMIT_AS (virtual memory per process).
+    pub memory_bytes: u64,
+    /// stdout and stderr together; past it, output is dropped and the tree is killed.
+    pub max_output_bytes: u64,
+}
+
+impl Default for ProcessLimits {
+    fn default() -> Self {
+        Self {
+            max_processes: 512,
+            max_open_files: 4096,
+            max_file_size: 4 << 30,
+            cpu_seconds: 3600,
+            memory_bytes: 8 << 30,
+            max_output_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One program to run.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// A name looked up on the `PATH` of `env`, or a path (inside the sandbox).
+    pub program: String,
+    pub args: Vec<String>,
+    /// The complete environment, plus `PATH` and `HOME` defaults when absent.
+    pub env: Vec<(String, String)>,
+    /// The host directory mounted read-write at `/workspace`.
+    pub workspace: PathBuf,
+    /// Relative to the workspace; `..` out of it and symlinks out of it are refused.
+    pub cwd: Option<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+    /// Share the host's network namespace (all or nothing: no per-host filtering).
+    pub network: bool,
+    pub limits: ProcessLimits,
+    /// Run without bubblewrap (rlimits and cgroup only). Only for an explicit host flag;
+    /// every run then logs a warning line.
+    pub unsandboxed: bool,
+}
+
+impl SandboxSpec {
+    /// A spec with defaults: no arguments, no environment, 10 minutes, no network.
+    pub fn new(program: impl Into<String>, workspace: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            workspace: workspace.into(),
+            cwd: None,
+            stdin: None,
+            timeout: Duration::from_secs(600),
+            network: false,
+            limits: ProcessLimits::default(),
+            unsandboxed: false,
+        }
+    }
+}
+
+/// Which pipe a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How the process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal. Inside bubblewrap a signal death is reported as exit
+    /// code 128+N (like a shell does), and mapped back to `Signal(N)`.
+    Signal(i32),
+    /// Killed at `timeout`.
+    TimedOut,
+    /// Killed because the caller cancelled.
+    Cancelled,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub exit: Exit,
+    /// Captured stdout, up to `Capture::limit` bytes.
+    pub stdout: Vec<u8>,
+    /// Captured stderr, up to `Capture::limit` bytes.
+    pub stderr: Vec<u8>,
+    /// True when a capture was cut at its limit, or output was cut at `max_output_bytes`.
+    pub truncated: bool,
+    pub duration: Duration,
+    /// stdout and stderr bytes the process wrote (read by us), kept or not.
+    pub output_bytes: u64,
+    /// True when the tree was killed for passing `max_output_bytes`.
+    pub output_limit_reached: bool,
+}
+
+/// What happens to output besides `on_line`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capture {
+    /// Deliver each line of stdout/stderr to `on_line`.
+    pub log: bool,
+    /// Bytes kept of stdout and of stderr each (0: none).
+    pub limit: u64,
+}
+
+/// Why a process could not be run. Messages say what to fix.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SandboxError {
+    /// The host cannot sandbox processes.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The spec is invalid (cwd escapes the workspace, empty program, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The program (or bubblewrap) could not be started.
+    #[error("{0}")]
+    SpawnFailed(String),
+}
+
+pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
+
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+const READ_BUF: usize = 64 * 1024;
+
+/// Whether bubblewrap can run here; checked once per process. The error says how to fix it.
+pub fn availability() -> Result<()> {
+    static CHECK: OnceLock<Result<()>> = OnceLock::new();
+    CHECK.get_or_init(check_availability).clone()
+}
+
+fn bwrap_path() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]).map(|d| d.join("bwrap")).find(|p| p.is_file())
+}
+
+fn check_availability() -> Result<()> {
+    let bwrap = bwrap_path().ok_or_else(|| {
+        SandboxError::Unavailable(
+            "bubblewrap (`bwrap`) is not installed, so steps cannot run processes: \
+             install bubblewrap (apt-get install bubblewrap)"
+                .into(),
+        )
+    })?;
+    let out = std::process::Command::new(&bwrap)
+        .args(["--unshare-user", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--", "/bin/true"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| SandboxError::Unavailable(format!("cannot start {}: {e}", bwrap.display())))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let hint = if read("/proc/sys/kernel/unprivileged_userns_clone") == "0" {
+        "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+    } else if read("/proc/sys/user/max_user_namespaces") == "0" {
+        "enable user namespaces (sysctl user.max_user_namespaces=15000)"
+    } else if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1" {
+        "allow user namespaces for bwrap (an AppArmor profile for /usr/bin/bwrap, \
+         or sysctl kernel.apparmor_restrict_unprivileged_userns=0)"
+    } else {
+        "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1); \
+         inside a container, allow the unshare/mount syscalls (seccomp) for the host"
+    };
+    Err(SandboxError::Unavailable(format!("bubblewrap cannot create a sandbox here ({stderr}): {hint}")))
+}
+
+/// Checks `cwd` lexically and against symlinks; returns it normalized (`""` for the root).
+fn check_cwd(workspace: &Path, cwd: Option<&str>) -> Result<String> {
+    let Some(cwd) = cwd else { return Ok(String::new()) };
+    let invalid =
+        |why: &str| SandboxError::Invalid(format!("cwd `{cwd}` {why}: give a directory inside the workspace"));
+    let mut parts: Vec<&str> = Vec::new();
+    for c in Path::new(cwd).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str().ok_or_else(|| invalid("is not UTF-8"))?),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop().ok_or_else(|| invalid("leaves the workspace"))?;
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                let rel = cwd.strip_prefix(WORKSPACE).filter(|r| r.is_empty() || r.starts_with('/'));
+                match rel {
+                    // `/workspace/...` as the process sees it is fine too.
+                    Some(rel) if parts.is_empty() => return check_cwd(workspace, Some(rel.trim_start_matches('/'))),
+                    _ => return Err(invalid("is absolute")),
+                }
+            }
+        }
+    }
+    let normalized = parts.join("/");
+    let host = workspace.join(&normalized);
+    let real = host.canonicalize().map_err(|_| invalid("does not exist"))?;
+    if !real.starts_with(workspace) {
+        return Err(invalid("leaves the workspace through a symlink"));
+    }
+    if !real.is_dir() {
+        return Err(invalid("is not a directory"));
+    }
+    Ok(normalized)
+}
+
+fn check_env(env: &[(String, String)]) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(env.len() + 2);
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(SandboxError::Invalid(format!(
+                "environment variable `{k}` is invalid: names must be non-empty without `=`, and no NUL bytes"
+            )));
+        }
+        out.retain(|(x, _)| x != k);
+        out.push((k.clone(), v.clone()));
+    }
+    for (k, v) in [("PATH", DEFAULT_PATH), ("HOME", "/tmp")] {
+        if !out.iter().any(|(x, _)| x == k) {
+            out.push((k.into(), v.into()));
+        }
+    }
+    Ok(out)
+}
+
+fn rlimits(limits: &ProcessLimits, memory_in_cgroup: bool) -> Vec<(Resource, u64, u64)> {
+    let mut v = Vec::new();
+    let mut set = |r, n: u64, hard: u64| {
+        if n > 0 {
+            v.push((r, n, hard));
+        }
+    };
+    // +2: bubblewrap's own two processes run under the same limit.
+    set(Resource::Processes, limits.max_processes + 2, limits.max_processes + 2);
+    set(Resource::OpenFiles, limits.max_open_files, limits.max_open_files);
+    set(Resource::FileSize, limits.max_file_size, limits.max_file_size);
+    set(Resource::CpuSeconds, limits.cpu_seconds, limits.cpu_seconds + 5);
+    if !memory_in_cgroup {
+        set(Resource::AddressSpace, limits.memory_bytes, limits.memory_bytes);
+    }
+    if limits.max_processes == 0 {
+        v.retain(|(r, ..)| !matches!(r, Resource::Processes));
+    }
+    v
+}
+
+/// A pipe whose read end bubblewrap inherits; the data is written by a thread so
+/// that more than a pipe buffer cannot deadlock the spawn.
+fn data_pipe(data: Vec<u8>) -> Result<std::io::PipeReader> {
+    let (reader, mut writer) =
+        std::io::pipe().map_err(|e| SandboxError::SpawnFailed(format!("cannot create a pipe: {e}")))?;
+    if data.len() <= 16 * 1024 {
+        // Fits in any pipe buffer: no thread needed.
+        let _ = writer.write_all(&data);
+    } else {
+        std::thread::spawn(move || {
+            let _ = writer.write_all(&data);
+        });
+    }
+    Ok(reader)
+}
+
+/// Runs `spec` to its end (or its timeout, or `cancel`), streaming its output
+/// line by line to `on_line` (unmasked: the caller masks secrets).
+pub async fn run(
+    spec: &SandboxSpec,
+    capture: Capture,
+    cancel: CancellationToken,
+    on_line: &(dyn Fn(Stream, &str) + Send + Sync),
+) -> Result<Outcome> {
+    if spec.program.is_empty() {
+        return Err(SandboxError::Invalid("the program to run is empty".into()));
+    }
+    let workspace = spec
+        .workspace
+        .canonicalize()
+        .map_err(|e| SandboxError::Invalid(format!("workspace {} is not usable: {e}", spec.workspace.display())))?;
+    let cwd = check_cwd(&workspace, spec.cwd.as_deref())?;
+    let env = check_env(&spec.env)?;
+    if !spec.unsandboxed {
+        availability()?;
+    }
+    let group = cgroup::RunGroup::create(spec.limits.max_processes + 2, spec.limits.memory_bytes);
+    let procs_file = match &group {
+        Some(g) => Some(
+            std::ffi::CString::new(g.procs_file().into_os_string().into_encoded_bytes())
+                .map_err(|_| SandboxError::SpawnFailed("cgroup path contains NUL".into()))?,
+        ),
+        None => None,
+    };
+    let limits = rlimits(&spec.limits, group.as_ref().is_some_and(|g| g.memory_limited));
+
+    // Kept alive until the spawn is done: bubblewrap reads them after exec.
+    let mut keep = Vec::new();
+    let mut cmd;
+    if spec.unsandboxed {
+        on_line(
+            Stream::Stderr,
+            "WARNING: skiff is running this process WITHOUT a sandbox (--unsandboxed-processes): \
+             it can read and write anything the host user can, including other runs' workspaces and secrets",
+        );
+        cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args).current_dir(workspace.join(&cwd)).env_clear().envs(env.iter().cloned());
+    } else {
+        let passwd = data_pipe(bwrap::PASSWD.as_bytes().to_vec())?;
+        let group_fd = data_pipe(bwrap::GROUP.as_bytes().to_vec())?;
+        let fds = bwrap::DataFds { passwd: passwd.as_raw_fd(), group: group_fd.as_raw_fd() };
+        let plan = bwrap::Plan { workspace: &workspace, cwd: &cwd, network: spec.network, env: &env };
+        let args_fd = data_pipe(bwrap::encode_args(&bwrap::options(&plan, fds)))?;
+        let bwrap = bwrap_path().ok_or_else(|| SandboxError::Unavailable("bubblewrap disappeared".into()))?;
+        cmd = tokio::process::Command::new(bwrap);
+        // Only the program and its arguments are on the command line; options and
+        // environment values come through `--args`, invisible in the host's `ps`.
+        cmd.arg("--args").arg(args_fd.as_raw_fd().to_string()).arg("--").arg(&spec.program).args(&spec.args);
+        cmd.env_clear().current_dir("/");
+        keep.extend([passwd, group_fd, args_fd]);
+    }
+    cmd.stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let inherit_fds = keep.iter().map(|r| r.as_raw_fd()).collect();
+    sys::install_pre_exec(&mut cmd, PreExec { rlimits: limits, cgroup_procs: procs_file, inherit_fds });
+
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| {
+        SandboxError::SpawnFailed(if spec.unsandboxed {
+            format!("cannot start `{}`: {e}", spec.program)
+        } else {
+            format!("cannot start bubblewrap: {e}")
+        })
+    })?;
+    drop(keep);
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+
+    if let (Some(mut stdin), Some(bytes)) = (child.stdin.take(), spec.stdin.clone()) {
+        tokio::spawn(async move {
+            // A program that does not read its input is not an error.
+            let _ = stdin.write_all(&bytes).await;
+        });
+    }
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let mut out = Pump::new(Stream::Stdout);
+    let mut err = Pump::new(Stream::Stderr);
+    let mut budget = Budget {
+        log: capture.log,
+        capture_limit: capture.limit,
+        max_output: spec.limits.max_output_bytes,
+        total: 0,
+        truncated: false,
+        limit_reached: false,
+    };
+    let (mut buf_out, mut buf_err) = (vec![0u8; READ_BUF], vec![0u8; READ_BUF]);
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let mut ended_by: Option<Exit> = None; // TimedOut / Cancelled, or None
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut killed = false;
+    let mut status: Option<ExitStatus> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let stop = |reason: Option<Exit>, kill_at: &mut Option<tokio::time::Instant>| {
+        if kill_at.is_none() {
+            terminate(pid, spec.unsandboxed);
+            *kill_at = Some(tokio::time::Instant::now() + KILL_GRACE);
+        }
+        reason
+    };
+
+    loop {
+        if status.is_some() && out.eof && err.eof {
+            break;
+        }
+        tokio::select! {
+            r = stdout.read(&mut buf_out), if !out.eof => match r {
+                Ok(0) | Err(_) => { out.eof = true; out.finish(on_line) }
+                Ok(n) => if out.feed(&buf_out[..n], &mut budget, on_line) {
+                    on_line(Stream::Stderr, &limit_line(spec.limits.max_output_bytes));
+                    stop(None, &mut kill_at);
+                },
+            },
+            r = stderr.read(&mut buf_err), if !err.eof => match r {
+                Ok(0) | Err(_) => { err.eof = true; err.finish(on_line) }
+                Ok(n) => if err.feed(&buf_err[..n], &mut budget, on_line) {
+                    on_line(Stream::Stderr, &limit_line(spec.limits.max_output_bytes));
+                    stop(None, &mut kill_at);
+                },
+            },
+            s = child.wait(), if status.is_none() => {
+                status = Some(s.map_err(|e| SandboxError::SpawnFailed(format!("waiting for the process failed: {e}")))?);
+                // Whatever still holds the pipes (a daemon left behind unsandboxed) goes now.
+                kill_tree(pid, group.as_ref(), true).await;
+                drain_until = Some(tokio::time::Instant::now() + KILL_GRACE);
+            },
+            () = sleep_until_opt(drain_until), if drain_until.is_some() => {
+                // Something outside our reach (a `setsid` daemon, unsandboxed, without a
+                // cgroup) still holds the pipes: stop reading rather than wait for it.
+                out.eof = true;
+                err.eof = true;
+            },
+            () = tokio::time::sleep_until(deadline), if ended_by.is_none() && status.is_none() => {
+                ended_by = stop(Some(Exit::TimedOut), &mut kill_at);
+            },
+            () = cancel.cancelled(), if ended_by.is_none() && status.is_none() => {
+                ended_by = stop(Some(Exit::Cancelled), &mut kill_at);
+            },
+            () = sleep_until_opt(kill_at), if !killed && kill_at.is_some() => {
+                killed = true;
+                kill_tree(pid, group.as_ref(), status.is_some()).await;
+            },
+        }
+    }
+    // The namespace is gone with bubblewrap; the cgroup (if any) must be empty before removal.
+    if let Some(g) = &group {
+        g.kill_all().await;
+    }
+    let status = status.expect("loop ends after wait");
+    let exit = ended_by.unwrap_or_else(|| exit_of(status, spec.unsandboxed));
+    Ok(Outcome {
+        exit,
+        stdout: out.captured,
+        stderr: err.captured,
+        truncated: budget.truncated,
+        duration: started.elapsed(),
+        output_bytes: budget.total,
+        output_limit_reached: budget.limit_reached,
+    })
+}
+
+fn limit_line(max: u64) -> String {
+    format!("skiff: output limit reached ({max} bytes): further output is dropped and the process is stopped")
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn exit_of(status: ExitStatus, unsandboxed: bool) -> Exit {
+    match (status.code(), status.signal()) {
+        // bubblewrap reports a child killed by signal N as 128+N.
+        (Some(code), _) if !unsandboxed && (129..=128 + 64).contains(&code) => Exit::Signal(code - 128),
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(sig)) => Exit::Signal(sig),
+        (None, None) => Exit::Code(-1),
+    }
+}
+
+/// The descendants of `root` (not `root` itself), from `/proc`.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // `pid (comm) state ppid ...`: comm may contain anything, so split after the last `)`.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+            if let Some(ppid) = ppid {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    let mut out = Vec::new();
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            if seen.insert(c) {
+                out.push(c);
+                stack.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// SIGTERM to the program and everything it started, so it can clean up. Inside
+/// bubblewrap, not to bubblewrap itself: killing it would SIGKILL the namespace at once.
+fn terminate(pid: i32, unsandboxed: bool) {
+    if pid <= 0 {
+        return;
+    }
+    if unsandboxed {
+        sys::kill(-pid, Signal::Term);
+        sys::kill(pid, Signal::Term);
+    }
+    for d in descendants(pid) {
+        sys::kill(d, Signal::Term);
+    }
+}
+
+/// SIGKILL to the whole tree: bubblewrap (whose death kills the pid namespace, so
+/// every process in it, SIGTERM-ignoring or not), its process group, its descendants
+/// (what `setsid` took out of the group when unsandboxed) and the cgroup.
+///
+/// Once `pid` is reaped its number may be reused, so then only its process group
+/// (which keeps the number reserved while any member lives) and the cgroup are killed.
+async fn kill_tree(pid: i32, group: Option<&cgroup::RunGroup>, reaped: bool) {
+    if pid <= 0 {
+        return;
+    }
+    if reaped {
+        sys::kill(-pid, Signal::Kill);
+    } else {
+        let rest = descendants(pid);
+        sys::kill(-pid, Signal::Kill);
+        sys::kill(pid, Signal::Kill);
+        for d in rest {
+            sys::kill(d, Signal::Kill);
+        }
+    }
+    if let Some(g) = group {
+        g.kill_all().await;
+    }
+}
+
+/// Whether `ProcessLimits::max_processes` binds here: through a per-run pids cgroup,
+/// or through RLIMIT_NPROC, which the kernel does not apply to (real) root.
+pub fn process_limit_enforced() -> bool {
+    cgroup::limits_pids() || !sys::is_root()
+}
+
+/// A line about what this host enforces, for `skiff doctor`-style diagnostics.
+pub fn describe() -> String {
+    let bwrap = match availability() {
+        Ok(()) => "bubblewrap: available".to_string(),
+        Err(e) => format!("bubblewrap: unavailable: {e}"),
+    };
+    let root = if sys::is_root() {
+        "; host runs as root: RLIMIT_NPROC is not enforced, the pids cgroup is the process limit"
+    } else {
+        ""
+    };
+    format!("{bwrap}; {}{root}", cgroup::describe())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cwd_is_checked() {
+        let ws = std::env::temp_dir().canonicalize().unwrap();
+        let dir = ws.join(format!("skiff-cwd-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        assert_eq!(check_cwd(&dir, Some("a/./b/..")).unwrap(), "a");
+        assert_eq!(check_cwd(&dir, Some("/workspace/a")).unwrap(), "a");
+        assert_eq!(check_cwd(&dir, None).unwrap(), "");
+        assert!(check_cwd(&dir, Some("../x")).is_err());
+        assert!(check_cwd(&dir, Some("a/../../x")).is_err());
+        assert!(check_cwd(&dir, Some("/etc")).is_err());
+        assert!(check_cwd(&dir, Some("/workspacex")).is_err());
+        std::os::unix::fs::symlink("/", dir.join("up")).unwrap();
+        assert!(check_cwd(&dir, Some("up")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn env_gets_defaults_and_rejects_bad_names() {
+        let env = check_env(&[("A".into(), "1".into()), ("A".into(), "2".into())]).unwrap();
+        assert_eq!(env[0], ("A".into(), "2".into()));
+        assert!(env.iter().any(|(k, v)| k == "PATH" && v == DEFAULT_PATH));
+        assert!(check_env(&[("A=B".into(), "1".into())]).is_err());
+        assert!(check_env(&[("A".into(), "x\0".into())]).is_err());
+    }
+
+    #[test]
+    fn signal_exit_codes_map_back() {
+        assert_eq!(exit_of(ExitStatus::from_raw(137 << 8), false), Exit::Signal(9));
+        assert_eq!(exit_of(ExitStatus::from_raw(3 << 8), false), Exit::Code(3));
+        assert_eq!(exit_of(ExitStatus::from_raw(137 << 8), true), Exit::Code(137));
+        assert_eq!(exit_of(ExitStatus::from_raw(9), true), Exit::Signal(9));
+    }
+}

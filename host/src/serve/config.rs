@@ -1,0 +1,329 @@
+//! `skiff.toml`: the apps a host serves (repository, provider, webhook secret, triggers,
+//! pipeline, secrets, limits), the dispatch key and the API tokens.
+//!
+//! Secret values are written sealed (`enc:v1:…`, see [`super::crypto`]), as `env:NAME`, or
+//! plain (development only: the host warns at startup).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use skiff_edge_core::{Provider, Secret, Triggers};
+
+use super::crypto::{MasterKey, PREFIX};
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    /// Address to listen on (`--listen` wins).
+    pub listen: Option<String>,
+    /// Data directory, relative to the config file (`--data` wins).
+    pub data: Option<PathBuf>,
+    /// The key dispatches from a master are signed with (Standard Webhooks, `whsec_…` or raw).
+    pub dispatch_key: Option<String>,
+    /// How far a dispatch's timestamp may be from now, in seconds (default 300).
+    pub dispatch_tolerance_secs: Option<i64>,
+    /// Runs at once on this host (default 4).
+    pub max_concurrent_runs: Option<usize>,
+    /// Log bytes kept per step (default 1 MiB).
+    pub log_bytes_per_step: Option<u64>,
+    /// What to do with runs that were running when the host stopped: `retry` (once, the
+    /// default) or `fail`.
+    pub recovery: Option<Recovery>,
+    /// Keep run workspaces after the run (default false).
+    pub keep_workspaces: Option<bool>,
+    /// API tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenDef>,
+    /// Apps.
+    #[serde(default)]
+    pub apps: Vec<AppDef>,
+}
+
+/// What happens to a run that was running when the host stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recovery {
+    /// Run it again once; fail it if it is interrupted again.
+    #[default]
+    Retry,
+    /// Fail it with a reason.
+    Fail,
+}
+
+/// An API token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokenDef {
+    /// A name for messages and run records.
+    pub name: String,
+    /// Hex SHA-256 of the token (`skiff serve --hash-token`).
+    pub sha256: Option<String>,
+    /// The token itself (sealed, `env:` or plain); hashed when loaded.
+    pub token: Option<String>,
+    /// Apps it may see and run; `"*"` for all.
+    pub apps: Vec<String>,
+}
+
+/// An app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AppDef {
+    /// Its name (`/hooks/{name}`).
+    pub name: String,
+    /// Repositories it builds (globs allowed).
+    pub repository: Option<String>,
+    /// The only webhook sender accepted (`github`, `gitlab`, …); any if absent.
+    pub provider: Option<Provider>,
+    /// The webhook secret.
+    pub webhook_secret: Option<String>,
+    /// The triggers (`push`, `pull_request`, `schedule`, …, as in a pipeline's `on:`).
+    #[serde(default, alias = "triggers")]
+    pub on: Option<toml::Value>,
+    /// A folder copied into each run's workspace (relative to the config file).
+    pub workspace: Option<PathBuf>,
+    /// The pipeline file, relative to the run's workspace (default `.skiff/pipeline.yaml`).
+    pub pipeline: Option<String>,
+    /// The pipeline itself, inline YAML (instead of `pipeline`).
+    pub pipeline_yaml: Option<String>,
+    /// Secrets the pipeline may grant.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Runs of this app at once (default: the host's limit).
+    pub max_concurrent_runs: Option<usize>,
+    /// A run is cancelled after this long.
+    pub run_timeout_secs: Option<u64>,
+}
+
+/// Where an app's pipeline comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineSource {
+    /// A file in the run's workspace.
+    Path(String),
+    /// Inline YAML.
+    Inline(String),
+}
+
+/// An app, resolved: secrets opened, triggers parsed.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// For the edge core's `decide`.
+    pub edge: skiff_edge_core::App,
+    /// The webhook secret.
+    pub webhook_secret: Option<Secret>,
+    /// The only sender accepted.
+    pub provider: Option<Provider>,
+    /// Copied into each run's workspace.
+    pub workspace: Option<PathBuf>,
+    /// The pipeline.
+    pub pipeline: PipelineSource,
+    /// Secrets (opened).
+    pub secrets: BTreeMap<String, String>,
+    /// Runs at once.
+    pub max_concurrent_runs: usize,
+    /// A run's time limit.
+    pub run_timeout: Option<std::time::Duration>,
+}
+
+impl AppConfig {
+    /// The app's name.
+    pub fn name(&self) -> &str {
+        &self.edge.name
+    }
+}
+
+/// Which apps a token reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppScope {
+    /// Every app.
+    All,
+    /// These apps.
+    Only(Vec<String>),
+}
+
+impl AppScope {
+    /// Whether `app` is in scope.
+    pub fn allows(&self, app: &str) -> bool {
+        match self {
+            AppScope::All => true,
+            AppScope::Only(apps) => apps.iter().any(|a| a == app),
+        }
+    }
+}
+
+/// A token, hashed.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// Its name.
+    pub name: String,
+    /// Its apps.
+    pub scope: AppScope,
+}
+
+/// The whole configuration, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// The dispatch key, if dispatches from a remote master are accepted.
+    pub dispatch_key: Option<Secret>,
+    /// Dispatch timestamp tolerance.
+    pub dispatch_tolerance_secs: i64,
+    /// Runs at once.
+    pub max_concurrent_runs: usize,
+    /// Log bytes kept per step.
+    pub log_bytes_per_step: u64,
+    /// Crash recovery.
+    pub recovery: Recovery,
+    /// Keep workspaces.
+    pub keep_workspaces: bool,
+    /// Tokens by SHA-256.
+    pub tokens: HashMap<[u8; 32], Token>,
+    /// Apps by name.
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+impl ServeConfig {
+    /// Reads `path`; relative paths in it are relative to its folder.
+    pub fn load(path: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the config file {}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &base, key).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    /// Parses a config's text.
+    pub fn from_toml(text: &str, base: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
+        let file: ConfigFile = toml::from_str(text)?;
+        Self::resolve(file, base, key)
+    }
+
+    /// Resolves a parsed file.
+    pub fn resolve(file: ConfigFile, base: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
+        let max = file.max_concurrent_runs.unwrap_or(4).max(1);
+        let mut apps = BTreeMap::new();
+        for def in file.apps {
+            let name = def.name.clone();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                bail!("app name `{name}` may hold only letters, digits, `-`, `_` and `.`");
+            }
+            let app = resolve_app(def, base, key, max).with_context(|| format!("app `{name}`"))?;
+            if apps.insert(name.clone(), app).is_some() {
+                bail!("app `{name}` is defined twice");
+            }
+        }
+        let mut tokens = HashMap::new();
+        for t in file.tokens {
+            let hash = match (&t.sha256, &t.token) {
+                (Some(h), None) => h.trim().to_ascii_lowercase(),
+                (None, Some(v)) => super::crypto::token_hash(&open_value(v, key, &format!("token `{}`", t.name))?),
+                _ => bail!("token `{}` needs exactly one of `sha256` or `token`", t.name),
+            };
+            let bytes: [u8; 32] = hex::decode(&hash)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .with_context(|| format!("token `{}`: `sha256` must be 64 hex digits (`skiff serve --hash-token`)", t.name))?;
+            let scope = if t.apps.iter().any(|a| a == "*") {
+                AppScope::All
+            } else {
+                for a in &t.apps {
+                    if !apps.contains_key(a) {
+                        bail!("token `{}` names app `{a}`, which is not configured", t.name);
+                    }
+                }
+                AppScope::Only(t.apps.clone())
+            };
+            tokens.insert(bytes, Token { name: t.name, scope });
+        }
+        let dispatch_key = file
+            .dispatch_key
+            .as_deref()
+            .map(|v| open_value(v, key, "dispatch-key").map(Secret::new))
+            .transpose()?;
+        Ok(ServeConfig {
+            listen: file.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
+            data_dir: base.join(file.data.unwrap_or_else(|| "skiff-data".into())),
+            dispatch_key,
+            dispatch_tolerance_secs: file.dispatch_tolerance_secs.unwrap_or(skiff_edge_core::DEFAULT_TIMESTAMP_TOLERANCE_SECS),
+            max_concurrent_runs: max,
+            log_bytes_per_step: file.log_bytes_per_step.unwrap_or(1 << 20),
+            recovery: file.recovery.unwrap_or_default(),
+            keep_workspaces: file.keep_workspaces.unwrap_or(false),
+            tokens,
+            apps,
+        })
+    }
+
+    /// The token whose hash is `sha256(presented)`.
+    pub fn token(&self, presented: &str) -> Option<&Token> {
+        use sha2::Digest as _;
+        let hash: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        self.tokens.get(&hash)
+    }
+}
+
+fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) -> anyhow::Result<AppConfig> {
+    let on: Triggers = match def.on {
+        None => Triggers::default(),
+        Some(v) => {
+            let json = serde_json::to_value(v)?;
+            serde_json::from_value(json).context("`on`")?
+        }
+    };
+    for s in &on.schedule {
+        super::cron::parse(&s.cron).context("`on.schedule`")?;
+    }
+    let repository = def
+        .repository
+        .map(|r| serde_json::from_value(serde_json::Value::String(r)))
+        .transpose()
+        .context("`repository`")?;
+    let edge = skiff_edge_core::App { name: def.name.clone(), environment: None, repository, on };
+    let pipeline = match (def.pipeline, def.pipeline_yaml) {
+        (Some(_), Some(_)) => bail!("give `pipeline` (a file) or `pipeline-yaml` (inline), not both"),
+        (None, Some(y)) => PipelineSource::Inline(y),
+        (p, None) => {
+            let p = p.unwrap_or_else(|| ".skiff/pipeline.yaml".into());
+            // Without a workspace to copy, the pipeline file is read from beside the config.
+            match &def.workspace {
+                Some(_) => PipelineSource::Path(p),
+                None => PipelineSource::Path(base.join(p).display().to_string()),
+            }
+        }
+    };
+    let mut secrets = BTreeMap::new();
+    for (k, v) in def.secrets {
+        let plain = open_value(&v, key, &format!("secret `{k}`"))?;
+        secrets.insert(k, plain);
+    }
+    let webhook_secret =
+        def.webhook_secret.as_deref().map(|v| open_value(v, key, "webhook-secret").map(Secret::new)).transpose()?;
+    Ok(AppConfig {
+        edge,
+        webhook_secret,
+        provider: def.provider,
+        workspace: def.workspace.map(|w| base.join(w)),
+        pipeline,
+        secrets,
+        max_concurrent_runs: def.max_concurrent_runs.unwrap_or(max).max(1),
+        run_timeout: def.run_timeout_secs.map(std::time::Duration::from_secs),
+    })
+}
+
+/// Opens a secret value: `enc:v1:…` with the master key, `env:NAME` from the environment, or
+/// plain (with a warning that names the setting, never the value).
+pub fn open_value(v: &str, key: Option<&MasterKey>, what: &str) -> anyhow::Result<String> {
+    if v.starts_with(PREFIX) {
+        let key = key.with_context(|| format!("{what} is sealed but no master key is loaded"))?;
+        let plain = key.open(v).with_context(|| what.to_string())?;
+        return String::from_utf8(plain).with_context(|| format!("{what} is not UTF-8"));
+    }
+    if let Some(name) = v.strip_prefix("env:") {
+        return std::env::var(name).with_context(|| format!("{what} reads the environment variable `{name}`, which is not set"));
+    }
+    eprintln!("skiff serve: warning: {what} is written in plain text; seal it with `skiff serve --encrypt`");
+    Ok(v.to_string())
+}

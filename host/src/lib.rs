@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod capabilities;
+pub mod executor;
 pub mod cli;
 pub mod mask;
 pub mod pipeline;

@@ -4,7 +4,12 @@ mod step;
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
+use skiff_host::cli;
+use skiff_host::executor::LocalExecutor;
+use skiff_host::runtime::{EngineOptions, Runtime};
 
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "Serverless CI/CD where every step is a capability-limited WebAssembly component.")]
@@ -15,9 +20,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a pipeline locally, the way the host runs it for a webhook.
+    Run(cli::run::RunArgs),
+    /// Check a pipeline and report every problem at once.
+    Validate(cli::validate::ValidateArgs),
     /// Run or inspect a single step component.
     #[command(subcommand)]
     Step(step::StepCommand),
+}
+
+/// The executor for local runs: one shared runtime, components cached on disk.
+fn local_executor() -> anyhow::Result<Arc<LocalExecutor>> {
+    let runtime = Runtime::new(EngineOptions { pool_size: 64, ..Default::default() }, None)?;
+    Ok(Arc::new(LocalExecutor::new(Arc::new(runtime))))
 }
 
 #[tokio::main]
@@ -25,6 +40,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Step(cmd) => step::run(cmd).await,
+        Command::Run(args) => match local_executor() {
+            Ok(executor) => cli::run::run(args, executor).await,
+            Err(e) => Err(e),
+        },
+        Command::Validate(args) => cli::validate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -186,17 +186,18 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits,
         artifacts_dir: args.artifacts.clone(),
     };
+    let masker = skiff_host::mask::Masker::new(inv.secrets.values());
     let sink = Arc::new(|rec: LogRecord| print_log(&rec));
     let report = runtime.run(&loaded, inv, sink).await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", masker.mask(&serde_json::to_string_pretty(&report)?));
     } else {
         if let Some(s) = &report.summary {
             println!("── summary ──\n{}", s.trim_end());
         }
         println!("── outputs ──");
         for (k, v) in &report.outputs {
-            println!("{k}={v}");
+            println!("{k}={}", masker.mask(v));
         }
         let u = &report.usage;
         println!(

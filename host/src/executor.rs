@@ -28,11 +28,13 @@ pub struct LocalExecutor {
     pub limits: Limits,
     /// Where `artifacts.upload` stores files, per run.
     pub artifacts_root: Option<PathBuf>,
+    /// Run processes without bubblewrap (an explicit host flag; logged on every run).
+    pub unsandboxed_processes: bool,
 }
 
 impl LocalExecutor {
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime, limits: Limits::default(), artifacts_root: None }
+        Self { runtime, limits: Limits::default(), artifacts_root: None, unsandboxed_processes: false }
     }
 
     async fn execute(&self, req: StepRequest, log: &(dyn Fn(LogLine) + Send + Sync)) -> StepResult {
@@ -42,7 +44,11 @@ impl LocalExecutor {
             StepResult { duration: started.elapsed(), ..StepResult::outcome(StepOutcome::Failure(msg)) }
         };
         let mut inputs = req.inputs.clone();
-        let mut process = ProcessGrant { allowed: req.permissions.process, network: req.permissions.network };
+        let mut process = ProcessGrant {
+            allowed: req.permissions.process,
+            network: req.permissions.network,
+            unsandboxed: self.unsandboxed_processes,
+        };
         let bytes: Vec<u8> = match &req.uses {
             StepRef::Builtin(name) => match builtin::get(name) {
                 Some(b) => b.to_vec(),

@@ -235,6 +235,7 @@ impl Runtime {
             cpu_limit_ticks,
             cpu_exceeded: false,
             traffic,
+            deadline: Instant::now() + inv.limits.timeout,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -30,6 +30,8 @@ pub struct StepState {
     pub cpu_limit_ticks: u64,
     pub cpu_exceeded: bool,
     pub traffic: Arc<AtomicU64>,
+    /// When the step's wall-clock time runs out.
+    pub deadline: std::time::Instant,
 }
 
 impl WasiView for StepState {

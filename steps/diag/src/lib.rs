@@ -14,6 +14,7 @@ impl Step for Diag {
             .input("file", "Workspace path of the file to write", false, Some("skiff-diag.txt"))
             .input("fetch", "A URL to GET; its status becomes an output", false, None)
             .input("fail", "When `true`, the step fails on purpose", false, Some("false"))
+            .output("message", "The message written")
             .output("file", "The path written")
             .output("bytes", "How many bytes were written")
             .output("inputs", "The input names, comma-separated")
@@ -35,6 +36,7 @@ impl Step for Diag {
         env.sort();
         let secrets = skiff_step_sdk::secret_names();
         let mut out = Outputs::new()
+            .set("message", message)
             .set("file", &file)
             .set("bytes", text.len().to_string())
             .set("inputs", inputs.join(","))

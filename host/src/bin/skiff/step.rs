@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Let granted processes use the network.
     #[arg(long)]
     allow_process_network: bool,
+    /// Run granted processes WITHOUT the bubblewrap sandbox (rlimits only). Dangerous; logged on every run.
+    #[arg(long)]
+    unsandboxed_processes: bool,
     /// The workspace directory (created if missing; default: the current directory).
     #[arg(long = "dir", value_name = "WORKSPACE")]
     dir: Option<PathBuf>,
@@ -182,7 +185,11 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
         secrets: pairs(&args.secret, "--secret")?,
         mask_also: Vec::new(),
         allow_hosts: Allowlist::parse(&args.allow_host).map_err(anyhow::Error::msg)?,
-        process: ProcessGrant { allowed: args.allow_process, network: args.allow_process_network },
+        process: ProcessGrant {
+            allowed: args.allow_process,
+            network: args.allow_process_network,
+            unsandboxed: args.unsandboxed_processes,
+        },
         limits,
         artifacts_dir: args.artifacts.clone(),
     };

@@ -360,3 +360,56 @@ async fn not_a_component_is_a_clear_error() {
     let err = runtime().load(b"\0asm\x01\0\0\0").await.unwrap_err().to_string();
     assert!(err.contains("not a valid step component"), "{err}");
 }
+
+async fn shell() -> Arc<LoadedStep> {
+    runtime().load(builtin::get("shell").unwrap()).await.unwrap()
+}
+
+fn shell_invocation(ws: &Path, script: &str) -> StepInvocation {
+    let mut inv = invocation(ws, &[("script", script)]);
+    inv.process = ProcessGrant { allowed: true, ..Default::default() };
+    inv
+}
+
+#[tokio::test]
+async fn the_shell_step_runs_scripts_in_the_process_sandbox_and_returns_outputs() {
+    let ws = tempfile::tempdir().unwrap();
+    let script = "echo hello from bash\necho \"greeting=hi $WHO\" >> \"$SKIFF_OUTPUT\"\necho 'EXTRA=1' >> \"$SKIFF_ENV\"\ntouch made-here";
+    let mut inv = shell_invocation(ws.path(), script);
+    inv.env = BTreeMap::from([("WHO".into(), "there".into())]);
+    let (report, log) = run(&*shell().await, inv).await;
+    assert!(report.status.succeeded(), "{:?}\n{}", report.status, joined(&log));
+    assert!(joined(&log).contains("stdout: hello from bash"), "{}", joined(&log));
+    assert_eq!(report.outputs["greeting"], "hi there");
+    assert_eq!(report.outputs["skiff.env.EXTRA"], "1");
+    assert!(ws.path().join("made-here").exists());
+}
+
+#[tokio::test]
+async fn a_shell_step_without_the_process_grant_is_refused_before_it_runs() {
+    let ws = tempfile::tempdir().unwrap();
+    let (report, _) = run(&*shell().await, invocation(ws.path(), &[("script", "touch nope")])).await;
+    assert!(matches!(&report.status, StepStatus::Denied(m) if m.contains("`process`")), "{:?}", report.status);
+    assert!(!ws.path().join("nope").exists());
+}
+
+#[tokio::test]
+async fn a_process_outliving_its_step_is_killed_with_it() {
+    let ws = tempfile::tempdir().unwrap();
+    let token = format!("skiff-sleeper-{}", std::process::id());
+    let mut inv = shell_invocation(ws.path(), &format!("trap '' TERM; exec -a {token} sleep 300"));
+    inv.limits.timeout = Duration::from_secs(2);
+    let (report, _) = run(&*shell().await, inv).await;
+    assert!(!report.status.succeeded());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.contains(&token), "left running:\n{ps}");
+}
+
+#[tokio::test]
+async fn a_failing_script_fails_the_step_with_its_exit_code() {
+    let ws = tempfile::tempdir().unwrap();
+    let (report, _) = run(&*shell().await, shell_invocation(ws.path(), "echo before\nfalse\necho never")).await;
+    assert_eq!(report.status, StepStatus::Failed("`run` script exited with code 1".into()));
+}

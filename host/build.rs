@@ -49,7 +49,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let out_dir = target_dir.join("wasm32-wasip2").join("wasm-step");
-    let mut table = String::from("/// Built-in steps embedded in the binary: (name, component bytes).\npub static BUILTIN_STEPS: &[(&str, &[u8])] = &[\n");
+    let mut table = String::from(
+        "/// Built-in steps embedded in the binary: (name, component bytes).\npub static BUILTIN_STEPS: &[(&str, &[u8])] = &[\n",
+    );
     for (_, stem, name) in BUILTIN {
         let path = artifact(&out_dir, stem)?;
         table.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));

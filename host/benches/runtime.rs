@@ -74,7 +74,8 @@ async fn main() {
     let ws = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
 
-    let pooled = Runtime::new(EngineOptions { pool_size: 1000, ..Default::default() }, Some(cache.path().into())).unwrap();
+    let pooled =
+        Runtime::new(EngineOptions { pool_size: 1000, ..Default::default() }, Some(cache.path().into())).unwrap();
     let ondemand =
         Runtime::new(EngineOptions { pooling: false, ..Default::default() }, Some(cache.path().into())).unwrap();
     let step_p = pooled.load(&bytes).await.unwrap();
@@ -89,9 +90,29 @@ async fn main() {
         stats(process_starts(m, || {
             let mut c = Command::new(b);
             c.args([
-                "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin",
-                "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev",
-                "/dev", "--tmpfs", "/tmp", "--", "/bin/true",
+                "--unshare-all",
+                "--die-with-parent",
+                "--new-session",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--symlink",
+                "usr/lib",
+                "/lib",
+                "--symlink",
+                "usr/lib64",
+                "/lib64",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "--",
+                "/bin/true",
             ]);
             c
         }))
@@ -104,7 +125,12 @@ async fn main() {
     println!("| Wasm step, on-demand allocator | {} | {} | {:.2}× |", us(om), us(o99), ratio(om, pm));
     println!("| native `/bin/true`, plain fork/exec ({m} runs) | {} | {} | {:.1}× |", us(fm), us(f99), ratio(fm, pm));
     if let Some((bm, b99)) = bw {
-        println!("| native `/bin/true` under `bwrap --unshare-all` ({m} runs) | {} | {} | {:.1}× |", us(bm), us(b99), ratio(bm, pm));
+        println!(
+            "| native `/bin/true` under `bwrap --unshare-all` ({m} runs) | {} | {} | {:.1}× |",
+            us(bm),
+            us(b99),
+            ratio(bm, pm)
+        );
     }
 
     // Memory per idle step: K steps asleep in a host call at once.
@@ -169,9 +195,5 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 }
 
 fn which(bin: &str) -> Option<String> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| format!("{d}/{bin}"))
-        .find(|p| Path::new(p).exists())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| format!("{d}/{bin}")).find(|p| Path::new(p).exists())
 }

@@ -40,7 +40,12 @@ impl LocalExecutor {
     async fn execute(&self, req: StepRequest, log: &(dyn Fn(LogLine) + Send + Sync)) -> StepResult {
         let started = Instant::now();
         let fail = |msg: String| {
-            log(LogLine { job_id: req.job_id.clone(), step_id: req.step_id.clone(), level: "system".into(), text: msg.clone() });
+            log(LogLine {
+                job_id: req.job_id.clone(),
+                step_id: req.step_id.clone(),
+                level: "system".into(),
+                text: msg.clone(),
+            });
             StepResult { duration: started.elapsed(), ..StepResult::outcome(StepOutcome::Failure(msg)) }
         };
         let mut inputs = req.inputs.clone();
@@ -54,7 +59,10 @@ impl LocalExecutor {
                 Some(b) => b.to_vec(),
                 None => {
                     let names: Vec<_> = builtin::names().collect();
-                    return fail(format!("there is no built-in step `{name}`; built-in steps are: {}", names.join(", ")));
+                    return fail(format!(
+                        "there is no built-in step `{name}`; built-in steps are: {}",
+                        names.join(", ")
+                    ));
                 }
             },
             StepRef::Path(p) => match std::fs::read(p) {
@@ -119,7 +127,12 @@ impl LocalExecutor {
             }
         };
         while let Ok(rec) = rx.try_recv() {
-            log(LogLine { job_id: job_id.clone(), step_id: step_id.clone(), level: rec.level.as_str().into(), text: rec.text });
+            log(LogLine {
+                job_id: job_id.clone(),
+                step_id: step_id.clone(),
+                level: rec.level.as_str().into(),
+                text: rec.text,
+            });
         }
         let mut outputs = BTreeMap::new();
         let mut env = BTreeMap::new();

@@ -88,9 +88,7 @@ impl Outputs {
     }
 
     pub(crate) fn into_wit(self) -> wit::StepOutput {
-        wit::StepOutput {
-            outputs: self.0.into_iter().map(|(key, value)| wit::Pair { key, value }).collect(),
-        }
+        wit::StepOutput { outputs: self.0.into_iter().map(|(key, value)| wit::Pair { key, value }).collect() }
     }
 }
 

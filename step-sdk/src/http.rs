@@ -124,10 +124,10 @@ impl Request {
                 .append(k, v.as_bytes())
                 .map_err(|e| HttpError::InvalidUrl(format!("header `{k}` is not allowed: {e:?}")))?;
         }
-        if let Some(body) = &self.body {
-            if !self.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
-                let _ = headers.append("content-length", body.len().to_string().as_bytes());
-            }
+        if let Some(body) = &self.body
+            && !self.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        {
+            let _ = headers.append("content-length", body.len().to_string().as_bytes());
         }
         let req = OutgoingRequest::new(headers);
         let method = match self.method.as_str() {
@@ -142,8 +142,7 @@ impl Request {
         };
         let bad = |what: &str| HttpError::InvalidUrl(format!("{what} of `{}` is not valid", url.original));
         req.set_method(&method).map_err(|()| bad("method"))?;
-        req.set_scheme(Some(&if url.https { Scheme::Https } else { Scheme::Http }))
-            .map_err(|()| bad("scheme"))?;
+        req.set_scheme(Some(&if url.https { Scheme::Https } else { Scheme::Http })).map_err(|()| bad("scheme"))?;
         req.set_authority(Some(&url.authority)).map_err(|()| bad("host"))?;
         req.set_path_with_query(Some(&url.path)).map_err(|()| bad("path"))?;
 
@@ -154,7 +153,8 @@ impl Request {
         let future = outgoing_handler::handle(req, None).map_err(|e| map_error(e, &url.authority))?;
         if let (Some(out), Some(body)) = (outgoing, &self.body) {
             {
-                let stream = out.write().map_err(|()| HttpError::Transport("request body stream unavailable".into()))?;
+                let stream =
+                    out.write().map_err(|()| HttpError::Transport("request body stream unavailable".into()))?;
                 for chunk in body.chunks(4096) {
                     stream
                         .blocking_write_and_flush(chunk)

@@ -31,6 +31,7 @@
 #![allow(unsafe_code)] // wit-bindgen's generated glue is unsafe by nature.
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

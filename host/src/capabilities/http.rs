@@ -132,7 +132,10 @@ fn is_private(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_private(IpAddr::V4(v4));
             }
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
         }
     }
 }
@@ -141,7 +144,9 @@ fn is_private(ip: IpAddr) -> bool {
 fn is_metadata(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local()),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
     }
 }
 
@@ -254,7 +259,9 @@ mod tests {
 
     #[test]
     fn private_and_metadata_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "100.64.0.1", "::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for ip in
+            ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "100.64.0.1", "::1", "fd00::1", "::ffff:127.0.0.1"]
+        {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
         assert!(is_metadata("169.254.169.254".parse().unwrap()));

@@ -106,7 +106,10 @@ impl LogPipe {
         let total = self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         if total > self.limit {
             if !self.exceeded.swap(true, Ordering::Relaxed) {
-                self.system(format!("log limit {} reached: the step is stopped", crate::runtime::limits::Bytes(self.limit)));
+                self.system(format!(
+                    "log limit {} reached: the step is stopped",
+                    crate::runtime::limits::Bytes(self.limit)
+                ));
             }
             return false;
         }

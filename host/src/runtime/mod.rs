@@ -40,7 +40,10 @@ pub struct LoadedStep {
 
 impl std::fmt::Debug for LoadedStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedStep").field("name", &self.manifest.name).field("digest", &hex::encode(self.digest)).finish()
+        f.debug_struct("LoadedStep")
+            .field("name", &self.manifest.name)
+            .field("digest", &hex::encode(self.digest))
+            .finish()
     }
 }
 
@@ -188,7 +191,11 @@ impl Runtime {
 
     async fn describe(&self, pre: &StepPre<StepState>) -> anyhow::Result<bindings::Manifest> {
         let dir = tempfile_dir()?;
-        let inv = StepInvocation { workspace: dir.clone(), limits: Limits { timeout: Duration::from_secs(10), ..Limits::default() }, ..Default::default() };
+        let inv = StepInvocation {
+            workspace: dir.clone(),
+            limits: Limits { timeout: Duration::from_secs(10), ..Limits::default() },
+            ..Default::default()
+        };
         let pipe = LogPipe::new(Masker::default(), Arc::new(|_| {}), 1 << 20);
         let mut store = self.store(&inv, pipe)?;
         let res = tokio::time::timeout(inv.limits.timeout, async {

@@ -47,7 +47,19 @@ fn step_run_exits_non_zero_with_the_reason() {
 fn step_run_masks_secrets_in_log_and_outputs() {
     let ws = tempfile::tempdir().unwrap();
     let dir = ws.path().to_str().unwrap();
-    let args = ["step", "run", HOSTILE, "--with", "attack=print-secret", "--with", "arg=K", "--secret", "K=pa55w0rd!x", "--dir", dir];
+    let args = [
+        "step",
+        "run",
+        HOSTILE,
+        "--with",
+        "attack=print-secret",
+        "--with",
+        "arg=K",
+        "--secret",
+        "K=pa55w0rd!x",
+        "--dir",
+        dir,
+    ];
     let (code, out) = skiff(&args);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("pa55w0rd"), "{out}");

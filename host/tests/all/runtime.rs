@@ -300,7 +300,11 @@ async fn secrets_and_processes_not_granted_are_refused() {
     let (report, _) = attack(ws.path(), "secret-not-granted", "AWS_SECRET").await;
     assert_eq!(report.status, StepStatus::Denied("secret `AWS_SECRET` was not granted".into()));
     let (report, _) = attack(ws.path(), "process", "").await;
-    assert!(matches!(&report.status, StepStatus::Denied(m) if m.contains("not granted `process`")), "{:?}", report.status);
+    assert!(
+        matches!(&report.status, StepStatus::Denied(m) if m.contains("not granted `process`")),
+        "{:?}",
+        report.status
+    );
     let _ = ProcessGrant::default();
 }
 
@@ -346,7 +350,8 @@ async fn compiled_components_are_cached_by_content_and_engine_configuration() {
 #[tokio::test]
 async fn a_fuel_budget_stops_a_step_deterministically() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(EngineOptions { pooling: false, fuel: true, ..Default::default() }, Some(dir.path().into())).unwrap();
+    let rt = Runtime::new(EngineOptions { pooling: false, fuel: true, ..Default::default() }, Some(dir.path().into()))
+        .unwrap();
     let step = rt.load(&std::fs::read(HOSTILE).unwrap()).await.unwrap();
     let ws = tempfile::tempdir().unwrap();
     let mut inv = invocation(ws.path(), &[("attack", "loop")]);

@@ -12,7 +12,11 @@ use skiff_host::executor::LocalExecutor;
 use skiff_host::runtime::{EngineOptions, Runtime};
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "Serverless CI/CD where every step is a capability-limited WebAssembly component.")]
+#[command(
+    name = "skiff",
+    version,
+    about = "Serverless CI/CD where every step is a capability-limited WebAssembly component."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

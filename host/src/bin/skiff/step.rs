@@ -18,7 +18,7 @@ use skiff_host::runtime::{EngineOptions, Runtime, StepInvocation};
 #[derive(Subcommand)]
 pub enum StepCommand {
     /// Run one step in a fresh sandbox, print its log live, then its outputs.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print what a step declares: inputs, outputs, capabilities.
     Inspect {
         /// A built-in step name or a path to a component (.wasm).
@@ -106,7 +106,7 @@ pub fn component_bytes(step: &str) -> anyhow::Result<Vec<u8>> {
 pub async fn run(cmd: StepCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         StepCommand::Inspect { step, json } => inspect(&step, json).await,
-        StepCommand::Run(args) => run_step(args).await,
+        StepCommand::Run(args) => run_step(*args).await,
     }
 }
 

@@ -68,7 +68,10 @@ impl Step for Hostile {
             "list" => match std::fs::read_dir(&arg) {
                 Ok(dir) => Ok(Outputs::new().set(
                     "entries",
-                    dir.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>().join(","),
+                    dir.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(","),
                 )),
                 Err(e) => Err(StepError::Failed(format!("cannot list `{arg}`: {e}"))),
             },
@@ -76,10 +79,8 @@ impl Step for Hostile {
                 let resp = Request::get(&arg).send()?;
                 Ok(Outputs::new().set("status", resp.status.to_string()).set("body", resp.text()))
             }
-            "env" => Ok(Outputs::new().set(
-                "env",
-                std::env::vars().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n"),
-            )),
+            "env" => Ok(Outputs::new()
+                .set("env", std::env::vars().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n"))),
             "flood" => {
                 let line = "x".repeat(1023);
                 loop {

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine and runs Skiff's main job on the bundled example.
+# Sets up a fresh machine and runs Skiff's main job on the bundled example:
+# the `examples/hello` pipeline, every step a sandboxed WebAssembly component.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -p skiff-host
+skiff="$PWD/target/release/skiff"
+"$skiff" step inspect diag
 ws=$(mktemp -d)
-./target/release/skiff step inspect diag
-./target/release/skiff step run diag --with message="hello from the demo" --dir "$ws"
-cat "$ws/skiff-diag.txt"
+cd examples/hello
+"$skiff" validate .skiff/pipeline.yaml
+"$skiff" run --workspace "$ws" --secret GREETING_TOKEN=demo-token-123

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -12,7 +13,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use skiff_edge_core::{
     Decision, Dispatch, Event, Headers, MAX_BODY_BYTES, MAX_DISPATCH_BODY_BYTES, VerifyError, VerifyOptions,
@@ -146,9 +146,11 @@ fn now_unix() -> i64 {
 
 fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> ApiResult<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return serde_json::from_slice(b"{}").map_err(|e| ApiError::BadRequest(format!("the request body is empty: {e}")));
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| ApiError::BadRequest(format!("the request body is empty: {e}")));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("the request body is not the JSON expected: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not the JSON expected: {e}")))
 }
 
 /// A run created (or found, for a redelivery).
@@ -195,17 +197,6 @@ pub fn run_for_dispatch(d: &Dispatch, requested_by: &str) -> NewRun {
     }
 }
 
-impl Shared {
-    /// Stores a dispatch's run (durably) and wakes the scheduler.
-    pub fn enqueue(&self, run: &NewRun) -> anyhow::Result<Inserted> {
-        let inserted = self.store.insert_run(run)?;
-        if !inserted.duplicate {
-            self.wake();
-        }
-        Ok(inserted)
-    }
-}
-
 #[utoipa::path(get, path = "/healthz", tag = "host", responses((status = 200, description = "The host is up", body = String)))]
 pub(crate) async fn health() -> &'static str {
     "ok"
@@ -243,11 +234,20 @@ pub struct HookResponse {
         (status = 401, description = "Not genuine", body = ErrorBody),
         (status = 413, description = "Too large", body = ErrorBody),
     ))]
-pub(crate) async fn hook(State(s): State<Arc<Shared>>, Path(app_name): Path<String>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let app = s.config.apps.get(&app_name).ok_or_else(|| ApiError::NotFound(format!("no app `{app_name}` on this host")))?;
+pub(crate) async fn hook(
+    State(s): State<Arc<Shared>>,
+    Path(app_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let app =
+        s.config.apps.get(&app_name).ok_or_else(|| ApiError::NotFound(format!("no app `{app_name}` on this host")))?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let secret = app.webhook_secret.as_ref().ok_or_else(|| {
-        ApiError::Status(500, format!("app `{app_name}` has no `webhook-secret` configured, so no webhook can be checked"))
+        ApiError::Status(
+            500,
+            format!("app `{app_name}` has no `webhook-secret` configured, so no webhook can be checked"),
+        )
     })?;
     let h = edge_headers(&headers);
     let opts = VerifyOptions { allowed: app.provider.map(|p| vec![p]), ..VerifyOptions::default() };
@@ -257,13 +257,16 @@ pub(crate) async fn hook(State(s): State<Arc<Shared>>, Path(app_name): Path<Stri
     let mut runs = Vec::new();
     for d in &decisions {
         if let Some(dispatch) = Dispatch::new(&event, d) {
-            let inserted = s.enqueue(&run_for_dispatch(&dispatch, "webhook"))?;
+            let inserted = s.enqueue(run_for_dispatch(&dispatch, "webhook")).await?;
             runs.push(accepted(&app_name, inserted));
         }
     }
     let created = runs.iter().any(|r| !r.duplicate);
     let message = if created {
-        format!("accepted: run {} of app `{app_name}` queued", runs.iter().map(|r| r.id.to_string()).collect::<Vec<_>>().join(", "))
+        format!(
+            "accepted: run {} of app `{app_name}` queued",
+            runs.iter().map(|r| r.id.to_string()).collect::<Vec<_>>().join(", ")
+        )
     } else if !runs.is_empty() {
         format!("already accepted: delivery `{}` is run {}", event.delivery_id, runs[0].id)
     } else {
@@ -296,7 +299,7 @@ pub(crate) async fn dispatch(State(s): State<Arc<Shared>>, headers: HeaderMap, b
     if !s.config.apps.contains_key(&d.app) {
         return Err(ApiError::Unprocessable(format!("app `{}` is not configured on this host", d.app)));
     }
-    let inserted = s.enqueue(&run_for_dispatch(&d, "dispatch"))?;
+    let inserted = s.enqueue(run_for_dispatch(&d, "dispatch")).await?;
     let code = if inserted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((code, Json(accepted(&d.app, inserted))).into_response())
 }
@@ -368,7 +371,7 @@ pub(crate) async fn create_run(
         requested_by: Some(caller.name.clone()),
         ..NewRun::default()
     };
-    let inserted = s.enqueue(&run)?;
+    let inserted = s.enqueue(run).await?;
     let code = if inserted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((code, Json(accepted(&app, inserted))).into_response())
 }
@@ -397,9 +400,14 @@ pub struct RunList {
 /// Lists the runs of the apps the token reaches, newest first.
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
     responses((status = 200, body = RunList), (status = 401, body = ErrorBody)), security(("token" = [])))]
-pub(crate) async fn list_runs(State(s): State<Arc<Shared>>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Json<RunList>> {
+pub(crate) async fn list_runs(
+    State(s): State<Arc<Shared>>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<RunList>> {
     if let Some(st) = &q.status
-        && ![status::QUEUED, status::RUNNING, status::SUCCESS, status::FAILURE, status::CANCELLED].contains(&st.as_str())
+        && ![status::QUEUED, status::RUNNING, status::SUCCESS, status::FAILURE, status::CANCELLED]
+            .contains(&st.as_str())
     {
         return Err(ApiError::BadRequest(format!(
             "unknown status `{st}`: use queued, running, success, failure or cancelled"
@@ -447,7 +455,11 @@ fn total(jobs: &[Job]) -> Usage {
 /// One run.
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = i64, Path, description = "Run id")),
     responses((status = 200, body = RunDetail), (status = 404, body = ErrorBody)), security(("token" = [])))]
-pub(crate) async fn get_run(State(s): State<Arc<Shared>>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<RunDetail>> {
+pub(crate) async fn get_run(
+    State(s): State<Arc<Shared>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<RunDetail>> {
     let run = visible_run(&s, &caller, id)?;
     let jobs = s.store.jobs(id)?;
     Ok(Json(RunDetail { usage: total(&jobs), run, jobs }))
@@ -500,14 +512,11 @@ pub(crate) async fn stream_logs(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     visible_run(&s, &caller, id)?;
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .or(q.after)
-        .unwrap_or(0);
+    let after = headers.get("last-event-id").and_then(|v| v.to_str().ok()?.parse().ok()).or(q.after).unwrap_or(0);
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     tokio::spawn(follow(s.clone(), id, after, tx));
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
@@ -550,7 +559,9 @@ async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::S
                 last = r.seq;
                 log_event(&r)
             }
-            Ok(e @ LiveEvent::Step { .. }) => SseEvent::default().event("step").data(serde_json::to_string(&e).unwrap_or_default()),
+            Ok(e @ LiveEvent::Step { .. }) => {
+                SseEvent::default().event("step").data(serde_json::to_string(&e).unwrap_or_default())
+            }
             Ok(LiveEvent::End { status }) => {
                 for e in catch_up(&mut last) {
                     let _ = tx.send(e).await;
@@ -582,7 +593,11 @@ async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::S
 #[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = i64, Path, description = "Run id")),
     responses((status = 200, body = Run), (status = 404, body = ErrorBody), (status = 409, description = "Already over", body = ErrorBody)),
     security(("token" = [])))]
-pub(crate) async fn cancel_run(State(s): State<Arc<Shared>>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<Run>> {
+pub(crate) async fn cancel_run(
+    State(s): State<Arc<Shared>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Run>> {
     let run = visible_run(&s, &caller, id)?;
     let outcome = s.cancel(id, &format!("cancelled by `{}`", caller.name)).await?;
     if outcome == super::scheduler::Cancelled::AlreadyOver {
@@ -616,7 +631,10 @@ pub(crate) async fn rerun(
     let bytes = read_body(&headers, body, MAX_API_BODY_BYTES).await?;
     let req: RerunRequest = parse_json(&bytes)?;
     if !status::is_terminal(&run.status) {
-        return Err(ApiError::Conflict(format!("run {id} is still {}; cancel it or wait before running it again", run.status)));
+        return Err(ApiError::Conflict(format!(
+            "run {id} is still {}; cancel it or wait before running it again",
+            run.status
+        )));
     }
     let job = if req.failed_only {
         super::scheduler::rerun_job(&s.store.jobs(id)?).map_err(|e| ApiError::Conflict(format!("run {id}: {e}")))?
@@ -643,6 +661,6 @@ pub(crate) async fn rerun(
         requested_by: Some(caller.name.clone()),
         ..NewRun::default()
     };
-    let inserted = s.enqueue(&new)?;
+    let inserted = s.enqueue(new).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted(&run.app, inserted))).into_response())
 }

@@ -36,10 +36,9 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("the `Authorization` header must be `Bearer <token>`".into()))?;
-        let t = state
-            .config
-            .token(token)
-            .ok_or_else(|| ApiError::Unauthorized("this token is not known to this host; check `tokens` in its config".into()))?;
+        let t = state.config.token(token).ok_or_else(|| {
+            ApiError::Unauthorized("this token is not known to this host; check `tokens` in its config".into())
+        })?;
         Ok(Caller { name: t.name.clone(), scope: t.scope.clone() })
     }
 }

@@ -161,7 +161,10 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{:>6}  {:<16} {:>5}  {:<10} {:<12} {:<24} {:>9}", "ID", "APP", "#", "STATUS", "TRIGGER", "REF", "DURATION");
+            println!(
+                "{:>6}  {:<16} {:>5}  {:<10} {:<12} {:<24} {:>9}",
+                "ID", "APP", "#", "STATUS", "TRIGGER", "REF", "DURATION"
+            );
             for run in r["runs"].as_array().into_iter().flatten() {
                 println!(
                     "{:>6}  {:<16} {:>5}  {:<10} {:<12} {:<24} {:>9}",
@@ -238,7 +241,12 @@ fn print_run(r: &Value) {
     }
     println!("  time:    {}", duration(&r["duration_ms"]));
     for j in r["jobs"].as_array().into_iter().flatten() {
-        println!("  job {} [{}] {}", j["key"].as_str().unwrap_or(""), j["status"].as_str().unwrap_or(""), duration(&j["duration_ms"]));
+        println!(
+            "  job {} [{}] {}",
+            j["key"].as_str().unwrap_or(""),
+            j["status"].as_str().unwrap_or(""),
+            duration(&j["duration_ms"])
+        );
         for s in j["steps"].as_array().into_iter().flatten() {
             let u = &s["usage"];
             let mut extra = String::new();
@@ -325,7 +333,8 @@ impl SseParser {
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
                 if !self.data.is_empty() || !self.event.is_empty() {
-                    let name = if self.event.is_empty() { "message".to_string() } else { std::mem::take(&mut self.event) };
+                    let name =
+                        if self.event.is_empty() { "message".to_string() } else { std::mem::take(&mut self.event) };
                     out.push((name, self.data.join("\n")));
                     self.data.clear();
                 }

@@ -190,7 +190,8 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// Reads `path`; relative paths in it are relative to its folder.
     pub fn load(path: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading the config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading the config file {}", path.display()))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_toml(&text, &base, key).with_context(|| format!("in the config file {}", path.display()))
     }
@@ -222,10 +223,9 @@ impl ServeConfig {
                 (None, Some(v)) => super::crypto::token_hash(&open_value(v, key, &format!("token `{}`", t.name))?),
                 _ => bail!("token `{}` needs exactly one of `sha256` or `token`", t.name),
             };
-            let bytes: [u8; 32] = hex::decode(&hash)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .with_context(|| format!("token `{}`: `sha256` must be 64 hex digits (`skiff serve --hash-token`)", t.name))?;
+            let bytes: [u8; 32] = hex::decode(&hash).ok().and_then(|b| b.try_into().ok()).with_context(|| {
+                format!("token `{}`: `sha256` must be 64 hex digits (`skiff serve --hash-token`)", t.name)
+            })?;
             let scope = if t.apps.iter().any(|a| a == "*") {
                 AppScope::All
             } else {
@@ -238,16 +238,15 @@ impl ServeConfig {
             };
             tokens.insert(bytes, Token { name: t.name, scope });
         }
-        let dispatch_key = file
-            .dispatch_key
-            .as_deref()
-            .map(|v| open_value(v, key, "dispatch-key").map(Secret::new))
-            .transpose()?;
+        let dispatch_key =
+            file.dispatch_key.as_deref().map(|v| open_value(v, key, "dispatch-key").map(Secret::new)).transpose()?;
         Ok(ServeConfig {
             listen: file.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
             data_dir: base.join(file.data.unwrap_or_else(|| "skiff-data".into())),
             dispatch_key,
-            dispatch_tolerance_secs: file.dispatch_tolerance_secs.unwrap_or(skiff_edge_core::DEFAULT_TIMESTAMP_TOLERANCE_SECS),
+            dispatch_tolerance_secs: file
+                .dispatch_tolerance_secs
+                .unwrap_or(skiff_edge_core::DEFAULT_TIMESTAMP_TOLERANCE_SECS),
             max_concurrent_runs: max,
             log_bytes_per_step: file.log_bytes_per_step.unwrap_or(1 << 20),
             recovery: file.recovery.unwrap_or_default(),
@@ -322,7 +321,8 @@ pub fn open_value(v: &str, key: Option<&MasterKey>, what: &str) -> anyhow::Resul
         return String::from_utf8(plain).with_context(|| format!("{what} is not UTF-8"));
     }
     if let Some(name) = v.strip_prefix("env:") {
-        return std::env::var(name).with_context(|| format!("{what} reads the environment variable `{name}`, which is not set"));
+        return std::env::var(name)
+            .with_context(|| format!("{what} reads the environment variable `{name}`, which is not set"));
     }
     eprintln!("skiff serve: warning: {what} is written in plain text; seal it with `skiff serve --encrypt`");
     Ok(v.to_string())

@@ -65,7 +65,8 @@ impl MasterKey {
             return Self::parse(&text).context("SKIFF_MASTER_KEY");
         }
         if let Some(path) = key_file {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading the master key file {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the master key file {}", path.display()))?;
             return Self::parse(&text).with_context(|| format!("the master key file {}", path.display()));
         }
         let path = data_dir.join("master.key");
@@ -101,7 +102,9 @@ impl MasterKey {
         }
         let nonce = Nonce::try_from(&raw[..12]).map_err(|_| anyhow::anyhow!("bad nonce"))?;
         self.0.decrypt(&nonce, &raw[12..]).map_err(|_| {
-            anyhow::anyhow!("the sealed value does not open with this master key: it was sealed with another key, or altered")
+            anyhow::anyhow!(
+                "the sealed value does not open with this master key: it was sealed with another key, or altered"
+            )
         })
     }
 }

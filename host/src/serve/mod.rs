@@ -89,6 +89,7 @@ pub struct Shared {
     /// The routes served.
     pub role: Role,
     running: Mutex<HashMap<i64, scheduler::Running>>,
+    accept: std::sync::mpsc::Sender<Pending>,
     wake: Notify,
     halted: AtomicBool,
 }
@@ -111,7 +112,14 @@ impl Shared {
         for id in &recovered.failed {
             eprintln!("skiff serve: run {id} was running when the host stopped; it is marked failed");
         }
+        let (accept, rx) = std::sync::mpsc::channel();
+        let writer = store.clone();
+        std::thread::Builder::new()
+            .name("skiff-accept".into())
+            .spawn(move || group_commit(&writer, rx))
+            .context("starting the run store's writer")?;
         Ok(Arc::new(Shared {
+            accept,
             config: Arc::new(config),
             store,
             logs,
@@ -133,9 +141,51 @@ impl Shared {
         Self::new(config, store, logs, executor, role)
     }
 
+    /// Stores a run durably (committed and synced) and wakes the scheduler. Runs accepted at
+    /// the same time share one commit.
+    pub async fn enqueue(&self, run: store::NewRun) -> anyhow::Result<store::Inserted> {
+        let stopped = || anyhow::anyhow!("the run store's writer has stopped");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.accept.send((run, tx)).map_err(|_| stopped())?;
+        let inserted = rx.await.map_err(|_| stopped())??;
+        if !inserted.duplicate {
+            self.wake();
+        }
+        Ok(inserted)
+    }
+
     /// Whether [`Server::halt`] was called.
     pub fn halted(&self) -> bool {
         self.halted.load(Ordering::SeqCst)
+    }
+}
+
+type Pending = (store::NewRun, tokio::sync::oneshot::Sender<anyhow::Result<store::Inserted>>);
+
+/// Group commit: takes every run waiting to be accepted, stores them in one transaction, and
+/// answers each. One sync serves a whole burst.
+fn group_commit(store: &store::Store, rx: std::sync::mpsc::Receiver<Pending>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (runs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match store.insert_runs(&runs) {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(anyhow::anyhow!("storing the run: {e:#}")));
+                }
+            }
+        }
     }
 }
 
@@ -177,14 +227,10 @@ impl Server {
 pub async fn start(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: Role) -> anyhow::Result<Server> {
     let listen = config.listen.clone();
     let shared = Shared::open(config, executor, role)?;
-    let listener =
-        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let mut tasks = vec![
-        tokio::spawn(shared.clone().scheduler_loop()),
-        tokio::spawn(cron::run(shared.clone())),
-    ];
+    let mut tasks = vec![tokio::spawn(shared.clone().scheduler_loop()), tokio::spawn(cron::run(shared.clone()))];
     let router = app(shared.clone());
     let s = stop.clone();
     tasks.push(tokio::spawn(async move {

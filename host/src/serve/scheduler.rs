@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::task::AbortHandle;
 
@@ -64,7 +64,10 @@ fn scope_for(run: &Run) -> Scope {
     scope.set_json("event", &run.event);
     scope.set_json("body", &run.body);
     scope.set_json("inputs", &serde_json::to_value(&run.inputs).unwrap_or_default());
-    scope.set_json("run", &serde_json::json!({"id": run.id.to_string(), "number": run.number, "attempt": run.attempt, "app": run.app}));
+    scope.set_json(
+        "run",
+        &serde_json::json!({"id": run.id.to_string(), "number": run.number, "attempt": run.attempt, "app": run.app}),
+    );
     scope
 }
 
@@ -222,7 +225,10 @@ impl Shared {
         let (st, error): (&str, Option<String>) = match joined {
             None => {
                 abort.abort();
-                (status::CANCELLED, Some(format!("the run took longer than its limit of {} s", timeout.unwrap_or_default().as_secs())))
+                (
+                    status::CANCELLED,
+                    Some(format!("the run took longer than its limit of {} s", timeout.unwrap_or_default().as_secs())),
+                )
             }
             Some(Ok(Ok(report))) => match report.status {
                 Status::Success | Status::Skipped => (status::SUCCESS, None),
@@ -316,7 +322,8 @@ fn first_error(report: &RunReport) -> String {
             }
         }
     }
-    let failed: Vec<&str> = report.jobs.iter().filter(|j| j.status == Status::Failure).map(|j| j.key.as_str()).collect();
+    let failed: Vec<&str> =
+        report.jobs.iter().filter(|j| j.status == Status::Failure).map(|j| j.key.as_str()).collect();
     format!("failed jobs: {}", failed.join(", "))
 }
 
@@ -433,7 +440,11 @@ impl RunObserver for Sink {
             }
             RunEvent::Log(line) => self.log(&line.job_id, &line.step_id, &line.level, &line.text),
             RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, .. } => {
-                let usage = Usage { wall_ms: Some(*duration_ms as i64), log_bytes: self.kept(job_id, step_id), ..Usage::default() };
+                let usage = Usage {
+                    wall_ms: Some(*duration_ms as i64),
+                    log_bytes: self.kept(job_id, step_id),
+                    ..Usage::default()
+                };
                 let r = store.step_finished(self.run, job_id, step_id, name, status.as_str(), error.as_deref(), &usage);
                 self.check("a step end", r);
                 self.live(job_id, step_id, name, status.as_str());
@@ -458,8 +469,11 @@ impl RunObserver for Sink {
 
 /// Rerun: the jobs to run again for `failed_only`, as the engine's `job` option.
 pub fn rerun_job(jobs: &[store::Job]) -> Result<Option<String>, String> {
-    let failed: BTreeMap<&str, ()> =
-        jobs.iter().filter(|j| j.status == status::FAILURE || j.status == status::CANCELLED).map(|j| (j.job.as_str(), ())).collect();
+    let failed: BTreeMap<&str, ()> = jobs
+        .iter()
+        .filter(|j| j.status == status::FAILURE || j.status == status::CANCELLED)
+        .map(|j| (j.job.as_str(), ()))
+        .collect();
     match failed.len() {
         0 => Err("the run has no failed jobs to run again".into()),
         1 => Ok(failed.keys().next().map(|s| s.to_string())),

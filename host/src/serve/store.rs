@@ -1,5 +1,6 @@
-//! The run store: SQLite in WAL mode with `synchronous=FULL`, so a run answered 202 survives a
-//! crash. The schema is migrated with `PRAGMA user_version` and the [`MIGRATIONS`] list.
+//! The run store: SQLite in WAL mode; accepting a run commits with `synchronous=FULL`, so a
+//! run answered 202 survives a crash, even a power cut. The schema is migrated with
+//! `PRAGMA user_version` and the [`MIGRATIONS`] list.
 //!
 //! One connection behind a mutex: every statement here is short, and SQLite serializes
 //! writers anyway.
@@ -343,8 +344,10 @@ impl Store {
     fn with_connection(mut conn: Connection) -> anyhow::Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is on disk before the 202 leaves, even across a power cut.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // NORMAL for progress (steps, jobs): in WAL mode it survives a killed process, and a
+        // run whose progress is lost to a power cut is recovered anyway. Accepting a run
+        // switches to FULL, so it is on disk before the 202 leaves.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
         Ok(Store { conn: Mutex::new(conn) })
@@ -360,51 +363,32 @@ impl Store {
         Ok(self.conn().query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
-    /// Stores a queued run, committed before this returns. With a known `dispatch_id` nothing
-    /// is written and the existing run is returned.
+    /// Stores a queued run, committed (and synced) before this returns. With a known
+    /// `dispatch_id` nothing is written and the existing run is returned.
     pub fn insert_run(&self, run: &NewRun) -> anyhow::Result<Inserted> {
+        let mut out = self.insert_runs(std::slice::from_ref(run))?;
+        out.pop().context("no run inserted")?
+    }
+
+    /// Stores several runs in one transaction and one sync (group commit); one result per run,
+    /// in order. A run that cannot be stored gets its error without failing the others.
+    pub fn insert_runs(&self, runs: &[NewRun]) -> anyhow::Result<Vec<anyhow::Result<Inserted>>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        if let Some(d) = &run.dispatch_id {
-            let existing: Option<(i64, i64)> = tx
-                .query_row("SELECT id, number FROM runs WHERE dispatch_id = ?1", [d], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if let Some((id, number)) = existing {
-                return Ok(Inserted { id, number, duplicate: true });
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| {
+            let tx = conn.transaction()?;
+            let mut out = Vec::with_capacity(runs.len());
+            for run in runs {
+                tx.execute_batch("SAVEPOINT one")?;
+                let r = insert_one(&tx, run);
+                tx.execute_batch(if r.is_ok() { "RELEASE one" } else { "ROLLBACK TO one; RELEASE one" })?;
+                out.push(r);
             }
-        }
-        let (number, attempt, parent) = match run.parent {
-            Some((parent, number, attempt)) => (number, attempt + 1, Some(parent)),
-            None => {
-                let n: i64 =
-                    tx.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM runs WHERE app = ?1", [&run.app], |r| r.get(0))?;
-                (n, 1, None)
-            }
-        };
-        tx.execute(
-            "INSERT INTO runs (app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, event, body, job, parent_id, requested_by, created_at)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            params![
-                run.app,
-                number,
-                attempt,
-                run.trigger,
-                run.reason,
-                run.git_ref,
-                run.sha,
-                run.dispatch_id,
-                serde_json::to_string(&run.inputs)?,
-                serde_json::to_string(&run.event)?,
-                serde_json::to_string(&run.body)?,
-                run.job,
-                parent,
-                run.requested_by,
-                now_ms(),
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        tx.commit()?;
-        Ok(Inserted { id, number, duplicate: false })
+            tx.commit()?;
+            Ok(out)
+        })();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        result
     }
 
     /// One run.
@@ -450,9 +434,9 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Queued runs, oldest first.
+    /// The oldest queued runs (at most 256: the scheduler looks no further in one pass).
     pub fn queued(&self) -> anyhow::Result<Vec<Run>> {
-        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE status = 'queued' ORDER BY id");
+        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE status = 'queued' ORDER BY id LIMIT 256");
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([], run_row)?;
@@ -489,6 +473,7 @@ impl Store {
     /// Ends a run (unless it already ended) and closes its open jobs and steps with the same
     /// status. False if it had already ended.
     pub fn finish_run(&self, id: i64, status: &str, error: Option<&str>) -> anyhow::Result<bool> {
+        // NORMAL: a killed process keeps it (WAL); after a power cut the run is recovered.
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
@@ -689,7 +674,9 @@ impl Store {
     pub fn cron_last_fired(&self, app: &str, cron: &str) -> anyhow::Result<Option<i64>> {
         Ok(self
             .conn()
-            .query_row("SELECT last_fired FROM cron_state WHERE app = ?1 AND cron = ?2", params![app, cron], |r| r.get(0))
+            .query_row("SELECT last_fired FROM cron_state WHERE app = ?1 AND cron = ?2", params![app, cron], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -716,6 +703,48 @@ impl Store {
     pub fn count_runs(&self) -> anyhow::Result<i64> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?)
     }
+}
+
+fn insert_one(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> anyhow::Result<Inserted> {
+    if let Some(d) = &run.dispatch_id {
+        let existing: Option<(i64, i64)> = tx
+            .query_row("SELECT id, number FROM runs WHERE dispatch_id = ?1", [d], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((id, number)) = existing {
+            return Ok(Inserted { id, number, duplicate: true });
+        }
+    }
+    let (number, attempt, parent) = match run.parent {
+        Some((parent, number, attempt)) => (number, attempt + 1, Some(parent)),
+        None => {
+            let n: i64 =
+                tx.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM runs WHERE app = ?1", [&run.app], |r| r.get(0))?;
+            (n, 1, None)
+        }
+    };
+    tx.execute(
+            "INSERT INTO runs (app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, event, body, job, parent_id, requested_by, created_at)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                run.app,
+                number,
+                attempt,
+                run.trigger,
+                run.reason,
+                run.git_ref,
+                run.sha,
+                run.dispatch_id,
+                serde_json::to_string(&run.inputs)?,
+                serde_json::to_string(&run.event)?,
+                serde_json::to_string(&run.body)?,
+                run.job,
+                parent,
+                run.requested_by,
+                now_ms(),
+            ],
+        )?;
+    let id = tx.last_insert_rowid();
+    Ok(Inserted { id, number, duplicate: false })
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

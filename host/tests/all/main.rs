@@ -2,6 +2,7 @@
 
 mod cli;
 mod pipeline;
+mod plugins;
 mod runtime;
 mod sandbox;
 mod serve;

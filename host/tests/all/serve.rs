@@ -227,7 +227,8 @@ fn store_migrates_and_dedupes_dispatch_ids() {
     let path = dir.path().join("skiff.db");
     let store = Store::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), skiff_host::serve::store::MIGRATIONS.len() as i64);
-    let run = NewRun { app: "web".into(), trigger: "push".into(), dispatch_id: Some("d-1:web".into()), ..NewRun::default() };
+    let run =
+        NewRun { app: "web".into(), trigger: "push".into(), dispatch_id: Some("d-1:web".into()), ..NewRun::default() };
     let a = store.insert_run(&run).unwrap();
     let b = store.insert_run(&run).unwrap();
     assert!(!a.duplicate && b.duplicate);
@@ -309,14 +310,9 @@ async fn webhooks_are_verified_matched_and_deduplicated() {
     assert_eq!(s.store.count_runs().unwrap(), 1);
 
     // `--role host` serves no webhooks.
-    let host = Shared::new(
-        config(dir.path(), "", ""),
-        s.store.clone(),
-        s.logs.clone(),
-        Arc::new(FakeExecutor),
-        Role::Host,
-    )
-    .unwrap();
+    let host =
+        Shared::new(config(dir.path(), "", ""), s.store.clone(), s.logs.clone(), Arc::new(FakeExecutor), Role::Host)
+            .unwrap();
     let (st, _) = call(&host, github_hook("web", &body, "gh-6", WEBHOOK_SECRET)).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
@@ -334,12 +330,17 @@ async fn tokens_are_required_and_scoped_to_apps() {
     let (st, other) = call(&s, post("/v1/apps/other/runs", Some(TOKEN_ALL), json!({}))).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{other}");
     let other_id = other["id"].as_i64().unwrap();
-    let (st, web) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main", "inputs": {"k": "v"}}))).await;
+    let (st, web) =
+        call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main", "inputs": {"k": "v"}}))).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{web}");
     let web_id = web["id"].as_i64().unwrap();
 
     // The web token cannot see, follow, cancel or start the other app's runs.
-    for path in [format!("/v1/runs/{other_id}"), format!("/v1/runs/{other_id}/logs"), format!("/v1/runs/{other_id}/logs/stream")] {
+    for path in [
+        format!("/v1/runs/{other_id}"),
+        format!("/v1/runs/{other_id}/logs"),
+        format!("/v1/runs/{other_id}/logs/stream"),
+    ] {
         let (st, _) = call(&s, get(&path, Some(TOKEN_WEB))).await;
         assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
     }
@@ -395,7 +396,10 @@ async fn openapi_document_is_current() {
         std::fs::write(&path, &current).unwrap();
     }
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(checked_in == current, "docs/openapi.json is out of date: run `SKIFF_BLESS=1 cargo test -p skiff-host --test all serve::openapi`");
+    assert!(
+        checked_in == current,
+        "docs/openapi.json is out of date: run `SKIFF_BLESS=1 cargo test -p skiff-host --test all serve::openapi`"
+    );
 }
 
 #[tokio::test]
@@ -432,7 +436,8 @@ async fn webhook_to_run_to_live_logs_over_a_socket() {
     use futures::StreamExt as _;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while end.is_none() {
-        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("the stream ended in time").unwrap().unwrap();
+        let chunk =
+            tokio::time::timeout_at(deadline, stream.next()).await.expect("the stream ended in time").unwrap().unwrap();
         for (event, data) in parser.feed(&chunk) {
             let v: Value = serde_json::from_str(&data).unwrap();
             match event.as_str() {
@@ -447,15 +452,23 @@ async fn webhook_to_run_to_live_logs_over_a_socket() {
     // The secret is masked before it is stored or streamed.
     assert!(!logs.iter().any(|l| l.contains("tok-9f8e7d")), "{logs:?}");
 
-    let run: Value = http.get(format!("{base}/v1/runs/{id}")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();
+    let run: Value =
+        http.get(format!("{base}/v1/runs/{id}")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();
     assert_eq!(run["status"], "success");
     assert_eq!(run["trigger"], "push");
     assert_eq!(run["jobs"][0]["steps"][0]["id"], "greet");
     assert_eq!(run["jobs"][0]["steps"][0]["status"], "success");
     assert!(run["jobs"][0]["steps"][0]["usage"]["wall_ms"].is_i64());
     assert!(run["usage"]["log_bytes"].as_i64().unwrap() > 0);
-    let stored: Value =
-        http.get(format!("{base}/v1/runs/{id}/logs")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();
+    let stored: Value = http
+        .get(format!("{base}/v1/runs/{id}/logs"))
+        .bearer_auth(TOKEN_WEB)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stored["complete"], true);
     assert_eq!(stored["lines"].as_array().unwrap().len(), logs.len());
     // The workspace is removed after the run; the database files are in the data directory.
@@ -467,12 +480,16 @@ async fn webhook_to_run_to_live_logs_over_a_socket() {
 async fn concurrency_group_cancels_the_run_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "";
-    let text = config_text(dir.path(), extra, "")
-        .replace("name: web\n", "name: web\n    concurrency: { group: deploy-${{ event.ref }}, cancel-in-progress: true }\n");
-    let s = Shared::open(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(FakeExecutor), Role::All)
-        .unwrap();
+    let text = config_text(dir.path(), extra, "").replace(
+        "name: web\n",
+        "name: web\n    concurrency:\n      group: deploy-${{ event.ref }}\n      cancel-in-progress: true\n",
+    );
+    let s =
+        Shared::open(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(FakeExecutor), Role::All)
+            .unwrap();
     let _sched = spawn_scheduler(&s);
-    let (_, a) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main", "inputs": {"hang": "true"}}))).await;
+    let (_, a) =
+        call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main", "inputs": {"hang": "true"}}))).await;
     let a = a["id"].as_i64().unwrap();
     wait_for(&s, a, &["running"]).await;
     let (_, b) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main"}))).await;
@@ -482,7 +499,8 @@ async fn concurrency_group_cancels_the_run_in_progress() {
     assert_eq!(ra.concurrency_group.as_deref(), Some("web/deploy-refs/heads/main"));
     wait_for(&s, b, &["success"]).await;
     // Another ref is another group: both run.
-    let (_, c) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "dev", "inputs": {"sleep_ms": "50"}}))).await;
+    let (_, c) =
+        call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "dev", "inputs": {"sleep_ms": "50"}}))).await;
     let (_, d) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main"}))).await;
     wait_for(&s, c["id"].as_i64().unwrap(), &["success"]).await;
     wait_for(&s, d["id"].as_i64().unwrap(), &["success"]).await;
@@ -527,13 +545,15 @@ async fn limits_queue_runs_and_cancel_and_rerun_work() {
     let failed = r["id"].as_i64().unwrap();
     let run = wait_for(&s, failed, &["failure"]).await;
     assert!(run.error.as_deref().unwrap().contains("failing on purpose"), "{:?}", run.error);
-    let (st, r) = call(&s, post(&format!("/v1/runs/{failed}/rerun"), Some(TOKEN_WEB), json!({"failed_only": true}))).await;
+    let (st, r) =
+        call(&s, post(&format!("/v1/runs/{failed}/rerun"), Some(TOKEN_WEB), json!({"failed_only": true}))).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{r}");
     let again = s.store.run(r["id"].as_i64().unwrap()).unwrap().unwrap();
     assert_eq!((again.number, again.attempt, again.parent_id), (run.number, 2, Some(failed)));
     assert!(again.job.is_some(), "only the failed job runs again");
     wait_for(&s, again.id, &["failure"]).await;
-    let (st, err) = call(&s, post(&format!("/v1/runs/{}/rerun", ids[0]), Some(TOKEN_WEB), json!({"failed_only": true}))).await;
+    let (st, err) =
+        call(&s, post(&format!("/v1/runs/{}/rerun", ids[0]), Some(TOKEN_WEB), json!({"failed_only": true}))).await;
     assert_eq!(st, StatusCode::CONFLICT);
     assert!(err["error"].as_str().unwrap().contains("no failed jobs"));
     let (st, _) = call(&s, post(&format!("/v1/runs/{}/rerun", ids[0]), Some(TOKEN_WEB), json!({}))).await;
@@ -566,7 +586,8 @@ async fn logs_are_capped_per_step_and_survive_a_restart() {
 async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() {
     let dir = tempfile::tempdir().unwrap();
     // First life: one run hangs, one waits behind it (limit 1); then the host "dies".
-    let server = start(config(dir.path(), "max-concurrent-runs = 1", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+    let server =
+        start(config(dir.path(), "max-concurrent-runs = 1", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
     let s = server.shared.clone();
     let (_, a) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"sleep_ms": "60000"}}))).await;
     let (_, b) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({}))).await;
@@ -605,8 +626,10 @@ async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() 
 fn cron_schedules_fire_once_per_instant() {
     use chrono::TimeZone as _;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), "", "")
-        .replace(r#"on = { push = { branches = ["main"] } }"#, r#"on = { push = {}, schedule = [{ cron = "0 3 * * *" }] }"#);
+    let text = config_text(dir.path(), "", "").replace(
+        r#"on = { push = { branches = ["main"] } }"#,
+        r#"on = { push = {}, schedule = [{ cron = "0 3 * * *" }] }"#,
+    );
     let cfg = ServeConfig::from_toml(&text, Path::new("/"), None).unwrap();
     let s = Shared::open(cfg, Arc::new(FakeExecutor), Role::All).unwrap();
     let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap();
@@ -625,7 +648,8 @@ fn cron_schedules_fire_once_per_instant() {
         skiff_host::serve::cron::next_due(&s, t0).unwrap(),
         chrono::Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap()
     );
-    let bad = config_text(dir.path(), "", "").replace(r#"on = { push = { branches = ["main"] } }"#, r#"on = { schedule = [{ cron = "61 * * * *" }] }"#);
+    let bad = config_text(dir.path(), "", "")
+        .replace(r#"on = { push = { branches = ["main"] } }"#, r#"on = { schedule = [{ cron = "61 * * * *" }] }"#);
     let err = ServeConfig::from_toml(&bad, Path::new("/"), None).unwrap_err();
     assert!(format!("{err:#}").contains("not a cron expression"), "{err:#}");
 }
@@ -654,4 +678,136 @@ fn example_config_parses() {
     let text = std::fs::read_to_string(&path).unwrap().replace("\"env:", "\"stand-in-for-");
     let cfg = ServeConfig::from_toml(&text, path.parent().unwrap(), None).unwrap();
     assert!(cfg.apps.contains_key("hello"));
+}
+
+/// Reads an SSE stream until `end`; returns the log texts and the final status.
+async fn follow_sse(http: &reqwest::Client, base: &str, id: i64, token: &str) -> (Vec<String>, String) {
+    use futures::StreamExt as _;
+    let mut stream =
+        http.get(format!("{base}/v1/runs/{id}/logs/stream")).bearer_auth(token).send().await.unwrap().bytes_stream();
+    let mut parser = skiff_host::serve::client::SseParser::default();
+    let mut logs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let chunk =
+            tokio::time::timeout_at(deadline, stream.next()).await.expect("the run ended in time").unwrap().unwrap();
+        for (event, data) in parser.feed(&chunk) {
+            let v: Value = serde_json::from_str(&data).unwrap();
+            match event.as_str() {
+                "log" => logs.push(v["text"].as_str().unwrap().to_string()),
+                "end" => return (logs, v["status"].as_str().unwrap().to_string()),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_diag_step_runs_for_a_webhook_with_the_local_executor() {
+    use skiff_host::runtime::{EngineOptions, Runtime};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let runtime =
+        Runtime::new(EngineOptions { pool_size: 8, ..Default::default() }, Some(cache.path().to_path_buf())).unwrap();
+    let executor = Arc::new(skiff_host::executor::LocalExecutor::new(Arc::new(runtime)));
+    let text = config_text(dir.path(), "", "");
+    let server =
+        start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), executor, Role::All).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let body = push_body("main", "diag");
+    let resp = http
+        .post(format!("{base}/hooks/web"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "diag-1")
+        .header("x-hub-signature-256", skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["runs"][0]["id"].as_i64().unwrap();
+    let (logs, status) = follow_sse(&http, &base, id, TOKEN_WEB).await;
+    let run: Value =
+        http.get(format!("{base}/v1/runs/{id}")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status, "success", "{logs:?}\n{run:#}");
+    assert!(logs.iter().any(|l| l.contains("wrote") && l.contains("skiff-diag.txt")), "{logs:?}");
+    assert!(!logs.iter().any(|l| l.contains("tok-9f8e7d")), "{logs:?}");
+    assert_eq!(run["jobs"][0]["steps"][0]["status"], "success");
+    server.halt();
+}
+
+/// `kill -9` of the real `skiff serve` after it accepted a burst of dispatches: after a
+/// restart every accepted run is there and runs. Needs `serve` wired into the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_run() {
+    let exe = env!("CARGO_BIN_EXE_skiff");
+    let help = std::process::Command::new(exe).arg("--help").output().unwrap();
+    if !String::from_utf8_lossy(&help.stdout).contains("serve") {
+        eprintln!("skipped: `skiff serve` is not wired into the binary yet");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = config_text(dir.path(), "", "max-concurrent-runs = 1")
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let cfg = dir.path().join("skiff.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let spawn = || {
+        std::process::Command::new(exe)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let up = |http: reqwest::Client, base: String| async move {
+        for _ in 0..600 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("skiff serve did not come up");
+    };
+    let mut child = spawn();
+    up(http.clone(), base.clone()).await;
+    let n = 40;
+    for i in 0..n {
+        let signed = sign_dispatch(&dispatch_for("web", &format!("kill-{i}")), &Secret::new(DISPATCH_KEY), now());
+        let mut req = http.post(format!("{base}/v1/dispatch")).body(signed.body);
+        for (k, v) in &signed.headers {
+            req = req.header(k, v);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 202);
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let mut child = spawn();
+    up(http.clone(), base.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list: Value = http
+            .get(format!("{base}/v1/runs?limit=500"))
+            .bearer_auth(TOKEN_ALL)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let runs = list["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), n, "every accepted run is stored");
+        if runs.iter().all(|r| r["status"] == "success") {
+            break;
+        }
+        assert!(Instant::now() < deadline && runs.iter().all(|r| r["status"] != "failure"), "{list:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

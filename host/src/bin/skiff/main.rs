@@ -28,6 +28,15 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Check a pipeline and report every problem at once.
     Validate(cli::validate::ValidateArgs),
+    /// Serve webhooks, dispatches, the Open API and runs.
+    Serve(Box<skiff_host::serve::ServeArgs>),
+    /// Start a run of an app on a server.
+    Trigger(skiff_host::serve::TriggerArgs),
+    /// List, show, follow and cancel runs on a server.
+    Runs {
+        #[command(subcommand)]
+        cmd: skiff_host::serve::RunsCommand,
+    },
     /// Run or inspect a single step component.
     #[command(subcommand)]
     Step(step::StepCommand),
@@ -49,6 +58,12 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Validate(args) => cli::validate::run(args),
+        Command::Serve(args) => match local_executor() {
+            Ok(executor) => skiff_host::serve::serve(*args, executor).await.map(|()| ExitCode::SUCCESS),
+            Err(e) => Err(e),
+        },
+        Command::Trigger(args) => skiff_host::serve::trigger(args).await,
+        Command::Runs { cmd } => skiff_host::serve::runs(cmd).await,
     };
     match result {
         Ok(code) => code,

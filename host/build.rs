@@ -9,8 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (package, artifact file stem, embedded as built-in step `name`)
-const BUILTIN: &[(&str, &str, &str)] =
-    &[("skiff-step-diag", "skiff_step_diag", "diag"), ("skiff-step-shell", "skiff_step_shell", "shell")];
+const BUILTIN: &[(&str, &str, &str)] = &[
+    ("skiff-step-diag", "skiff_step_diag", "diag"),
+    ("skiff-step-shell", "skiff_step_shell", "shell"),
+    ("skiff-step-notify", "skiff_step_notify", "notify"),
+    ("skiff-step-checkout", "skiff_step_checkout", "checkout"),
+    ("skiff-step-upload", "skiff_step_upload", "upload"),
+];
 const TEST_GUESTS: &[(&str, &str, &str)] = &[("skiff-test-guest-hostile", "skiff_test_guest_hostile", "HOSTILE")];
 
 fn main() -> anyhow::Result<()> {

@@ -16,3 +16,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
+
+# A real S3-compatible server for the upload step's tests (0.14 is the newest that builds on Rust 1.95).
+tools="$(cd "$(dirname "$0")/.." && pwd)/target/tools"
+if [ ! -x "$tools/bin/s3s-fs" ]; then
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$tools" \
+    || cargo install s3s-fs --version 0.14.1 --features binary --root "$tools"
+fi

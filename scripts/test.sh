@@ -9,6 +9,7 @@ echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 echo "== edge core builds for the edge targets"
 cargo build -q -p skiff-edge-core --target wasm32-unknown-unknown
 cargo build -q -p skiff-edge-core --target wasm32-wasip2
+export SKIFF_S3S_FS="$PWD/target/tools/bin/s3s-fs"
 echo "== tests"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --no-fail-fast

@@ -5,7 +5,8 @@ use std::process::Command;
 const HOSTILE: &str = env!("SKIFF_TEST_GUEST_HOSTILE");
 
 fn skiff(args: &[&str]) -> (i32, String) {
-    let cache = std::env::temp_dir().join(format!("skiff-cli-cache-{}", std::process::id()));
+    // Shared by every test process: entries are written atomically, keyed by content.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skiff-cache");
     let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(args)
         .env("SKIFF_CACHE_DIR", cache)

@@ -22,7 +22,8 @@ const HOSTILE: &str = env!("SKIFF_TEST_GUEST_HOSTILE");
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        let cache = std::env::temp_dir().join(format!("skiff-test-cache-{}", std::process::id()));
+        // Shared by every test process: entries are written atomically, keyed by content.
+        let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skiff-cache");
         Runtime::new(EngineOptions { pool_size: 64, ..Default::default() }, Some(cache)).unwrap()
     })
 }

@@ -1,7 +1,7 @@
 //! `skiff serve` benchmarks: latency from a webhook to its first step starting, and runs
 //! accepted per second with nothing lost, beside a bare SQLite insert+commit as the baseline.
 //!
-//! `cargo bench -p skiff-host --bench serve` prints a table (see docs/BENCHMARKS-serve.md).
+//! `cargo bench -p skiff-host --bench serve` prints a table (see docs/BENCHMARKS.md).
 
 use std::future::Future;
 use std::path::Path;

@@ -12,7 +12,7 @@ use crate::builtin;
 use crate::capabilities::http::Allowlist;
 use crate::capabilities::log::LogRecord;
 use crate::capabilities::process::ProcessGrant;
-use crate::pipeline::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult};
+use crate::pipeline::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, StepUsage};
 use crate::runtime::limits::Limits;
 use crate::runtime::{Runtime, StepInvocation, StepStatus};
 
@@ -154,7 +154,21 @@ impl LocalExecutor {
             StepStatus::TimedOut(_) => StepOutcome::Failure(report.status.to_string()),
             other => StepOutcome::Failure(other.to_string()),
         };
-        StepResult { outcome, outputs, env, path, post, summary: report.summary, duration: started.elapsed() }
+        let usage = StepUsage {
+            cpu_ms: report.usage.cpu_ms,
+            peak_memory_bytes: report.usage.peak_memory,
+            egress_bytes: report.usage.http_bytes,
+        };
+        StepResult {
+            outcome,
+            outputs,
+            env,
+            path,
+            post,
+            summary: report.summary,
+            duration: started.elapsed(),
+            usage: Some(usage),
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult};
-use super::expr::{Scope, strings_to_cel};
+use super::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, StepUsage};
+use super::expr::{Scope, json_to_cel, strings_to_cel};
 use super::plan::{Plan, PlanJob, PlanStep, Uses, Value};
 use crate::mask::Masker;
 
@@ -117,6 +117,9 @@ pub enum RunEvent {
         duration_ms: u64,
         /// Its outputs.
         outputs: BTreeMap<String, String>,
+        /// CPU, memory and egress, when the executor measured them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<StepUsage>,
         /// Why it failed.
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
@@ -234,13 +237,14 @@ impl Emit {
             RunEvent::JobSkipped { job_id, name, reason } => {
                 RunEvent::JobSkipped { job_id, name, reason: self.m(&reason) }
             }
-            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, outputs, error } => {
+            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, outputs, usage, error } => {
                 RunEvent::StepFinished {
                     job_id,
                     step_id,
                     name,
                     status,
                     duration_ms,
+                    usage,
                     outputs: self.mm(&outputs),
                     error: error.map(|e| self.m(&e)),
                 }
@@ -523,7 +527,8 @@ struct JobRun {
 
 /// What a step left for the rest of the job.
 struct StepState {
-    steps: serde_json::Map<String, serde_json::Value>,
+    /// The `steps` context, kept as CEL values so a step costs the same at step 1 and step 200.
+    steps: HashMap<cel::objects::Key, cel::Value>,
     exported_env: BTreeMap<String, String>,
     path: Vec<String>,
     posts: Vec<(String, String, BTreeMap<String, String>)>, // (step id, script, env)
@@ -544,12 +549,8 @@ impl JobRun {
         self.scope.cancelled = false;
         self.scope.workspace = self.workspace.clone();
         let mut reports = Vec::new();
-        let mut st = StepState {
-            steps: serde_json::Map::new(),
-            exported_env: BTreeMap::new(),
-            path: Vec::new(),
-            posts: Vec::new(),
-        };
+        let mut st =
+            StepState { steps: HashMap::new(), exported_env: BTreeMap::new(), path: Vec::new(), posts: Vec::new() };
         let mut job_env = (*self.pipeline_env).clone();
         if let Err(e) = std::fs::create_dir_all(&self.workspace) {
             self.scope.failed = true;
@@ -592,11 +593,12 @@ impl JobRun {
                 &r.outputs,
                 failure_text(&r.outcome),
                 r.summary,
+                r.usage,
             ));
         }
 
         let mut scope = self.scope.clone();
-        scope.set_json("steps", &serde_json::Value::Object(st.steps.clone()));
+        scope.vars.insert("steps", steps_value(&st.steps));
         let outputs = match eval_map(&self.plan, &job.outputs, &scope) {
             Ok(o) => o,
             Err(e) => {
@@ -642,6 +644,7 @@ impl JobRun {
         outputs: &BTreeMap<String, String>,
         error: Option<String>,
         summary: Option<String>,
+        usage: Option<StepUsage>,
     ) -> StepReport {
         self.emit.emit(RunEvent::StepFinished {
             job_id: self.job().key.clone(),
@@ -649,6 +652,7 @@ impl JobRun {
             name: name.into(),
             status,
             duration_ms: ms(duration),
+            usage,
             outputs: outputs.clone(),
             error: error.clone(),
         });
@@ -709,20 +713,22 @@ impl JobRun {
         deadline: Option<Instant>,
     ) -> StepReport {
         let mut scope = self.scope.clone();
-        scope.set_json("steps", &serde_json::Value::Object(st.steps.clone()));
+        scope.vars.insert("steps", steps_value(&st.steps));
         let mut env = job_env.clone();
         env.extend(st.exported_env.clone());
         scope.vars.insert("env", strings_to_cel(&env));
 
         let skip = |this: &mut Self, st: &mut StepState, status: Status, error: Option<String>| {
             st.steps.insert(
-                step.id.clone(),
-                serde_json::json!({"outputs": {}, "outcome": status.as_str(), "conclusion": status.as_str()}),
+                step_key(&step.id),
+                json_to_cel(
+                    &serde_json::json!({"outputs": {}, "outcome": status.as_str(), "conclusion": status.as_str()}),
+                ),
             );
             if status == Status::Failure {
                 this.scope.failed = true;
             }
-            this.finished(&step.id, &step.name, status, Duration::ZERO, &BTreeMap::new(), error, None)
+            this.finished(&step.id, &step.name, status, Duration::ZERO, &BTreeMap::new(), error, None, None)
         };
         let fail_at =
             |pos: super::source::Pos, e: String| format!("{}:{}:{}: {e}", self.plan.file, pos.line, pos.column);
@@ -816,14 +822,16 @@ impl JobRun {
         }
         let outputs = r.outputs.clone();
         st.steps.insert(
-            step.id.clone(),
-            serde_json::json!({"outputs": outputs, "outcome": outcome.as_str(), "conclusion": conclusion.as_str()}),
+            step_key(&step.id),
+            json_to_cel(
+                &serde_json::json!({"outputs": outputs, "outcome": outcome.as_str(), "conclusion": conclusion.as_str()}),
+            ),
         );
         if outcome == Status::Success || step.continue_on_error {
             st.exported_env.extend(r.env.clone());
             st.path.splice(0..0, r.path.iter().cloned());
         }
-        self.finished(&step.id, &step.name, outcome, r.duration, &outputs, error, r.summary)
+        self.finished(&step.id, &step.name, outcome, r.duration, &outputs, error, r.summary, r.usage)
     }
 }
 
@@ -833,4 +841,12 @@ fn failure_text(o: &StepOutcome) -> Option<String> {
         StepOutcome::Failure(m) => Some(m.clone()),
         StepOutcome::Cancelled => Some("cancelled".into()),
     }
+}
+
+fn step_key(id: &str) -> cel::objects::Key {
+    cel::objects::Key::String(Arc::new(id.to_string()))
+}
+
+fn steps_value(steps: &HashMap<cel::objects::Key, cel::Value>) -> cel::Value {
+    cel::Value::Map(cel::objects::Map { map: Arc::new(steps.clone()) })
 }

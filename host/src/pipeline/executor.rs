@@ -101,6 +101,19 @@ pub struct StepResult {
     pub summary: Option<String>,
     /// How long it ran.
     pub duration: Duration,
+    /// What the step consumed, when the executor measures it (the basis for metering).
+    pub usage: Option<StepUsage>,
+}
+
+/// Resources one step consumed beyond its wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StepUsage {
+    /// CPU time spent executing the step's code, in milliseconds.
+    pub cpu_ms: u64,
+    /// Peak linear memory, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Bytes sent and received over HTTP.
+    pub egress_bytes: u64,
 }
 
 impl StepResult {
@@ -114,6 +127,7 @@ impl StepResult {
             post: None,
             summary: None,
             duration: Duration::ZERO,
+            usage: None,
         }
     }
 }

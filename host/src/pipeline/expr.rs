@@ -63,6 +63,9 @@ pub struct Expr {
     pub refs: Vec<Vec<String>>,
     /// Calls of the status functions (`success`, `failure`, `always`, `cancelled`).
     pub status_calls: Vec<String>,
+    /// The static paths (`steps.build.outputs.v`) replaced by `__refN` variables:
+    /// looked up in Rust before evaluation, which is much cheaper than in CEL.
+    chains: Vec<Vec<String>>,
 }
 
 /// A part of a string value.
@@ -111,9 +114,9 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
     let mut refs = Vec::new();
     let mut status_calls = Vec::new();
     collect_refs(&ast, &mut Vec::new(), &mut refs, &mut status_calls);
-    let mut next_id = 1_000_000;
-    let ast = rewrite(ast, &mut next_id);
-    Ok(Expr { source: trimmed.to_string(), offset, ast, refs, status_calls })
+    let mut rw = Rewriter { next_id: 1_000_000, bound: Vec::new(), chains: Vec::new() };
+    let ast = rw.rewrite(ast);
+    Ok(Expr { source: trimmed.to_string(), offset, ast, refs, status_calls, chains: rw.chains })
 }
 
 /// Compiles a condition (`if:`): a bare expression, or one `${{ }}` around it.
@@ -320,17 +323,14 @@ impl Expr {
     pub fn eval(&self, scope: &Scope) -> Result<Value, EvalError> {
         ROOT.with(|root| {
             let mut ctx = root.new_inner_scope();
-            for (k, v) in &scope.vars {
-                ctx.add_variable_from_value(*k, v.clone());
-            }
-            for c in CONTEXTS {
-                if !scope.vars.contains_key(c) {
-                    ctx.add_variable_from_value(*c, empty_map());
-                }
+            for (i, chain) in self.chains.iter().enumerate() {
+                ctx.add_variable_from_value(format!("__ref{i}"), lookup(scope, chain));
             }
             ctx.add_variable_from_value("__failed", scope.failed);
             ctx.add_variable_from_value("__cancelled", scope.cancelled);
-            ctx.add_variable_from_value("__workspace", scope.workspace.to_string_lossy().to_string());
+            if self.source.contains("hashFiles") {
+                ctx.add_variable_from_value("__workspace", scope.workspace.to_string_lossy().to_string());
+            }
             Value::resolve(&self.ast, &ctx).map_err(|e| EvalError { expr: self.source.clone(), message: e.to_string() })
         })
     }
@@ -438,88 +438,161 @@ fn chain_of(
     }
 }
 
-fn lit_str(s: &str, next_id: &mut u64) -> IdedExpr {
-    *next_id += 1;
-    IdedExpr { id: *next_id, expr: Ast::Literal(LiteralValue::String(CelString::from(s.to_string()))) }
+/// Field access and indexing that yield `''` when missing; static paths into
+/// the contexts replaced by variables; GitHub functions renamed to their
+/// implementations, with the status and workspace passed in.
+struct Rewriter {
+    next_id: u64,
+    bound: Vec<String>,
+    chains: Vec<Vec<String>>,
 }
 
-fn ident(s: &str, next_id: &mut u64) -> IdedExpr {
-    *next_id += 1;
-    IdedExpr { id: *next_id, expr: Ast::Ident(s.to_string()) }
-}
+impl Rewriter {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
 
-/// Field access and indexing that yield `''` when missing; GitHub functions renamed
-/// to their implementations, with the status and workspace passed in.
-fn rewrite(e: IdedExpr, next_id: &mut u64) -> IdedExpr {
-    let id = e.id;
-    let expr = match e.expr {
-        Ast::Select(s) if !s.test => {
-            let operand = rewrite(*s.operand, next_id);
-            Ast::Call(CallExpr {
-                func_name: "__get".into(),
-                target: None,
-                args: vec![operand, lit_str(&s.field, next_id)],
-            })
+    fn lit_str(&mut self, s: &str) -> IdedExpr {
+        IdedExpr { id: self.id(), expr: Ast::Literal(LiteralValue::String(CelString::from(s.to_string()))) }
+    }
+
+    fn ident(&mut self, s: &str) -> IdedExpr {
+        IdedExpr { id: self.id(), expr: Ast::Ident(s.to_string()) }
+    }
+
+    /// `a.b['c'][0]` rooted in a context (not a comprehension variable), as its segments.
+    fn static_chain(&self, e: &IdedExpr) -> Option<Vec<String>> {
+        match &e.expr {
+            Ast::Ident(n) if CONTEXTS.contains(&n.as_str()) && !self.bound.contains(n) => Some(vec![n.clone()]),
+            Ast::Select(s) if !s.test => {
+                let mut c = self.static_chain(&s.operand)?;
+                c.push(s.field.clone());
+                Some(c)
+            }
+            Ast::Call(c) if c.func_name == operators::INDEX && c.args.len() == 2 && c.target.is_none() => {
+                let mut ch = self.static_chain(&c.args[0])?;
+                match &c.args[1].expr {
+                    Ast::Literal(LiteralValue::String(s)) => ch.push(s.inner().to_string()),
+                    Ast::Literal(LiteralValue::Int(i)) => ch.push(i.inner().to_string()),
+                    _ => return None,
+                }
+                Some(ch)
+            }
+            _ => None,
         }
-        Ast::Select(mut s) => {
-            s.operand = Box::new(rewrite(*s.operand, next_id));
-            Ast::Select(s)
+    }
+
+    fn rewrite(&mut self, e: IdedExpr) -> IdedExpr {
+        if let Some(chain) = self.static_chain(&e) {
+            let n = match self.chains.iter().position(|c| *c == chain) {
+                Some(n) => n,
+                None => {
+                    self.chains.push(chain);
+                    self.chains.len() - 1
+                }
+            };
+            return IdedExpr { id: e.id, expr: Ast::Ident(format!("__ref{n}")) };
         }
-        Ast::Call(c) if c.func_name == operators::INDEX && c.target.is_none() && c.args.len() == 2 => {
-            Ast::Call(CallExpr {
-                func_name: "__get".into(),
-                target: None,
-                args: c.args.into_iter().map(|a| rewrite(a, next_id)).collect(),
-            })
-        }
-        Ast::Call(c) => {
-            let mut args: Vec<IdedExpr> = c.args.into_iter().map(|a| rewrite(a, next_id)).collect();
-            let target = c.target.map(|t| Box::new(rewrite(*t, next_id)));
-            let mut func_name = c.func_name;
-            if target.is_none() && FUNCTIONS.contains(&func_name.as_str()) {
-                match func_name.as_str() {
-                    "success" | "failure" | "cancelled" | "always" => {
-                        args = vec![ident("__failed", next_id), ident("__cancelled", next_id)];
+        let id = e.id;
+        let expr = match e.expr {
+            Ast::Select(s) if !s.test => {
+                let operand = self.rewrite(*s.operand);
+                let field = self.lit_str(&s.field);
+                Ast::Call(CallExpr { func_name: "__get".into(), target: None, args: vec![operand, field] })
+            }
+            Ast::Select(mut s) => {
+                s.operand = Box::new(self.rewrite(*s.operand));
+                Ast::Select(s)
+            }
+            Ast::Call(c) if c.func_name == operators::INDEX && c.target.is_none() && c.args.len() == 2 => {
+                Ast::Call(CallExpr {
+                    func_name: "__get".into(),
+                    target: None,
+                    args: c.args.into_iter().map(|a| self.rewrite(a)).collect(),
+                })
+            }
+            Ast::Call(c) => {
+                let mut args: Vec<IdedExpr> = c.args.into_iter().map(|a| self.rewrite(a)).collect();
+                let target = c.target.map(|t| Box::new(self.rewrite(*t)));
+                let mut func_name = c.func_name;
+                if target.is_none() && FUNCTIONS.contains(&func_name.as_str()) {
+                    match func_name.as_str() {
+                        "success" | "failure" | "cancelled" | "always" => {
+                            args = vec![self.ident("__failed"), self.ident("__cancelled")];
+                        }
+                        "hashFiles" => args.insert(0, self.ident("__workspace")),
+                        _ => {}
                     }
-                    "hashFiles" => args.insert(0, ident("__workspace", next_id)),
-                    _ => {}
+                    func_name = format!("__gh_{func_name}");
                 }
-                func_name = format!("__gh_{func_name}");
+                Ast::Call(CallExpr { func_name, target, args })
             }
-            Ast::Call(CallExpr { func_name, target, args })
-        }
-        Ast::List(mut l) => {
-            l.elements = l.elements.into_iter().map(|x| rewrite(x, next_id)).collect();
-            Ast::List(l)
-        }
-        Ast::Map(mut m) => {
-            for en in &mut m.entries {
-                if let cel::common::ast::EntryExpr::MapEntry(me) = &mut en.expr {
-                    me.key = rewrite(std::mem::take(&mut me.key), next_id);
-                    me.value = rewrite(std::mem::take(&mut me.value), next_id);
+            Ast::List(mut l) => {
+                l.elements = l.elements.into_iter().map(|x| self.rewrite(x)).collect();
+                Ast::List(l)
+            }
+            Ast::Map(mut m) => {
+                for en in &mut m.entries {
+                    if let cel::common::ast::EntryExpr::MapEntry(me) = &mut en.expr {
+                        me.key = self.rewrite(std::mem::take(&mut me.key));
+                        me.value = self.rewrite(std::mem::take(&mut me.value));
+                    }
                 }
+                Ast::Map(m)
             }
-            Ast::Map(m)
-        }
-        Ast::Struct(mut s) => {
-            for en in &mut s.entries {
-                if let cel::common::ast::EntryExpr::StructField(f) = &mut en.expr {
-                    f.value = rewrite(std::mem::take(&mut f.value), next_id);
+            Ast::Struct(mut s) => {
+                for en in &mut s.entries {
+                    if let cel::common::ast::EntryExpr::StructField(f) = &mut en.expr {
+                        f.value = self.rewrite(std::mem::take(&mut f.value));
+                    }
                 }
+                Ast::Struct(s)
             }
-            Ast::Struct(s)
-        }
-        Ast::Comprehension(mut c) => {
-            c.iter_range = rewrite(std::mem::take(&mut c.iter_range), next_id);
-            c.accu_init = rewrite(std::mem::take(&mut c.accu_init), next_id);
-            c.loop_cond = rewrite(std::mem::take(&mut c.loop_cond), next_id);
-            c.loop_step = rewrite(std::mem::take(&mut c.loop_step), next_id);
-            c.result = rewrite(std::mem::take(&mut c.result), next_id);
-            Ast::Comprehension(c)
-        }
-        other => other,
+            Ast::Comprehension(mut c) => {
+                c.iter_range = self.rewrite(std::mem::take(&mut c.iter_range));
+                let n = self.bound.len();
+                self.bound.push(c.iter_var.clone());
+                if let Some(v) = &c.iter_var2 {
+                    self.bound.push(v.clone());
+                }
+                self.bound.push(c.accu_var.clone());
+                c.accu_init = self.rewrite(std::mem::take(&mut c.accu_init));
+                c.loop_cond = self.rewrite(std::mem::take(&mut c.loop_cond));
+                c.loop_step = self.rewrite(std::mem::take(&mut c.loop_step));
+                c.result = self.rewrite(std::mem::take(&mut c.result));
+                self.bound.truncate(n);
+                Ast::Comprehension(c)
+            }
+            other => other,
+        };
+        IdedExpr { id, expr }
+    }
+}
+
+/// Follows a static path through the scope; a missing key or index is `''`.
+fn lookup(scope: &Scope, chain: &[String]) -> Value {
+    let Some((root, rest)) = chain.split_first() else { return s("") };
+    let mut cur = match scope.vars.get(root.as_str()) {
+        Some(v) => v.clone(),
+        None if rest.is_empty() => empty_map(),
+        None => return s(""),
     };
-    IdedExpr { id, expr }
+    for seg in rest {
+        let next = match &cur {
+            Value::Map(m) => m
+                .map
+                .get(&Key::String(Arc::new(seg.clone())))
+                .or_else(|| seg.parse::<i64>().ok().and_then(|i| m.map.get(&Key::Int(i)))),
+            Value::List(l) => seg.parse::<usize>().ok().and_then(|i| l.get(i)),
+            _ => None,
+        };
+        match next {
+            Some(v) => cur = v.clone(),
+            None => return s(""),
+        }
+    }
+    cur
 }
 
 thread_local! {

@@ -109,7 +109,7 @@ impl Cx {
         self.err(pos, message);
     }
     fn finish(mut self) -> Diagnostics {
-        self.diags.sort_by(|a, b| a.pos.cmp(&b.pos));
+        self.diags.sort_by_key(|d| d.pos);
         Diagnostics(self.diags)
     }
 }

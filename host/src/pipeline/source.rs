@@ -31,11 +31,14 @@ pub enum Seg {
 /// A path into the document.
 pub type YPath = Vec<Seg>;
 
-/// Builds a path from keys and indexes: `path!["jobs", "build", "steps", 0]`.
+/// Builds a path from keys and indexes: `ypath!["jobs", "build", "steps", 0]`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! ypath {
-    ($($s:expr),* $(,)?) => { vec![$($crate::pipeline::source::IntoSeg::into_seg($s)),*] };
+    ($($s:expr),* $(,)?) => {{
+        let path: $crate::pipeline::source::YPath = Vec::from([$($crate::pipeline::source::IntoSeg::into_seg($s)),*]);
+        path
+    }};
 }
 
 /// Converts keys and indexes into [`Seg`].

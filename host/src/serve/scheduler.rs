@@ -439,11 +439,13 @@ impl RunObserver for Sink {
                 self.live(job_id, step_id, name, status::RUNNING);
             }
             RunEvent::Log(line) => self.log(&line.job_id, &line.step_id, &line.level, &line.text),
-            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, .. } => {
+            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, usage: measured, .. } => {
                 let usage = Usage {
                     wall_ms: Some(*duration_ms as i64),
                     log_bytes: self.kept(job_id, step_id),
-                    ..Usage::default()
+                    cpu_ms: measured.map(|u| u.cpu_ms as i64),
+                    peak_memory_bytes: measured.map(|u| u.peak_memory_bytes as i64),
+                    egress_bytes: measured.map(|u| u.egress_bytes as i64),
                 };
                 let r = store.step_finished(self.run, job_id, step_id, name, status.as_str(), error.as_deref(), &usage);
                 self.check("a step end", r);

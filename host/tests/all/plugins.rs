@@ -690,6 +690,11 @@ fn s3s_fs() -> Option<std::path::PathBuf> {
     if let Ok(p) = std::env::var("SKIFF_S3S_FS") {
         return Some(p.into());
     }
+    // Where scripts/setup.sh installs it.
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/s3s-fs");
+    if installed.is_file() {
+        return Some(installed);
+    }
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).find(|p| p.is_file()))
 }

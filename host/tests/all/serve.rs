@@ -734,6 +734,10 @@ async fn the_builtin_diag_step_runs_for_a_webhook_with_the_local_executor() {
     assert!(logs.iter().any(|l| l.contains("wrote") && l.contains("skiff-diag.txt")), "{logs:?}");
     assert!(!logs.iter().any(|l| l.contains("tok-9f8e7d")), "{logs:?}");
     assert_eq!(run["jobs"][0]["steps"][0]["status"], "success");
+    // Metering: the runtime's measurements reach the API.
+    assert!(run["usage"]["peak_memory_bytes"].as_i64().unwrap_or(0) > 0, "{run:#}");
+    assert!(run["usage"]["cpu_ms"].as_i64().is_some(), "{run:#}");
+    assert!(run["usage"]["egress_bytes"].as_i64().is_some(), "{run:#}");
     server.halt();
 }
 

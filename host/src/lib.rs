@@ -4,8 +4,8 @@
 
 pub mod builtin;
 pub mod capabilities;
-pub mod executor;
 pub mod cli;
+pub mod executor;
 pub mod mask;
 pub mod pipeline;
 pub mod runtime;

@@ -84,7 +84,17 @@ impl LocalExecutor {
             Ok(s) => s,
             Err(e) => return fail(format!("{e:#}")),
         };
-        let allow_hosts = match Allowlist::parse(&req.permissions.hosts) {
+        // `${inputs.NAME}` grants the host of the URL the pipeline put in that input.
+        let hosts: Vec<String> = req
+            .permissions
+            .hosts
+            .iter()
+            .filter_map(|h| match h.strip_prefix("${inputs.").and_then(|r| r.strip_suffix('}')) {
+                Some(name) => req.inputs.get(name).filter(|v| !v.trim().is_empty()).cloned(),
+                None => Some(h.clone()),
+            })
+            .collect();
+        let allow_hosts = match Allowlist::parse(&hosts) {
             Ok(a) => a,
             Err(e) => return fail(e),
         };

@@ -10,17 +10,22 @@ pub struct Mapped {
     pub builtin: &'static str,
     /// Inputs added unless the step sets them (`provider: dingtalk`).
     pub inputs: &'static [(&'static str, &'static str)],
+    /// Hosts granted because the pipeline names them in an input (`${inputs.webhook}`):
+    /// Serverless-cd pipelines have no `permissions`, and the webhook the user wrote
+    /// is the only place such a plugin talks to.
+    pub hosts: &'static [&'static str],
 }
 
 /// Maps a `plugin:` name (with or without a `@version`) to its built-in step.
 pub fn map_plugin(plugin: &str) -> Result<Mapped, String> {
     let name = strip_version(plugin.trim());
-    let m = |builtin, inputs| Ok(Mapped { builtin, inputs });
+    let m = |builtin, inputs| Ok(Mapped { builtin, inputs, hosts: &[] });
+    let notify = |inputs| Ok(Mapped { builtin: "notify", inputs, hosts: &["${inputs.webhook}"] });
     match name {
         "@serverless-cd/checkout" => m("checkout", &[]),
-        "@serverless-cd/ding-talk" | "@serverless-cd/dingtalk" => m("notify", &[("provider", "dingtalk")]),
+        "@serverless-cd/ding-talk" | "@serverless-cd/dingtalk" => notify(&[("provider", "dingtalk")]),
         "@serverless-cd/wechat" | "@serverless-cd/wecom" | "@serverless-cd/wechat-work" => {
-            m("notify", &[("provider", "wecom")])
+            notify(&[("provider", "wecom")])
         }
         "@serverless-cd/oss" | "@serverless-cd/oss-upload" => m("upload", &[("provider", "oss")]),
         "@serverless-cd/s-setup" | "@serverless-cd/s-deploy" => Err(format!(

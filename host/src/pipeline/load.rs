@@ -704,6 +704,7 @@ fn build_step(
         None => (false, format!("step-{}", i + 1)),
     };
 
+    let mut plugin_hosts: Vec<String> = Vec::new();
     let kinds: Vec<&str> = [("run", s.run.is_some()), ("uses", s.uses.is_some()), ("plugin", s.plugin.is_some())]
         .into_iter()
         .filter_map(|(k, b)| b.then_some(k))
@@ -756,6 +757,7 @@ fn build_step(
     } else if let Some(plugin) = &s.plugin {
         match map_plugin(plugin) {
             Ok(m) => {
+                plugin_hosts.extend(m.hosts.iter().map(|h| h.to_string()));
                 for (k, v) in m.inputs {
                     with_defs.entry(k.to_string()).or_insert_with(|| v.to_string());
                 }
@@ -787,7 +789,8 @@ fn build_step(
         }
         v
     });
-    let perms = s.permissions.clone().unwrap_or_default();
+    let mut perms = s.permissions.clone().unwrap_or_default();
+    perms.hosts.extend(plugin_hosts);
     secrets.extend(perms.secrets.iter().cloned());
     PlanStep {
         id,

@@ -87,3 +87,85 @@ fn bad_arguments_say_what_to_fix() {
     assert_eq!(code, 2);
     assert!(out.contains("not a size"), "{out}");
 }
+
+#[test]
+fn the_bundled_example_pipeline_runs_end_to_end() {
+    let ws = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello/.skiff/pipeline.yaml");
+    let (code, out) = skiff(&["run", example.to_str().unwrap(), "--workspace", ws.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Hello, world!"), "{out}");
+    assert!(ws.path().join("greeting.txt").exists(), "{out}");
+}
+
+/// A Serverless-cd pipeline, unchanged: `run:` steps, `inputs:`, and the DingTalk
+/// plugin posting to the webhook held in a secret (here a local robot).
+#[test]
+fn a_serverless_cd_pipeline_runs_unchanged() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let robot = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 8192];
+        // Read the head, then the body by content-length.
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let len = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if req.len() >= head_end + 4 + len {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        let body = br#"{"errcode":0,"errmsg":"ok"}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        String::from_utf8_lossy(&req).to_string()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("serverless-pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        r#"env:
+  APP: demo
+steps:
+  - run: echo "building $APP" && echo "version=1.2.3" >> "$SKIFF_OUTPUT"
+    id: build
+  - plugin: '@serverless-cd/ding-talk'
+    inputs:
+      webhook: ${{ secrets.DING_TALK_WEBHOOK }}
+      msgtype: text
+      text:
+        content: 'built ${{ steps.build.outputs.version }}'
+"#,
+    )
+    .unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let secret = format!("DING_TALK_WEBHOOK=http://127.0.0.1:{port}/robot/send?access_token=tok-abc123");
+    let (code, out) =
+        skiff(&["run", pipeline.to_str().unwrap(), "--workspace", ws.path().to_str().unwrap(), "--secret", &secret]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("building demo"), "{out}");
+    assert!(!out.contains("tok-abc123"), "the webhook secret must be masked: {out}");
+    let request = robot.join().unwrap();
+    assert!(request.starts_with("POST /robot/send?access_token=tok-abc123"), "{request}");
+    assert!(request.contains("built 1.2.3"), "{request}");
+}

@@ -39,7 +39,8 @@ pub struct RunArgs {
     /// An input (`inputs` context), repeatable.
     #[arg(long = "input", value_name = "KEY=VALUE")]
     pub inputs: Vec<String>,
-    /// The run's workspace (default: a new folder under the temp dir).
+    /// The run's workspace, used as it is (default: a new folder under the temp dir
+    /// holding a copy of the project: the folder of `.skiff/`, or of the pipeline file).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Print run events as JSON lines instead of the terminal view.
@@ -144,6 +145,12 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
         None => std::env::temp_dir().join(format!("skiff-{run_id}")),
     };
     std::fs::create_dir_all(&workspace).with_context(|| format!("creating the workspace {}", workspace.display()))?;
+    if args.workspace.is_none() {
+        // Like a checkout: the steps see the project, and the project is not changed.
+        let project = project_dir(&path);
+        copy_project(&project, &workspace)
+            .with_context(|| format!("copying {} into the workspace {}", project.display(), workspace.display()))?;
+    }
     let opts = RunOptions {
         run_id,
         run_number: 1,
@@ -346,4 +353,37 @@ mod tests {
         assert_eq!(e["branch"], "main");
         assert_eq!(e["sha"], "abc");
     }
+}
+
+/// The project a pipeline belongs to: the folder holding `.skiff/`, else the pipeline's own folder.
+fn project_dir(pipeline: &std::path::Path) -> PathBuf {
+    let abs = std::path::absolute(pipeline).unwrap_or_else(|_| pipeline.to_path_buf());
+    let dir = abs.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == ".skiff") {
+        return dir.parent().map(std::path::Path::to_path_buf).unwrap_or(dir);
+    }
+    dir
+}
+
+/// Build output and dependency folders are not copied: steps rebuild them.
+const NOT_COPIED: &[&str] = &["target", "node_modules"];
+
+fn copy_project(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    let walker = walkdir::WalkDir::new(from).min_depth(1).into_iter().filter_entry(|e| {
+        !(e.depth() == 1 && e.file_type().is_dir() && NOT_COPIED.iter().any(|n| e.file_name() == *n))
+    });
+    for entry in walker {
+        let entry = entry?;
+        let rel = entry.path().strip_prefix(from)?;
+        let dest = to.join(rel);
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&dest)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
+        } else if ft.is_file() {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
 }

@@ -169,3 +169,27 @@ steps:
     assert!(request.starts_with("POST /robot/send?access_token=tok-abc123"), "{request}");
     assert!(request.contains("built 1.2.3"), "{request}");
 }
+
+#[test]
+fn a_local_run_sees_a_copy_of_the_project_and_leaves_it_untouched() {
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(project.path().join(".skiff")).unwrap();
+    std::fs::create_dir_all(project.path().join("target/debug")).unwrap();
+    std::fs::write(project.path().join("input.txt"), "from the project").unwrap();
+    std::fs::write(
+        project.path().join(".skiff/pipeline.yaml"),
+        "steps:\n  - run: cat input.txt && test ! -e target && echo changed > input.txt\n",
+    )
+    .unwrap();
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skiff-cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("run")
+        .current_dir(project.path())
+        .env("SKIFF_CACHE_DIR", cache)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("from the project"), "{text}");
+    assert_eq!(std::fs::read_to_string(project.path().join("input.txt")).unwrap(), "from the project");
+}

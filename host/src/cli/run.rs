@@ -332,29 +332,6 @@ pub fn print_summary(report: &RunReport) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dotenv_values() {
-        let m = parse_dotenv("# c\nA=1\nexport B=\"x\\ny\"\nC='a b' \nD=v # note\n").unwrap();
-        assert_eq!(m["A"], "1");
-        assert_eq!(m["B"], "x\ny");
-        assert_eq!(m["C"], "a b");
-        assert_eq!(m["D"], "v");
-        assert!(parse_dotenv("nope").is_err());
-    }
-
-    #[test]
-    fn event_from_ref() {
-        let e = event_context("push", Some("main"), &serde_json::json!({"after": "abc"}));
-        assert_eq!(e["ref"], "refs/heads/main");
-        assert_eq!(e["branch"], "main");
-        assert_eq!(e["sha"], "abc");
-    }
-}
-
 /// The project a pipeline belongs to: the folder holding `.skiff/`, else the pipeline's own folder.
 fn project_dir(pipeline: &std::path::Path) -> PathBuf {
     let abs = std::path::absolute(pipeline).unwrap_or_else(|_| pipeline.to_path_buf());
@@ -386,4 +363,27 @@ fn copy_project(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_values() {
+        let m = parse_dotenv("# c\nA=1\nexport B=\"x\\ny\"\nC='a b' \nD=v # note\n").unwrap();
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "x\ny");
+        assert_eq!(m["C"], "a b");
+        assert_eq!(m["D"], "v");
+        assert!(parse_dotenv("nope").is_err());
+    }
+
+    #[test]
+    fn event_from_ref() {
+        let e = event_context("push", Some("main"), &serde_json::json!({"after": "abc"}));
+        assert_eq!(e["ref"], "refs/heads/main");
+        assert_eq!(e["branch"], "main");
+        assert_eq!(e["sha"], "abc");
+    }
 }

@@ -120,4 +120,23 @@ mod tests {
         assert!(m.is_empty());
         assert_eq!(m.mask("a a a"), "a a a");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn no_secret_survives_masking(
+            secret in "[A-Za-z0-9/+=_.@-]{3,24}",
+            before in "\\PC{0,40}",
+            after in "\\PC{0,40}",
+        ) {
+            let m = Masker::new([secret.as_str()]);
+            let line = format!("{before}{secret}{after}");
+            let masked = m.mask(&line);
+            proptest::prop_assert!(!masked.contains(secret.as_str()), "{masked}");
+        }
+
+        #[test]
+        fn host_patterns_never_panic(s in "\\PC{0,60}") {
+            let _ = crate::capabilities::http::HostPattern::parse(&s);
+        }
+    }
 }

@@ -629,3 +629,72 @@ async fn pipeline_engine_emits_events_in_order() {
         vec!["run-started", "job-started", "step-started", "log", "step-finished", "job-finished", "run-finished"]
     );
 }
+
+/// Pipelines come from repositories, so from strangers: no input may panic the loader.
+mod hostile_input {
+    use proptest::prelude::*;
+    use skiff_host::pipeline::load_str;
+
+    const KEYS: &[&str] = &[
+        "name",
+        "env",
+        "on",
+        "jobs",
+        "steps",
+        "needs",
+        "if",
+        "run",
+        "uses",
+        "with",
+        "plugin",
+        "inputs",
+        "strategy",
+        "matrix",
+        "include",
+        "exclude",
+        "outputs",
+        "permissions",
+        "post",
+        "id",
+        "${{",
+        "}}",
+        "secrets.X",
+        "- ",
+        ": ",
+        "\n",
+        "  ",
+        "[",
+        "]",
+        "{",
+        "}",
+        "'",
+        "\"",
+        "&a",
+        "*a",
+        "!!str",
+        "@serverless-cd/ding-talk",
+        "steps.a.outputs.b",
+    ];
+
+    fn yamlish() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![prop::sample::select(KEYS).prop_map(String::from), "[a-z0-9 :\\-\\n]{0,8}"],
+            0..60,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn the_loader_never_panics_on_yaml_like_text(text in yamlish()) {
+            let _ = load_str(&text, "fuzz.yaml", std::path::Path::new("."));
+        }
+
+        #[test]
+        fn the_loader_never_panics_on_arbitrary_text(text in "\\PC{0,300}") {
+            let _ = load_str(&text, "fuzz.yaml", std::path::Path::new("."));
+        }
+    }
+}

@@ -34,7 +34,10 @@ pub struct LocalExecutor {
 
 impl LocalExecutor {
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime, limits: Limits::default(), artifacts_root: None, unsandboxed_processes: false }
+        // Pipeline steps build and test real projects: an hour unless `timeout-minutes` says otherwise.
+        let hour = std::time::Duration::from_secs(3600);
+        let limits = Limits { timeout: hour, cpu: hour, ..Limits::default() };
+        Self { runtime, limits, artifacts_root: None, unsandboxed_processes: false }
     }
 
     async fn execute(&self, req: StepRequest, log: &(dyn Fn(LogLine) + Send + Sync)) -> StepResult {

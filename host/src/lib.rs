@@ -11,3 +11,4 @@ pub mod pipeline;
 pub mod runtime;
 pub mod sandbox;
 pub mod serve;
+pub mod workspace;

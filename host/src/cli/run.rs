@@ -148,7 +148,7 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
     if args.workspace.is_none() {
         // Like a checkout: the steps see the project, and the project is not changed.
         let project = project_dir(&path);
-        copy_project(&project, &workspace)
+        crate::workspace::copy_tree(&project, &workspace, NOT_COPIED)
             .with_context(|| format!("copying {} into the workspace {}", project.display(), workspace.display()))?;
     }
     let opts = RunOptions {
@@ -344,26 +344,6 @@ fn project_dir(pipeline: &std::path::Path) -> PathBuf {
 
 /// Build output and dependency folders are not copied: steps rebuild them.
 const NOT_COPIED: &[&str] = &["target", "node_modules"];
-
-fn copy_project(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
-    let walker = walkdir::WalkDir::new(from).min_depth(1).into_iter().filter_entry(|e| {
-        !(e.depth() == 1 && e.file_type().is_dir() && NOT_COPIED.iter().any(|n| e.file_name() == *n))
-    });
-    for entry in walker {
-        let entry = entry?;
-        let rel = entry.path().strip_prefix(from)?;
-        let dest = to.join(rel);
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir_all(&dest)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
-        } else if ft.is_file() {
-            std::fs::copy(entry.path(), &dest)?;
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

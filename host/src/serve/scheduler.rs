@@ -276,7 +276,8 @@ impl Shared {
             logs.remove(id).map_err(|e| format!("clearing old logs: {e}"))?;
             std::fs::create_dir_all(&ws2).map_err(|e| format!("creating the workspace {}: {e}", ws2.display()))?;
             if let Some(src) = source {
-                copy_dir(&src, &ws2).map_err(|e| format!("copying the app's workspace {}: {e}", src.display()))?;
+                crate::workspace::copy_tree(&src, &ws2, &[])
+                    .map_err(|e| format!("copying the app's workspace {}: {e}", src.display()))?;
             }
             Ok(())
         })
@@ -325,24 +326,6 @@ fn first_error(report: &RunReport) -> String {
     let failed: Vec<&str> =
         report.jobs.iter().filter(|j| j.status == Status::Failure).map(|j| j.key.as_str()).collect();
     format!("failed jobs: {}", failed.join(", "))
-}
-
-/// Copies a folder tree (files and folders; symlinks are copied as links).
-pub fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
-    for entry in walkdir::WalkDir::new(src).follow_links(false) {
-        let entry = entry.map_err(std::io::Error::other)?;
-        let rel = entry.path().strip_prefix(src).map_err(std::io::Error::other)?;
-        let to = dst.join(rel);
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir_all(&to)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
-        } else {
-            std::fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
 }
 
 /// Feeds a run's events into the store, the log store and the live channel.

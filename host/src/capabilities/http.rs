@@ -5,6 +5,10 @@
 //! A name on the allowlist that resolves to a loopback, private or link-local
 //! address is refused (DNS rebinding); such addresses are reachable only when
 //! the allowlist names them literally, and cloud metadata (169.254.0.0/16) never.
+//! Plain HTTP then connects to the checked address itself; HTTPS connects by
+//! name (the certificate check needs it), which leaves a short window between
+//! our lookup and the sender's in which a rebinding DNS server could answer
+//! differently.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -191,6 +195,7 @@ impl WasiHttpHooks for HttpPolicy {
         };
         let log = self.log.clone();
         let traffic = self.traffic.clone();
+        let mut request = request;
         Box::new(async move {
             // Resolve first, and refuse private addresses a public name points to.
             let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
@@ -204,6 +209,16 @@ impl WasiHttpHooks for HttpPolicy {
                         "denied outbound HTTP to `{shown}`: it resolves to {ip}, a private or metadata address; name the address itself in the allowlist to reach a private service"
                     ));
                     return Err(HttpError::HttpRequestDenied);
+                }
+            }
+            // Plain HTTP connects to the address just checked, so a second DNS
+            // answer cannot swap it (the Host header keeps the name). TLS needs the
+            // name for its certificate check; see the module docs.
+            if !https && let Some(addr) = addrs.first() {
+                let mut parts = request.uri().clone().into_parts();
+                parts.authority = addr.to_string().parse().ok();
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *request.uri_mut() = uri;
                 }
             }
             let sent = request

@@ -18,7 +18,7 @@ use crate::pipeline::{RunEvent, RunObserver, RunOptions, RunReport, Status, Step
 pub struct RunArgs {
     /// The pipeline file (default: `.skiff/pipeline.yaml`, then `serverless-pipeline.yaml`).
     pub pipeline: Option<PathBuf>,
-    /// Run only this job (and the jobs it needs).
+    /// Run only this job, or these comma-separated jobs, and the jobs they need.
     #[arg(long)]
     pub job: Option<String>,
     /// A webhook payload (JSON) to run for: the `body` context; `event` is derived from it.
@@ -111,11 +111,11 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
             return Ok(ExitCode::from(2));
         }
     };
-    if let Some(j) = &args.job
-        && plan.instances(j).next().is_none()
-    {
-        let jobs: Vec<&str> = plan.jobs.iter().map(|j| j.job.as_str()).collect();
-        anyhow::bail!("no job `{j}` in {}; the jobs are {}", path.display(), jobs.join(", "));
+    for j in args.job.iter().flat_map(|j| j.split(',')).map(str::trim) {
+        if plan.instances(j).next().is_none() {
+            let jobs: Vec<&str> = plan.jobs.iter().map(|j| j.job.as_str()).collect();
+            anyhow::bail!("no job `{j}` in {}; the jobs are {}", path.display(), jobs.join(", "));
+        }
     }
 
     let mut secrets = BTreeMap::new();

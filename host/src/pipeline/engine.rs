@@ -33,7 +33,7 @@ pub struct RunOptions {
     pub inputs: BTreeMap<String, String>,
     /// The run's workspace. One job runs in it directly; with several, each job runs in `<workspace>/<job key>`.
     pub workspace: PathBuf,
-    /// Run only this job (and the jobs it needs).
+    /// Run only this job, or these comma-separated jobs, and the jobs they need.
     pub job: Option<String>,
 }
 
@@ -285,7 +285,9 @@ pub async fn run_pipeline(
     let selected: Vec<usize> = match &opts.job {
         None => (0..plan.jobs.len()).collect(),
         Some(j) => {
-            let mut want = vec![j.clone()];
+            // One job, or several separated by commas (a rerun of failed jobs).
+            let mut want: Vec<String> =
+                j.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
             let mut i = 0;
             while i < want.len() {
                 for pj in plan.instances(&want[i].clone()) {

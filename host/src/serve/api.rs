@@ -643,8 +643,8 @@ pub(crate) async fn rerun(
     };
     let attempt = s.store.max_attempt(&run.app, run.number)?;
     let what = match (&job, req.failed_only) {
-        (Some(j), _) => format!("job `{j}` of run {id}"),
-        (None, true) => format!("run {id} (several jobs failed, so all run)"),
+        (Some(j), _) => format!("job(s) `{j}` of run {id}"),
+        (None, true) => format!("run {id}"),
         (None, false) => format!("run {id}"),
     };
     let new = NewRun {

@@ -459,10 +459,9 @@ pub fn rerun_job(jobs: &[store::Job]) -> Result<Option<String>, String> {
         .filter(|j| j.status == status::FAILURE || j.status == status::CANCELLED)
         .map(|j| (j.job.as_str(), ()))
         .collect();
-    match failed.len() {
-        0 => Err("the run has no failed jobs to run again".into()),
-        1 => Ok(failed.keys().next().map(|s| s.to_string())),
-        // The engine runs one job (and its needs) or all: several failed jobs rerun the whole run.
-        _ => Ok(None),
+    if failed.is_empty() {
+        return Err("the run has no failed jobs to run again".into());
     }
+    // The engine takes several jobs separated by commas, each with what it needs.
+    Ok(Some(failed.keys().copied().collect::<Vec<_>>().join(",")))
 }

@@ -193,3 +193,24 @@ fn a_local_run_sees_a_copy_of_the_project_and_leaves_it_untouched() {
     assert!(text.contains("from the project"), "{text}");
     assert_eq!(std::fs::read_to_string(project.path().join("input.txt")).unwrap(), "from the project");
 }
+
+#[test]
+fn job_selects_several_jobs_and_what_they_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        "jobs:\n  base:\n    steps: [{ uses: diag, with: { message: base-ran } }]\n  a:\n    needs: base\n    steps: [{ uses: diag, with: { message: a-ran } }]\n  b:\n    steps: [{ uses: diag, with: { message: b-ran } }]\n  c:\n    steps: [{ uses: diag, with: { message: c-ran } }]\n",
+    )
+    .unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let args = ["run", pipeline.to_str().unwrap(), "--workspace", ws.path().to_str().unwrap(), "--job", "a,c"];
+    let (code, out) = skiff(&args);
+    assert_eq!(code, 0, "{out}");
+    let ran = |job: &str| ws.path().join(job).join("skiff-diag.txt").exists();
+    assert!(ran("base") && ran("a") && ran("c"), "{out}");
+    assert!(!ran("b"), "{out}");
+    let (code, out) = skiff(&["run", pipeline.to_str().unwrap(), "--job", "a,nope"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("no job `nope`"), "{out}");
+}

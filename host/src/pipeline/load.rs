@@ -791,6 +791,11 @@ fn build_step(
     });
     let mut perms = s.permissions.clone().unwrap_or_default();
     perms.hosts.extend(plugin_hosts);
+    // Serverless-cd ran every script with the network (`npm install`, `s deploy`) and has
+    // no `permissions`; its file keeps that for `run:` steps that do not say otherwise.
+    if s.run.is_some() && s.permissions.is_none() && is_serverless_cd_file(&cx.file) {
+        perms.network = true;
+    }
     secrets.extend(perms.secrets.iter().cloned());
     PlanStep {
         id,
@@ -813,6 +818,11 @@ fn build_step(
         post,
         memory: s.memory_mb.map(|m| m * 1024 * 1024),
     }
+}
+
+/// A Serverless-cd pipeline, by its file name.
+fn is_serverless_cd_file(file: &str) -> bool {
+    Path::new(file).file_name().is_some_and(|n| n == "serverless-pipeline.yaml" || n == "serverless-pipeline.yml")
 }
 
 fn ypath_push(p: &YPath, k: &str) -> YPath {

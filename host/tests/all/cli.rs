@@ -140,6 +140,15 @@ fn a_serverless_cd_pipeline_runs_unchanged() {
         s.write_all(body).unwrap();
         String::from_utf8_lossy(&req).to_string()
     });
+    // Serverless-cd scripts had the network; in its file they keep it.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let reached = std::thread::spawn(move || {
+        let (mut s, _) = other.accept().unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    });
     let dir = tempfile::tempdir().unwrap();
     let pipeline = dir.path().join("serverless-pipeline.yaml");
     std::fs::write(
@@ -147,7 +156,7 @@ fn a_serverless_cd_pipeline_runs_unchanged() {
         r#"env:
   APP: demo
 steps:
-  - run: echo "building $APP" && echo "version=1.2.3" >> "$SKIFF_OUTPUT"
+  - run: echo "building $APP" && echo "version=1.2.3" >> "$SKIFF_OUTPUT" && echo fetched > /dev/tcp/127.0.0.1/OTHER_PORT
     id: build
   - plugin: '@serverless-cd/ding-talk'
     inputs:
@@ -155,7 +164,8 @@ steps:
       msgtype: text
       text:
         content: 'built ${{ steps.build.outputs.version }}'
-"#,
+"#
+        .replace("OTHER_PORT", &other_port.to_string()),
     )
     .unwrap();
     let ws = tempfile::tempdir().unwrap();
@@ -168,6 +178,7 @@ steps:
     let request = robot.join().unwrap();
     assert!(request.starts_with("POST /robot/send?access_token=tok-abc123"), "{request}");
     assert!(request.contains("built 1.2.3"), "{request}");
+    assert_eq!(reached.join().unwrap().trim(), "fetched");
 }
 
 #[test]

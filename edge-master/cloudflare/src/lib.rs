@@ -1,0 +1,96 @@
+//! Skiff's edge master on Cloudflare Workers. All logic is in
+//! `skiff-edge-core`; this file only converts requests and responses, reads
+//! configuration, dedupes deliveries in KV and forwards signed dispatches.
+//!
+//! Configuration (see `wrangler.toml` and docs/deploy.md):
+//! - var `SKIFF_HOST_URL`: the host's base URL (dispatches go to `/v1/dispatch`);
+//! - var `SKIFF_APPS`: the apps and their triggers, as JSON (`[{"name": "web", "on": {...}}]`);
+//! - secret `SKIFF_DISPATCH_KEY`: the key dispatches are signed with;
+//! - secret `SKIFF_WEBHOOK_SECRET_<APP>` (upper-case, `-` as `_`), else `SKIFF_WEBHOOK_SECRET`;
+//! - KV namespace `SKIFF_DELIVERIES`: delivery ids already dispatched.
+
+use skiff_edge_core::{App, Headers, MasterConfig, Secret, handle_webhook};
+use worker::{Context, Env, Headers as WHeaders, Method, Request, RequestInit, Response, Result, Router, event};
+
+/// How long a delivery id is remembered: longer than any Git host's redelivery window.
+const DEDUPE_TTL_SECS: u64 = 7 * 24 * 3600;
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    Router::new()
+        .post_async("/hooks/:app", |req, ctx| async move {
+            let app = ctx.param("app").cloned();
+            hook(req, ctx.env, app).await
+        })
+        .get("/healthz", |_, _| Response::ok("ok"))
+        .run(req, env)
+        .await
+}
+
+fn json(status: u16, body: serde_json::Value) -> Result<Response> {
+    Ok(Response::from_json(&body)?.with_status(status))
+}
+
+async fn hook(mut req: Request, env: Env, app: Option<String>) -> Result<Response> {
+    let Some(app) = app else { return json(404, serde_json::json!({"error": "no app in the path"})) };
+    let body = req.bytes().await?;
+    if body.len() > skiff_edge_core::MAX_BODY_BYTES {
+        return json(413, serde_json::json!({"error": "the webhook body is larger than the 1 MiB limit"}));
+    }
+    let headers: Headers = req.headers().entries().collect();
+    let config = match config(&env, &app) {
+        Ok(c) => c,
+        Err(msg) => {
+            worker::console_error!("configuration: {msg}");
+            return json(500, serde_json::json!({"error": "the master is misconfigured; see its log"}));
+        }
+    };
+    let now = (worker::Date::now().as_millis() / 1000) as i64;
+    let outcome = handle_webhook(&config, &headers, &body, now);
+    let kv = env.kv("SKIFF_DELIVERIES")?;
+    let host = env.var("SKIFF_HOST_URL")?.to_string();
+    let mut failures = Vec::new();
+    for request in outcome.requests() {
+        if kv.get(&request.id).text().await?.is_some() {
+            continue; // a redelivery: this app already got this event
+        }
+        let headers = WHeaders::new();
+        for (k, v) in &request.headers {
+            headers.set(k, v)?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_headers(headers).with_body(Some(request.body.clone().into()));
+        let url = format!("{}/v1/dispatch", host.trim_end_matches('/'));
+        match worker::Fetch::Request(Request::new_with_init(&url, &init)?).send().await {
+            Ok(resp) if resp.status_code() < 300 => {
+                kv.put(&request.id, "1")?.expiration_ttl(DEDUPE_TTL_SECS).execute().await?;
+            }
+            Ok(resp) => failures.push(format!("{}: host answered {}", request.id, resp.status_code())),
+            Err(e) => failures.push(format!("{}: {e}", request.id)),
+        }
+    }
+    if !failures.is_empty() {
+        worker::console_error!("dispatch failed: {}", failures.join("; "));
+        // 502 makes the Git host redeliver; delivered apps are deduped then.
+        return json(502, serde_json::json!({"error": "the host did not accept the run", "failures": failures}));
+    }
+    let body: serde_json::Value = serde_json::from_slice(&outcome.response_body()).unwrap_or_default();
+    json(outcome.status(), body)
+}
+
+fn config(env: &Env, app: &str) -> std::result::Result<MasterConfig, String> {
+    let apps_json = env.var("SKIFF_APPS").map_err(|_| "var SKIFF_APPS is missing".to_string())?.to_string();
+    let apps: Vec<App> = serde_json::from_str(&apps_json).map_err(|e| format!("SKIFF_APPS is not valid: {e}"))?;
+    let apps: Vec<App> = apps.into_iter().filter(|a| a.name == app).collect();
+    if apps.is_empty() {
+        return Err(format!("no app `{app}` in SKIFF_APPS"));
+    }
+    let per_app = format!("SKIFF_WEBHOOK_SECRET_{}", app.to_ascii_uppercase().replace('-', "_"));
+    let secret = env
+        .secret(&per_app)
+        .or_else(|_| env.secret("SKIFF_WEBHOOK_SECRET"))
+        .map_err(|_| format!("neither secret {per_app} nor SKIFF_WEBHOOK_SECRET is set"))?
+        .to_string();
+    let key = env.secret("SKIFF_DISPATCH_KEY").map_err(|_| "secret SKIFF_DISPATCH_KEY is missing".to_string())?;
+    Ok(MasterConfig::new(Secret::new(secret), Secret::new(key.to_string()), apps))
+}

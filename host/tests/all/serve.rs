@@ -402,6 +402,22 @@ async fn openapi_document_is_current() {
     );
 }
 
+/// A GitHub push to `main`, signed, posted to `/hooks/web` over the socket; the new run's id.
+async fn push_over_socket(http: &reqwest::Client, base: &str, tag: &str) -> i64 {
+    let body = push_body("main", tag);
+    let resp = http
+        .post(format!("{base}/hooks/web"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", format!("{tag}-1"))
+        .header("x-hub-signature-256", skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    resp.json::<Value>().await.unwrap()["runs"][0]["id"].as_i64().unwrap()
+}
+
 #[tokio::test]
 async fn webhook_to_run_to_live_logs_over_a_socket() {
     let dir = tempfile::tempdir().unwrap();
@@ -409,19 +425,7 @@ async fn webhook_to_run_to_live_logs_over_a_socket() {
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
 
-    let body = push_body("main", "e2e");
-    let resp = http
-        .post(format!("{base}/hooks/web"))
-        .header("x-github-event", "push")
-        .header("x-github-delivery", "e2e-1")
-        .header("x-hub-signature-256", skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let r: Value = resp.json().await.unwrap();
-    let id = r["runs"][0]["id"].as_i64().unwrap();
+    let id = push_over_socket(&http, &base, "e2e").await;
 
     // Follow the logs over SSE until the run ends.
     let mut stream = http
@@ -715,18 +719,7 @@ async fn the_builtin_diag_step_runs_for_a_webhook_with_the_local_executor() {
         start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), executor, Role::All).await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
-    let body = push_body("main", "diag");
-    let resp = http
-        .post(format!("{base}/hooks/web"))
-        .header("x-github-event", "push")
-        .header("x-github-delivery", "diag-1")
-        .header("x-hub-signature-256", skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["runs"][0]["id"].as_i64().unwrap();
+    let id = push_over_socket(&http, &base, "diag").await;
     let (logs, status) = follow_sse(&http, &base, id, TOKEN_WEB).await;
     let run: Value =
         http.get(format!("{base}/v1/runs/{id}")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();

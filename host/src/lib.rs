@@ -1,10 +1,12 @@
 //! The Skiff host: the `skiff` binary's library. It narrows wasmtime to the
 //! step runtime (`runtime`), grants capabilities one module each
-//! (`capabilities`), and carries the built-in steps (`builtin`).
+//! (`capabilities`), and carries the built-in steps (`builtin`). `edge` runs
+//! the Spin edge master locally; `serve` is the host (and built-in master).
 
 pub mod builtin;
 pub mod capabilities;
 pub mod cli;
+pub mod edge;
 pub mod executor;
 pub mod mask;
 pub mod pipeline;

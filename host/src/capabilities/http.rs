@@ -162,7 +162,7 @@ pub struct HttpPolicy {
     pub traffic: Arc<AtomicU64>,
 }
 
-type SendFuture = Box<
+pub type SendFuture = Box<
     dyn Future<
             Output = Result<
                 (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
@@ -179,69 +179,87 @@ impl WasiHttpHooks for HttpPolicy {
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
         let _ = fut;
-        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-        let default_port = if https { 443 } else { 80 };
-        let Some(authority) = request.uri().authority().cloned() else {
-            return Box::new(async { Err(HttpError::HttpRequestUriInvalid) });
-        };
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = authority.port_u16().unwrap_or(default_port);
-        let shown = format!("{host}:{port}");
-        let Some(pattern) = self.allow.find(&host, port, default_port).cloned() else {
-            self.log.system(format!(
-                "denied outbound HTTP to `{shown}`: it is not in the step's allowlist (grant it with `permissions: {{ hosts: [\"{shown}\"] }}`)"
-            ));
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        };
         let log = self.log.clone();
-        let traffic = self.traffic.clone();
-        let mut request = request;
-        Box::new(async move {
-            // Resolve first, and refuse private addresses a public name points to.
-            let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|_| HttpError::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None })?
-                .collect();
-            for a in &addrs {
-                let ip = a.ip();
-                if is_metadata(ip) || (is_private(ip) && !pattern.is_literal_address()) {
-                    log.system(format!(
-                        "denied outbound HTTP to `{shown}`: it resolves to {ip}, a private or metadata address; name the address itself in the allowlist to reach a private service"
-                    ));
-                    return Err(HttpError::HttpRequestDenied);
-                }
-            }
-            // Plain HTTP connects to the address just checked, so a second DNS
-            // answer cannot swap it (the Host header keeps the name). TLS needs the
-            // name for its certificate check; see the module docs.
-            if !https && let Some(addr) = addrs.first() {
-                let mut parts = request.uri().clone().into_parts();
-                parts.authority = addr.to_string().parse().ok();
-                if let Ok(uri) = http::Uri::from_parts(parts) {
-                    *request.uri_mut() = uri;
-                }
-            }
-            let sent = request
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            traffic.fetch_add(sent, Ordering::Relaxed);
-            let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            let counter = traffic.clone();
-            let resp = resp.map(move |body| {
-                body.map_frame(move |frame| {
-                    if let Some(data) = frame.data_ref() {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
-                    frame
-                })
-                .boxed_unsync()
-            });
-            let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
-            Ok((resp, io))
+        let denied = move |msg: String| log.system(msg);
+        send_allowed(&self.allow, request, options, Some(self.traffic.clone()), denied, |shown| {
+            format!("grant it with `permissions: {{ hosts: [\"{shown}\"] }}`")
         })
     }
+}
+
+/// Sends `request` if `allow` permits it, else fails with `HttpRequestDenied`
+/// after telling `denied` why (with `how_to_grant` for the host in question).
+/// Counts the bytes sent and received in `traffic`.
+pub fn send_allowed(
+    allow: &Allowlist,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    traffic: Option<Arc<AtomicU64>>,
+    denied: impl Fn(String) + Send + 'static,
+    how_to_grant: impl Fn(&str) -> String,
+) -> SendFuture {
+    let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+    let default_port = if https { 443 } else { 80 };
+    let Some(authority) = request.uri().authority().cloned() else {
+        return Box::new(async { Err(HttpError::HttpRequestUriInvalid) });
+    };
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = authority.port_u16().unwrap_or(default_port);
+    let shown = format!("{host}:{port}");
+    let Some(pattern) = allow.find(&host, port, default_port).cloned() else {
+        denied(format!("denied outbound HTTP to `{shown}`: it is not in the allowlist ({})", how_to_grant(&shown)));
+        return Box::new(async { Err(HttpError::HttpRequestDenied) });
+    };
+    let mut request = request;
+    Box::new(async move {
+        // Resolve first, and refuse private addresses a public name points to.
+        let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|_| HttpError::DnsError { rcode: Some("NXDOMAIN".into()), info_code: None })?
+            .collect();
+        for a in &addrs {
+            let ip = a.ip();
+            if is_metadata(ip) || (is_private(ip) && !pattern.is_literal_address()) {
+                denied(format!(
+                    "denied outbound HTTP to `{shown}`: it resolves to {ip}, a private or metadata address; name the address itself in the allowlist to reach a private service"
+                ));
+                return Err(HttpError::HttpRequestDenied);
+            }
+        }
+        // Plain HTTP connects to the address just checked, so a second DNS
+        // answer cannot swap it (the Host header keeps the name). TLS needs the
+        // name for its certificate check; see the module docs.
+        if !https && let Some(addr) = addrs.first() {
+            let mut parts = request.uri().clone().into_parts();
+            parts.authority = addr.to_string().parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+        let sent = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+        let resp = match traffic {
+            None => resp.map(BodyExt::boxed_unsync),
+            Some(counter) => {
+                counter.fetch_add(sent, Ordering::Relaxed);
+                resp.map(move |body| {
+                    body.map_frame(move |frame| {
+                        if let Some(data) = frame.data_ref() {
+                            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                        frame
+                    })
+                    .boxed_unsync()
+                })
+            }
+        };
+        let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
+        Ok((resp, io))
+    })
 }
 
 #[cfg(test)]

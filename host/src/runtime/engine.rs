@@ -34,6 +34,8 @@ pub fn build(opts: &EngineOptions) -> wasmtime::Result<Engine> {
     config.epoch_interruption(!opts.fuel);
     config.consume_fuel(opts.fuel);
     config.max_wasm_stack(1 << 20);
+    // Steps are WASI 0.2 and synchronous: skip the async component model's per-store state.
+    config.concurrency_support(false);
     if opts.pooling {
         let n = opts.pool_size;
         let mut pool = PoolingAllocationConfig::default();
@@ -59,7 +61,7 @@ pub fn build(opts: &EngineOptions) -> wasmtime::Result<Engine> {
 }
 
 /// Advances the epoch every [`TICK`] until the engine is dropped.
-fn spawn_ticker(engine: wasmtime::EngineWeak) {
+pub(crate) fn spawn_ticker(engine: wasmtime::EngineWeak) {
     std::thread::Builder::new()
         .name("skiff-epoch".into())
         .spawn(move || {

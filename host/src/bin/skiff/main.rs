@@ -40,6 +40,15 @@ enum Command {
     /// Run or inspect a single step component.
     #[command(subcommand)]
     Step(step::StepCommand),
+    /// Run the edge master's Spin component locally, as Fermyon would.
+    #[command(subcommand)]
+    Edge(EdgeCommand),
+}
+
+#[derive(Subcommand)]
+enum EdgeCommand {
+    /// Serve a Spin application (`spin.toml`) whose components are `wasi:http@0.3` handlers.
+    Up(skiff_host::edge::EdgeUpArgs),
 }
 
 /// The executor for local runs: one shared runtime, components cached on disk.
@@ -64,6 +73,7 @@ async fn main() -> ExitCode {
         },
         Command::Trigger(args) => skiff_host::serve::trigger(args).await,
         Command::Runs { cmd } => skiff_host::serve::runs(cmd).await,
+        Command::Edge(EdgeCommand::Up(args)) => skiff_host::edge::up(args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

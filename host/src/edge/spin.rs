@@ -1,0 +1,451 @@
+//! A local Spin host on Skiff's wasmtime: `wasi:http@0.3` handlers (spin-sdk 7
+//! components) with `spin:variables` and `spin:key-value`, outbound HTTP only
+//! to the component's `allowed_outbound_hosts`, nothing else (no files, no
+//! sockets, no host environment).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use wasmtime::component::FutureReader;
+use wasmtime::component::{Accessor, Component, HasSelf, Linker, Resource, ResourceTable, StreamReader};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
+
+use super::kv::KvStores;
+use super::manifest::{Manifest, check_variable_name, expand};
+use crate::capabilities::http::{Allowlist, SendFuture, send_allowed};
+use crate::runtime::to_anyhow;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "src/edge/wit",
+        world: "skiff:edge-host/spin-host",
+        imports: { default: trappable },
+        with: { "spin:key-value/key-value.store": super::KvHandle },
+    });
+}
+use bindings::spin::key_value::key_value as kv_wit;
+use bindings::spin::variables::variables as vars_wit;
+
+/// Largest request body a component is given; the edge core accepts 1 MiB.
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest response body taken from a component.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// Linear memory per request instance.
+const MAX_MEMORY_BYTES: usize = 128 << 20;
+/// A request that takes longer is answered with 504 and its instance dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args, Debug)]
+pub struct EdgeUpArgs {
+    /// The Spin application manifest.
+    #[arg(long = "from", short = 'f', default_value = "spin.toml")]
+    pub manifest: PathBuf,
+    /// Where to listen; port 0 picks a free one (the address is printed).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// An application variable, `name=value`; `SPIN_VARIABLE_<NAME>` in the environment works too.
+    #[arg(long = "variable", value_name = "NAME=VALUE")]
+    pub variables: Vec<String>,
+    /// The key-value file (default: `.spin/skiff-key-value.db` beside the manifest); `:memory:` keeps nothing.
+    #[arg(long)]
+    pub key_value_file: Option<PathBuf>,
+}
+
+/// Handle to an open key-value store inside one instance.
+pub struct KvHandle {
+    label: String,
+}
+
+/// What one component may use, fixed at start.
+struct Loaded {
+    pre: ServicePre<EdgeState>,
+    allow: Allowlist,
+    variables: Arc<BTreeMap<String, String>>,
+    environment: Vec<(String, String)>,
+    stores: Arc<Vec<String>>,
+}
+
+/// A Spin application, compiled and ready to serve.
+pub struct SpinApp {
+    engine: Engine,
+    manifest: Manifest,
+    components: BTreeMap<String, Loaded>,
+    kv: Arc<KvStores>,
+}
+
+/// The data of one request's `Store`.
+pub struct EdgeState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    outbound: Outbound,
+    limits: StoreLimits,
+    variables: Arc<BTreeMap<String, String>>,
+    stores: Arc<Vec<String>>,
+    kv: Arc<KvStores>,
+}
+
+/// Outbound HTTP policy: the component's `allowed_outbound_hosts`, nothing more.
+struct Outbound {
+    component: String,
+    allow: Allowlist,
+}
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        let _ = fut;
+        let component = self.component.clone();
+        send_allowed(
+            &self.allow,
+            request,
+            options,
+            None,
+            move |msg| eprintln!("component `{component}`: {msg}"),
+            |shown| format!("add `http://{shown}` or `https://{shown}` to `allowed_outbound_hosts` in spin.toml"),
+        )
+    }
+}
+
+impl WasiView for EdgeState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for EdgeState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
+impl SpinApp {
+    /// Compiles every component of `manifest`, with `given` application variables.
+    pub fn new(manifest: Manifest, given: &BTreeMap<String, String>, kv: KvStores) -> anyhow::Result<Self> {
+        let values = manifest.resolve_variables(given)?;
+        let mut config = Config::new();
+        config.wasm_component_model(true).wasm_component_model_async(true).epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(to_anyhow)?;
+        crate::runtime::engine::spawn_ticker(engine.weak());
+
+        let mut linker = Linker::<EdgeState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(to_anyhow)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(to_anyhow)?;
+        vars_wit::add_to_linker::<_, HasSelf<EdgeState>>(&mut linker, |s| s).map_err(to_anyhow)?;
+        kv_wit::add_to_linker::<_, HasSelf<EdgeState>>(&mut linker, |s| s).map_err(to_anyhow)?;
+
+        let mut components = BTreeMap::new();
+        for (id, c) in &manifest.components {
+            let bytes = std::fs::read(&c.source).with_context(|| {
+                format!(
+                    "component `{id}`: cannot read {} (build it first: see its [component.{id}.build])",
+                    c.source.display()
+                )
+            })?;
+            let component = Component::new(&engine, &bytes)
+                .map_err(|e| anyhow::anyhow!("component `{id}` ({}) does not compile: {e}", c.source.display()))?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(|e| anyhow::anyhow!("component `{id}` needs something a Spin host here does not give: {e}"))?;
+            let pre = ServicePre::new(pre).map_err(|e| {
+                anyhow::anyhow!("component `{id}` is not a `wasi:http@0.3.0` handler (build it with spin-sdk 7): {e}")
+            })?;
+            let hosts = c
+                .allowed_outbound_hosts
+                .iter()
+                .map(|t| expand(t, &values))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("component `{id}`: allowed_outbound_hosts"))?;
+            let allow = Allowlist::parse(&hosts).map_err(|e| anyhow::anyhow!("component `{id}`: {e}"))?;
+            let variables = c
+                .variables
+                .iter()
+                .map(|(k, t)| Ok((k.clone(), expand(t, &values)?)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+            components.insert(
+                id.clone(),
+                Loaded {
+                    pre,
+                    allow,
+                    variables: Arc::new(variables),
+                    environment: c.environment.clone().into_iter().collect(),
+                    stores: Arc::new(c.key_value_stores.clone()),
+                },
+            );
+        }
+        Ok(Self { engine, manifest, components, kv: Arc::new(kv) })
+    }
+
+    /// Serves one request in a fresh instance of the routed component.
+    pub async fn handle(&self, req: http::Request<Bytes>) -> http::Response<Bytes> {
+        let Some(component) = self.manifest.route(req.uri().path()) else {
+            return plain(404, format!("no route in {} matches {}", self.manifest.name, req.uri().path()));
+        };
+        let loaded = &self.components[&component.id];
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.call(&component.id, loaded, req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                eprintln!("component `{}` failed: {e:#}", component.id);
+                plain(500, format!("component `{}` failed; see the host's log", component.id))
+            }
+            Err(_) => plain(504, format!("component `{}` took longer than {REQUEST_TIMEOUT:?}", component.id)),
+        }
+    }
+
+    async fn call(
+        &self,
+        id: &str,
+        loaded: &Loaded,
+        req: http::Request<Bytes>,
+    ) -> wasmtime::Result<http::Response<Bytes>> {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stdout().inherit_stderr().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        for (k, v) in &loaded.environment {
+            wasi.env(k, v);
+        }
+        let state = EdgeState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            outbound: Outbound { component: id.to_string(), allow: loaded.allow.clone() },
+            limits: StoreLimitsBuilder::new().memory_size(MAX_MEMORY_BYTES).instances(64).build(),
+            variables: loaded.variables.clone(),
+            stores: loaded.stores.clone(),
+            kv: self.kv.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Yield to the runtime every tick, so the request timeout can stop a spinning guest.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let (parts, body) = req.into_parts();
+        let mut parts = parts;
+        if parts.uri.authority().is_none() {
+            // The guest sees an absolute URL, as behind Spin's own listener.
+            let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            parts.uri = format!("http://{host}{pq}")
+                .parse()
+                .map_err(|_| wasmtime::format_err!("the request has an unusable Host header: {host}"))?;
+        }
+        let body = Full::new(body);
+        let req = http::Request::from_parts(parts, body);
+        let (req, _io) = wasmtime_wasi_http::p3::Request::from_http(&mut store.data_mut().outbound, req);
+
+        let service = loaded.pre.instantiate_async(&mut store).await?;
+        let outcome = store
+            .run_concurrent(async |acc| -> wasmtime::Result<Result<http::Response<Bytes>, ErrorCode>> {
+                let resp = match service.handle(acc, req).await? {
+                    Ok(resp) => resp,
+                    Err(code) => return Ok(Err(code)),
+                };
+                let resp = acc.with(|mut access| resp.into_http(&mut access, async { Ok(()) }))?;
+                let (parts, body) = resp.into_parts();
+                let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| wasmtime::format_err!("reading the component's response body: {e}"))?
+                    .to_bytes();
+                Ok(Ok(http::Response::from_parts(parts, body)))
+            })
+            .await??;
+        match outcome {
+            Ok(resp) => Ok(resp),
+            Err(code) => Ok(plain(500, format!("component `{id}` answered with an error: {code:?}"))),
+        }
+    }
+}
+
+fn plain(status: u16, text: String) -> http::Response<Bytes> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Bytes::from(text + "\n"))
+        .expect("a static response is valid")
+}
+
+impl vars_wit::Host for EdgeState {}
+
+impl<T> vars_wit::HostWithStore<T> for HasSelf<EdgeState> {
+    async fn get(acc: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<String, vars_wit::Error>> {
+        Ok(acc.with(|mut access| {
+            let state = access.get();
+            if check_variable_name(&name).is_err() {
+                return Err(vars_wit::Error::InvalidName(format!(
+                    "`{name}`: use lower-case letters, digits and `_`, starting with a letter"
+                )));
+            }
+            state.variables.get(&name).cloned().ok_or_else(|| {
+                vars_wit::Error::Undefined(format!("`{name}` is not in this component's [component.*.variables]"))
+            })
+        }))
+    }
+}
+
+fn kv_error(e: rusqlite::Error) -> kv_wit::Error {
+    kv_wit::Error::Other(format!("the key-value file failed: {e}"))
+}
+
+impl kv_wit::Host for EdgeState {}
+
+impl kv_wit::HostStore for EdgeState {
+    fn drop(&mut self, rep: Resource<KvHandle>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+/// The label of an open store, if the handle is this instance's.
+fn label<T>(
+    acc: &Accessor<T, HasSelf<EdgeState>>,
+    store: &Resource<KvHandle>,
+) -> wasmtime::Result<(String, Arc<KvStores>)> {
+    acc.with(|mut access| {
+        let state = access.get();
+        let label = state.table.get(store)?.label.clone();
+        Ok((label, state.kv.clone()))
+    })
+}
+
+impl<T> kv_wit::HostStoreWithStore<T> for HasSelf<EdgeState> {
+    async fn open(
+        acc: &Accessor<T, Self>,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<KvHandle>, kv_wit::Error>> {
+        acc.with(|mut access| {
+            let state = access.get();
+            if !state.stores.contains(&label) {
+                return Ok(Err(kv_wit::Error::AccessDenied));
+            }
+            Ok(Ok(state.table.push(KvHandle { label })?))
+        })
+    }
+
+    async fn get(
+        acc: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, kv_wit::Error>> {
+        let (label, kv) = label(acc, &store)?;
+        Ok(kv.get(&label, &key).map_err(kv_error))
+    }
+
+    async fn set(
+        acc: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), kv_wit::Error>> {
+        let (label, kv) = label(acc, &store)?;
+        Ok(kv.set(&label, &key, &value).map_err(kv_error))
+    }
+
+    async fn delete(
+        acc: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), kv_wit::Error>> {
+        let (label, kv) = label(acc, &store)?;
+        Ok(kv.delete(&label, &key).map_err(kv_error))
+    }
+
+    async fn exists(
+        acc: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, kv_wit::Error>> {
+        let (label, kv) = label(acc, &store)?;
+        Ok(kv.get(&label, &key).map(|v| v.is_some()).map_err(kv_error))
+    }
+
+    async fn get_keys(
+        acc: &Accessor<T, Self>,
+        store: Resource<KvHandle>,
+    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), kv_wit::Error>>)> {
+        let (label, kv) = label(acc, &store)?;
+        let (keys, result) = match kv.keys(&label) {
+            Ok(keys) => (keys, Ok(())),
+            Err(e) => (Vec::new(), Err(kv_error(e))),
+        };
+        acc.with(|mut access| {
+            let stream = StreamReader::new(&mut access, keys)?;
+            let done = FutureReader::new(&mut access, async move { wasmtime::error::Ok(result) })?;
+            Ok((stream, done))
+        })
+    }
+}
+
+/// Variables from `--variable name=value`, then `SPIN_VARIABLE_<NAME>`.
+fn given_variables(args: &[String], manifest: &Manifest) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut given = BTreeMap::new();
+    for name in manifest.variables.keys() {
+        if let Ok(v) = std::env::var(format!("SPIN_VARIABLE_{}", name.to_uppercase())) {
+            given.insert(name.clone(), v);
+        }
+    }
+    for a in args {
+        let Some((k, v)) = a.split_once('=') else {
+            bail!("`--variable {a}` needs the form name=value");
+        };
+        given.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(given)
+}
+
+/// `skiff edge up`: serves the application until interrupted.
+pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let given = given_variables(&args.variables, &manifest)?;
+    let kv_path = match &args.key_value_file {
+        Some(p) if p.as_os_str() == ":memory:" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(args.manifest.parent().unwrap_or(std::path::Path::new(".")).join(".spin/skiff-key-value.db")),
+    };
+    let kv = KvStores::open(kv_path.as_deref())?;
+    let app = Arc::new(SpinApp::new(manifest, &given, kv)?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("serving {} on http://{addr}", app.manifest.name);
+    for r in &app.manifest.routes {
+        println!("  http://{addr}{} -> {}", r.route, r.component);
+    }
+    let router = axum::Router::new().fallback(move |req: http::Request<Body>| {
+        let app = app.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return plain(413, format!("the request body is larger than {MAX_REQUEST_BYTES} bytes"))
+                        .map(Body::from);
+                }
+            };
+            app.handle(http::Request::from_parts(parts, body)).await.map(Body::from)
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

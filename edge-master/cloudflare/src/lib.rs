@@ -6,10 +6,10 @@
 //! - var `SKIFF_HOST_URL`: the host's base URL (dispatches go to `/v1/dispatch`);
 //! - var `SKIFF_APPS`: the apps and their triggers, as JSON (`[{"name": "web", "on": {...}}]`);
 //! - secret `SKIFF_DISPATCH_KEY`: the key dispatches are signed with;
-//! - secret `SKIFF_WEBHOOK_SECRET_<APP>` (upper-case, `-` as `_`), else `SKIFF_WEBHOOK_SECRET`;
+//! - secret `SKIFF_WEBHOOK_SECRET_<APP>` (upper-case, `-` and `.` as `_`), else `SKIFF_WEBHOOK_SECRET`;
 //! - KV namespace `SKIFF_DELIVERIES`: delivery ids already dispatched.
 
-use skiff_edge_core::{App, Headers, MasterConfig, Secret, handle_webhook};
+use skiff_edge_core::{AppLookupError, Headers, MasterConfig, Secret, app_variable_suffix, apps_named, handle_webhook};
 use worker::{Context, Env, Headers as WHeaders, Method, Request, RequestInit, Response, Result, Router, event};
 
 /// How long a delivery id is remembered: longer than any Git host's redelivery window.
@@ -40,7 +40,10 @@ async fn hook(mut req: Request, env: Env, app: Option<String>) -> Result<Respons
     let headers: Headers = req.headers().entries().collect();
     let config = match config(&env, &app) {
         Ok(c) => c,
-        Err(msg) => {
+        Err(AppLookupError::Unknown) => {
+            return json(404, serde_json::json!({"error": format!("no app `{app}` is configured")}));
+        }
+        Err(AppLookupError::Invalid(msg)) => {
             worker::console_error!("configuration: {msg}");
             return json(500, serde_json::json!({"error": "the master is misconfigured; see its log"}));
         }
@@ -78,19 +81,19 @@ async fn hook(mut req: Request, env: Env, app: Option<String>) -> Result<Respons
     json(outcome.status(), body)
 }
 
-fn config(env: &Env, app: &str) -> std::result::Result<MasterConfig, String> {
-    let apps_json = env.var("SKIFF_APPS").map_err(|_| "var SKIFF_APPS is missing".to_string())?.to_string();
-    let apps: Vec<App> = serde_json::from_str(&apps_json).map_err(|e| format!("SKIFF_APPS is not valid: {e}"))?;
-    let apps: Vec<App> = apps.into_iter().filter(|a| a.name == app).collect();
-    if apps.is_empty() {
-        return Err(format!("no app `{app}` in SKIFF_APPS"));
-    }
-    let per_app = format!("SKIFF_WEBHOOK_SECRET_{}", app.to_ascii_uppercase().replace('-', "_"));
+fn config(env: &Env, app: &str) -> std::result::Result<MasterConfig, AppLookupError> {
+    let invalid = AppLookupError::Invalid;
+    let apps_json = env.var("SKIFF_APPS").map_err(|_| invalid("var SKIFF_APPS is missing".into()))?.to_string();
+    let apps = apps_named(&apps_json, app).map_err(|e| match e {
+        AppLookupError::Invalid(msg) => invalid(format!("SKIFF_APPS: {msg}")),
+        unknown => unknown,
+    })?;
+    let per_app = format!("SKIFF_WEBHOOK_SECRET_{}", app_variable_suffix(app).to_ascii_uppercase());
     let secret = env
         .secret(&per_app)
         .or_else(|_| env.secret("SKIFF_WEBHOOK_SECRET"))
-        .map_err(|_| format!("neither secret {per_app} nor SKIFF_WEBHOOK_SECRET is set"))?
+        .map_err(|_| invalid(format!("neither secret {per_app} nor SKIFF_WEBHOOK_SECRET is set")))?
         .to_string();
-    let key = env.secret("SKIFF_DISPATCH_KEY").map_err(|_| "secret SKIFF_DISPATCH_KEY is missing".to_string())?;
+    let key = env.secret("SKIFF_DISPATCH_KEY").map_err(|_| invalid("secret SKIFF_DISPATCH_KEY is missing".into()))?;
     Ok(MasterConfig::new(Secret::new(secret), Secret::new(key.to_string()), apps))
 }

@@ -30,6 +30,30 @@ impl MasterConfig {
     }
 }
 
+/// Why an adapter has no configuration for the app a webhook names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppLookupError {
+    /// No app of that name: the sender's mistake (404), not the master's.
+    Unknown,
+    /// The list of apps itself is broken (500); the text says what to fix.
+    Invalid(String),
+}
+
+/// The apps named `app` (one per environment) from the JSON list of apps the
+/// edge adapters keep in one variable: `[{"name": "web", "on": {...}}]`.
+pub fn apps_named(apps_json: &str, app: &str) -> Result<Vec<App>, AppLookupError> {
+    let apps: Vec<App> = serde_json::from_str(apps_json)
+        .map_err(|e| AppLookupError::Invalid(format!("the list of apps is not valid JSON for apps: {e}")))?;
+    let apps: Vec<App> = apps.into_iter().filter(|a| a.name == app).collect();
+    if apps.is_empty() { Err(AppLookupError::Unknown) } else { Ok(apps) }
+}
+
+/// An app name as the suffix of a per-app variable (`my-app` → `my_app`), so
+/// `WEBHOOK_SECRET_MY_APP` or `webhook_secret_my_app` can hold its secret.
+pub fn app_variable_suffix(app: &str) -> String {
+    app.replace(['-', '.'], "_")
+}
+
 /// How a webhook was answered, with the HTTP status to reply with ([`Outcome::status`]) and the
 /// signed requests to send to the host ([`Outcome::requests`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -158,5 +182,22 @@ pub fn handle_webhook(config: &MasterConfig, headers: &Headers, body: &[u8], now
         Outcome::Ignored { event: Box::new(event), decisions }
     } else {
         Outcome::Dispatched { event: Box::new(event), decisions, requests }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_are_found_by_name_and_mistakes_explained() {
+        let json = r#"[{"name": "web", "on": {"push": {"branches": ["main"]}}},
+                       {"name": "web", "environment": "prod", "on": {"push": {"tags": ["v*"]}}},
+                       {"name": "docs"}]"#;
+        assert_eq!(apps_named(json, "web").unwrap().len(), 2);
+        assert_eq!(apps_named(json, "api"), Err(AppLookupError::Unknown));
+        let Err(AppLookupError::Invalid(msg)) = apps_named("[{\"nom\": 1}]", "web") else { panic!() };
+        assert!(msg.contains("name"), "{msg}");
+        assert_eq!(app_variable_suffix("my-app.v2"), "my_app_v2");
     }
 }

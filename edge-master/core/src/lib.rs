@@ -56,7 +56,7 @@ pub use crypto::{github_signature, standard_webhooks_signature};
 pub use dispatch::{Dispatch, DispatchRequest, MAX_DISPATCH_BODY_BYTES, dispatch_id, sign_dispatch, verify_dispatch};
 pub use event::{Event, EventKind, PullRequest, Repository};
 pub use filter::{Filter, FilterError};
-pub use handle::{MasterConfig, Outcome, handle_webhook};
+pub use handle::{AppLookupError, MasterConfig, Outcome, app_variable_suffix, apps_named, handle_webhook};
 pub use headers::{Headers, Secret};
 pub use normalize::{NormalizeError, normalize};
 pub use patterns::{PatternError, Patterns};

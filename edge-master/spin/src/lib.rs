@@ -7,12 +7,12 @@
 //!   `/v1/dispatch`; it is also the component's one allowed outbound host);
 //! - `apps`: the apps and their triggers, as JSON (`[{"name": "web", "on": {...}}]`);
 //! - `dispatch_key` (secret): the key dispatches are signed with;
-//! - `webhook_secret_<app>` (lower-case, `-` as `_`), else `webhook_secret` (secret);
+//! - `webhook_secret_<app>` (lower-case, `-` and `.` as `_`), else `webhook_secret` (secret);
 //! - key-value store `default`: delivery ids already dispatched.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use skiff_edge_core::{App, Headers, MasterConfig, Secret, handle_webhook};
+use skiff_edge_core::{AppLookupError, Headers, MasterConfig, Secret, app_variable_suffix, apps_named, handle_webhook};
 use spin_sdk::http::{FullBody, HeaderName, HeaderValue, Method, Request, Response, StatusCode, send};
 use spin_sdk::{http_service, key_value, variables};
 
@@ -69,10 +69,10 @@ async fn hook(req: Request, app: &str) -> Reply {
     };
     let (host, config) = match config(app).await {
         Ok(c) => c,
-        Err(ConfigError::UnknownApp) => {
+        Err(AppLookupError::Unknown) => {
             return json(404, serde_json::json!({"error": format!("no app `{app}` is configured")}));
         }
-        Err(ConfigError::Invalid(msg)) => return misconfigured(&msg),
+        Err(AppLookupError::Invalid(msg)) => return misconfigured(&msg),
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let outcome = handle_webhook(&config, &headers, &body, now);
@@ -123,39 +123,31 @@ fn kv_failed(e: &key_value::Error) -> Reply {
     json(500, serde_json::json!({"error": "the master's key-value store failed; see its log"}))
 }
 
-enum ConfigError {
-    /// The path names an app that is not in `apps`: the sender's mistake, not the master's.
-    UnknownApp,
-    /// What is wrong, for the log.
-    Invalid(String),
-}
-
 /// The host's base URL and the master's configuration for `app`.
-async fn config(app: &str) -> Result<(String, MasterConfig), ConfigError> {
-    let apps_json = var("apps").await?;
-    let apps: Vec<App> = serde_json::from_str(&apps_json)
-        .map_err(|e| ConfigError::Invalid(format!("variable `apps` is not a valid list of apps: {e}")))?;
-    let apps: Vec<App> = apps.into_iter().filter(|a| a.name == app).collect();
-    if apps.is_empty() {
-        return Err(ConfigError::UnknownApp);
-    }
-    let per_app = format!("webhook_secret_{}", app.to_ascii_lowercase().replace('-', "_"));
+async fn config(app: &str) -> Result<(String, MasterConfig), AppLookupError> {
+    let apps = apps_named(&var("apps").await?, app).map_err(|e| match e {
+        AppLookupError::Invalid(msg) => AppLookupError::Invalid(format!("variable `apps`: {msg}")),
+        unknown => unknown,
+    })?;
+    let per_app = format!("webhook_secret_{}", app_variable_suffix(app).to_ascii_lowercase());
     let secret = match variables::get(&per_app).await {
         Ok(s) => s,
         // Not declared in spin.toml (or no valid variable name): the shared secret applies.
-        Err(variables::Error::Undefined(_) | variables::Error::InvalidName(_)) => var("webhook_secret")
-            .await
-            .map_err(|_| ConfigError::Invalid(format!("neither variable `{per_app}` nor `webhook_secret` is set")))?,
-        Err(e) => return Err(ConfigError::Invalid(format!("variable `{per_app}` cannot be read: {e}"))),
+        Err(variables::Error::Undefined(_) | variables::Error::InvalidName(_)) => {
+            var("webhook_secret").await.map_err(|_| {
+                AppLookupError::Invalid(format!("neither variable `{per_app}` nor `webhook_secret` is set"))
+            })?
+        }
+        Err(e) => return Err(AppLookupError::Invalid(format!("variable `{per_app}` cannot be read: {e}"))),
     };
     let key = var("dispatch_key").await?;
     let host = var("host_url").await?;
     Ok((host, MasterConfig::new(Secret::new(secret), Secret::new(key), apps)))
 }
 
-async fn var(name: &str) -> Result<String, ConfigError> {
+async fn var(name: &str) -> Result<String, AppLookupError> {
     variables::get(name).await.map_err(|e| {
-        ConfigError::Invalid(match e {
+        AppLookupError::Invalid(match e {
             variables::Error::Undefined(_) => format!(
                 "variable `{name}` is not set; declare it in spin.toml and set it (SPIN_VARIABLE_{})",
                 name.to_ascii_uppercase()

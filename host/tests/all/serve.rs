@@ -56,10 +56,10 @@ impl StepExecutor for FakeExecutor {
     }
 }
 
-const TOKEN_ALL: &str = "admin-token";
+pub(crate) const TOKEN_ALL: &str = "admin-token";
 const TOKEN_WEB: &str = "web-token";
-const WEBHOOK_SECRET: &str = "webhook-s3cret";
-const DISPATCH_KEY: &str = "whsec_c2tpZmYtZGlzcGF0Y2gta2V5";
+pub(crate) const WEBHOOK_SECRET: &str = "webhook-s3cret";
+pub(crate) const DISPATCH_KEY: &str = "whsec_c2tpZmYtZGlzcGF0Y2gta2V5";
 
 const PIPELINE: &str = r#"
 name: web
@@ -76,7 +76,7 @@ steps:
       secrets: [DEPLOY_TOKEN]
 "#;
 
-fn config_text(data: &Path, extra_app: &str, top: &str) -> String {
+pub(crate) fn config_text(data: &Path, extra_app: &str, top: &str) -> String {
     let pipeline = PIPELINE.replace('\n', "\n    ");
     format!(
         r#"
@@ -151,7 +151,7 @@ fn post(path: &str, token: Option<&str>, body: Value) -> Request<Body> {
     b.body(Body::from(body.to_string())).unwrap()
 }
 
-fn push_body(branch: &str, delivery: &str) -> Vec<u8> {
+pub(crate) fn push_body(branch: &str, delivery: &str) -> Vec<u8> {
     json!({
         "ref": format!("refs/heads/{branch}"), "before": "0000", "after": "1111",
         "repository": {"full_name": "acme/web"}, "sender": {"login": "octocat"}, "x": delivery
@@ -734,57 +734,63 @@ async fn the_builtin_diag_step_runs_for_a_webhook_with_the_local_executor() {
     server.halt();
 }
 
-/// `kill -9` of the real `skiff serve` after it accepted a burst of dispatches: after a
-/// restart every accepted run is there and runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_loses_no_accepted_run() {
-    let exe = env!("CARGO_BIN_EXE_skiff");
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = config_text(dir.path(), "", "max-concurrent-runs = 1")
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
-    let cfg = dir.path().join("skiff.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let spawn = || {
-        std::process::Command::new(exe)
+/// The real `skiff serve` binary on a free port, with the test configuration.
+pub(crate) struct ServeProcess {
+    pub base: String,
+    cfg: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl ServeProcess {
+    pub async fn start(data: &Path, top: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let text =
+            config_text(data, "", top).replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+        std::fs::create_dir_all(data).unwrap();
+        let cfg = data.join("skiff.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let child = Self::spawn(&cfg);
+        let me = Self { base: format!("http://127.0.0.1:{port}"), cfg, child };
+        me.wait_up().await;
+        me
+    }
+
+    fn spawn(cfg: &Path) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["serve", "--config"])
-            .arg(&cfg)
+            .arg(cfg)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
-    };
-    let up = |http: reqwest::Client, base: String| async move {
+    }
+
+    async fn wait_up(&self) {
+        let http = reqwest::Client::new();
         for _ in 0..600 {
-            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            if http.get(format!("{}/healthz", self.base)).send().await.is_ok() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("skiff serve did not come up");
-    };
-    let mut child = spawn();
-    up(http.clone(), base.clone()).await;
-    let n = 40;
-    for i in 0..n {
-        let signed = sign_dispatch(&dispatch_for("web", &format!("kill-{i}")), &Secret::new(DISPATCH_KEY), now());
-        let mut req = http.post(format!("{base}/v1/dispatch")).body(signed.body);
-        for (k, v) in &signed.headers {
-            req = req.header(k, v);
-        }
-        assert_eq!(req.send().await.unwrap().status(), 202);
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
 
-    let mut child = spawn();
-    up(http.clone(), base.clone()).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let list: Value = http
-            .get(format!("{base}/v1/runs?limit=500"))
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub async fn restart(&mut self) {
+        self.child = Self::spawn(&self.cfg);
+        self.wait_up().await;
+    }
+
+    /// Every run the server has, as the API lists them.
+    pub async fn runs(&self) -> Vec<Value> {
+        let list: Value = reqwest::Client::new()
+            .get(format!("{}/v1/runs?limit=500", self.base))
             .bearer_auth(TOKEN_ALL)
             .send()
             .await
@@ -792,14 +798,43 @@ async fn kill_9_loses_no_accepted_run() {
             .json()
             .await
             .unwrap();
-        let runs = list["runs"].as_array().unwrap();
+        list["runs"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill -9` of the real `skiff serve` after it accepted a burst of dispatches: after a
+/// restart every accepted run is there and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServeProcess::start(dir.path(), "max-concurrent-runs = 1").await;
+    let http = reqwest::Client::new();
+    let n = 40;
+    for i in 0..n {
+        let signed = sign_dispatch(&dispatch_for("web", &format!("kill-{i}")), &Secret::new(DISPATCH_KEY), now());
+        let mut req = http.post(format!("{}/v1/dispatch", server.base)).body(signed.body);
+        for (k, v) in &signed.headers {
+            req = req.header(k, v);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 202);
+    }
+    server.kill();
+    server.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs = server.runs().await;
         assert_eq!(runs.len(), n, "every accepted run is stored");
         if runs.iter().all(|r| r["status"] == "success") {
             break;
         }
-        assert!(Instant::now() < deadline && runs.iter().all(|r| r["status"] != "failure"), "{list:#}");
+        assert!(Instant::now() < deadline && runs.iter().all(|r| r["status"] != "failure"), "{runs:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

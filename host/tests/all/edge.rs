@@ -1,0 +1,255 @@
+//! The edge master's real artifacts, each in a real runtime, in front of a real
+//! `skiff serve`: the Cloudflare Worker under `wrangler dev` (workerd), and the
+//! Spin component under `skiff edge up` (Skiff's wasmtime, `wasi:http@0.3`).
+//! They need the tools `scripts/setup.sh --edge` installs and the artifacts
+//! `scripts/build-edge.sh` builds; `scripts/test.sh` does both and turns on the
+//! `edge-tests` feature.
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::serve::{DISPATCH_KEY, ServeProcess, WEBHOOK_SECRET, push_body};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn need(path: &Path) -> &Path {
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh --edge and scripts/build-edge.sh", path.display());
+    path
+}
+
+/// A master process in its own process group, so workerd and friends go with it.
+struct Master {
+    base: String,
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Master {
+    fn spawn(mut cmd: Command, stderr: PathBuf) -> Child {
+        cmd.process_group(0).stderr(std::fs::File::create(&stderr).unwrap());
+        cmd.spawn().unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    async fn wait_healthy(&mut self, within: Duration) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the master exited ({status}) before it served:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "the master did not answer /healthz in {within:?}:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GitHub push to `main`, signed with the test webhook secret, posted to the master.
+async fn push(master: &str, delivery: &str) -> (u16, Value) {
+    let body = push_body("main", delivery);
+    let resp = reqwest::Client::new()
+        .post(format!("{master}/hooks/web"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the host has run the dispatch of `delivery` to app `web` to success.
+async fn wait_for_run(host: &ServeProcess, delivery: &str) -> Value {
+    let id = format!("{delivery}:web");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = host.runs().await;
+        if let Some(run) = runs.iter().find(|r| r["dispatch_id"] == id.as_str()) {
+            if run["status"] == "success" {
+                return run.clone();
+            }
+            assert!(run["status"] != "failure", "{run:#}");
+        }
+        assert!(Instant::now() < deadline, "no successful run for {id}: {runs:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What both masters must do: dispatch a signed push that the host runs, answer
+/// a redelivery from their own store without calling the host, and answer 502
+/// (so the Git host redelivers) when the host is down.
+async fn dispatches_dedupes_and_reports_a_down_host(master: &Master, host: &mut ServeProcess, tag: &str) {
+    let (status, body) = push(&master.base, &format!("{tag}-1")).await;
+    assert_eq!(status, 202, "{body:#}\n{}", master.log());
+    assert_eq!(body["decisions"][0]["decision"], "dispatch", "{body:#}");
+    let run = wait_for_run(host, &format!("{tag}-1")).await;
+    assert_eq!(run["trigger"], "push");
+    assert_eq!(run["ref"], "refs/heads/main");
+
+    let (status, body) = push(&master.base, &format!("{tag}-other")).await;
+    assert_eq!(status, 202, "{body:#}");
+    wait_for_run(host, &format!("{tag}-other")).await;
+
+    // A forged signature never reaches the host.
+    let forged = reqwest::Client::new()
+        .post(format!("{}/hooks/web", master.base))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "forged")
+        .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+        .body(push_body("main", "forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let unknown = reqwest::Client::new().post(format!("{}/hooks/nope", master.base)).body("{}").send().await.unwrap();
+    assert_eq!(unknown.status(), 404, "an app that is not configured is the sender's mistake");
+
+    host.kill();
+    // The same delivery again: deduplicated in the master's store, so the host is not needed.
+    let (status, body) = push(&master.base, &format!("{tag}-1")).await;
+    assert_eq!(status, 202, "a redelivery is answered from the master's store: {body:#}\n{}", master.log());
+    // A new delivery while the host is down: 502, so the Git host tries again later.
+    let (status, body) = push(&master.base, &format!("{tag}-2")).await;
+    assert_eq!(status, 502, "{body:#}");
+    assert!(body["failures"][0].as_str().unwrap().contains(&format!("{tag}-2:web")), "{body:#}");
+    // The redelivery after the host is back goes through, once.
+    host.restart().await;
+    let (status, _) = push(&master.base, &format!("{tag}-2")).await;
+    assert_eq!(status, 202);
+    wait_for_run(host, &format!("{tag}-2")).await;
+    let runs = host.runs().await;
+    assert_eq!(runs.iter().filter(|r| r["dispatch_id"] == format!("{tag}-1:web").as_str()).count(), 1);
+    assert_eq!(runs.len(), 3, "{runs:#?}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+const APPS: &str = r#"[{"name": "web", "on": {"push": {"branches": ["main"]}}}]"#;
+
+/// `skiff edge up` on `manifest`, with the test's variables; returns once it serves.
+async fn spin_up(manifest: &Path, host: &str, dir: &Path) -> Master {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args(["edge", "up", "--listen", "127.0.0.1:0", "-f"]).arg(manifest);
+    cmd.arg("--key-value-file").arg(dir.join("kv.db"));
+    for (k, v) in [("host_url", host), ("apps", APPS), ("webhook_secret", WEBHOOK_SECRET)] {
+        cmd.arg("--variable").arg(format!("{k}={v}"));
+    }
+    // Secrets may come from the environment, as with `spin up`.
+    cmd.env("SPIN_VARIABLE_DISPATCH_KEY", DISPATCH_KEY).stdout(Stdio::piped());
+    let mut child = Master::spawn(cmd, dir.join("edge.stderr"));
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    let base = first
+        .split_once(" on ")
+        .map(|(_, url)| url.trim().to_string())
+        .unwrap_or_else(|| panic!("`skiff edge up` printed `{first}` instead of its address"));
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut master = Master { base, child, stderr: dir.join("edge.stderr") };
+    master.wait_healthy(Duration::from_secs(120)).await;
+    master
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "edge-tests"),
+    ignore = "needs scripts/setup.sh --edge, scripts/build-edge.sh, --features edge-tests"
+)]
+async fn spin_component_in_skiffs_wasi_http_host_dispatches_to_skiff_serve() {
+    let manifest = repo().join("edge-master/spin/spin.toml");
+    need(&repo().join("target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = ServeProcess::start(&dir.path().join("host"), "").await;
+    let master = spin_up(&manifest, &host.base, dir.path()).await;
+    dispatches_dedupes_and_reports_a_down_host(&master, &mut host, "spin").await;
+}
+
+/// `allowed_outbound_hosts` is enforced: a manifest that names another host
+/// cannot reach the Skiff host, and the Git host is told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "edge-tests"),
+    ignore = "needs scripts/setup.sh --edge, scripts/build-edge.sh, --features edge-tests"
+)]
+async fn spin_component_reaches_only_its_allowed_outbound_hosts() {
+    let wasm = need(&repo().join("target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm")).to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    let host = ServeProcess::start(&dir.path().join("host"), "").await;
+    let text = std::fs::read_to_string(repo().join("edge-master/spin/spin.toml"))
+        .unwrap()
+        .replace("allowed_outbound_hosts = [\"{{ host_url }}\"]", "allowed_outbound_hosts = [\"http://127.0.0.1:9\"]")
+        .replace("../../target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm", wasm.to_str().unwrap());
+    let manifest = dir.path().join("spin.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let master = spin_up(&manifest, &host.base, dir.path()).await;
+    let (status, body) = push(&master.base, "denied-1").await;
+    assert_eq!(status, 502, "{body:#}");
+    assert!(master.log().contains("denied outbound HTTP"), "{}", master.log());
+    assert!(host.runs().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "edge-tests"),
+    ignore = "needs scripts/setup.sh --edge, scripts/build-edge.sh, --features edge-tests"
+)]
+async fn cloudflare_worker_under_wrangler_dev_dispatches_to_skiff_serve() {
+    let worker = repo().join("edge-master/cloudflare");
+    let wrangler = need(&worker.join("node_modules/.bin/wrangler")).to_path_buf();
+    need(&worker.join("build/worker/shim.mjs"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = ServeProcess::start(&dir.path().join("host"), "").await;
+    let port = free_port();
+    let mut cmd = Command::new(wrangler);
+    cmd.current_dir(&worker)
+        .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string(), "--persist-to"])
+        .arg(dir.path().join("wrangler-state"))
+        .arg("--var")
+        .arg(format!("SKIFF_HOST_URL:{}", host.base))
+        .arg("--var")
+        .arg(format!("SKIFF_APPS:{APPS}"))
+        // Secrets are plain bindings under `wrangler dev`; deployed, they come from `wrangler secret put`.
+        .arg("--var")
+        .arg(format!("SKIFF_DISPATCH_KEY:{DISPATCH_KEY}"))
+        .arg("--var")
+        .arg(format!("SKIFF_WEBHOOK_SECRET:{WEBHOOK_SECRET}"))
+        .env("CI", "1")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .stdout(Stdio::null());
+    let child = Master::spawn(cmd, dir.path().join("wrangler.stderr"));
+    let mut master =
+        Master { base: format!("http://127.0.0.1:{port}"), child, stderr: dir.path().join("wrangler.stderr") };
+    // wrangler runs build.sh first (a no-op rebuild when the artifacts are current).
+    master.wait_healthy(Duration::from_secs(300)).await;
+    dispatches_dedupes_and_reports_a_down_host(&master, &mut host, "cf").await;
+}

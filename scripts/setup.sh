@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Skiff's build and tests need on a fresh Debian machine; idempotent.
+# `--edge` also installs the edge adapters' toolchain (wrangler, worker-build, wasm-bindgen-cli).
 set -euo pipefail
+edge=0
+for arg in "$@"; do
+  case "$arg" in
+    --edge) edge=1 ;;
+    *) echo "setup.sh: unknown option $arg (the only one is --edge)" >&2; exit 2 ;;
+  esac
+done
 
 installed_targets=$(rustup target list --installed)
 for t in wasm32-wasip2 wasm32-unknown-unknown; do
@@ -23,3 +31,27 @@ if [ ! -x "$tools/bin/s3s-fs" ]; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$tools" \
     || cargo install s3s-fs --version 0.14.1 --features binary --root "$tools"
 fi
+
+[ "$edge" -eq 1 ] || exit 0
+
+# The Cloudflare Worker's toolchain, pinned and offline:
+# - wrangler 4.86.0 (the last on Node.js 20) and esbuild, from edge-master/cloudflare's lockfile;
+# - worker-build and wasm-bindgen-cli at exactly the versions its Cargo.lock pins, built in debug
+#   (about 2 minutes each instead of 10-12; they run in seconds on our small module either way).
+root="$(cd "$(dirname "$0")/.." && pwd)"
+worker="$root/edge-master/cloudflare"
+command -v node >/dev/null || { echo "setup.sh: Node.js 20 or newer is needed for wrangler; install it first" >&2; exit 1; }
+if [ ! -x "$worker/node_modules/.bin/wrangler" ] || [ "$("$worker/node_modules/.bin/wrangler" --version 2>/dev/null | tail -1)" != "4.86.0" ]; then
+  (cd "$worker" && npm ci --no-audit --no-fund)
+fi
+
+locked() { grep -A1 "^name = \"$1\"\$" "$worker/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p'; }
+install_tool() { # crate, binary, version
+  local have
+  have=$("$tools/bin/$2" --version 2>/dev/null | awk '{print $NF}' || true)
+  if [ "$have" != "$3" ]; then
+    cargo install "$1" --version "$3" --debug --force --root "$tools" --target-dir "$root/target/tools-build"
+  fi
+}
+install_tool wasm-bindgen-cli wasm-bindgen "$(locked wasm-bindgen)"
+install_tool worker-build worker-build "$(locked worker)"

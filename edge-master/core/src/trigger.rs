@@ -19,7 +19,7 @@ use crate::patterns::{Patterns, one_or_many};
 /// ```
 /// use skiff_edge_core::App;
 ///
-/// let app: App = serde_yaml::from_str(r#"
+/// let app: App = serde_norway::from_str(r#"
 /// name: web
 /// environment: production
 /// repository: acme/web

@@ -23,6 +23,8 @@ pub struct ConfigFile {
     pub data: Option<PathBuf>,
     /// The key dispatches from a master are signed with (Standard Webhooks, `whsec_…` or raw).
     pub dispatch_key: Option<String>,
+    /// The key being rotated out: dispatches signed with it are still accepted.
+    pub dispatch_key_previous: Option<String>,
     /// How far a dispatch's timestamp may be from now, in seconds (default 300).
     pub dispatch_tolerance_secs: Option<i64>,
     /// Runs at once on this host (default 4).
@@ -238,8 +240,16 @@ impl ServeConfig {
             };
             tokens.insert(bytes, Token { name: t.name, scope });
         }
-        let dispatch_key =
+        let mut dispatch_key =
             file.dispatch_key.as_deref().map(|v| open_value(v, key, "dispatch-key").map(Secret::new)).transpose()?;
+        if let Some(previous) = file.dispatch_key_previous.as_deref() {
+            let previous = open_value(previous, key, "dispatch-key-previous")?;
+            dispatch_key = Some(
+                dispatch_key
+                    .ok_or_else(|| anyhow::anyhow!("dispatch-key-previous is set without dispatch-key: set the new key too"))?
+                    .with_previous(previous),
+            );
+        }
         Ok(ServeConfig {
             listen: file.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
             data_dir: base.join(file.data.unwrap_or_else(|| "skiff-data".into())),

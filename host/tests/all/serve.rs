@@ -283,6 +283,32 @@ async fn dispatch_is_verified_stored_and_deduplicated() {
     assert!(err["error"].as_str().unwrap().contains("over the limit"), "{err}");
 }
 
+/// Rotating the dispatch key: while `dispatch-key-previous` is set, masters that still sign
+/// with the old key are accepted; any other key is not.
+#[tokio::test]
+async fn the_previous_dispatch_key_verifies_during_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = "whsec_b2xkLWRpc3BhdGNoLWtleQ==";
+    let s = Shared::open(
+        config(dir.path(), "", &format!("dispatch-key-previous = \"{old}\"")),
+        Arc::new(FakeExecutor),
+        Role::All,
+    )
+    .unwrap();
+    let (st, body) = call(&s, signed(&dispatch_for("web", "rot-1"), DISPATCH_KEY, now())).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let (st, body) = call(&s, signed(&dispatch_for("web", "rot-2"), old, now())).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let (st, _) = call(&s, signed(&dispatch_for("web", "rot-3"), "whsec_d3Jvbmcta2V5", now())).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    let text = config_text(dir.path(), "", "").replace(&format!("dispatch-key = \"{DISPATCH_KEY}\""), "");
+    let err = ServeConfig::from_toml(&format!("dispatch-key-previous = \"{old}\"\n{text}"), Path::new("/"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("without dispatch-key"), "{err}");
+}
+
 #[tokio::test]
 async fn webhooks_are_verified_matched_and_deduplicated() {
     let dir = tempfile::tempdir().unwrap();

@@ -76,7 +76,7 @@ pub fn secret_for(provider: &str) -> Secret {
 
 /// Apps from YAML.
 pub fn apps(yaml: &str) -> Vec<App> {
-    serde_yaml::from_str(yaml).unwrap()
+    serde_norway::from_str(yaml).unwrap()
 }
 
 /// A master for `provider`'s fixtures with `apps`.

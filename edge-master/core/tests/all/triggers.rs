@@ -238,7 +238,7 @@ fn custom_events_by_type_and_source() {
 
 #[test]
 fn triggers_load_from_yaml_toml_and_json_and_refuse_unknown_fields() {
-    let yaml: App = serde_yaml::from_str(
+    let yaml: App = serde_norway::from_str(
         "name: web\non:\n  push:\n  pull_request:\n    types: [opened]\n  schedule:\n    - cron: '*/15 * * * *'\n",
     )
     .unwrap();
@@ -261,17 +261,17 @@ cron = "0 3 * * *"
     let json: Triggers = serde_json::from_str(r#""push""#).unwrap();
     assert!(json.push.is_some());
 
-    let err = serde_yaml::from_str::<App>("name: web\non:\n  push:\n    branch: [main]\n").unwrap_err().to_string();
+    let err = serde_norway::from_str::<App>("name: web\non:\n  push:\n    branch: [main]\n").unwrap_err().to_string();
     assert!(err.contains("unknown field `branch`"), "{err}");
-    let err = serde_yaml::from_str::<App>("name: web\non: [push, workflow_dispatch]\n").unwrap_err().to_string();
+    let err = serde_norway::from_str::<App>("name: web\non: [push, workflow_dispatch]\n").unwrap_err().to_string();
     assert!(err.contains("unknown event `workflow_dispatch`"), "{err}");
     let err =
-        serde_yaml::from_str::<App>("name: web\non:\n  push: {}\n  filter: 'body.ref in ['\n").unwrap_err().to_string();
+        serde_norway::from_str::<App>("name: web\non:\n  push: {}\n  filter: 'body.ref in ['\n").unwrap_err().to_string();
     assert!(err.contains("is not valid CEL"), "{err}");
     let err =
-        serde_yaml::from_str::<App>("name: web\non:\n  push:\n    branches: ['[z-a]']\n").unwrap_err().to_string();
+        serde_norway::from_str::<App>("name: web\non:\n  push:\n    branches: ['[z-a]']\n").unwrap_err().to_string();
     assert!(err.contains("is not a valid glob"), "{err}");
-    let err = serde_yaml::from_str::<App>("name: web\nonn: push\n").unwrap_err().to_string();
+    let err = serde_norway::from_str::<App>("name: web\nonn: push\n").unwrap_err().to_string();
     assert!(err.contains("unknown field `onn`"), "{err}");
 
     // Configuration round-trips through JSON.

@@ -62,15 +62,11 @@ fn main() {
 
     // The Spin component, a fresh instance per request.
     let manifest = Manifest::load(&repo.join("edge-master/spin/spin.toml")).unwrap();
-    let vars: BTreeMap<String, String> = [
-        ("host_url", "http://127.0.0.1:9"),
-        ("apps", APPS),
-        ("dispatch_key", KEY),
-        ("webhook_secret", SECRET),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let vars: BTreeMap<String, String> =
+        [("host_url", "http://127.0.0.1:9"), ("apps", APPS), ("dispatch_key", KEY), ("webhook_secret", SECRET)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     let compile = Instant::now();
     let app = SpinApp::new(manifest, &vars, KvStores::open(None).unwrap()).unwrap();
     let compile = compile.elapsed();

@@ -442,9 +442,14 @@ pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
             app.handle(http::Request::from_parts(parts, body)).await.map(Body::from)
         }
     });
+    // Ctrl-C or SIGTERM (a service manager's stop): finish the requests in flight, then exit.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         })
         .await?;
     Ok(())

@@ -246,7 +246,9 @@ impl ServeConfig {
             let previous = open_value(previous, key, "dispatch-key-previous")?;
             dispatch_key = Some(
                 dispatch_key
-                    .ok_or_else(|| anyhow::anyhow!("dispatch-key-previous is set without dispatch-key: set the new key too"))?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("dispatch-key-previous is set without dispatch-key: set the new key too")
+                    })?
                     .with_previous(previous),
             );
         }

@@ -253,3 +253,28 @@ async fn cloudflare_worker_under_wrangler_dev_dispatches_to_skiff_serve() {
     master.wait_healthy(Duration::from_secs(300)).await;
     dispatches_dedupes_and_reports_a_down_host(&master, &mut host, "cf").await;
 }
+
+/// Mistakes in starting `skiff edge up` are explained before anything is served.
+#[test]
+fn edge_up_says_which_variables_are_missing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["edge", "up", "--listen", "127.0.0.1:0", "--key-value-file", ":memory:", "-f"])
+        .arg(repo().join("edge-master/spin/spin.toml"))
+        .args(["--variable", "apps=[]", "--variable", "colour=blue"])
+        .env_remove("SPIN_VARIABLE_HOST_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`colour` is not declared"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["edge", "up", "--listen", "127.0.0.1:0", "--key-value-file", ":memory:", "-f"])
+        .arg(repo().join("edge-master/spin/spin.toml"))
+        .args(["--variable", "apps=[]"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("required variables are not set: dispatch_key, host_url, webhook_secret"), "{err}");
+    assert!(err.contains("SPIN_VARIABLE_HOST_URL"), "{err}");
+}

@@ -265,8 +265,9 @@ cron = "0 3 * * *"
     assert!(err.contains("unknown field `branch`"), "{err}");
     let err = serde_norway::from_str::<App>("name: web\non: [push, workflow_dispatch]\n").unwrap_err().to_string();
     assert!(err.contains("unknown event `workflow_dispatch`"), "{err}");
-    let err =
-        serde_norway::from_str::<App>("name: web\non:\n  push: {}\n  filter: 'body.ref in ['\n").unwrap_err().to_string();
+    let err = serde_norway::from_str::<App>("name: web\non:\n  push: {}\n  filter: 'body.ref in ['\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("is not valid CEL"), "{err}");
     let err =
         serde_norway::from_str::<App>("name: web\non:\n  push:\n    branches: ['[z-a]']\n").unwrap_err().to_string();

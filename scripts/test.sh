@@ -16,9 +16,7 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --features skiff-host/edge-tests -- -D warnings
 CARGO_TARGET_DIR=target/edge-cloudflare cargo clippy "${cf[@]}" --target wasm32-unknown-unknown --release -- -D warnings
 CARGO_TARGET_DIR=target/edge-spin cargo clippy "${spin[@]}" --target wasm32-wasip2 --release -- -D warnings
-echo "== edge core builds for the edge targets"
-cargo build -q -p skiff-edge-core --target wasm32-unknown-unknown
-cargo build -q -p skiff-edge-core --target wasm32-wasip2
+# Building both adapters also builds the edge core for wasm32-unknown-unknown and wasm32-wasip2.
 echo "== edge masters: the Worker (worker-build) and the Spin component"
 scripts/build-edge.sh
 export SKIFF_S3S_FS="$PWD/target/tools/bin/s3s-fs"

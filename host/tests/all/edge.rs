@@ -131,6 +131,27 @@ async fn dispatches_dedupes_and_reports_a_down_host(master: &Master, host: &mut 
     assert_eq!(forged.status(), 401);
     let unknown = reqwest::Client::new().post(format!("{}/hooks/nope", master.base)).body("{}").send().await.unwrap();
     assert_eq!(unknown.status(), 404, "an app that is not configured is the sender's mistake");
+    // Bodies over the core's 1 MiB limit are refused before they are verified or parsed.
+    let huge = reqwest::Client::new()
+        .post(format!("{}/hooks/web", master.base))
+        .header("x-github-event", "push")
+        .body(vec![b' '; (1 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    // A genuine delivery whose body is not the event it claims: 400, nothing dispatched.
+    let junk = b"[1, 2, 3]".to_vec();
+    let bad = reqwest::Client::new()
+        .post(format!("{}/hooks/web", master.base))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "junk")
+        .header("x-hub-signature-256", skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &junk))
+        .body(junk)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
 
     host.kill();
     // The same delivery again: deduplicated in the master's store, so the host is not needed.

@@ -19,6 +19,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// The Spin component `scripts/build-edge.sh` builds.
+fn spin_wasm() -> PathBuf {
+    repo().join("target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm")
+}
+
 fn need(path: &Path) -> &Path {
     assert!(path.exists(), "{} is missing: run scripts/setup.sh --edge and scripts/build-edge.sh", path.display());
     path
@@ -69,10 +74,9 @@ impl Drop for Master {
     }
 }
 
-/// A GitHub push to `main`, signed with the test webhook secret, posted to the master.
-async fn push(master: &str, delivery: &str) -> (u16, Value) {
-    let body = push_body("main", delivery);
-    let resp = reqwest::Client::new()
+/// `body` as a GitHub push delivery, signed with the test webhook secret, posted to the master.
+async fn post_signed(master: &str, delivery: &str, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
         .post(format!("{master}/hooks/web"))
         .header("content-type", "application/json")
         .header("x-github-event", "push")
@@ -81,7 +85,12 @@ async fn push(master: &str, delivery: &str) -> (u16, Value) {
         .body(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A signed GitHub push to `main`; the status and JSON answer.
+async fn push(master: &str, delivery: &str) -> (u16, Value) {
+    let resp = post_signed(master, delivery, push_body("main", delivery)).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -141,16 +150,7 @@ async fn dispatches_dedupes_and_reports_a_down_host(master: &Master, host: &mut 
         .unwrap();
     assert_eq!(huge.status(), 413);
     // A genuine delivery whose body is not the event it claims: 400, nothing dispatched.
-    let junk = b"[1, 2, 3]".to_vec();
-    let bad = reqwest::Client::new()
-        .post(format!("{}/hooks/web", master.base))
-        .header("x-github-event", "push")
-        .header("x-github-delivery", "junk")
-        .header("x-hub-signature-256", skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &junk))
-        .body(junk)
-        .send()
-        .await
-        .unwrap();
+    let bad = post_signed(&master.base, "junk", b"[1, 2, 3]".to_vec()).await;
     assert_eq!(bad.status(), 400);
 
     host.kill();
@@ -208,7 +208,7 @@ async fn spin_up(manifest: &Path, host: &str, dir: &Path) -> Master {
 )]
 async fn spin_component_in_skiffs_wasi_http_host_dispatches_to_skiff_serve() {
     let manifest = repo().join("edge-master/spin/spin.toml");
-    need(&repo().join("target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm"));
+    need(&spin_wasm());
     let dir = tempfile::tempdir().unwrap();
     let mut host = ServeProcess::start(&dir.path().join("host"), "").await;
     let master = spin_up(&manifest, &host.base, dir.path()).await;
@@ -223,7 +223,8 @@ async fn spin_component_in_skiffs_wasi_http_host_dispatches_to_skiff_serve() {
     ignore = "needs scripts/setup.sh --edge, scripts/build-edge.sh, --features edge-tests"
 )]
 async fn spin_component_reaches_only_its_allowed_outbound_hosts() {
-    let wasm = need(&repo().join("target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm")).to_path_buf();
+    let wasm = spin_wasm();
+    need(&wasm);
     let dir = tempfile::tempdir().unwrap();
     let host = ServeProcess::start(&dir.path().join("host"), "").await;
     let text = std::fs::read_to_string(repo().join("edge-master/spin/spin.toml"))

@@ -25,11 +25,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
+# Tools build under target/ (not /tmp, which may be small or shared), in debug: they serve tests.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/target/tools"
+tool_build=(--debug --root "$tools" --target-dir "$root/target/tools-build")
+
 # A real S3-compatible server for the upload step's tests (0.14 is the newest that builds on Rust 1.95).
-tools="$(cd "$(dirname "$0")/.." && pwd)/target/tools"
 if [ ! -x "$tools/bin/s3s-fs" ]; then
-  cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$tools" \
-    || cargo install s3s-fs --version 0.14.1 --features binary --root "$tools"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked "${tool_build[@]}" \
+    || cargo install s3s-fs --version 0.14.1 --features binary "${tool_build[@]}"
 fi
 
 [ "$edge" -eq 1 ] || exit 0
@@ -38,7 +42,6 @@ fi
 # - wrangler 4.86.0 (the last on Node.js 20) and esbuild, from edge-master/cloudflare's lockfile;
 # - worker-build and wasm-bindgen-cli at exactly the versions its Cargo.lock pins, built in debug
 #   (about 2 minutes each instead of 10-12; they run in seconds on our small module either way).
-root="$(cd "$(dirname "$0")/.." && pwd)"
 worker="$root/edge-master/cloudflare"
 command -v node >/dev/null || { echo "setup.sh: Node.js 20 or newer is needed for wrangler; install it first" >&2; exit 1; }
 if [ ! -x "$worker/node_modules/.bin/wrangler" ] || [ "$("$worker/node_modules/.bin/wrangler" --version 2>/dev/null | tail -1)" != "4.86.0" ]; then
@@ -50,7 +53,7 @@ install_tool() { # crate, binary, version
   local have
   have=$("$tools/bin/$2" --version 2>/dev/null | awk '{print $NF}' || true)
   if [ "$have" != "$3" ]; then
-    cargo install "$1" --version "$3" --debug --force --root "$tools" --target-dir "$root/target/tools-build"
+    cargo install "$1" --version "$3" --force "${tool_build[@]}"
   fi
 }
 install_tool wasm-bindgen-cli wasm-bindgen "$(locked wasm-bindgen)"

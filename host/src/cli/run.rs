@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// holding a copy of the project: the folder of `.skiff/`, or of the pipeline file).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Keep the temporary workspace after a run that succeeds (a failed run's is always kept,
+    /// so what went wrong can be looked at).
+    #[arg(long, conflicts_with = "workspace")]
+    pub keep_workspace: bool,
     /// Print run events as JSON lines instead of the terminal view.
     #[arg(long)]
     pub json: bool,
@@ -186,6 +190,15 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
         print_summary(&report);
         report
     };
+    if args.workspace.is_none() {
+        if report.success() && !args.keep_workspace {
+            if let Err(e) = std::fs::remove_dir_all(&workspace) {
+                eprintln!("the workspace {} could not be removed: {e}", workspace.display());
+            }
+        } else if !args.json {
+            eprintln!("workspace kept: {}", workspace.display());
+        }
+    }
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

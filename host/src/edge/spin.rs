@@ -43,7 +43,7 @@ const MAX_REQUEST_BYTES: usize = 4 << 20;
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// Linear memory per request instance.
 const MAX_MEMORY_BYTES: usize = 128 << 20;
-/// A request that takes longer is answered with 504 and its instance dropped.
+/// A request that takes longer is answered with 504 and its instance dropped (by default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Debug)]
@@ -60,6 +60,16 @@ pub struct EdgeUpArgs {
     /// The key-value file (default: `.spin/skiff-key-value.db` beside the manifest); `:memory:` keeps nothing.
     #[arg(long)]
     pub key_value_file: Option<PathBuf>,
+    /// Seconds a request may take before it is answered with 504 and its instance stopped.
+    #[arg(long, value_name = "SECONDS", default_value_t = REQUEST_TIMEOUT.as_secs_f64(), value_parser = parse_timeout)]
+    pub request_timeout: f64,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t <= 3600.0 => Ok(t),
+        _ => Err(format!("`{s}` is not a number of seconds between 0 and 3600 (e.g. 30 or 0.5)")),
+    }
 }
 
 /// Handle to an open key-value store inside one instance.
@@ -82,6 +92,7 @@ pub struct SpinApp {
     manifest: Manifest,
     components: BTreeMap<String, Loaded>,
     kv: Arc<KvStores>,
+    timeout: Duration,
 }
 
 /// The data of one request's `Store`.
@@ -189,7 +200,13 @@ impl SpinApp {
                 },
             );
         }
-        Ok(Self { engine, manifest, components, kv: Arc::new(kv) })
+        Ok(Self { engine, manifest, components, kv: Arc::new(kv), timeout: REQUEST_TIMEOUT })
+    }
+
+    /// How long a request may take before it is answered with 504 (30 s by default).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Serves one request in a fresh instance of the routed component.
@@ -198,13 +215,20 @@ impl SpinApp {
             return plain(404, format!("no route in {} matches {}", self.manifest.name, req.uri().path()));
         };
         let loaded = &self.components[&component.id];
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.call(&component.id, loaded, req)).await {
+        let req = match absolute_uri(req) {
+            Ok(req) => req,
+            Err(msg) => return plain(400, msg),
+        };
+        match tokio::time::timeout(self.timeout, self.call(&component.id, loaded, req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
                 eprintln!("component `{}` failed: {e:#}", component.id);
                 plain(500, format!("component `{}` failed; see the host's log", component.id))
             }
-            Err(_) => plain(504, format!("component `{}` took longer than {REQUEST_TIMEOUT:?}", component.id)),
+            Err(_) => {
+                eprintln!("component `{}` stopped after {:?}", component.id, self.timeout);
+                plain(504, format!("component `{}` took longer than {:?}", component.id, self.timeout))
+            }
         }
     }
 
@@ -236,15 +260,6 @@ impl SpinApp {
         store.epoch_deadline_async_yield_and_update(1);
 
         let (parts, body) = req.into_parts();
-        let mut parts = parts;
-        if parts.uri.authority().is_none() {
-            // The guest sees an absolute URL, as behind Spin's own listener.
-            let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            parts.uri = format!("http://{host}{pq}")
-                .parse()
-                .map_err(|_| wasmtime::format_err!("the request has an unusable Host header: {host}"))?;
-        }
         let body = Full::new(body);
         let req = http::Request::from_parts(parts, body);
         let (req, _io) = wasmtime_wasi_http::p3::Request::from_http(&mut store.data_mut().outbound, req);
@@ -271,6 +286,29 @@ impl SpinApp {
             Err(code) => Ok(plain(500, format!("component `{id}` answered with an error: {code:?}"))),
         }
     }
+}
+
+/// The guest sees an absolute URL, as behind Spin's own listener; a Host header that makes
+/// none is the client's error.
+fn absolute_uri(req: http::Request<Bytes>) -> Result<http::Request<Bytes>, String> {
+    if req.uri().authority().is_some() {
+        return Ok(req);
+    }
+    let (mut parts, body) = req.into_parts();
+    let host = match parts.headers.get(http::header::HOST) {
+        None => "localhost",
+        Some(h) => h.to_str().map_err(|_| "the Host header is not text".to_string())?,
+    };
+    let bad = || format!("the Host header `{host}` is not a host name with an optional port");
+    // A whole authority, nothing more: no path that would shift the routed one, no user info.
+    let authority: http::uri::Authority = host.parse().map_err(|_| bad())?;
+    if authority.as_str().contains('@') {
+        return Err(bad());
+    }
+    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri =
+        http::Uri::builder().scheme("http").authority(authority).path_and_query(pq).build().map_err(|_| bad())?;
+    Ok(http::Request::from_parts(parts, body))
 }
 
 fn plain(status: u16, text: String) -> http::Response<Bytes> {
@@ -419,7 +457,9 @@ pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
         None => Some(args.manifest.parent().unwrap_or(std::path::Path::new(".")).join(".spin/skiff-key-value.db")),
     };
     let kv = KvStores::open(kv_path.as_deref())?;
-    let app = Arc::new(SpinApp::new(manifest, &given, kv)?);
+    let app = Arc::new(
+        SpinApp::new(manifest, &given, kv)?.with_request_timeout(Duration::from_secs_f64(args.request_timeout)),
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

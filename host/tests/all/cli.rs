@@ -5,11 +5,9 @@ use std::process::Command;
 const HOSTILE: &str = env!("SKIFF_TEST_GUEST_HOSTILE");
 
 fn skiff(args: &[&str]) -> (i32, String) {
-    // Shared by every test process: entries are written atomically, keyed by content.
-    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skiff-cache");
     let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(args)
-        .env("SKIFF_CACHE_DIR", cache)
+        .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
         .output()
         .expect("running skiff");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -181,28 +179,44 @@ steps:
     assert_eq!(reached.join().unwrap().trim(), "fetched");
 }
 
+/// A local run works on a copy of the project in a temporary workspace, which is
+/// removed when the run succeeds and kept, with a note, when it fails.
 #[test]
 fn a_local_run_sees_a_copy_of_the_project_and_leaves_it_untouched() {
     let project = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(project.path().join(".skiff")).unwrap();
     std::fs::create_dir_all(project.path().join("target/debug")).unwrap();
     std::fs::write(project.path().join("input.txt"), "from the project").unwrap();
-    std::fs::write(
-        project.path().join(".skiff/pipeline.yaml"),
-        "steps:\n  - run: cat input.txt && test ! -e target && echo changed > input.txt\n",
-    )
-    .unwrap();
-    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skiff-cache");
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .arg("run")
-        .current_dir(project.path())
-        .env("SKIFF_CACHE_DIR", cache)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
+    let local_run = |script: &str, extra: &[&str]| {
+        std::fs::write(project.path().join(".skiff/pipeline.yaml"), format!("steps:\n  - run: {script}\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("run")
+            .args(extra)
+            .current_dir(project.path())
+            .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let workspaces = || std::fs::read_dir(tmp.path()).unwrap().count();
+
+    let (ok, text) = local_run("cat input.txt && test ! -e target && echo changed > input.txt", &[]);
+    assert!(ok, "{text}");
     assert!(text.contains("from the project"), "{text}");
     assert_eq!(std::fs::read_to_string(project.path().join("input.txt")).unwrap(), "from the project");
+    assert_eq!(workspaces(), 0, "a successful run's workspace is removed: {text}");
+
+    let (ok, text) = local_run("echo left > evidence.txt && exit 3", &[]);
+    assert!(!ok, "{text}");
+    let kept = text.lines().find_map(|l| l.strip_prefix("workspace kept: ")).expect(&text);
+    assert_eq!(std::fs::read_to_string(std::path::Path::new(kept).join("evidence.txt")).unwrap(), "left\n");
+
+    let (ok, text) = local_run("echo fine", &["--keep-workspace"]);
+    assert!(ok, "{text}");
+    assert_eq!(workspaces(), 2, "{text}");
 }
 
 #[test]

@@ -24,6 +24,11 @@ fn spin_wasm() -> PathBuf {
     repo().join("target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm")
 }
 
+/// The hostile Spin component `scripts/test.sh` builds from host/test-guests/spin-hostile.
+fn spin_hostile_wasm() -> PathBuf {
+    repo().join("target/edge-spin/wasm32-wasip2/release/skiff_test_spin_hostile.wasm")
+}
+
 fn need(path: &Path) -> &Path {
     assert!(path.exists(), "{} is missing: run scripts/setup.sh --edge and scripts/build-edge.sh", path.display());
     path
@@ -177,16 +182,28 @@ fn free_port() -> u16 {
 
 const APPS: &str = r#"[{"name": "web", "on": {"push": {"branches": ["main"]}}}]"#;
 
-/// `skiff edge up` on `manifest`, with the test's variables; returns once it serves.
+/// The edge master on `skiff edge up` with the test's variables; returns once it serves.
 async fn spin_up(manifest: &Path, host: &str, dir: &Path) -> Master {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
-    cmd.args(["edge", "up", "--listen", "127.0.0.1:0", "-f"]).arg(manifest);
+    let mut cmd = edge_up(manifest);
     cmd.arg("--key-value-file").arg(dir.join("kv.db"));
     for (k, v) in [("host_url", host), ("apps", APPS), ("webhook_secret", WEBHOOK_SECRET)] {
         cmd.arg("--variable").arg(format!("{k}={v}"));
     }
     // Secrets may come from the environment, as with `spin up`.
-    cmd.env("SPIN_VARIABLE_DISPATCH_KEY", DISPATCH_KEY).stdout(Stdio::piped());
+    cmd.env("SPIN_VARIABLE_DISPATCH_KEY", DISPATCH_KEY);
+    serving(cmd, dir).await
+}
+
+/// `skiff edge up` on `manifest`, on a free port.
+fn edge_up(manifest: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args(["edge", "up", "--listen", "127.0.0.1:0", "-f"]).arg(manifest);
+    cmd
+}
+
+/// Starts `skiff edge up` and returns once it answers `/healthz`.
+async fn serving(mut cmd: Command, dir: &Path) -> Master {
+    cmd.stdout(Stdio::piped());
     let mut child = Master::spawn(cmd, dir.join("edge.stderr"));
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
@@ -279,10 +296,9 @@ async fn cloudflare_worker_under_wrangler_dev_dispatches_to_skiff_serve() {
 /// Mistakes in starting `skiff edge up` are explained before anything is served.
 #[test]
 fn edge_up_says_which_variables_are_missing() {
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["edge", "up", "--listen", "127.0.0.1:0", "--key-value-file", ":memory:", "-f"])
-        .arg(repo().join("edge-master/spin/spin.toml"))
-        .args(["--variable", "apps=[]", "--variable", "colour=blue"])
+    let manifest = repo().join("edge-master/spin/spin.toml");
+    let out = edge_up(&manifest)
+        .args(["--key-value-file", ":memory:", "--variable", "apps=[]", "--variable", "colour=blue"])
         .env_remove("SPIN_VARIABLE_HOST_URL")
         .output()
         .unwrap();
@@ -290,13 +306,74 @@ fn edge_up_says_which_variables_are_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`colour` is not declared"), "{err}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["edge", "up", "--listen", "127.0.0.1:0", "--key-value-file", ":memory:", "-f"])
-        .arg(repo().join("edge-master/spin/spin.toml"))
-        .args(["--variable", "apps=[]"])
-        .output()
-        .unwrap();
+    let out = edge_up(&manifest).args(["--key-value-file", ":memory:", "--variable", "apps=[]"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("required variables are not set: dispatch_key, host_url, webhook_secret"), "{err}");
     assert!(err.contains("SPIN_VARIABLE_HOST_URL"), "{err}");
+}
+
+/// A component that spins, hoards memory, panics, floods its response or pokes at
+/// the sandbox gets an error for that request alone; the host serves the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "edge-tests"),
+    ignore = "needs scripts/setup.sh --edge, scripts/test.sh's spin-hostile build, --features edge-tests"
+)]
+async fn edge_up_contains_a_hostile_component() {
+    need(&spin_hostile_wasm());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = edge_up(&repo().join("host/test-guests/spin-hostile/spin.toml"));
+    cmd.args(["--key-value-file", ":memory:", "--request-timeout", "2"]);
+    let mut master = serving(cmd, dir.path()).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", master.base)).send();
+
+    // A guest that never yields is stopped at the timeout, and does not hold up other requests.
+    let started = Instant::now();
+    let spinning = tokio::spawn(get("/spin"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ok = get("/healthz").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "a spinning guest held up another request");
+    let spun = spinning.await.unwrap().unwrap();
+    assert_eq!(spun.status(), 504, "{}", master.log());
+    assert!(started.elapsed() < Duration::from_secs(10), "the spinning guest ran for {:?}", started.elapsed());
+    assert!(spun.text().await.unwrap().contains("took longer than 2s"));
+
+    for attack in ["/alloc", "/panic", "/huge"] {
+        let resp = get(attack).await.unwrap();
+        assert_eq!(resp.status(), 500, "{attack}: {}", master.log());
+        assert!(resp.text().await.unwrap().contains("component `hostile` failed"), "{attack}");
+    }
+    let log = master.log();
+    assert!(log.contains("memory") || log.contains("unreachable"), "the memory hoarder's end is logged:\n{log}");
+    assert!(log.contains("length limit exceeded"), "the flood's end is logged:\n{log}");
+
+    // The sandbox shows the declared environment and nothing else: no files, no sockets.
+    let probe = get("/probe").await.unwrap().text().await.unwrap();
+    assert!(probe.starts_with("env: DECLARED=yes\n"), "{probe}");
+    for line in ["file: read", "dir: listed", "tcp: connected"] {
+        assert!(!probe.contains(line), "{probe}");
+    }
+
+    // A Host header that makes no URL is the client's mistake, not the component's.
+    for host in ["a b", "evil.example/../admin", "user@host"] {
+        let raw = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw_http(&master.base, &raw);
+        assert!(answer.starts_with("HTTP/1.1 400"), "Host `{host}`: {answer}");
+    }
+
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert!(master.child.try_wait().unwrap().is_none(), "the host exited:\n{}", master.log());
+}
+
+/// Sends `request` as it is and returns the whole answer.
+fn raw_http(base: &str, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
 }

@@ -7,3 +7,10 @@ mod plugins;
 mod runtime;
 mod sandbox;
 mod serve;
+
+/// The compiled-component cache that every test process shares (nextest runs each test in its
+/// own process): entries are written atomically and keyed by content, and it lives under
+/// `target/`, so nothing piles up in the system's temporary directory.
+pub fn shared_cache_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skiff-cache")
+}

@@ -24,8 +24,7 @@ use skiff_host::runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation, St
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        let cache = std::env::temp_dir().join(format!("skiff-test-cache-plugins-{}", std::process::id()));
-        Runtime::new(EngineOptions { pool_size: 16, ..Default::default() }, Some(cache)).unwrap()
+        Runtime::new(EngineOptions { pool_size: 16, ..Default::default() }, Some(crate::shared_cache_dir())).unwrap()
     })
 }
 

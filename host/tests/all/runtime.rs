@@ -22,9 +22,7 @@ const HOSTILE: &str = env!("SKIFF_TEST_GUEST_HOSTILE");
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        // Shared by every test process: entries are written atomically, keyed by content.
-        let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skiff-cache");
-        Runtime::new(EngineOptions { pool_size: 64, ..Default::default() }, Some(cache)).unwrap()
+        Runtime::new(EngineOptions { pool_size: 64, ..Default::default() }, Some(crate::shared_cache_dir())).unwrap()
     })
 }
 

@@ -60,16 +60,18 @@ pub struct EdgeUpArgs {
     /// The key-value file (default: `.spin/skiff-key-value.db` beside the manifest); `:memory:` keeps nothing.
     #[arg(long)]
     pub key_value_file: Option<PathBuf>,
-    /// Seconds a request may take before it is answered with 504 and its instance stopped.
-    #[arg(long, value_name = "SECONDS", default_value_t = REQUEST_TIMEOUT.as_secs_f64(), value_parser = parse_timeout)]
-    pub request_timeout: f64,
+    /// How long a request may take (`30s`, `500ms`, `2m`) before it is answered with 504 and its
+    /// instance stopped.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    pub request_timeout: Duration,
 }
 
-fn parse_timeout(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(t) if t > 0.0 && t <= 3600.0 => Ok(t),
-        _ => Err(format!("`{s}` is not a number of seconds between 0 and 3600 (e.g. 30 or 0.5)")),
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let t = crate::runtime::limits::parse_duration(s)?;
+    if t.is_zero() {
+        return Err(format!("`{s}` would time out every request: give a duration such as `30s`"));
     }
+    Ok(t)
 }
 
 /// Handle to an open key-value store inside one instance.
@@ -457,9 +459,7 @@ pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
         None => Some(args.manifest.parent().unwrap_or(std::path::Path::new(".")).join(".spin/skiff-key-value.db")),
     };
     let kv = KvStores::open(kv_path.as_deref())?;
-    let app = Arc::new(
-        SpinApp::new(manifest, &given, kv)?.with_request_timeout(Duration::from_secs_f64(args.request_timeout)),
-    );
+    let app = Arc::new(SpinApp::new(manifest, &given, kv)?.with_request_timeout(args.request_timeout));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -197,9 +197,12 @@ pub fn run_for_dispatch(d: &Dispatch, requested_by: &str) -> NewRun {
     }
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "host", responses((status = 200, description = "The host is up", body = String)))]
-pub(crate) async fn health() -> &'static str {
-    "ok"
+#[utoipa::path(get, path = "/healthz", tag = "host", responses(
+    (status = 200, description = "The host is up", body = String),
+    (status = 503, description = "The host is draining before it stops: send new work elsewhere", body = String),
+))]
+pub(crate) async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if s.draining() { (StatusCode::SERVICE_UNAVAILABLE, "draining") } else { (StatusCode::OK, "ok") }
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "host", responses((status = 200, description = "This document")))]

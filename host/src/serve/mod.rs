@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Read an API token from standard input, print its SHA-256 for `tokens.sha256`, and exit.
     #[arg(long)]
     pub hash_token: bool,
+    /// On Ctrl-C or SIGTERM, how long runs in progress may go on to finish (`90s`, `10m`). No
+    /// run starts meanwhile; what is still running then is recovered at the next start.
+    #[arg(long, env = "SKIFF_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10m", value_parser = crate::runtime::limits::parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Everything the routes, the scheduler and the cron loop share.
@@ -92,6 +96,7 @@ pub struct Shared {
     accept: std::sync::mpsc::Sender<Pending>,
     wake: Notify,
     halted: AtomicBool,
+    draining: AtomicBool,
 }
 
 impl Shared {
@@ -129,6 +134,7 @@ impl Shared {
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             halted: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }))
     }
 
@@ -157,6 +163,11 @@ impl Shared {
     /// Whether [`Server::halt`] was called.
     pub fn halted(&self) -> bool {
         self.halted.load(Ordering::SeqCst)
+    }
+
+    /// Whether [`Server::drain`] was called: no run starts any more.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 }
 
@@ -214,10 +225,28 @@ impl Server {
         }
     }
 
-    /// Waits until the server stops (Ctrl-C or SIGTERM for [`serve`]).
-    pub async fn wait(mut self) {
-        if let Some(t) = self.tasks.pop() {
-            let _ = t.await;
+    /// Starts no more runs and waits, at most `within`, for the ones in progress to end.
+    /// Requests are still answered meanwhile: dispatches are stored and queued for the next
+    /// start, and `/healthz` answers 503 so a load balancer sends new work elsewhere. Returns
+    /// how many runs were still in progress.
+    pub async fn drain(&self, within: std::time::Duration) -> usize {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = self.shared.running_count();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops serving and halts. Open connections (a log follower, say) get a few seconds to
+    /// close; runs still in progress are left for the next start to recover.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(http) = self.tasks.pop() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http).await;
         }
         self.halt();
     }
@@ -270,14 +299,27 @@ pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::
     let apps = config.apps.len();
     let server = start(config, executor, args.role).await?;
     eprintln!("skiff serve: listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
-    let stop = server.stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        eprintln!("skiff serve: stopping; runs in progress are recovered at the next start");
-        stop.cancel();
-    });
-    server.wait().await;
+    shutdown_signal().await;
+    let running = server.shared.running_count();
+    eprintln!(
+        "skiff serve: draining: {running} run(s) in progress may take up to {} to finish; no new run starts \
+         (dispatches are queued for the next start); Ctrl-C or SIGTERM again stops at once",
+        humanize(args.drain_timeout)
+    );
+    tokio::select! {
+        left = server.drain(args.drain_timeout) => if left > 0 {
+            eprintln!("skiff serve: {left} run(s) still in progress after {}; they are recovered at the next start", humanize(args.drain_timeout));
+        },
+        _ = shutdown_signal() => eprintln!("skiff serve: stopping at once; runs in progress are recovered at the next start"),
+    }
+    server.stop().await;
+    eprintln!("skiff serve: stopped");
     Ok(())
+}
+
+fn humanize(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s.is_multiple_of(60) { format!("{}m", s / 60) } else { format!("{d:?}") }
 }
 
 async fn shutdown_signal() {

@@ -91,8 +91,16 @@ impl Shared {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One pass over the queue.
+    /// How many runs are in progress.
+    pub fn running_count(&self) -> usize {
+        self.running().len()
+    }
+
+    /// One pass over the queue; none while the host drains.
     pub fn schedule(self: &Arc<Self>) -> anyhow::Result<()> {
+        if self.draining() {
+            return Ok(());
+        }
         let mut queued = self.store.queued()?;
         if queued.iter().any(|r| !r.prepared) {
             for run in queued.iter().filter(|r| !r.prepared) {

@@ -323,7 +323,7 @@ async fn edge_up_contains_a_hostile_component() {
     need(&spin_hostile_wasm());
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = edge_up(&repo().join("host/test-guests/spin-hostile/spin.toml"));
-    cmd.args(["--key-value-file", ":memory:", "--request-timeout", "2"]);
+    cmd.args(["--key-value-file", ":memory:", "--request-timeout", "2s"]);
     let mut master = serving(cmd, dir.path()).await;
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("{}{path}", master.base)).send();

@@ -652,6 +652,53 @@ async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() 
     server.halt();
 }
 
+/// Ctrl-C or SIGTERM drains: the run in progress finishes, nothing new starts (a run
+/// accepted meanwhile waits, stored, for the next start), and `/healthz` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_lets_runs_in_progress_finish_and_starts_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path(), "", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+    let s = server.shared.clone();
+    let (_, a) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"sleep_ms": "1500"}}))).await;
+    let a = a["id"].as_i64().unwrap();
+    wait_for(&s, a, &["running"]).await;
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (health, _) = call(&s, get("/healthz", None)).await;
+        let (status, b) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({}))).await;
+        assert!(status.is_success(), "{status}: {b}");
+        (health, b["id"].as_i64().unwrap())
+    };
+    let (left, (health, b)) = tokio::join!(server.drain(Duration::from_secs(60)), meanwhile);
+    assert_eq!(left, 0);
+    assert_eq!(health, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.store.run(a).unwrap().unwrap().status, "success");
+    assert_eq!(s.store.run(b).unwrap().unwrap().status, "queued");
+    server.stop().await;
+    drop(s);
+
+    // A run that outlasts the drain is left for the next start, as after a crash.
+    let server = start(config(dir.path(), "", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+    let s = server.shared.clone();
+    wait_for(&s, b, &["success"]).await;
+    let (_, c) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"hang": "true"}}))).await;
+    let c = c["id"].as_i64().unwrap();
+    wait_for(&s, c, &["running"]).await;
+    assert_eq!(server.drain(Duration::from_millis(300)).await, 1);
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.store.run(c).unwrap().unwrap().status, "running");
+}
+
+/// The real binary on SIGTERM: drains (nothing runs here), says so, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_skiff_serve_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServeProcess::start(dir.path(), "").await;
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn cron_schedules_fire_once_per_instant() {
     use chrono::TimeZone as _;
@@ -806,6 +853,19 @@ impl ServeProcess {
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait (at most 30 s) for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "skiff serve did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub async fn restart(&mut self) {

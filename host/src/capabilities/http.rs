@@ -8,7 +8,9 @@
 //! Plain HTTP then connects to the checked address itself; HTTPS connects by
 //! name (the certificate check needs it), which leaves a short window between
 //! our lookup and the sender's in which a rebinding DNS server could answer
-//! differently.
+//! differently. What that window gives an attacker is a TCP connection attempt,
+//! not a request: the private service would have to present a certificate
+//! valid for the attacker's public name before a byte of HTTP is sent.
 
 use std::net::IpAddr;
 use std::sync::Arc;

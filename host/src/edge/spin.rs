@@ -45,6 +45,8 @@ const MAX_RESPONSE_BYTES: usize = 16 << 20;
 const MAX_MEMORY_BYTES: usize = 128 << 20;
 /// A request that takes longer is answered with 504 and its instance dropped (by default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Instances alive at once (by default): with 128 MiB each, at most 4 GiB.
+const MAX_CONCURRENCY: usize = 32;
 
 #[derive(clap::Args, Debug)]
 pub struct EdgeUpArgs {
@@ -64,6 +66,17 @@ pub struct EdgeUpArgs {
     /// instance stopped.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
     pub request_timeout: Duration,
+    /// Instances running at once; further requests wait (at most the request timeout) for one
+    /// to end, then get 503.
+    #[arg(long, value_name = "N", default_value_t = MAX_CONCURRENCY, value_parser = parse_concurrency)]
+    pub max_concurrency: usize,
+}
+
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of instances from 1 to 10000")),
+    }
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -95,6 +108,8 @@ pub struct SpinApp {
     components: BTreeMap<String, Loaded>,
     kv: Arc<KvStores>,
     timeout: Duration,
+    instances: tokio::sync::Semaphore,
+    max_instances: usize,
 }
 
 /// The data of one request's `Store`.
@@ -202,7 +217,22 @@ impl SpinApp {
                 },
             );
         }
-        Ok(Self { engine, manifest, components, kv: Arc::new(kv), timeout: REQUEST_TIMEOUT })
+        Ok(Self {
+            engine,
+            manifest,
+            components,
+            kv: Arc::new(kv),
+            timeout: REQUEST_TIMEOUT,
+            instances: tokio::sync::Semaphore::new(MAX_CONCURRENCY),
+            max_instances: MAX_CONCURRENCY,
+        })
+    }
+
+    /// How many instances may run at once (32 by default).
+    pub fn with_max_concurrency(mut self, n: usize) -> Self {
+        self.instances = tokio::sync::Semaphore::new(n);
+        self.max_instances = n;
+        self
     }
 
     /// How long a request may take before it is answered with 504 (30 s by default).
@@ -220,6 +250,15 @@ impl SpinApp {
         let req = match absolute_uri(req) {
             Ok(req) => req,
             Err(msg) => return plain(400, msg),
+        };
+        // Waiting for an instance has its own budget; the run then gets the whole timeout.
+        let Ok(Ok(_instance)) = tokio::time::timeout(self.timeout, self.instances.acquire()).await else {
+            let n = self.max_instances;
+            eprintln!("all {n} instances stayed busy for {:?}; answered 503", self.timeout);
+            let text = format!("all {n} instances are busy; try again shortly (--max-concurrency raises the limit)");
+            let mut resp = plain(503, text);
+            resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return resp;
         };
         match tokio::time::timeout(self.timeout, self.call(&component.id, loaded, req)).await {
             Ok(Ok(resp)) => resp,
@@ -459,7 +498,11 @@ pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
         None => Some(args.manifest.parent().unwrap_or(std::path::Path::new(".")).join(".spin/skiff-key-value.db")),
     };
     let kv = KvStores::open(kv_path.as_deref())?;
-    let app = Arc::new(SpinApp::new(manifest, &given, kv)?.with_request_timeout(args.request_timeout));
+    let app = Arc::new(
+        SpinApp::new(manifest, &given, kv)?
+            .with_request_timeout(args.request_timeout)
+            .with_max_concurrency(args.max_concurrency),
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -493,4 +536,40 @@ pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_host(host: Option<&[u8]>, target: &str) -> Result<http::Request<Bytes>, String> {
+        let mut req = http::Request::get(target).body(Bytes::new()).unwrap();
+        if let Some(h) = host {
+            req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_bytes(h).unwrap());
+        }
+        absolute_uri(req)
+    }
+
+    #[test]
+    fn the_host_header_gives_the_authority_and_nothing_else() {
+        let req = with_host(Some(b"edge.example:3000"), "/hooks/web?x=1").unwrap();
+        assert_eq!(req.uri().to_string(), "http://edge.example:3000/hooks/web?x=1");
+        assert_eq!(with_host(None, "/healthz").unwrap().uri().to_string(), "http://localhost/healthz");
+        for bad in [&b"a b"[..], b"x/y", b"user@host", b"", b"\xff"] {
+            let err = with_host(Some(bad), "/hooks/web").unwrap_err();
+            assert!(err.contains("Host header"), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the client sends as Host, the guest sees the routed path and query.
+        #[test]
+        fn no_host_header_changes_the_path(host in proptest::collection::vec(0x20u8..0x7f, 0..40), path in "/[a-z]{0,10}(/[a-z]{1,10}){0,3}") {
+            if let Ok(req) = with_host(Some(&host), &format!("{path}?q=1")) {
+                proptest::prop_assert_eq!(req.uri().path(), path.as_str());
+                proptest::prop_assert_eq!(req.uri().query(), Some("q=1"));
+                proptest::prop_assert!(!req.uri().authority().unwrap().as_str().contains('@'));
+            }
+        }
+    }
 }

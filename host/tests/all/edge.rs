@@ -367,6 +367,38 @@ async fn edge_up_contains_a_hostile_component() {
     assert!(master.child.try_wait().unwrap().is_none(), "the host exited:\n{}", master.log());
 }
 
+/// At most `--max-concurrency` instances run; a request waits its turn for as long as the
+/// request timeout, then gets 503 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "edge-tests"),
+    ignore = "needs scripts/setup.sh --edge, scripts/test.sh's spin-hostile build, --features edge-tests"
+)]
+async fn edge_up_caps_concurrent_instances() {
+    need(&spin_hostile_wasm());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = edge_up(&repo().join("host/test-guests/spin-hostile/spin.toml"));
+    cmd.args(["--key-value-file", ":memory:", "--request-timeout", "2s", "--max-concurrency", "1"]);
+    let master = serving(cmd, dir.path()).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", master.base)).send();
+    // `a` holds the one instance until 2 s; `b` waits for it (its wait ends at 2.5 s) and then
+    // runs until 4 s; `c` waits from 1 s to 3 s for an instance that never comes free.
+    let a = tokio::spawn(get("/spin"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = tokio::spawn(get("/spin"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = get("/healthz").await.unwrap();
+    assert_eq!(c.status(), 503, "{}", master.log());
+    assert_eq!(c.headers()["retry-after"], "1");
+    assert!(c.text().await.unwrap().contains("all 1 instances are busy"));
+    for spun in [a, b] {
+        let spun = spun.await.unwrap().unwrap();
+        assert_eq!(spun.status(), 504, "{}", master.log());
+    }
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+}
+
 /// Sends `request` as it is and returns the whole answer.
 fn raw_http(base: &str, request: &str) -> String {
     use std::io::{Read as _, Write as _};

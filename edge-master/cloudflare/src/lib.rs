@@ -5,6 +5,8 @@
 //! Configuration (see `wrangler.toml` and docs/deploy.md):
 //! - var `SKIFF_HOST_URL`: the host's base URL (dispatches go to `/v1/dispatch`);
 //! - var `SKIFF_APPS`: the apps and their triggers, as JSON (`[{"name": "web", "on": {...}}]`);
+//! - KV namespace `SKIFF_CONFIG` (optional), key `apps`: the same JSON; when set it wins over
+//!   `SKIFF_APPS`, so triggers change with `wrangler kv key put` and no redeploy;
 //! - secret `SKIFF_DISPATCH_KEY`: the key dispatches are signed with;
 //! - secret `SKIFF_WEBHOOK_SECRET_<APP>` (upper-case, `-` and `.` as `_`), else `SKIFF_WEBHOOK_SECRET`;
 //! - KV namespace `SKIFF_DELIVERIES`: delivery ids already dispatched.
@@ -38,7 +40,7 @@ async fn hook(mut req: Request, env: Env, app: Option<String>) -> Result<Respons
         return json(413, serde_json::json!({"error": "the webhook body is larger than the 1 MiB limit"}));
     }
     let headers: Headers = req.headers().entries().collect();
-    let config = match config(&env, &app) {
+    let config = match config(&env, &app).await {
         Ok(c) => c,
         Err(AppLookupError::Unknown) => {
             return json(404, serde_json::json!({"error": format!("no app `{app}` is configured")}));
@@ -81,11 +83,11 @@ async fn hook(mut req: Request, env: Env, app: Option<String>) -> Result<Respons
     json(outcome.status(), body)
 }
 
-fn config(env: &Env, app: &str) -> std::result::Result<MasterConfig, AppLookupError> {
+async fn config(env: &Env, app: &str) -> std::result::Result<MasterConfig, AppLookupError> {
     let invalid = AppLookupError::Invalid;
-    let apps_json = env.var("SKIFF_APPS").map_err(|_| invalid("var SKIFF_APPS is missing".into()))?.to_string();
+    let (apps_json, source) = apps_json(env).await?;
     let apps = apps_named(&apps_json, app).map_err(|e| match e {
-        AppLookupError::Invalid(msg) => invalid(format!("SKIFF_APPS: {msg}")),
+        AppLookupError::Invalid(msg) => invalid(format!("{source}: {msg}")),
         unknown => unknown,
     })?;
     let per_app = format!("SKIFF_WEBHOOK_SECRET_{}", app_variable_suffix(app).to_ascii_uppercase());
@@ -96,4 +98,20 @@ fn config(env: &Env, app: &str) -> std::result::Result<MasterConfig, AppLookupEr
         .to_string();
     let key = env.secret("SKIFF_DISPATCH_KEY").map_err(|_| invalid("secret SKIFF_DISPATCH_KEY is missing".into()))?;
     Ok(MasterConfig::new(Secret::new(secret), Secret::new(key.to_string()), apps))
+}
+
+/// The apps as JSON, and where they came from: KV `SKIFF_CONFIG` key `apps` when that namespace
+/// is bound and the key is set, else var `SKIFF_APPS`.
+async fn apps_json(env: &Env) -> std::result::Result<(String, &'static str), AppLookupError> {
+    if let Ok(kv) = env.kv("SKIFF_CONFIG") {
+        match kv.get("apps").text().await {
+            Ok(Some(json)) => return Ok((json, "KV SKIFF_CONFIG key `apps`")),
+            Ok(None) => {}
+            Err(e) => return Err(AppLookupError::Invalid(format!("KV SKIFF_CONFIG cannot be read: {e}"))),
+        }
+    }
+    match env.var("SKIFF_APPS") {
+        Ok(v) => Ok((v.to_string(), "var SKIFF_APPS")),
+        Err(_) => Err(AppLookupError::Invalid("neither KV SKIFF_CONFIG key `apps` nor var SKIFF_APPS is set".into())),
+    }
 }

@@ -79,10 +79,14 @@ impl Drop for Master {
     }
 }
 
-/// `body` as a GitHub push delivery, signed with the test webhook secret, posted to the master.
+/// `body` as a GitHub push delivery, signed with the test webhook secret, posted to the master for app `web`.
 async fn post_signed(master: &str, delivery: &str, body: Vec<u8>) -> reqwest::Response {
+    post_signed_to(master, "web", delivery, body).await
+}
+
+async fn post_signed_to(master: &str, app: &str, delivery: &str, body: Vec<u8>) -> reqwest::Response {
     reqwest::Client::new()
-        .post(format!("{master}/hooks/web"))
+        .post(format!("{master}/hooks/{app}"))
         .header("content-type", "application/json")
         .header("x-github-event", "push")
         .header("x-github-delivery", delivery)
@@ -102,7 +106,11 @@ async fn push(master: &str, delivery: &str) -> (u16, Value) {
 
 /// Waits until the host has run the dispatch of `delivery` to app `web` to success.
 async fn wait_for_run(host: &ServeProcess, delivery: &str) -> Value {
-    let id = format!("{delivery}:web");
+    wait_for_run_of(host, "web", delivery).await
+}
+
+async fn wait_for_run_of(host: &ServeProcess, app: &str, delivery: &str) -> Value {
+    let id = format!("{delivery}:{app}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let runs = host.runs().await;
@@ -268,6 +276,17 @@ async fn cloudflare_worker_under_wrangler_dev_dispatches_to_skiff_serve() {
     need(&worker.join("build/worker/shim.mjs"));
     let dir = tempfile::tempdir().unwrap();
     let mut host = ServeProcess::start(&dir.path().join("host"), "").await;
+    // Apps held in KV win over SKIFF_APPS: `other` is only in KV.
+    let kv_apps = r#"[{"name": "web", "on": {"push": {"branches": ["main"]}}}, {"name": "other", "on": {"push": {}}}]"#;
+    let put = Command::new(&wrangler)
+        .current_dir(&worker)
+        .args(["kv", "key", "put", "apps", kv_apps, "--binding", "SKIFF_CONFIG", "--local", "--persist-to"])
+        .arg(dir.path().join("wrangler-state"))
+        .env("CI", "1")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "wrangler kv key put: {}", String::from_utf8_lossy(&put.stderr));
     let port = free_port();
     let mut cmd = Command::new(wrangler);
     cmd.current_dir(&worker)
@@ -291,6 +310,10 @@ async fn cloudflare_worker_under_wrangler_dev_dispatches_to_skiff_serve() {
     // wrangler runs build.sh first (a no-op rebuild when the artifacts are current).
     master.wait_healthy(Duration::from_secs(300)).await;
     dispatches_dedupes_and_reports_a_down_host(&master, &mut host, "cf").await;
+
+    let resp = post_signed_to(&master.base, "other", "cf-kv", push_body("dev", "cf-kv")).await;
+    assert_eq!(resp.status(), 202, "{}", master.log());
+    wait_for_run_of(&host, "other", "cf-kv").await;
 }
 
 /// Mistakes in starting `skiff edge up` are explained before anything is served.

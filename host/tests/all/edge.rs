@@ -51,11 +51,15 @@ impl Master {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// `GET path` on the master; the request goes out when the future is first polled.
+    fn get(&self, path: &str) -> impl Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+        reqwest::Client::new().get(format!("{}{path}", self.base)).send()
+    }
+
     async fn wait_healthy(&mut self, within: Duration) {
-        let http = reqwest::Client::new();
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await
+            if let Ok(r) = self.get("/healthz").await
                 && r.status() == 200
             {
                 return;
@@ -335,6 +339,14 @@ fn edge_up_says_which_variables_are_missing() {
     assert!(err.contains("SPIN_VARIABLE_HOST_URL"), "{err}");
 }
 
+/// `skiff edge up` serving the hostile component, with a 2 s request timeout and `extra` flags.
+async fn hostile_edge_up(extra: &[&str], dir: &Path) -> Master {
+    need(&spin_hostile_wasm());
+    let mut cmd = edge_up(&repo().join("host/test-guests/spin-hostile/spin.toml"));
+    cmd.args(["--key-value-file", ":memory:", "--request-timeout", "2s"]).args(extra);
+    serving(cmd, dir).await
+}
+
 /// A component that spins, hoards memory, panics, floods its response or pokes at
 /// the sandbox gets an error for that request alone; the host serves the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,19 +355,14 @@ fn edge_up_says_which_variables_are_missing() {
     ignore = "needs scripts/setup.sh --edge, scripts/test.sh's spin-hostile build, --features edge-tests"
 )]
 async fn edge_up_contains_a_hostile_component() {
-    need(&spin_hostile_wasm());
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = edge_up(&repo().join("host/test-guests/spin-hostile/spin.toml"));
-    cmd.args(["--key-value-file", ":memory:", "--request-timeout", "2s"]);
-    let mut master = serving(cmd, dir.path()).await;
-    let http = reqwest::Client::new();
-    let get = |path: &str| http.get(format!("{}{path}", master.base)).send();
+    let mut master = hostile_edge_up(&[], dir.path()).await;
 
     // A guest that never yields is stopped at the timeout, and does not hold up other requests.
     let started = Instant::now();
-    let spinning = tokio::spawn(get("/spin"));
+    let spinning = tokio::spawn(master.get("/spin"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ok = get("/healthz").await.unwrap();
+    let ok = master.get("/healthz").await.unwrap();
     assert_eq!(ok.status(), 200);
     assert!(started.elapsed() < Duration::from_secs(2), "a spinning guest held up another request");
     let spun = spinning.await.unwrap().unwrap();
@@ -364,7 +371,7 @@ async fn edge_up_contains_a_hostile_component() {
     assert!(spun.text().await.unwrap().contains("took longer than 2s"));
 
     for attack in ["/alloc", "/panic", "/huge"] {
-        let resp = get(attack).await.unwrap();
+        let resp = master.get(attack).await.unwrap();
         assert_eq!(resp.status(), 500, "{attack}: {}", master.log());
         assert!(resp.text().await.unwrap().contains("component `hostile` failed"), "{attack}");
     }
@@ -373,7 +380,7 @@ async fn edge_up_contains_a_hostile_component() {
     assert!(log.contains("length limit exceeded"), "the flood's end is logged:\n{log}");
 
     // The sandbox shows the declared environment and nothing else: no files, no sockets.
-    let probe = get("/probe").await.unwrap().text().await.unwrap();
+    let probe = master.get("/probe").await.unwrap().text().await.unwrap();
     assert!(probe.starts_with("env: DECLARED=yes\n"), "{probe}");
     for line in ["file: read", "dir: listed", "tcp: connected"] {
         assert!(!probe.contains(line), "{probe}");
@@ -386,7 +393,7 @@ async fn edge_up_contains_a_hostile_component() {
         assert!(answer.starts_with("HTTP/1.1 400"), "Host `{host}`: {answer}");
     }
 
-    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(master.get("/healthz").await.unwrap().status(), 200);
     assert!(master.child.try_wait().unwrap().is_none(), "the host exited:\n{}", master.log());
 }
 
@@ -398,20 +405,15 @@ async fn edge_up_contains_a_hostile_component() {
     ignore = "needs scripts/setup.sh --edge, scripts/test.sh's spin-hostile build, --features edge-tests"
 )]
 async fn edge_up_caps_concurrent_instances() {
-    need(&spin_hostile_wasm());
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = edge_up(&repo().join("host/test-guests/spin-hostile/spin.toml"));
-    cmd.args(["--key-value-file", ":memory:", "--request-timeout", "2s", "--max-concurrency", "1"]);
-    let master = serving(cmd, dir.path()).await;
-    let http = reqwest::Client::new();
-    let get = |path: &str| http.get(format!("{}{path}", master.base)).send();
+    let master = hostile_edge_up(&["--max-concurrency", "1"], dir.path()).await;
     // `a` holds the one instance until 2 s; `b` waits for it (its wait ends at 2.5 s) and then
     // runs until 4 s; `c` waits from 1 s to 3 s for an instance that never comes free.
-    let a = tokio::spawn(get("/spin"));
+    let a = tokio::spawn(master.get("/spin"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let b = tokio::spawn(get("/spin"));
+    let b = tokio::spawn(master.get("/spin"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let c = get("/healthz").await.unwrap();
+    let c = master.get("/healthz").await.unwrap();
     assert_eq!(c.status(), 503, "{}", master.log());
     assert_eq!(c.headers()["retry-after"], "1");
     assert!(c.text().await.unwrap().contains("all 1 instances are busy"));
@@ -419,7 +421,7 @@ async fn edge_up_caps_concurrent_instances() {
         let spun = spun.await.unwrap().unwrap();
         assert_eq!(spun.status(), 504, "{}", master.log());
     }
-    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(master.get("/healthz").await.unwrap().status(), 200);
 }
 
 /// Sends `request` as it is and returns the whole answer.

@@ -12,7 +12,9 @@ use crate::builtin;
 use crate::capabilities::http::Allowlist;
 use crate::capabilities::log::LogRecord;
 use crate::capabilities::process::ProcessGrant;
-use crate::pipeline::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, StepUsage};
+use crate::pipeline::executor::{
+    LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, StepUsage, caps,
+};
 use crate::runtime::limits::Limits;
 use crate::runtime::{Runtime, StepInvocation, StepStatus};
 
@@ -20,6 +22,7 @@ use crate::runtime::{Runtime, StepInvocation, StepStatus};
 const ENV_PREFIX: &str = "skiff.env.";
 const PATH_KEY: &str = "skiff.path";
 const POST_KEY: &str = "skiff.post";
+const RESERVED_PREFIX: &str = "skiff.";
 
 /// Runs pipeline steps on a local [`Runtime`].
 pub struct LocalExecutor {
@@ -151,7 +154,15 @@ impl LocalExecutor {
         let mut env = BTreeMap::new();
         let mut path = Vec::new();
         let mut post = None;
+        // Environment, `PATH` and cleanup scripts steer later processes (`BASH_ENV` runs a file
+        // in every later `run:`): only a step that may run processes itself may hand them on.
+        let may_steer = matches!(req.uses, StepRef::Shell { .. }) || req.permissions.process;
+        let mut refused = None;
         for (k, v) in report.outputs {
+            if k.starts_with(RESERVED_PREFIX) && !may_steer {
+                refused.get_or_insert(k);
+                continue;
+            }
             if let Some(name) = k.strip_prefix(ENV_PREFIX) {
                 env.insert(name.to_string(), v);
             } else if k == PATH_KEY {
@@ -162,7 +173,21 @@ impl LocalExecutor {
                 outputs.insert(k, v);
             }
         }
+        let over_cap = caps::check(&outputs, &env, &path, &req.env).err();
+        if over_cap.is_some() {
+            // Nothing of what broke a cap goes on to the job.
+            outputs.clear();
+            env.clear();
+            path.clear();
+            post = None;
+        }
         let outcome = match &report.status {
+            StepStatus::Succeeded if over_cap.is_some() => StepOutcome::Failure(over_cap.unwrap_or_default()),
+            StepStatus::Succeeded if refused.is_some() => StepOutcome::Failure(format!(
+                "the step set output `{}`: names starting with `{RESERVED_PREFIX}` set environment, PATH or \
+                 cleanup scripts for later steps, which only a step granted `process` may do",
+                refused.unwrap_or_default()
+            )),
             StepStatus::Succeeded => StepOutcome::Success,
             StepStatus::TimedOut(_) => StepOutcome::Failure(report.status.to_string()),
             other => StepOutcome::Failure(other.to_string()),

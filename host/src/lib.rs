@@ -8,9 +8,12 @@ pub mod capabilities;
 pub mod cli;
 pub mod edge;
 pub mod executor;
-pub mod mask;
-pub mod pipeline;
 pub mod runtime;
-pub mod sandbox;
 pub mod serve;
 pub mod workspace;
+
+// The pipeline language and the process sandbox are crates of their own; these names keep
+// `skiff_host::pipeline` and `skiff_host::sandbox` paths working.
+pub use skiff_pipeline as pipeline;
+pub use skiff_pipeline::mask;
+pub use skiff_sandbox as sandbox;

@@ -124,7 +124,7 @@ impl Allowlist {
 }
 
 /// Addresses a step may reach only when the allowlist names them literally.
-fn is_private(ip: IpAddr) -> bool {
+pub(crate) fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()
@@ -132,28 +132,68 @@ fn is_private(ip: IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets()[0] == 0 // "this network" 0/8 reaches the host itself on Linux
+                || v4.octets()[0] >= 240 // reserved 240/4
                 || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // CGNAT 100.64/10
+                || (v4.octets()[0] == 198 && (v4.octets()[1] & 0xfe) == 18) // benchmarking 198.18/15
+                || (v4.octets()[..3] == [192, 0, 0]) // IETF protocol assignments 192.0.0/24
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
+            let carried = carried_v4(v6);
+            if !carried.is_empty() {
+                return carried.into_iter().any(|v4| is_private(IpAddr::V4(v4)));
             }
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated, still routed by some)
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 64:ff9b:1::/48
+                || (s[0] == 0x100 && s[1..4] == [0, 0, 0]) // discard 100::/64
+                || (s[0] == 0x2001 && s[1] == 0xdb8) // documentation 2001:db8::/32
         }
     }
 }
 
 /// Never reachable: cloud metadata services live here.
-fn is_metadata(ip: IpAddr) -> bool {
+pub(crate) fn is_metadata(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+            (v6.segments()[0] & 0xffc0) == 0xfe80 || carried_v4(v6).into_iter().any(|v4| v4.is_link_local())
         }
     }
+}
+
+/// The IPv4 addresses an IPv6 address carries, which is where a packet to it may end up:
+/// IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4
+/// `2002::/16` and Teredo `2001::/32` (its server, and its client with the bits inverted).
+fn carried_v4(v6: std::net::Ipv6Addr) -> Vec<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    let o = v6.octets();
+    let s = v6.segments();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return vec![v4];
+    }
+    if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+        return vec![last];
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return vec![last];
+    }
+    if s[0] == 0x2002 {
+        return vec![Ipv4Addr::new(o[2], o[3], o[4], o[5])];
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        let server = Ipv4Addr::new(o[4], o[5], o[6], o[7]);
+        let client = Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]);
+        return vec![server, client];
+    }
+    Vec::new()
 }
 
 /// The `wasi:http` hooks of one step: policy, logging and metering.
@@ -300,6 +340,38 @@ mod tests {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
         assert!(is_metadata("169.254.169.254".parse().unwrap()));
+        // IPv6 forms that carry an IPv4 address are judged by the address they carry.
+        for ip in [
+            "::127.0.0.1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001:0:7f00:1::",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo client 127.0.0.1 (inverted)
+            "64:ff9b:1::1",
+            "fec0::1",
+            "ff02::1",
+            "0.1.2.3",
+            "198.18.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(is_metadata("::169.254.169.254".parse().unwrap()));
+        assert!(is_metadata("2002:a9fe:a9fe::".parse().unwrap()));
+        assert!(is_metadata("64:ff9b::a9fe:a9fe".parse().unwrap()));
+        for ip in ["2002:5db8:d822::1", "64:ff9b::5db8:d822", "2606:4700::1111", "::ffff:93.184.216.34"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
         assert!(!is_private("93.184.216.34".parse().unwrap()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn host_patterns_never_panic(s in "\\PC{0,60}") {
+            let _ = HostPattern::parse(&s);
+        }
     }
 }

@@ -1,2 +1,3 @@
+pub mod out;
 pub mod run;
 pub mod validate;

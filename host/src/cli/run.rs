@@ -2,7 +2,6 @@
 //! (or JSON lines with `--json`), and exits 0 only if the run succeeded.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -11,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::pipeline::inert;
 use crate::pipeline::{RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, load_file, run_pipeline};
 
 /// Arguments of `skiff run`.
@@ -208,8 +208,7 @@ struct JsonObserver;
 impl RunObserver for JsonObserver {
     fn event(&self, e: &RunEvent) {
         if let Ok(line) = serde_json::to_string(e) {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
+            crate::outln!("{line}");
         }
     }
 }
@@ -217,6 +216,7 @@ impl RunObserver for JsonObserver {
 /// The live terminal view.
 pub struct Terminal {
     multi: bool,
+    colours: bool,
     running: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
 
@@ -236,7 +236,7 @@ fn mark(s: Status) -> &'static str {
 impl Terminal {
     /// A view; `multi` prefixes lines with the job, as jobs run in parallel.
     pub fn new(multi: bool) -> Self {
-        Terminal { multi, running: Mutex::new(HashMap::new()) }
+        Terminal { multi, colours: inert::colours_on_stdout(), running: Mutex::new(HashMap::new()) }
     }
 
     fn prefix(&self, job: &str) -> String {
@@ -244,8 +244,12 @@ impl Terminal {
     }
 
     fn line(&self, s: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{s}");
+        crate::outln!("{s}");
+    }
+
+    /// Text from the run (names, reasons, errors, log lines) made inert for the terminal.
+    fn t<'a>(&self, s: &'a str) -> std::borrow::Cow<'a, str> {
+        inert::terminal_text(s, self.colours)
     }
 
     /// Prints "still running" for every step running longer than 10 s.
@@ -264,45 +268,51 @@ impl RunObserver for Terminal {
     fn event(&self, e: &RunEvent) {
         match e {
             RunEvent::RunStarted { run_id, pipeline, jobs } => {
-                self.line(&format!("▶ {pipeline} (run {run_id}, {} job(s))", jobs.len()))
+                self.line(&format!("▶ {} (run {run_id}, {} job(s))", self.t(pipeline), jobs.len()))
             }
-            RunEvent::JobStarted { job_id, name } => self.line(&format!("{}● job {name}", self.prefix(job_id))),
+            RunEvent::JobStarted { job_id, name } => {
+                self.line(&format!("{}● job {}", self.prefix(job_id), self.t(name)))
+            }
             RunEvent::JobSkipped { job_id, name, reason } => {
-                self.line(&format!("{}↷ job {name} skipped: {reason}", self.prefix(job_id)))
+                self.line(&format!("{}↷ job {} skipped: {}", self.prefix(job_id), self.t(name), self.t(reason)))
             }
             RunEvent::StepStarted { job_id, step_id, name } => {
                 self.running
                     .lock()
                     .expect("not poisoned")
                     .insert((job_id.clone(), step_id.clone()), (name.clone(), Instant::now()));
-                self.line(&format!("{}  ▶ {name}", self.prefix(job_id)));
+                self.line(&format!("{}  ▶ {}", self.prefix(job_id), self.t(name)));
             }
             RunEvent::Log(l) => {
                 let tag = match l.level.as_str() {
                     "stdout" | "info" => String::new(),
-                    other => format!("{other}: "),
+                    other => format!("{}: ", self.t(other)),
                 };
                 for t in l.text.lines() {
-                    self.line(&format!("{}  │ {tag}{t}", self.prefix(&l.job_id)));
+                    self.line(&format!("{}  │ {tag}{}", self.prefix(&l.job_id), self.t(t)));
                 }
             }
             RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, .. } => {
                 self.running.lock().expect("not poisoned").remove(&(job_id.clone(), step_id.clone()));
-                let mut s = format!("{}  {} {name}", self.prefix(job_id), mark(*status));
+                let mut s = format!("{}  {} {}", self.prefix(job_id), mark(*status), self.t(name));
                 if *status == Status::Skipped {
                     s.push_str(" (skipped)");
                 } else {
                     s.push_str(&format!(" ({})", secs(*duration_ms)));
                 }
                 if let Some(e) = error {
-                    s.push_str(&format!(": {e}"));
+                    for (i, l) in e.lines().enumerate() {
+                        s.push_str(if i == 0 { ": " } else { " " });
+                        s.push_str(&self.t(l));
+                    }
                 }
                 self.line(&s);
             }
             RunEvent::JobFinished { job_id, name, status, duration_ms, .. } => self.line(&format!(
-                "{}{} job {name}: {} ({})",
+                "{}{} job {}: {} ({})",
                 self.prefix(job_id),
                 mark(*status),
+                self.t(name),
                 status.as_str(),
                 secs(*duration_ms)
             )),
@@ -321,12 +331,13 @@ pub fn print_summary(report: &RunReport) {
             rows.push([j.key.clone(), "-".into(), j.status.as_str().into(), "-".into()]);
         }
         for s in &j.steps {
-            rows.push([j.key.clone(), s.name.clone(), s.status.as_str().into(), secs(s.duration.as_millis() as u64)]);
+            let name = inert::terminal_text(&s.name, false).into_owned();
+            rows.push([j.key.clone(), name, s.status.as_str().into(), secs(s.duration.as_millis() as u64)]);
         }
     }
     let widths: Vec<usize> =
         (0..4).map(|c| rows.iter().map(|r| r[c].chars().count().min(60)).max().unwrap_or(0)).collect();
-    println!();
+    crate::outln!();
     for r in rows {
         let cells: Vec<String> = r
             .iter()
@@ -336,12 +347,16 @@ pub fn print_summary(report: &RunReport) {
                 format!("{c:<w$}")
             })
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        crate::outln!("{}", cells.join("  ").trim_end());
     }
     let summaries: Vec<&str> =
         report.jobs.iter().flat_map(|j| j.steps.iter().filter_map(|s| s.summary.as_deref())).collect();
+    let colours = inert::colours_on_stdout();
     for s in summaries {
-        println!("\n{s}");
+        crate::outln!();
+        for l in s.lines() {
+            crate::outln!("{}", inert::terminal_text(l, colours));
+        }
     }
 }
 

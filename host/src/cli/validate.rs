@@ -37,7 +37,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     match load_file(&path) {
         Ok(plan) => {
             let steps: usize = plan.jobs.iter().map(|j| j.steps.len()).sum();
-            println!("{}: ok ({} job(s), {} step(s))", path.display(), plan.jobs.len(), steps);
+            crate::outln!("{}: ok ({} job(s), {} step(s))", path.display(), plan.jobs.len(), steps);
             if args.plan {
                 print!("{}", plan.render());
             }

@@ -507,9 +507,9 @@ pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    println!("serving {} on http://{addr}", app.manifest.name);
+    crate::outln!("serving {} on http://{addr}", app.manifest.name);
     for r in &app.manifest.routes {
-        println!("  http://{addr}{} -> {}", r.route, r.component);
+        crate::outln!("  http://{addr}{} -> {}", r.route, r.component);
     }
     let router = axum::Router::new().fallback(move |req: http::Request<Body>| {
         let app = app.clone();

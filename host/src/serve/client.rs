@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use crate::pipeline::inert;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
+
+use super::sse::SseParser;
 
 /// Where the API is and how to authenticate.
 #[derive(Debug, Clone, Args)]
@@ -141,7 +144,7 @@ pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
     let r = api.send(api.req(reqwest::Method::POST, &format!("/v1/apps/{}/runs", args.app)).json(&body)).await?;
     let id = r["id"].as_i64().context("the answer has no run id")?;
     eprintln!("run {id} ({} #{}) queued", args.app, r["number"]);
-    println!("{id}");
+    crate::outln!("{id}");
     if args.follow {
         return follow(&api, id).await;
     }
@@ -158,15 +161,21 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             q.extend(status.map(|s| ("status", s)));
             let r = api.send(api.req(reqwest::Method::GET, "/v1/runs").query(&q)).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            crate::outln!(
                 "{:>6}  {:<16} {:>5}  {:<10} {:<12} {:<24} {:>9}",
-                "ID", "APP", "#", "STATUS", "TRIGGER", "REF", "DURATION"
+                "ID",
+                "APP",
+                "#",
+                "STATUS",
+                "TRIGGER",
+                "REF",
+                "DURATION"
             );
             for run in r["runs"].as_array().into_iter().flatten() {
-                println!(
+                crate::outln!(
                     "{:>6}  {:<16} {:>5}  {:<10} {:<12} {:<24} {:>9}",
                     run["id"],
                     run["app"].as_str().unwrap_or(""),
@@ -183,7 +192,7 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             let api = Api::new(&client)?;
             let r = api.send(api.req(reqwest::Method::GET, &format!("/v1/runs/{id}"))).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print_run(&r);
             }
@@ -201,7 +210,7 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
         RunsCommand::Cancel { id, client } => {
             let api = Api::new(&client)?;
             let r = api.send(api.req(reqwest::Method::POST, &format!("/v1/runs/{id}/cancel"))).await?;
-            println!("run {id}: {}", r["status"].as_str().unwrap_or("?"));
+            crate::outln!("run {id}: {}", r["status"].as_str().unwrap_or("?"));
             Ok(ExitCode::SUCCESS)
         }
         RunsCommand::Rerun { id, failed, client } => {
@@ -209,7 +218,7 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             let body = serde_json::json!({"failed_only": failed});
             let r = api.send(api.req(reqwest::Method::POST, &format!("/v1/runs/{id}/rerun")).json(&body)).await?;
             eprintln!("run {} queued (run {id} again)", r["id"]);
-            println!("{}", r["id"]);
+            crate::outln!("{}", r["id"]);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -223,30 +232,33 @@ fn duration(v: &Value) -> String {
     }
 }
 
+/// A string field of the API's answer, made inert for the terminal (a run's name, reason,
+/// errors and logs come from the pipeline, the event and the steps).
+fn field(v: &Value) -> String {
+    let text = v.as_str().unwrap_or("");
+    let colours = inert::colours_on_stdout();
+    text.lines().map(|l| inert::terminal_text(l, colours)).collect::<Vec<_>>().join(" ")
+}
+
 fn print_run(r: &Value) {
-    println!(
+    crate::outln!(
         "run {} — {} #{} (attempt {}): {}",
         r["id"],
-        r["app"].as_str().unwrap_or(""),
+        field(&r["app"]),
         r["number"],
         r["attempt"],
-        r["status"].as_str().unwrap_or("")
+        field(&r["status"])
     );
-    println!("  trigger: {} — {}", r["trigger"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""));
-    if let Some(g) = r["ref"].as_str() {
-        println!("  ref:     {g}");
+    crate::outln!("  trigger: {} — {}", field(&r["trigger"]), field(&r["reason"]));
+    if r["ref"].is_string() {
+        crate::outln!("  ref:     {}", field(&r["ref"]));
     }
-    if let Some(e) = r["error"].as_str() {
-        println!("  error:   {e}");
+    if r["error"].is_string() {
+        crate::outln!("  error:   {}", field(&r["error"]));
     }
-    println!("  time:    {}", duration(&r["duration_ms"]));
+    crate::outln!("  time:    {}", duration(&r["duration_ms"]));
     for j in r["jobs"].as_array().into_iter().flatten() {
-        println!(
-            "  job {} [{}] {}",
-            j["key"].as_str().unwrap_or(""),
-            j["status"].as_str().unwrap_or(""),
-            duration(&j["duration_ms"])
-        );
+        crate::outln!("  job {} [{}] {}", field(&j["key"]), field(&j["status"]), duration(&j["duration_ms"]));
         for s in j["steps"].as_array().into_iter().flatten() {
             let u = &s["usage"];
             let mut extra = String::new();
@@ -259,26 +271,21 @@ fn print_run(r: &Value) {
             if let Some(b) = u["egress_bytes"].as_i64() {
                 extra.push_str(&format!(" egress {b} B"));
             }
-            println!(
+            crate::outln!(
                 "    {:<24} {:<10} {:>7}{extra}",
-                s["name"].as_str().unwrap_or(""),
-                s["status"].as_str().unwrap_or(""),
+                field(&s["name"]),
+                field(&s["status"]),
                 duration(&u["wall_ms"])
             );
-            if let Some(e) = s["error"].as_str() {
-                println!("      {e}");
+            if s["error"].is_string() {
+                crate::outln!("      {}", field(&s["error"]));
             }
         }
     }
 }
 
 fn print_line(l: &Value) {
-    println!(
-        "[{}/{}] {}",
-        l["job"].as_str().unwrap_or(""),
-        l["step"].as_str().unwrap_or(""),
-        l["text"].as_str().unwrap_or("")
-    );
+    crate::outln!("[{}/{}] {}", field(&l["job"]), field(&l["step"]), field(&l["text"]));
 }
 
 /// Follows a run's SSE stream; exit 0 only if it succeeded.
@@ -313,37 +320,4 @@ async fn follow(api: &Api, id: i64) -> anyhow::Result<ExitCode> {
         }
     }
     bail!("the log stream of run {id} ended before the run did")
-}
-
-/// A minimal Server-Sent Events parser: `event:` and `data:` lines, blank line ends an event.
-#[derive(Default)]
-pub struct SseParser {
-    buf: String,
-    event: String,
-    data: Vec<String>,
-}
-
-impl SseParser {
-    /// Feeds bytes; returns the events completed, as (event name, data).
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
-        self.buf.push_str(&String::from_utf8_lossy(bytes));
-        let mut out = Vec::new();
-        while let Some(i) = self.buf.find('\n') {
-            let line: String = self.buf.drain(..=i).collect();
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !self.data.is_empty() || !self.event.is_empty() {
-                    let name =
-                        if self.event.is_empty() { "message".to_string() } else { std::mem::take(&mut self.event) };
-                    out.push((name, self.data.join("\n")));
-                    self.data.clear();
-                }
-            } else if let Some(v) = line.strip_prefix("event:") {
-                self.event = v.trim_start().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                self.data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-            }
-        }
-        out
-    }
 }

@@ -36,6 +36,14 @@ pub struct ConfigFile {
     pub recovery: Option<Recovery>,
     /// Keep run workspaces after the run (default false).
     pub keep_workspaces: Option<bool>,
+    /// HTTP connections at once (default: three quarters of the open-file limit, at most 16384).
+    pub max_connections: Option<usize>,
+    /// HTTP connections at once from one client address (default: a quarter of `max-connections`).
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds a request may take to arrive, headers and body (default 30).
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds a kept-alive connection may stay silent (default 75).
+    pub idle_timeout_secs: Option<u64>,
     /// API tokens.
     #[serde(default)]
     pub tokens: Vec<TokenDef>,
@@ -183,10 +191,16 @@ pub struct ServeConfig {
     pub recovery: Recovery,
     /// Keep workspaces.
     pub keep_workspaces: bool,
+    /// HTTP timeouts and connection caps.
+    pub conn: super::conn::ConnLimits,
     /// Tokens by SHA-256.
     pub tokens: HashMap<[u8; 32], Token>,
     /// Apps by name.
     pub apps: BTreeMap<String, AppConfig>,
+}
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n.max(1))
 }
 
 impl ServeConfig {
@@ -263,6 +277,19 @@ impl ServeConfig {
             log_bytes_per_step: file.log_bytes_per_step.unwrap_or(1 << 20),
             recovery: file.recovery.unwrap_or_default(),
             keep_workspaces: file.keep_workspaces.unwrap_or(false),
+            conn: {
+                let d = super::conn::ConnLimits::default();
+                let max_connections = file.max_connections.unwrap_or(d.max_connections).max(1);
+                super::conn::ConnLimits {
+                    request_timeout: file.request_timeout_secs.map_or(d.request_timeout, secs),
+                    idle_timeout: file.idle_timeout_secs.map_or(d.idle_timeout, secs),
+                    max_connections,
+                    max_per_client: file
+                        .max_connections_per_client
+                        .unwrap_or(max_connections / 4)
+                        .clamp(1, max_connections),
+                }
+            },
             tokens,
             apps,
         })

@@ -13,11 +13,13 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod cron;
 pub mod crypto;
 pub mod logs;
 pub mod openapi;
 pub mod scheduler;
+pub mod sse;
 pub mod store;
 
 use std::collections::HashMap;
@@ -261,13 +263,9 @@ pub async fn start(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: R
     let stop = CancellationToken::new();
     let mut tasks = vec![tokio::spawn(shared.clone().scheduler_loop()), tokio::spawn(cron::run(shared.clone()))];
     let router = app(shared.clone());
-    let s = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        let r = axum::serve(listener, router).with_graceful_shutdown(async move { s.cancelled().await }).await;
-        if let Err(e) = r {
-            eprintln!("skiff serve: {e}");
-        }
-    }));
+    let limits = shared.config.conn;
+    // Open connections (a log follower, say) get a few seconds to close at the end.
+    tasks.push(tokio::spawn(conn::serve(listener, router, limits, stop.clone(), std::time::Duration::from_secs(5))));
     Ok(Server { addr, shared, stop, tasks })
 }
 
@@ -275,7 +273,7 @@ pub async fn start(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: R
 pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Result<()> {
     if args.hash_token {
         let token = read_stdin("the API token")?;
-        println!("{}", crypto::token_hash(&token));
+        crate::outln!("{}", crypto::token_hash(&token));
         return Ok(());
     }
     let base = args.config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
@@ -287,7 +285,7 @@ pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::
     let key = crypto::MasterKey::load(args.master_key_file.as_deref(), &data)?;
     if args.encrypt {
         let secret = read_stdin("the secret")?;
-        println!("{}", key.seal(secret.as_bytes()));
+        crate::outln!("{}", key.seal(secret.as_bytes()));
         return Ok(());
     }
     let mut config = config::ServeConfig::resolve(file, &base, Some(&key))
@@ -297,6 +295,8 @@ pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::
         config.listen = l;
     }
     let apps = config.apps.len();
+    // Every socket is a file: take the whole allowance the host gives.
+    conn::raise_open_file_limit();
     let server = start(config, executor, args.role).await?;
     eprintln!("skiff serve: listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
     shutdown_signal().await;

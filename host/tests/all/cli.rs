@@ -239,3 +239,150 @@ fn job_selects_several_jobs_and_what_they_need() {
     assert_ne!(code, 0);
     assert!(out.contains("no job `nope`"), "{out}");
 }
+
+/// `skiff run` in a new project folder holding `pipeline` as `.skiff/pipeline.yaml`; the
+/// exit code and everything printed.
+fn run_project(pipeline: &str, args: &[&str]) -> (i32, String) {
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(project.path().join(".skiff")).unwrap();
+    std::fs::write(project.path().join(".skiff/pipeline.yaml"), pipeline).unwrap();
+    // A failed run keeps its workspace: inside the project's folder, it goes with it.
+    let tmp = project.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("run")
+        .args(args)
+        .current_dir(project.path())
+        .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn expressions_reach_scripts_as_values_and_never_as_code() {
+    let message = r#"x"; touch INJECTED; echo "'$(touch INJECTED)'`touch INJECTED` ${HOME} \"#;
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("push.json");
+    std::fs::write(&event, serde_json::json!({ "head_commit": { "message": message } }).to_string()).unwrap();
+    let pipeline = r#"
+steps:
+  - uses: shell
+    with:
+      script: echo "with:${{ body.head_commit.message }}"
+  - run: echo 'single:${{ body.head_commit.message }}'
+  - run: echo "double:${{ body.head_commit.message }}"
+  - run: |
+      cat <<EOF
+      heredoc:${{ body.head_commit.message }}
+      EOF
+  - run: print("python:${{ body.head_commit.message }}")
+    shell: python
+  - run: console.log(`node:${{ body.head_commit.message }}`)
+    shell: node
+  - run: test ! -e INJECTED && echo nothing was injected
+"#;
+    let (code, out) = run_project(pipeline, &["--event", event.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    for how in ["with", "single", "double", "heredoc", "python", "node"] {
+        assert!(out.contains(&format!("{how}:{message}")), "{how}: {out}");
+    }
+    assert!(out.contains("nothing was injected"), "{out}");
+
+    // Where no reference can work, `skiff validate` says so instead of pasting the value.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.yaml");
+    std::fs::write(&file, "steps:\n  - run: print \"${{ body.x }}\"\n    shell: perl {0}\n").unwrap();
+    let (code, out) = skiff(&["validate", file.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("pipeline.yaml:2:") && out.contains("would be pasted into its code"), "{out}");
+    std::fs::write(&file, "steps:\n  - run: echo hi\n    shell: ${{ body.shell }} {0}\n").unwrap();
+    let (code, out) = skiff(&["validate", file.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("cannot hold `${{ }}`"), "{out}");
+}
+
+#[test]
+fn a_step_cannot_draw_on_the_terminal() {
+    let pipeline = r#"
+steps:
+  - name: "evil\e]0;title\a"
+    run: printf '\033[2J\033[H\033]0;pwned\007\033]8;;http://evil\033\\link\033]8;;\033\\ \r✓ run 99 success\b\b\n'
+"#;
+    let (code, out) = run_project(pipeline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(['\u{1b}', '\u{7}', '\r', '\u{8}']), "a control sequence reached the terminal: {out:?}");
+    assert!(out.contains("│ ✓ run 99 success\n"), "the prefix stays in front of what the step printed: {out:?}");
+}
+
+#[test]
+fn what_a_step_hands_on_is_capped_with_a_clear_failure() {
+    let cases = [
+        (
+            r#"printf 'big=%s\n' "$(head -c 2000000 /dev/zero | tr '\0' x)" >> "$SKIFF_OUTPUT""#,
+            "output `big` is 1.9 MiB, over the limit of 1.0 MiB",
+        ),
+        (r#"head -c 5000000 /dev/zero | tr '\0' x >> "$SKIFF_OUTPUT""#, "$SKIFF_OUTPUT holds 5000000 bytes"),
+        (r#"for i in $(seq 1100); do echo "V$i=x"; done >> "$SKIFF_ENV""#, "would hold 11"),
+        (r#"printf 'V=%s\n' "$(head -c 200000 /dev/zero | tr '\0' x)" >> "$SKIFF_ENV""#, "exported variable `V`"),
+    ];
+    for (script, error) in cases {
+        let pipeline = format!("steps:\n  - run: '{}'\n  - run: echo NEXT-$((1+1))\n", script.replace('\'', "''"));
+        let (code, out) = run_project(&pipeline, &[]);
+        assert_eq!(code, 1, "{script}: {out}");
+        assert!(out.contains(error), "{script}: {out}");
+        assert!(!out.contains("NEXT-2"), "the next step ran: {out}");
+    }
+    // Many variables under the caps still reach every later process.
+    let pipeline = "steps:\n  - run: 'for i in $(seq 900); do echo \"V$i=$i\"; done >> \"$SKIFF_ENV\"'\n  - run: echo \"last=$V900\"\n";
+    let (code, out) = run_project(pipeline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("last=900"), "{out}");
+
+    let pipeline = format!("steps:\n  - uses: {HOSTILE}\n    with: {{ attack: big-output, arg: '2' }}\n");
+    let (code, out) = run_project(&pipeline, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("output `big` is 2.0 MiB"), "{out}");
+}
+
+#[test]
+fn a_component_without_the_process_grant_cannot_steer_later_processes() {
+    let pipeline = format!(
+        "steps:\n  - run: echo 'touch STEERED' > evil.sh\n  - uses: {HOSTILE}\n    with: {{ attack: steer }}\n  \
+         - run: echo next\n    if: always()\n  - run: test ! -e PWNED && test ! -e STEERED && echo nothing was steered\n    \
+         if: always()\n"
+    );
+    let (code, out) = run_project(&pipeline, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("only a step granted `process`"), "{out}");
+    assert!(out.contains("nothing was steered"), "{out}");
+}
+
+#[test]
+fn a_closed_pipe_ends_skiff_run_quietly() {
+    use std::io::BufRead as _;
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(project.path().join(".skiff")).unwrap();
+    std::fs::write(
+        project.path().join(".skiff/pipeline.yaml"),
+        "steps:\n  - run: 'for i in $(seq 200); do echo line $i; sleep 0.005; done'\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("run")
+        .current_dir(project.path())
+        .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    // The reader is gone (as `| head -1` goes); skiff's next line finds the pipe closed.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

@@ -535,7 +535,7 @@ steps:
     let req = r.request("s");
     let StepRef::Shell { script, shell } = &req.uses else { panic!("a shell step") };
     assert_eq!(shell, "bash");
-    assert_eq!(script, "log branch=${SKIFF_EXPR_1}\nlog again ${SKIFF_EXPR_2}\n");
+    assert_eq!(script, "log branch=\"${SKIFF_EXPR_1}\"\nlog again \"${SKIFF_EXPR_2}\"\n");
     assert!(!script.contains("rm -rf"));
     assert_eq!(req.env["SKIFF_EXPR_1"], evil);
     assert_eq!(req.env["SKIFF_EXPR_2"], evil);

@@ -1,7 +1,9 @@
 //! Tests of the sandbox: hostile programs, each contained, and the plain contract
 //! (exit codes, signals, stdin, capture, environment, cwd).
 //!
-//! They need bubblewrap and user namespaces; without them each test says so and passes.
+//! They need bubblewrap and user namespaces. Without them a test fails under `CI=true`
+//! (`.ci/run` installs bubblewrap, so a missing one is a broken set-up, not a pass); on a
+//! developer's machine it says so and passes.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,6 +15,10 @@ fn available() -> bool {
     match sandbox::availability() {
         Ok(()) => true,
         Err(e) => {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false"),
+                "the sandbox is unavailable, and under CI=true no sandbox test may pass without it: {e}"
+            );
             eprintln!("SKIPPED: the sandbox is unavailable here: {e}");
             false
         }

@@ -17,6 +17,11 @@ use skiff_step_sdk::{Context, Manifest, Outputs, Step, StepError};
 
 /// Where the workspace is inside the process sandbox.
 const SANDBOX_WORKSPACE: &str = "/workspace";
+/// The most each file may hold. The host checks each value and the job's whole environment
+/// (docs/pipeline.md, "Limits"); these only spare the step from reading what cannot pass.
+const OUTPUT_FILE_MAX: u64 = 4 << 20;
+const ENV_FILE_MAX: u64 = 1 << 20;
+const PATH_FILE_MAX: u64 = 64 << 10;
 /// Output names with this prefix are the executor's, never the script's.
 const RESERVED_PREFIX: &str = "skiff.";
 
@@ -38,10 +43,12 @@ pub fn shell_command(shell: &str) -> Result<ShellCommand, String> {
         "" | "bash" => ("bash --noprofile --norc -eo pipefail {0}", "sh"),
         "sh" => ("sh -e {0}", "sh"),
         "python" | "python3" => ("python3 {0}", "py"),
+        "node" => ("node {0}", "js"),
+        "pwsh" => ("pwsh -NoLogo -NoProfile -NonInteractive -File {0}", "ps1"),
         custom if custom.contains("{0}") => (custom, "sh"),
         other => {
             return Err(format!(
-                "shell `{other}` is not known: use bash, sh, python, or a command line with `{{0}}` for the script, \
+                "shell `{other}` is not known: use bash, sh, python, node, pwsh, or a command line with `{{0}}` for the script, \
                  like `perl {{0}}`"
             ));
         }
@@ -91,7 +98,7 @@ impl Step for Shell {
             .input("script", "The script to run", true, None)
             .input(
                 "shell",
-                "bash (default), sh, python, or a command line with {0} for the script",
+                "bash (default), sh, python, node, pwsh, or a command line with {0} for the script",
                 false,
                 Some("bash"),
             )
@@ -135,8 +142,30 @@ impl Step for Shell {
             ProcessError::Invalid(m) => StepError::InvalidInput(m),
             ProcessError::Unavailable(m) | ProcessError::SpawnFailed(m) => StepError::Failed(m),
         })?;
-        let read = |name: &str| std::fs::read_to_string(format!("{dir_rel}/{name}")).unwrap_or_default();
-        let (output, env, path) = (read("output"), read("env"), read("path"));
+        let read = |name: &str, var: &str, cap: u64| -> Result<String, String> {
+            let path = format!("{dir_rel}/{name}");
+            // The script may have removed or replaced the file: nothing written is nothing read.
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { return Ok(String::new()) };
+            if !meta.is_file() {
+                return Err(format!("${var} is no longer a regular file; write to it, do not replace it"));
+            }
+            if meta.len() > cap {
+                return Err(format!(
+                    "${var} holds {} bytes, over the limit of {cap} bytes; put large data in a file in the \
+                     workspace and pass its path",
+                    meta.len()
+                ));
+            }
+            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read ${var}: {e}"))?;
+            String::from_utf8(bytes).map_err(|_| format!("${var} is not UTF-8 text"))
+        };
+        let files = (|| {
+            Ok::<_, String>((
+                read("output", "SKIFF_OUTPUT", OUTPUT_FILE_MAX)?,
+                read("env", "SKIFF_ENV", ENV_FILE_MAX)?,
+                read("path", "SKIFF_PATH", PATH_FILE_MAX)?,
+            ))
+        })();
         // The script and its files are ours, not the workspace's: later steps should not see them.
         let _ = std::fs::remove_dir_all(&dir_rel);
         match outcome.exit {
@@ -146,6 +175,7 @@ impl Step for Shell {
             Exit::TimedOut => return Err(StepError::Failed("`run` script timed out and was stopped".into())),
         }
 
+        let (output, env, path) = files.map_err(StepError::Failed)?;
         let pairs = collect_outputs(&output, &env, &path).map_err(StepError::Failed)?;
         let mut outputs = Outputs::new();
         for (k, v) in pairs {

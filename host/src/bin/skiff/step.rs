@@ -122,26 +122,26 @@ async fn inspect(step: &str, json: bool) -> anyhow::Result<ExitCode> {
             "outputs": m.outputs.iter().map(|o| serde_json::json!({"name": o.name, "description": o.description})).collect::<Vec<_>>(),
             "capabilities": {"hosts": m.capabilities.hosts, "secrets": m.capabilities.secrets, "process": m.capabilities.process},
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        skiff_host::outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} {} — {}", m.name, m.version, m.description);
-    println!("sha256: {}", hex::encode(loaded.digest));
-    println!("inputs:");
+    skiff_host::outln!("{} {} — {}", m.name, m.version, m.description);
+    skiff_host::outln!("sha256: {}", hex::encode(loaded.digest));
+    skiff_host::outln!("inputs:");
     for i in &m.inputs {
         let req = if i.required { " (required)" } else { "" };
         let def = i.default.as_deref().map(|d| format!(" [default: {d}]")).unwrap_or_default();
-        println!("  {:<12} {}{req}{def}", i.name, i.description);
+        skiff_host::outln!("  {:<12} {}{req}{def}", i.name, i.description);
     }
-    println!("outputs:");
+    skiff_host::outln!("outputs:");
     for o in &m.outputs {
-        println!("  {:<12} {}", o.name, o.description);
+        skiff_host::outln!("  {:<12} {}", o.name, o.description);
     }
     let c = &m.capabilities;
-    println!("capabilities:");
-    println!("  hosts:   {}", if c.hosts.is_empty() { "none".into() } else { c.hosts.join(", ") });
-    println!("  secrets: {}", if c.secrets.is_empty() { "none".into() } else { c.secrets.join(", ") });
-    println!("  process: {}", if c.process { "yes" } else { "no" });
+    skiff_host::outln!("capabilities:");
+    skiff_host::outln!("  hosts:   {}", if c.hosts.is_empty() { "none".into() } else { c.hosts.join(", ") });
+    skiff_host::outln!("  secrets: {}", if c.secrets.is_empty() { "none".into() } else { c.secrets.join(", ") });
+    skiff_host::outln!("  process: {}", if c.process { "yes" } else { "no" });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -197,17 +197,17 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sink = Arc::new(|rec: LogRecord| print_log(&rec));
     let report = runtime.run(&loaded, inv, sink).await;
     if args.json {
-        println!("{}", masker.mask(&serde_json::to_string_pretty(&report)?));
+        skiff_host::outln!("{}", masker.mask(&serde_json::to_string_pretty(&report)?));
     } else {
         if let Some(s) = &report.summary {
-            println!("── summary ──\n{}", s.trim_end());
+            skiff_host::outln!("── summary ──\n{}", s.trim_end());
         }
-        println!("── outputs ──");
+        skiff_host::outln!("── outputs ──");
         for (k, v) in &report.outputs {
-            println!("{k}={}", masker.mask(v));
+            skiff_host::outln!("{k}={}", masker.mask(v));
         }
         let u = &report.usage;
-        println!(
+        skiff_host::outln!(
             "── {} in {} ms (cpu {} ms, peak memory {} KiB, http {} B, log {} B)",
             report.status,
             u.wall_ms,

@@ -109,6 +109,12 @@ impl Step for Hostile {
                 .map(|o| Outputs::new().set("exit", format!("{:?}", o.exit)))
                 .map_err(|e| StepError::Denied(e.to_string())),
             "panic" => panic!("hostile guest panics on purpose"),
+            // Steers later steps without the process grant: a cleanup script and `BASH_ENV`.
+            "steer" => Ok(Outputs::new()
+                .set("skiff.post", "touch /workspace/PWNED")
+                .set("skiff.env.BASH_ENV", "/workspace/evil.sh")),
+            // An output of `arg` mebibytes.
+            "big-output" => Ok(Outputs::new().set("big", "x".repeat(arg.parse::<usize>().unwrap_or(2) << 20))),
             // Not attacks: a trivial step and an idle one, for benchmarks.
             "noop" => Ok(Outputs::new()),
             "sleep" => {

@@ -266,8 +266,31 @@ fn check_env(env: &[(String, String)]) -> Result<Vec<(String, String)>> {
             out.push((k.into(), v.into()));
         }
     }
+    // What the kernel takes at exec (`E2BIG` otherwise): each `NAME=value` at most 32 pages,
+    // and arguments and environment together at most a quarter of the stack limit.
+    if let Some((k, v)) = out.iter().find(|(k, v)| k.len() + v.len() + 1 >= MAX_ARG_STRLEN) {
+        return Err(SandboxError::Invalid(format!(
+            "environment variable `{k}` is {} bytes; a process takes at most {} bytes in one variable",
+            v.len(),
+            MAX_ARG_STRLEN - 1
+        )));
+    }
+    let total: usize = out.iter().map(|(k, v)| k.len() + v.len() + 2 + std::mem::size_of::<usize>()).sum();
+    let room = sys::arg_max().saturating_sub(ARGS_RESERVE);
+    if total > room {
+        return Err(SandboxError::Invalid(format!(
+            "the environment is {total} bytes in {} variables; a process on this host can be started with at most \
+             {room} bytes of environment",
+            out.len()
+        )));
+    }
     Ok(out)
 }
+
+/// The kernel's limit on one argument or environment string (`MAX_ARG_STRLEN`).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+/// Room kept for the program's own arguments.
+const ARGS_RESERVE: usize = 64 << 10;
 
 fn rlimits(limits: &ProcessLimits, memory_in_cgroup: bool) -> Vec<(Resource, u64, u64)> {
     let mut v = Vec::new();
@@ -351,14 +374,15 @@ pub async fn run(
         let passwd = data_pipe(bwrap::PASSWD.as_bytes().to_vec())?;
         let group_fd = data_pipe(bwrap::GROUP.as_bytes().to_vec())?;
         let fds = bwrap::DataFds { passwd: passwd.as_raw_fd(), group: group_fd.as_raw_fd() };
-        let plan = bwrap::Plan { workspace: &workspace, cwd: &cwd, network: spec.network, env: &env };
+        let plan = bwrap::Plan { workspace: &workspace, cwd: &cwd, network: spec.network };
         let args_fd = data_pipe(bwrap::encode_args(&bwrap::options(&plan, fds)))?;
         let bwrap = bwrap_path().ok_or_else(|| SandboxError::Unavailable("bubblewrap disappeared".into()))?;
         cmd = tokio::process::Command::new(bwrap);
-        // Only the program and its arguments are on the command line; options and
-        // environment values come through `--args`, invisible in the host's `ps`.
+        // Only the program and its arguments are on the command line; options come through
+        // `--args`, invisible in the host's `ps`. The environment is bubblewrap's own, which it
+        // hands on to the program (readable in /proc only by the host's own user).
         cmd.arg("--args").arg(args_fd.as_raw_fd().to_string()).arg("--").arg(&spec.program).args(&spec.args);
-        cmd.env_clear().current_dir("/");
+        cmd.env_clear().envs(env.iter().cloned()).current_dir("/");
         keep.extend([passwd, group_fd, args_fd]);
     }
     cmd.stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })

@@ -83,13 +83,12 @@ pub struct Plan<'a> {
     /// Relative, already checked not to escape.
     pub cwd: &'a str,
     pub network: bool,
-    pub env: &'a [(String, String)],
 }
 
-/// The options (passed through `--args FD`, so environment values never show up in
-/// the host's process list), ending before the command.
+/// The options (passed through `--args FD`, so nothing of the step's shows up in the host's
+/// process list), ending before the command.
 pub fn options(plan: &Plan<'_>, fds: DataFds) -> Vec<String> {
-    let mut a: Vec<String> = Vec::with_capacity(64 + plan.env.len() * 3);
+    let mut a: Vec<String> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]);
     if !plan.network {
@@ -117,10 +116,9 @@ pub fn options(plan: &Plan<'_>, fds: DataFds) -> Vec<String> {
     // The root itself is a tmpfs bubblewrap made; nothing may be created in it.
     push(&["--remount-ro", "/"]);
     let cwd = if plan.cwd.is_empty() { WORKSPACE.to_string() } else { format!("{WORKSPACE}/{}", plan.cwd) };
-    push(&["--chdir", &cwd, "--clearenv"]);
-    for (k, v) in plan.env {
-        push(&["--setenv", k, v]);
-    }
+    // The environment is bubblewrap's own (set when it is started), which it hands on as it is:
+    // `--setenv` would count three arguments a variable against bubblewrap's limit of 9000.
+    push(&["--chdir", &cwd]);
     a
 }
 
@@ -140,14 +138,13 @@ mod tests {
 
     #[test]
     fn options_deny_network_and_keep_secrets_out_of_etc() {
-        let env = vec![("A".to_string(), "1".to_string())];
-        let plan = Plan { workspace: Path::new("/ws"), cwd: "sub", network: false, env: &env };
+        let plan = Plan { workspace: Path::new("/ws"), cwd: "sub", network: false };
         let args = options(&plan, DataFds { passwd: 7, group: 8 });
         let joined = args.join(" ");
         assert!(joined.contains("--unshare-net"));
         assert!(joined.contains("--bind /ws /workspace"));
         assert!(joined.contains("--chdir /workspace/sub"));
-        assert!(joined.contains("--setenv A 1"));
+        assert!(!joined.contains("--setenv") && !joined.contains("--clearenv"), "the environment is bubblewrap's own");
         assert!(!joined.contains("shadow"));
         let plan = Plan { network: true, ..plan };
         assert!(!options(&plan, DataFds { passwd: 7, group: 8 }).iter().any(|a| a == "--unshare-net"));

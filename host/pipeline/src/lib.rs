@@ -9,10 +9,13 @@ pub mod compat;
 pub mod engine;
 pub mod executor;
 pub mod expr;
+pub mod inert;
 pub mod load;
+pub mod mask;
 pub mod model;
 pub mod plan;
 pub mod schema;
+pub mod script;
 pub mod source;
 
 pub use engine::{JobReport, RunEvent, RunObserver, RunOptions, RunReport, Status, StepReport, run_pipeline};

@@ -115,3 +115,10 @@ pub(super) fn is_root() -> bool {
     // SAFETY: `geteuid` cannot fail and has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// The kernel's limit on arguments and environment together at exec (`ARG_MAX`).
+pub(super) fn arg_max() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    if n > 0 { n as usize } else { 128 << 10 }
+}

@@ -36,7 +36,7 @@ pub type YPath = Vec<Seg>;
 #[doc(hidden)]
 macro_rules! ypath {
     ($($s:expr),* $(,)?) => {{
-        let path: $crate::pipeline::source::YPath = Vec::from([$($crate::pipeline::source::IntoSeg::into_seg($s)),*]);
+        let path: $crate::source::YPath = Vec::from([$($crate::source::IntoSeg::into_seg($s)),*]);
         path
     }};
 }

@@ -99,6 +99,15 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
     if trimmed.is_empty() {
         return Err(ExprError { message: "empty expression".into(), offset });
     }
+    if trimmed.len() > MAX_SOURCE_BYTES {
+        return Err(ExprError {
+            message: format!(
+                "the expression is {} bytes long, more than {MAX_SOURCE_BYTES}; split it into smaller ones",
+                trimmed.len()
+            ),
+            offset,
+        });
+    }
     let ast = env().parser().parse(trimmed).map_err(|e| ExprError {
         message: e
             .errors
@@ -111,12 +120,49 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
             .join("; "),
         offset,
     })?;
+    if nests_deeper(&ast, MAX_DEPTH) {
+        return Err(ExprError {
+            message: format!("the expression nests more than {MAX_DEPTH} levels deep; split it into smaller ones"),
+            offset,
+        });
+    }
     let mut refs = Vec::new();
     let mut status_calls = Vec::new();
     collect_refs(&ast, &mut Vec::new(), &mut refs, &mut status_calls);
     let mut rw = Rewriter { next_id: 1_000_000, bound: Vec::new(), chains: Vec::new() };
     let ast = rw.rewrite(ast);
     Ok(Expr { source: trimmed.to_string(), offset, ast, refs, status_calls, chains: rw.chains })
+}
+
+/// How long an expression may be. The parser recurses once per operator of a chain
+/// (`1 + 1 + … + 1`): about 5,000 of them overflowed a 2 MiB thread stack and aborted the process.
+const MAX_SOURCE_BYTES: usize = 4096;
+
+/// How deep an expression's syntax tree may nest. The parser bounds its own recursion, but not
+/// chains of operators, which evaluation walks recursively: about 1,500 links overflowed a
+/// 2 MiB thread stack.
+const MAX_DEPTH: usize = 100;
+
+/// Whether the syntax tree under `e` is more than `limit` levels deep (recursing at most
+/// `limit` levels itself).
+fn nests_deeper(e: &IdedExpr, limit: usize) -> bool {
+    use cel::common::ast::EntryExpr;
+    let Some(limit) = limit.checked_sub(1) else { return true };
+    let entry = |en: &cel::common::ast::IdedEntryExpr| match &en.expr {
+        EntryExpr::MapEntry(me) => nests_deeper(&me.key, limit) || nests_deeper(&me.value, limit),
+        EntryExpr::StructField(f) => nests_deeper(&f.value, limit),
+    };
+    match &e.expr {
+        Ast::Call(c) => c.target.iter().map(|t| &**t).chain(&c.args).any(|a| nests_deeper(a, limit)),
+        Ast::Select(s) => nests_deeper(&s.operand, limit),
+        Ast::List(l) => l.elements.iter().any(|x| nests_deeper(x, limit)),
+        Ast::Map(m) => m.entries.iter().any(entry),
+        Ast::Struct(s) => s.entries.iter().any(entry),
+        Ast::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+            .into_iter()
+            .any(|x| nests_deeper(x, limit)),
+        _ => false,
+    }
 }
 
 /// Compiles a condition (`if:`): a bare expression, or one `${{ }}` around it.
@@ -827,6 +873,20 @@ mod tests {
         assert_eq!(e.offset, 5);
         assert!(compile_condition("${{ success() }}").is_ok());
         assert!(compile_condition("${{ a }} && b").is_err());
+    }
+
+    /// Found by fuzzing (fuzz/seeds/expr/operator-chain): `1+1+…+1` passes the parser's own
+    /// depth limit, but the parser (from about 5,000 links) and the evaluator (from about
+    /// 1,500) recurse once per link, overflow the stack and abort the process.
+    #[test]
+    fn chains_too_long_or_deep_to_evaluate_are_refused() {
+        let chain = |n: usize| format!("1{}", " + 1".repeat(n));
+        assert_eq!(to_text(&compile(&chain(MAX_DEPTH - 1)).unwrap().eval(&scope()).unwrap()), "100");
+        let e = parse_template(&format!("x ${{{{ {} }}}}", chain(500))).unwrap_err();
+        assert!(e.message.contains("nests more than 100 levels"), "{}", e.message);
+        assert_eq!(e.offset, 5);
+        let e = compile(&chain(6000)).unwrap_err();
+        assert!(e.message.contains("24001 bytes long, more than 4096"), "{}", e.message);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::executor::Permissions;
 use super::expr::{self, CONTEXTS, Expr, ExprError};
 use super::model::{JobDef, PipelineDef, StepDef, Text};
 use super::plan::{Concurrency, Cond, Plan, PlanJob, PlanStep, Uses, Value};
+use super::script;
 use super::source::{Pos, Seg, SourceMap, YPath};
 use crate::ypath;
 
@@ -546,11 +547,25 @@ fn topo(deps: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>, Vec<String>
     Ok(done)
 }
 
+/// The most jobs one matrix may make (GitHub's limit), and the most combinations of its axes
+/// before `exclude`: a few lines of axes must not make the loader allocate without end.
+const MAX_MATRIX_JOBS: usize = 256;
+const MAX_MATRIX_COMBINATIONS: usize = 4096;
+
 fn expand_matrix(cx: &mut Cx, j: &JobDef, p: &YPath) -> Vec<BTreeMap<String, serde_json::Value>> {
     let Some(strategy) = &j.strategy else { return vec![BTreeMap::new()] };
     let m = &strategy.matrix;
     let mut mp = p.clone();
     mp.extend([Seg::Key("strategy".into()), Seg::Key("matrix".into())]);
+    let product = m.axes.values().try_fold(1usize, |n, vals| n.checked_mul(vals.len()));
+    if product.is_none_or(|n| n > MAX_MATRIX_COMBINATIONS) {
+        let n = product.map_or_else(|| "too many".to_string(), |n| n.to_string());
+        cx.at_value(
+            &mp,
+            format!("the matrix's axes make {n} combinations, more than {MAX_MATRIX_COMBINATIONS}; split the job"),
+        );
+        return Vec::new();
+    }
     let mut combos: Vec<BTreeMap<String, serde_json::Value>> = vec![BTreeMap::new()];
     for (axis, vals) in &m.axes {
         if vals.is_empty() {
@@ -590,6 +605,9 @@ fn expand_matrix(cx: &mut Cx, j: &JobDef, p: &YPath) -> Vec<BTreeMap<String, ser
     }
     if combos.is_empty() {
         cx.at_value(&mp, "the matrix has no combinations");
+    }
+    if combos.len() > MAX_MATRIX_JOBS {
+        cx.at_value(&mp, format!("the matrix makes {} jobs, more than {MAX_MATRIX_JOBS}; split the job", combos.len()));
     }
     combos
 }
@@ -729,31 +747,11 @@ fn build_step(
     let mut default_name = String::new();
     if let Some(run) = &s.run {
         let shell = s.shell.clone().unwrap_or_else(|| "bash".into());
-        let (script, exprs) = match expr::parse_template(run) {
-            Ok(tpl) => {
-                let mut script = String::new();
-                let mut exprs = Vec::new();
-                for seg in tpl.segments {
-                    match seg {
-                        expr::Segment::Lit(t) => script.push_str(&t),
-                        expr::Segment::Expr(e) => {
-                            let p = cx.map.inside(&sub("run"), run, e.offset);
-                            check_expr(cx, &e, p, &mut refs);
-                            let var = format!("SKIFF_EXPR_{}", exprs.len() + 1);
-                            script.push_str(&env_ref(&shell, &var));
-                            exprs.push((var, e));
-                        }
-                    }
-                }
-                (script, exprs)
-            }
-            Err(e) => {
-                expr_error(cx, &sub("run"), run, e);
-                (run.clone(), Vec::new())
-            }
-        };
+        if shell.contains("${{") {
+            cx.at_value(&sub("shell"), "`shell` is the program that runs the script and cannot hold `${{ }}`");
+        }
         default_name = format!("Run {}", run.lines().next().unwrap_or("").trim());
-        uses = Uses::Shell { script, shell, exprs, pos: cx.map.value(&sub("run")) };
+        uses = script_uses(cx, &sub("run"), run, shell, &mut refs);
     } else if let Some(plugin) = &s.plugin {
         match map_plugin(plugin) {
             Ok(m) => {
@@ -776,6 +774,20 @@ fn build_step(
         cx.at_value(sp, "a step needs `run:`, `uses:` or `plugin:`");
     }
 
+    if matches!(&uses, Uses::Builtin(b) if b == "shell") {
+        // `uses: shell` runs its `script` input as code: it gets `run:`'s treatment, so an
+        // expression reaches it as a variable and never as source.
+        if let Some(script) = with_defs.remove("script") {
+            let shell = with_defs.remove("shell").unwrap_or_else(|| "bash".into());
+            if shell.contains("${{") {
+                cx.at_value(
+                    &ypath_push(&sub(with_key), "shell"),
+                    "`shell` is the program that runs the script and cannot hold `${{ }}`",
+                );
+            }
+            uses = script_uses(cx, &ypath_push(&sub(with_key), "script"), &script, shell, &mut refs);
+        }
+    }
     let with =
         with_defs.iter().map(|(k, v)| (k.clone(), value(cx, &ypath_push(&sub(with_key), k), v, &mut refs))).collect();
     let env = values(cx, &sub("env"), &s.env, &mut refs);
@@ -831,13 +843,64 @@ fn ypath_push(p: &YPath, k: &str) -> YPath {
     q
 }
 
-/// How a script reads an environment variable in this shell.
-fn env_ref(shell: &str, var: &str) -> String {
-    match shell {
-        "pwsh" | "powershell" => format!("$env:{var}"),
-        "cmd" => format!("%{var}%"),
-        _ => format!("${{{var}}}"),
+/// A script that runs as code: each `${{ }}` becomes a variable `SKIFF_EXPR_n`, referenced
+/// in the script's language where the expression stood (see [`crate::script`]).
+fn script_uses(cx: &mut Cx, path: &[Seg], text: &str, shell: String, refs: &mut Refs) -> Uses {
+    let pos = cx.map.value(path);
+    let tpl = match expr::parse_template(text) {
+        Ok(tpl) => tpl,
+        Err(e) => {
+            expr_error(cx, path, text, e);
+            return Uses::Shell { script: text.to_string(), shell, exprs: Vec::new(), pos };
+        }
+    };
+    let mut exprs = Vec::new();
+    let mut vars = Vec::new();
+    for e in tpl.exprs() {
+        let p = cx.map.inside(path, text, e.offset);
+        check_expr(cx, e, p, refs);
+        vars.push(format!("SKIFF_EXPR_{}", vars.len() + 1));
+        exprs.push(e.clone());
     }
+    let mut n = 0;
+    let pieces: Vec<script::Piece> = tpl
+        .segments
+        .iter()
+        .map(|seg| match seg {
+            expr::Segment::Lit(t) => script::Piece::Text(t),
+            expr::Segment::Expr(_) => {
+                n += 1;
+                script::Piece::Var(&vars[n - 1])
+            }
+        })
+        .collect();
+    let script = if exprs.is_empty() {
+        text.to_string()
+    } else {
+        let rendered = match script::Lang::of_shell(&shell) {
+            Some(lang) => script::render(lang, &pieces).map_err(|m| {
+                let at = pieces[..m.piece].iter().filter(|p| matches!(p, script::Piece::Var(_))).count();
+                (at, m.message)
+            }),
+            None => Err((
+                0,
+                format!(
+                    "`${{{{ }}}}` in a script for `{shell}` would be pasted into its code; Skiff knows how to \
+                     pass values to bash, sh, python, node and pwsh scripts. Set the value in the step's \
+                     `env:` and read it from the environment"
+                ),
+            )),
+        };
+        match rendered {
+            Ok(s) => s,
+            Err((at, message)) => {
+                let p = cx.map.inside(path, text, exprs[at].offset);
+                cx.err(p, message);
+                text.to_string()
+            }
+        }
+    };
+    Uses::Shell { script, shell, exprs: vars.into_iter().zip(exprs).collect(), pos }
 }
 
 fn resolve_uses(u: &str, dir: &Path) -> Result<Uses, String> {
@@ -862,4 +925,24 @@ fn resolve_uses(u: &str, dir: &Path) -> Result<Uses, String> {
             format!("; the built-in steps are {}, or give a path to a `.wasm` component", BUILTINS.join(", "))
         });
     Err(format!("unknown built-in step \"{n}\"{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing the loader (fuzz/seeds/pipeline/matrix-bomb.yaml): seven axes of ten
+    /// values, 307 bytes of YAML, made ten million jobs and over 2 GiB before any check.
+    #[test]
+    fn a_matrix_cannot_make_the_loader_allocate_without_end() {
+        let axes: String = "abcdefg".chars().map(|c| format!("        {c}: [0,1,2,3,4,5,6,7,8,9]\n")).collect();
+        let text = format!("jobs:\n  build:\n    strategy:\n      matrix:\n{axes}    steps:\n      - run: echo hi\n");
+        let err = load_str(&text, "pipeline.yaml", Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("10000000 combinations, more than 4096"), "{err}");
+
+        let text = "jobs:\n  b:\n    strategy:\n      matrix:\n        a: [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]\n        b: [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]\n    steps:\n      - run: echo hi\n";
+        let err = load_str(text, "pipeline.yaml", Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("the matrix makes 289 jobs, more than 256"), "{err}");
+        assert!(load_str(&text.replace(",16]", "]"), "pipeline.yaml", Path::new(".")).is_ok());
+    }
 }

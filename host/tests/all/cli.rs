@@ -246,15 +246,14 @@ fn run_project(pipeline: &str, args: &[&str]) -> (i32, String) {
     let project = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(project.path().join(".skiff")).unwrap();
     std::fs::write(project.path().join(".skiff/pipeline.yaml"), pipeline).unwrap();
-    // A failed run keeps its workspace: inside the project's folder, it goes with it.
-    let tmp = project.path().join("tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
+    // A failed run keeps its workspace: in a folder of the test's own, it goes with the test.
+    let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .arg("run")
         .args(args)
         .current_dir(project.path())
         .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
-        .env("TMPDIR", &tmp)
+        .env("TMPDIR", tmp.path())
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -1,6 +1,7 @@
 //! The host's integration tests, one binary so linking happens once.
 
 mod cli;
+mod connections;
 mod edge;
 mod pipeline;
 mod plugins;

@@ -82,7 +82,8 @@ pub struct Plan<'a> {
     pub workspace: &'a Path,
     /// Relative, already checked not to escape.
     pub cwd: &'a str,
-    pub network: bool,
+    /// The way out, for a sandbox that may use the network; its namespace is new either way.
+    pub egress: Option<&'a super::Egress>,
 }
 
 /// The options (passed through `--args FD`, so nothing of the step's shows up in the host's
@@ -91,9 +92,7 @@ pub fn options(plan: &Plan<'_>, fds: DataFds) -> Vec<String> {
     let mut a: Vec<String> = Vec::with_capacity(64);
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]);
-    if !plan.network {
-        push(&["--unshare-net"]);
-    }
+    push(&["--unshare-net"]);
     push(&["--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
     push(&["--uid", &SANDBOX_UID.to_string(), "--gid", &SANDBOX_UID.to_string(), "--hostname", "skiff"]);
     push(&["--ro-bind", "/usr", "/usr"]);
@@ -113,6 +112,11 @@ pub fn options(plan: &Plan<'_>, fds: DataFds) -> Vec<String> {
     push(&["--perms", "0644", "--ro-bind-data", &fds.group.to_string(), "/etc/group"]);
     push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
     push(&["--bind", &plan.workspace.to_string_lossy(), WORKSPACE]);
+    if let Some(e) = plan.egress {
+        push(&["--dir", "/run/skiff"]);
+        push(&["--bind", &e.socket.to_string_lossy(), super::relay::SOCKET]);
+        push(&["--ro-bind", &e.relay.to_string_lossy(), super::relay::PROGRAM]);
+    }
     // The root itself is a tmpfs bubblewrap made; nothing may be created in it.
     push(&["--remount-ro", "/"]);
     let cwd = if plan.cwd.is_empty() { WORKSPACE.to_string() } else { format!("{WORKSPACE}/{}", plan.cwd) };
@@ -138,7 +142,7 @@ mod tests {
 
     #[test]
     fn options_deny_network_and_keep_secrets_out_of_etc() {
-        let plan = Plan { workspace: Path::new("/ws"), cwd: "sub", network: false };
+        let plan = Plan { workspace: Path::new("/ws"), cwd: "sub", egress: None };
         let args = options(&plan, DataFds { passwd: 7, group: 8 });
         let joined = args.join(" ");
         assert!(joined.contains("--unshare-net"));
@@ -146,7 +150,10 @@ mod tests {
         assert!(joined.contains("--chdir /workspace/sub"));
         assert!(!joined.contains("--setenv") && !joined.contains("--clearenv"), "the environment is bubblewrap's own");
         assert!(!joined.contains("shadow"));
-        let plan = Plan { network: true, ..plan };
-        assert!(!options(&plan, DataFds { passwd: 7, group: 8 }).iter().any(|a| a == "--unshare-net"));
+        let egress = crate::Egress { socket: "/h/egress.sock".into(), relay: "/h/relay".into() };
+        let plan = Plan { egress: Some(&egress), ..plan };
+        let joined = options(&plan, DataFds { passwd: 7, group: 8 }).join(" ");
+        assert!(joined.contains("--unshare-net"), "the host's network is never shared");
+        assert!(joined.contains("--bind /h/egress.sock /run/skiff/egress.sock"), "{joined}");
     }
 }

@@ -12,6 +12,7 @@
 mod bwrap;
 mod cgroup;
 mod output;
+pub mod relay;
 mod sys;
 
 use std::collections::{HashMap, HashSet};
@@ -79,8 +80,11 @@ pub struct SandboxSpec {
     pub cwd: Option<String>,
     pub stdin: Option<Vec<u8>>,
     pub timeout: Duration,
-    /// Share the host's network namespace (all or nothing: no per-host filtering).
+    /// Let the program use the network: only through `egress`, the host's proxy, which
+    /// decides where it may go. Unsandboxed, it is the host's whole network.
     pub network: bool,
+    /// The host's way out for a sandbox with `network`.
+    pub egress: Option<Egress>,
     pub limits: ProcessLimits,
     /// Run without bubblewrap (rlimits and cgroup only). Only for an explicit host flag;
     /// every run then logs a warning line.
@@ -99,10 +103,22 @@ impl SandboxSpec {
             stdin: None,
             timeout: Duration::from_secs(600),
             network: false,
+            egress: None,
             limits: ProcessLimits::default(),
             unsandboxed: false,
         }
     }
+}
+
+/// The way out of a sandbox with `network`: the host's proxy on a Unix socket, and the relay
+/// program ([`relay`]) that makes it `127.0.0.1:3128` inside. The program sees `HTTP_PROXY`,
+/// `HTTPS_PROXY` and `ALL_PROXY` (and their lower-case forms) pointing there.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// The proxy's Unix socket on the host.
+    pub socket: PathBuf,
+    /// The `skiff-egress-relay` program on the host.
+    pub relay: PathBuf,
 }
 
 /// Which pipe a line came from.
@@ -374,14 +390,41 @@ pub async fn run(
         let passwd = data_pipe(bwrap::PASSWD.as_bytes().to_vec())?;
         let group_fd = data_pipe(bwrap::GROUP.as_bytes().to_vec())?;
         let fds = bwrap::DataFds { passwd: passwd.as_raw_fd(), group: group_fd.as_raw_fd() };
-        let plan = bwrap::Plan { workspace: &workspace, cwd: &cwd, network: spec.network };
+        // The network is never the host's: a sandbox that may use it gets the host's egress
+        // proxy as its only way out, through the relay.
+        let egress = match (&spec.egress, spec.network) {
+            (_, false) => None,
+            (Some(e), true) => Some(e),
+            (None, true) => {
+                return Err(SandboxError::Invalid(
+                    "this process may use the network, but the host gave it no egress proxy to go through".into(),
+                ));
+            }
+        };
+        let plan = bwrap::Plan { workspace: &workspace, cwd: &cwd, egress };
         let args_fd = data_pipe(bwrap::encode_args(&bwrap::options(&plan, fds)))?;
         let bwrap = bwrap_path().ok_or_else(|| SandboxError::Unavailable("bubblewrap disappeared".into()))?;
         cmd = tokio::process::Command::new(bwrap);
         // Only the program and its arguments are on the command line; options come through
         // `--args`, invisible in the host's `ps`. The environment is bubblewrap's own, which it
         // hands on to the program (readable in /proc only by the host's own user).
-        cmd.arg("--args").arg(args_fd.as_raw_fd().to_string()).arg("--").arg(&spec.program).args(&spec.args);
+        cmd.arg("--args").arg(args_fd.as_raw_fd().to_string()).arg("--");
+        let mut env = env;
+        if egress.is_some() {
+            cmd.args([relay::PROGRAM, relay::LISTEN, relay::SOCKET, "--"]);
+            let proxy = format!("http://{}", relay::LISTEN);
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+                env.retain(|(x, _)| x != k);
+                env.push((k.into(), proxy.clone()));
+            }
+            // Whatever listens inside the sandbox itself stays direct.
+            for k in ["NO_PROXY", "no_proxy"] {
+                if !env.iter().any(|(x, _)| x == k) {
+                    env.push((k.into(), "localhost,127.0.0.1,::1".into()));
+                }
+            }
+        }
+        cmd.arg(&spec.program).args(&spec.args);
         cmd.env_clear().envs(env.iter().cloned()).current_dir("/");
         keep.extend([passwd, group_fd, args_fd]);
     }

@@ -72,7 +72,7 @@ impl HostPattern {
 
     /// True when the pattern names an address (or localhost) itself, so the
     /// user meant a private address.
-    fn is_literal_address(&self) -> bool {
+    pub fn is_literal_address(&self) -> bool {
         self.host.parse::<IpAddr>().is_ok() || self.host == "localhost"
     }
 }

@@ -2,13 +2,16 @@
 //! (`crate::sandbox`), for steps granted `process`. Output streams into the
 //! step log, masked like everything else, and counts against its log limit.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::bindings::skiff::step::process as wit;
 use crate::runtime::state::StepState;
-use crate::sandbox::{self, Capture, Exit, SandboxError, SandboxSpec, Stream};
+use crate::sandbox::{self, Capture, Egress, Exit, SandboxError, SandboxSpec, Stream};
+
+use super::egress::{self, Destinations, EgressProxy};
 
 use super::log::Level;
 
@@ -17,7 +20,8 @@ use super::log::Level;
 pub struct ProcessGrant {
     /// The pipeline granted `process`.
     pub allowed: bool,
-    /// Processes may use the network (all or nothing: the OS sandbox cannot filter by host).
+    /// Processes may use the network: through the host's egress proxy, to any public host or,
+    /// when the step has `hosts`, to those (see [`super::egress`]).
     pub network: bool,
     /// The host runs processes without bubblewrap (`--unsandboxed-processes`); logged on every run.
     pub unsandboxed: bool,
@@ -42,8 +46,41 @@ impl wit::Host for StepState {
         spec.cwd = cmd.cwd;
         spec.stdin = cmd.stdin;
         spec.timeout = timeout;
-        spec.network = self.process.network;
         spec.unsandboxed = self.process.unsandboxed;
+        // The network of a process is the host's egress proxy, with the step's allowlist when it
+        // has one (hosts granted to a step apply to its processes too), else any public host.
+        let allow = &self.http_policy.allow;
+        let destinations = match (self.process.network, allow.is_empty()) {
+            (true, true) => Some(Destinations::Public),
+            (_, false) => Some(Destinations::Only(allow.clone())),
+            (false, true) => None,
+        };
+        let _proxy = match destinations {
+            _ if spec.unsandboxed => {
+                spec.network = self.process.network;
+                None
+            }
+            None => None,
+            Some(to) => {
+                let log = self.log.clone();
+                let started = egress::relay_program().and_then(|relay| {
+                    EgressProxy::start(to, self.traffic.clone(), Arc::new(move |m| log.system(m)))
+                        .map(|p| (relay, p))
+                        .map_err(|e| format!("cannot start the egress proxy for processes: {e}"))
+                });
+                match started {
+                    Ok((relay, proxy)) => {
+                        spec.network = true;
+                        spec.egress = Some(Egress { socket: proxy.socket().to_path_buf(), relay });
+                        Some(proxy)
+                    }
+                    Err(msg) => {
+                        self.log.system(format!("cannot run `{}`: {msg}", cmd.program));
+                        return Ok(Err(wit::Error::Unavailable(msg)));
+                    }
+                }
+            }
+        };
         let capture = Capture {
             log: !matches!(cmd.output, wit::OutputMode::Capture),
             limit: match cmd.output {

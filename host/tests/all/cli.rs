@@ -138,15 +138,10 @@ fn a_serverless_cd_pipeline_runs_unchanged() {
         s.write_all(body).unwrap();
         String::from_utf8_lossy(&req).to_string()
     });
-    // Serverless-cd scripts had the network; in its file they keep it.
+    // Serverless-cd scripts had the network; in its file they keep it, through the host's
+    // egress proxy, which refuses the host's own services (here one on its loopback).
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let other_port = other.local_addr().unwrap().port();
-    let reached = std::thread::spawn(move || {
-        let (mut s, _) = other.accept().unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text
-    });
     let dir = tempfile::tempdir().unwrap();
     let pipeline = dir.path().join("serverless-pipeline.yaml");
     std::fs::write(
@@ -154,7 +149,7 @@ fn a_serverless_cd_pipeline_runs_unchanged() {
         r#"env:
   APP: demo
 steps:
-  - run: echo "building $APP" && echo "version=1.2.3" >> "$SKIFF_OUTPUT" && echo fetched > /dev/tcp/127.0.0.1/OTHER_PORT
+  - run: echo "building $APP" && echo "version=1.2.3" >> "$SKIFF_OUTPUT" && curl --noproxy '' -sS http://127.0.0.1:OTHER_PORT/
     id: build
   - plugin: '@serverless-cd/ding-talk'
     inputs:
@@ -176,7 +171,8 @@ steps:
     let request = robot.join().unwrap();
     assert!(request.starts_with("POST /robot/send?access_token=tok-abc123"), "{request}");
     assert!(request.contains("built 1.2.3"), "{request}");
-    assert_eq!(reached.join().unwrap().trim(), "fetched");
+    assert!(out.contains("it resolves to 127.0.0.1, a loopback, private or metadata address"), "{out}");
+    drop(other);
 }
 
 /// A local run works on a copy of the project in a temporary workspace, which is
@@ -384,4 +380,45 @@ fn a_closed_pipe_ends_skiff_run_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
+
+#[test]
+fn run_steps_with_network_reach_neither_the_host_nor_metadata() {
+    // A service on the host's loopback, as the Skiff API or a database would be.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            use std::io::{Read as _, Write as _};
+            let mut b = [0u8; 2048];
+            let _ = c.read(&mut b);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nSECRET");
+        }
+    });
+    let project = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // A Serverless-cd pipeline: its `run:` steps have the network by default.
+    std::fs::write(
+        project.path().join("serverless-pipeline.yaml"),
+        format!(
+            "steps:\n  - run: curl --noproxy '' -sS --max-time 5 http://127.0.0.1:{port}/ ; echo\n  \
+             - run: curl -sS --max-time 5 http://169.254.169.254/latest/meta-data/ ; echo\n  \
+             - run: exec 3<>/dev/tcp/127.0.0.1/{port} && echo DIRECT-OK || echo no direct route\n  \
+             - run: curl --noproxy '' -sS --max-time 5 http://127.0.0.1:{port}/ ; echo\n    \
+             permissions: {{ network: true, hosts: ['127.0.0.1:{port}'] }}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["run", "serverless-pipeline.yaml"])
+        .current_dir(project.path())
+        .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.matches("loopback, private or metadata").count() >= 2, "{text}");
+    assert!(text.contains("│ no direct route") && !text.contains("│ DIRECT-OK"), "{text}");
+    // Named literally, the service is reached, once.
+    assert_eq!(text.matches("SECRET").count(), 1, "{text}");
 }

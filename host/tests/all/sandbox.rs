@@ -353,11 +353,82 @@ async fn network_is_denied_unless_granted() {
         run.stdout().lines().skip(2).filter_map(|l| l.split(':').next()).map(|s| s.trim().to_string()).collect();
     assert_eq!(ifaces, ["lo"]);
 
-    // The positive control: granted, the same connection works.
+    // Granted the network, a process still never shares the host's: the same direct
+    // connection fails, and without an egress proxy the host refuses to start it.
     let spec = SandboxSpec { network: true, ..spec };
+    match try_go(&spec).await {
+        Err(e) => assert!(e.to_string().contains("no egress proxy"), "{e}"),
+        Ok(run) => panic!("a process with network ran without an egress proxy: {}", run.log()),
+    }
+}
+
+/// An HTTP server on loopback that answers every request with `body`; its port.
+fn http_server(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::{Read as _, Write as _};
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ =
+                write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn network_goes_only_through_the_hosts_egress_proxy() {
+    use skiff_host::capabilities::egress::{Destinations, EgressProxy};
+    use skiff_host::capabilities::http::Allowlist;
+    if !available() {
+        return;
+    }
+    let ws = tempfile::tempdir().unwrap();
+    let port = http_server("hello from the host");
+    let relay = std::path::PathBuf::from(env!("CARGO_BIN_EXE_skiff-egress-relay"));
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let traffic = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let with_proxy = |to: Destinations, script: &str| {
+        let notes = refused.clone();
+        let proxy =
+            EgressProxy::start(to, traffic.clone(), std::sync::Arc::new(move |m| notes.lock().unwrap().push(m)))
+                .unwrap();
+        let mut spec = sh(script, ws.path());
+        spec.network = true;
+        spec.egress = Some(sandbox::Egress { socket: proxy.socket().to_path_buf(), relay: relay.clone() });
+        (proxy, spec)
+    };
+    // `--noproxy ''`: as a tool that sends even loopback through the proxy would.
+    let curl = format!("curl --noproxy '' -sS --max-time 5 http://127.0.0.1:{port}/ ; echo; echo exit=$?");
+
+    // Any public host: the host's own loopback and the metadata address are refused.
+    let (_p, spec) = with_proxy(
+        Destinations::Public,
+        &format!("{curl}; curl -sS --max-time 5 http://169.254.169.254/latest/ ; echo"),
+    );
     let run = go(&spec).await;
-    assert_eq!(run.outcome.exit, Exit::Code(0), "{}", run.log());
-    assert!(run.stdout().contains("connected"));
+    assert!(!run.stdout().contains("hello from the host"), "{}", run.log());
+    assert!(run.stdout().contains("loopback, private or metadata"), "{}", run.log());
+    assert_eq!(refused.lock().unwrap().len(), 2, "{:?}", refused.lock().unwrap());
+
+    // A direct connection, bypassing the proxy, has nowhere to go.
+    let (_p, spec) = with_proxy(Destinations::Public, &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"));
+    let run = go(&spec).await;
+    assert!(!run.stdout().contains("connected"), "{}", run.log());
+
+    // Named literally in the allowlist, the private service is reached, and metered.
+    let allow = Allowlist::parse(&[format!("127.0.0.1:{port}")]).unwrap();
+    let before = traffic.load(std::sync::atomic::Ordering::Relaxed);
+    let (_p, spec) = with_proxy(Destinations::Only(allow.clone()), &curl);
+    let run = go(&spec).await;
+    assert!(run.stdout().contains("hello from the host"), "{}", run.log());
+    assert!(traffic.load(std::sync::atomic::Ordering::Relaxed) > before + 50);
+    // …and nothing else.
+    let (_p, spec) = with_proxy(Destinations::Only(allow), "curl -sS --max-time 5 https://example.com/ ; echo exit=$?");
+    let run = go(&spec).await;
+    assert!(run.stdout().contains("exit=56") || run.log().contains("403"), "{}", run.log());
 }
 
 #[tokio::test]

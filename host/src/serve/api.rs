@@ -8,11 +8,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use skiff_edge_core::{
     Decision, Dispatch, Event, Headers, MAX_BODY_BYTES, MAX_DISPATCH_BODY_BYTES, VerifyError, VerifyOptions,
@@ -96,6 +98,34 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// [`Path`], rejected with an [`ApiError`]: a bad id is explained in JSON like any other error.
+pub(crate) struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(e) => Err(ApiError::Status(e.status().as_u16(), e.body_text())),
+        }
+    }
+}
+
+/// [`Query`], rejected with an [`ApiError`] (400 in JSON).
+pub(crate) struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(ApiQuery(t)),
+            Err(e) => Err(ApiError::Status(e.status().as_u16(), e.body_text())),
+        }
+    }
+}
 
 /// The router.
 pub fn app(state: Arc<Shared>) -> Router {
@@ -234,23 +264,26 @@ pub struct HookResponse {
     responses(
         (status = 202, description = "A run was created", body = HookResponse),
         (status = 200, description = "Ignored, a ping, or a redelivery", body = HookResponse),
+        (status = 400, description = "Signed, but not a payload of its sender", body = ErrorBody),
         (status = 401, description = "Not genuine", body = ErrorBody),
+        (status = 404, description = "No such app, or it takes no webhooks (it has no `webhook-secret`)", body = ErrorBody),
         (status = 413, description = "Too large", body = ErrorBody),
     ))]
 pub(crate) async fn hook(
     State(s): State<Arc<Shared>>,
-    Path(app_name): Path<String>,
+    ApiPath(app_name): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let app =
         s.config.apps.get(&app_name).ok_or_else(|| ApiError::NotFound(format!("no app `{app_name}` on this host")))?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
+    // An app without a secret runs by hand, on a schedule or from a master: its hook URL does
+    // not exist, which is the sender's problem to see (404), not a failure of this host (5xx).
     let secret = app.webhook_secret.as_ref().ok_or_else(|| {
-        ApiError::Status(
-            500,
-            format!("app `{app_name}` has no `webhook-secret` configured, so no webhook can be checked"),
-        )
+        ApiError::NotFound(format!(
+            "app `{app_name}` takes no webhooks on this host: set its `webhook-secret` in the host's config"
+        ))
     })?;
     let h = edge_headers(&headers);
     let opts = VerifyOptions { allowed: app.provider.map(|p| vec![p]), ..VerifyOptions::default() };
@@ -289,7 +322,9 @@ pub(crate) async fn hook(
     responses(
         (status = 202, description = "Stored and queued", body = Accepted),
         (status = 200, description = "A redelivery: no new run", body = Accepted),
+        (status = 400, description = "Signed, but not a `Dispatch`", body = ErrorBody),
         (status = 401, description = "Bad signature or stale timestamp", body = ErrorBody),
+        (status = 404, description = "This host takes no dispatches (it has no `dispatch-key`)", body = ErrorBody),
         (status = 413, description = "Too large", body = ErrorBody),
         (status = 422, description = "The app is not configured here", body = ErrorBody),
     ))]
@@ -339,12 +374,14 @@ fn visible_run(s: &Shared, caller: &Caller, id: i64) -> ApiResult<Run> {
     responses(
         (status = 202, description = "Stored and queued", body = Accepted),
         (status = 200, description = "Same Idempotency-Key as an earlier request", body = Accepted),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 400, description = "The body is not a `CreateRun`", body = ErrorBody),
+        (status = 404, description = "No such app, or the token does not reach it", body = ErrorBody),
+        (status = 413, description = "Too large", body = ErrorBody)),
     security(("token" = [])))]
 pub(crate) async fn create_run(
     State(s): State<Arc<Shared>>,
     caller: Caller,
-    Path(app): Path<String>,
+    ApiPath(app): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -379,13 +416,30 @@ pub(crate) async fn create_run(
     Ok((code, Json(accepted(&app, inserted))).into_response())
 }
 
+/// A run's state, as the run list filters it (the document's name for `store::status`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Waiting for a slot.
+    Queued,
+    /// Running.
+    Running,
+    /// Succeeded.
+    Success,
+    /// Failed.
+    Failure,
+    /// Cancelled.
+    Cancelled,
+}
+
 /// Filters for the run list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this app.
     pub app: Option<String>,
-    /// Only this status (`queued`, `running`, `success`, `failure`, `cancelled`).
+    /// Only runs in this state.
+    #[param(value_type = Option<RunStatus>)]
     pub status: Option<String>,
     /// Only runs with a smaller id (paging).
     pub before: Option<i64>,
@@ -402,11 +456,13 @@ pub struct RunList {
 
 /// Lists the runs of the apps the token reaches, newest first.
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", params(ListQuery),
-    responses((status = 200, body = RunList), (status = 401, body = ErrorBody)), security(("token" = [])))]
+    responses((status = 200, description = "The runs", body = RunList),
+              (status = 400, description = "The query string is malformed, or names an unknown status", body = ErrorBody)),
+    security(("token" = [])))]
 pub(crate) async fn list_runs(
     State(s): State<Arc<Shared>>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<RunList>> {
     if let Some(st) = &q.status
         && ![status::QUEUED, status::RUNNING, status::SUCCESS, status::FAILURE, status::CANCELLED]
@@ -457,11 +513,14 @@ fn total(jobs: &[Job]) -> Usage {
 
 /// One run.
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = i64, Path, description = "Run id")),
-    responses((status = 200, body = RunDetail), (status = 404, body = ErrorBody)), security(("token" = [])))]
+    responses((status = 200, description = "The run", body = RunDetail),
+              (status = 400, description = "The id is malformed", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody)),
+    security(("token" = [])))]
 pub(crate) async fn get_run(
     State(s): State<Arc<Shared>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<RunDetail>> {
     let run = visible_run(&s, &caller, id)?;
     let jobs = s.store.jobs(id)?;
@@ -489,29 +548,61 @@ pub struct Logs {
 
 /// A run's stored logs.
 #[utoipa::path(get, path = "/v1/runs/{id}/logs", tag = "logs", params(("id" = i64, Path, description = "Run id"), LogQuery),
-    responses((status = 200, body = Logs), (status = 404, body = ErrorBody)), security(("token" = [])))]
+    responses((status = 200, description = "The stored lines", body = Logs),
+              (status = 400, description = "The id or the query string is malformed", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody)),
+    security(("token" = [])))]
 pub(crate) async fn get_logs(
     State(s): State<Arc<Shared>>,
     caller: Caller,
-    Path(id): Path<i64>,
-    Query(q): Query<LogQuery>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<Json<Logs>> {
     let run = visible_run(&s, &caller, id)?;
     let lines = s.logs.read(id, q.after.unwrap_or(0)).map_err(|e| anyhow::anyhow!("reading logs of run {id}: {e}"))?;
     Ok(Json(Logs { complete: status::is_terminal(&run.status), status: run.status, lines }))
 }
 
+/// One Server-Sent Event of a log stream, as an OpenAPI 3.2 `itemSchema` describes events: its
+/// name (`event`), its `id` and its `data`, which is JSON. Only the document uses this type
+/// (`follow` writes the events); OpenAPI 3.1 tools, schemathesis among them, read the `schema`
+/// of `text/event-stream` as the schema of each event.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum StreamEvent {
+    /// A log line.
+    Log {
+        /// Its `seq`: reconnect with it as `Last-Event-ID` to resume after it.
+        id: String,
+        /// A `LogRecord`, as JSON.
+        data: String,
+    },
+    /// A step or job changed state.
+    Step {
+        /// `{"event": "step", "job", "step", "name", "status"}`, as JSON.
+        data: String,
+    },
+    /// The run is over; the last event of the stream.
+    End {
+        /// `{"status"}`: the run's final status, as JSON.
+        data: String,
+    },
+}
+
 /// Follows a run's logs as Server-Sent Events: `log` events (data: a log line, id: its `seq`),
 /// `step` events when a step or job changes state, and one `end` event when the run is over.
 /// Reconnect with `Last-Event-ID` (or `?after=`) to resume.
 #[utoipa::path(get, path = "/v1/runs/{id}/logs/stream", tag = "logs", params(("id" = i64, Path, description = "Run id"), LogQuery),
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
-              (status = 404, body = ErrorBody)), security(("token" = [])))]
+    responses((status = 200, description = "An event stream; each event is one `StreamEvent`",
+               content_type = "text/event-stream", body = StreamEvent),
+              (status = 400, description = "The id or the query string is malformed", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody)),
+    security(("token" = [])))]
 pub(crate) async fn stream_logs(
     State(s): State<Arc<Shared>>,
     caller: Caller,
-    Path(id): Path<i64>,
-    Query(q): Query<LogQuery>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     visible_run(&s, &caller, id)?;
@@ -594,12 +685,15 @@ async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::S
 
 /// Cancels a queued or running run; answers with the run once it has stopped.
 #[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = i64, Path, description = "Run id")),
-    responses((status = 200, body = Run), (status = 404, body = ErrorBody), (status = 409, description = "Already over", body = ErrorBody)),
+    responses((status = 200, description = "The run, stopped", body = Run),
+              (status = 400, description = "The id is malformed", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody),
+              (status = 409, description = "Already over", body = ErrorBody)),
     security(("token" = [])))]
 pub(crate) async fn cancel_run(
     State(s): State<Arc<Shared>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<Run>> {
     let run = visible_run(&s, &caller, id)?;
     let outcome = s.cancel(id, &format!("cancelled by `{}`", caller.name)).await?;
@@ -621,12 +715,16 @@ pub struct RerunRequest {
 /// Runs a finished run again as a new attempt (same number), whole or only its failed jobs.
 #[utoipa::path(post, path = "/v1/runs/{id}/rerun", tag = "runs", params(("id" = i64, Path, description = "Run id")),
     request_body = RerunRequest,
-    responses((status = 202, body = Accepted), (status = 404, body = ErrorBody), (status = 409, description = "Not over, or nothing failed", body = ErrorBody)),
+    responses((status = 202, description = "The new attempt, stored and queued", body = Accepted),
+              (status = 400, description = "The id is malformed, or the body is not a `RerunRequest`", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody),
+              (status = 409, description = "Not over, or nothing failed", body = ErrorBody),
+              (status = 413, description = "Too large", body = ErrorBody)),
     security(("token" = [])))]
 pub(crate) async fn rerun(
     State(s): State<Arc<Shared>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {

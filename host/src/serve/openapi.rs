@@ -2,9 +2,12 @@
 //! and checked in at `docs/openapi.json` (a test keeps the two equal).
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::api::{self, Accepted, CreateRun, ErrorBody, HookResponse, Logs, RerunRequest, RunDetail, RunList};
+use super::api::{
+    self, Accepted, CreateRun, ErrorBody, HookResponse, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent,
+};
 use super::logs::LogRecord;
 use super::store::{Job, Run, Step, Usage};
 
@@ -13,12 +16,14 @@ use super::store::{Job, Run, Step, Usage};
 #[openapi(
     info(title = "Skiff host API", description = "Runs, logs and webhooks of `skiff serve`. Routes under /v1 except /v1/dispatch and /v1/openapi.json take `Authorization: Bearer <token>`; a token sees only its apps."),
     paths(api::health, api::openapi_json, api::hook, api::dispatch, api::create_run, api::list_runs, api::get_run, api::get_logs, api::stream_logs, api::cancel_run, api::rerun),
-    components(schemas(Accepted, CreateRun, ErrorBody, HookResponse, Logs, RerunRequest, RunDetail, RunList, LogRecord, Job, Run, Step, Usage)),
+    components(schemas(Accepted, CreateRun, ErrorBody, HookResponse, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent, LogRecord, Job, Run, Step, Usage)),
     modifiers(&Token),
     tags((name = "runs"), (name = "logs"), (name = "webhooks"), (name = "host"))
 )]
 pub struct ApiDoc;
 
+/// The bearer token scheme, and its 401 on every operation that takes it (the `Caller`
+/// extractor answers it before any handler runs, so no handler lists it).
 struct Token;
 
 impl Modify for Token {
@@ -28,6 +33,17 @@ impl Modify for Token {
                 "token",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        }
+        let unauthorized = ResponseBuilder::new()
+            .description("No token, or one this host does not know")
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    op.responses.responses.entry("401".into()).or_insert_with(|| unauthorized.clone().into());
+                }
+            }
         }
     }
 }

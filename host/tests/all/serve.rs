@@ -428,6 +428,73 @@ async fn openapi_document_is_current() {
     );
 }
 
+// Found by scripts/api-check.sh (schemathesis): the hook of an app with no webhook secret
+// answered 500, as if the host had failed.
+#[tokio::test]
+async fn a_hook_for_an_app_that_takes_no_webhooks_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let (st, err) = call(&s, github_hook("other", &push_body("main", "a"), "gh-1", WEBHOOK_SECRET)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("webhook-secret"), "{err}");
+}
+
+// Found by scripts/api-check.sh (schemathesis): the document said each event of a log stream
+// was a string; it has a name, data and (for log lines) an id.
+#[tokio::test]
+async fn log_stream_events_are_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let _sched = spawn_scheduler(&s);
+    let (_, r) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main"}))).await;
+    let id = r["id"].as_i64().unwrap();
+    wait_for(&s, id, &["success"]).await;
+    // The run is over, so the stream ends after its stored lines and `end`.
+    let resp = app(s.clone()).oneshot(get(&format!("/v1/runs/{id}/logs/stream"), Some(TOKEN_WEB))).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+
+    let doc: Value = serde_json::from_str(&skiff_host::serve::openapi::json()).unwrap();
+    let documented = &doc["paths"]["/v1/runs/{id}/logs/stream"]["get"]["responses"]["200"]["content"];
+    assert_eq!(documented["text/event-stream"]["schema"]["$ref"], "#/components/schemas/StreamEvent");
+    let kinds = doc["components"]["schemas"]["StreamEvent"]["oneOf"].as_array().cloned().unwrap_or_default();
+    let mut names = Vec::new();
+    for event in text.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let fields: serde_json::Map<String, Value> =
+            event.lines().filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.into())).collect();
+        let kind = kinds.iter().find(|k| k["properties"]["event"]["enum"][0] == fields["event"]);
+        let kind = kind.unwrap_or_else(|| panic!("undocumented event {event:?}"));
+        for name in kind["required"].as_array().unwrap() {
+            assert!(fields.contains_key(name.as_str().unwrap()), "{event:?} lacks {name}");
+        }
+        for name in fields.keys() {
+            assert!(kind["properties"].get(name).is_some(), "{event:?}: `{name}` is not documented");
+        }
+        names.push(fields["event"].as_str().unwrap().to_string());
+    }
+    assert_eq!(names.first().map(String::as_str), Some("log"), "{text}");
+    assert_eq!(names.last().map(String::as_str), Some("end"), "{text}");
+}
+
+// Found by schemathesis with every check on: a bad id or query string was answered in plain
+// text, and 400 and 401 were missing from the document.
+#[tokio::test]
+async fn bad_ids_and_query_strings_are_explained_in_json_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    for path in ["/v1/runs/x", "/v1/runs/99999999999999999999/logs", "/v1/runs?limit=x", "/v1/runs/1/logs?after=-1"] {
+        let (st, err) = call(&s, get(path, Some(TOKEN_ALL))).await;
+        assert_eq!((st, &err["status"]), (StatusCode::BAD_REQUEST, &json!(400)), "{path}: {err}");
+    }
+    let doc: Value = serde_json::from_str(&skiff_host::serve::openapi::json()).unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let answers = |code: &str| op["responses"].get(code).is_some();
+            assert!(op.get("security").is_none() || answers("401"), "{method} {path} does not list 401");
+            assert!(!path.contains("{id}") || answers("400"), "{method} {path} does not list 400");
+        }
+    }
+}
+
 /// A GitHub push to `main`, signed, posted to `/hooks/web` over the socket; the new run's id.
 async fn push_over_socket(http: &reqwest::Client, base: &str, tag: &str) -> i64 {
     let body = push_body("main", tag);
@@ -461,7 +528,7 @@ async fn webhook_to_run_to_live_logs_over_a_socket() {
         .await
         .unwrap()
         .bytes_stream();
-    let mut parser = skiff_host::serve::client::SseParser::default();
+    let mut parser = skiff_host::serve::sse::SseParser::default();
     let (mut logs, mut end) = (Vec::new(), None);
     use futures::StreamExt as _;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -762,7 +829,7 @@ async fn follow_sse(http: &reqwest::Client, base: &str, id: i64, token: &str) ->
     use futures::StreamExt as _;
     let mut stream =
         http.get(format!("{base}/v1/runs/{id}/logs/stream")).bearer_auth(token).send().await.unwrap().bytes_stream();
-    let mut parser = skiff_host::serve::client::SseParser::default();
+    let mut parser = skiff_host::serve::sse::SseParser::default();
     let mut logs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {

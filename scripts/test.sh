@@ -35,4 +35,7 @@ if command -v cargo-nextest >/dev/null; then
 else
   cargo test --workspace --features skiff-host/edge-tests --no-fail-fast
 fi
+# The binary exists by now: the integration tests built it.
+phase "api check: openapi-spec-validator, schemathesis against skiff serve"
+scripts/api-check.sh
 phase done

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -533,6 +533,19 @@ pub(crate) async fn get_run(
 pub struct LogQuery {
     /// Only lines with a larger `seq`.
     pub after: Option<u64>,
+    /// `text`: plain text, a line each as `[job/step] text`, every control sequence removed
+    /// (also chosen by `Accept: text/plain`).
+    pub format: Option<LogFormat>,
+}
+
+/// How stored logs are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// The JSON body (`Logs`).
+    Json,
+    /// Plain text, safe to print on a terminal.
+    Text,
 }
 
 /// Stored log lines.
@@ -548,7 +561,8 @@ pub struct Logs {
 
 /// A run's stored logs.
 #[utoipa::path(get, path = "/v1/runs/{id}/logs", tag = "logs", params(("id" = i64, Path, description = "Run id"), LogQuery),
-    responses((status = 200, description = "The stored lines", body = Logs),
+    responses((status = 200, description = "The stored lines: JSON, or with `format=text` (or `Accept: text/plain`) plain text whose every control sequence is removed",
+               content((Logs = "application/json"), (String = "text/plain"))),
               (status = 400, description = "The id or the query string is malformed", body = ErrorBody),
               (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody)),
     security(("token" = [])))]
@@ -557,10 +571,27 @@ pub(crate) async fn get_logs(
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<LogQuery>,
-) -> ApiResult<Json<Logs>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let run = visible_run(&s, &caller, id)?;
     let lines = s.logs.read(id, q.after.unwrap_or(0)).map_err(|e| anyhow::anyhow!("reading logs of run {id}: {e}"))?;
-    Ok(Json(Logs { complete: status::is_terminal(&run.status), status: run.status, lines }))
+    let accepts_text = || {
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(',').any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("text/plain")))
+        })
+    };
+    if q.format == Some(LogFormat::Text) || (q.format.is_none() && accepts_text()) {
+        // Logs are data: what a step printed cannot move a terminal's cursor or title.
+        let mut text = String::new();
+        for l in &lines {
+            let clean = |s: &str| crate::pipeline::inert::terminal_text(s, false).into_owned();
+            for line in l.text.lines() {
+                text.push_str(&format!("[{}/{}] {}\n", clean(&l.job), clean(&l.step), clean(line)));
+            }
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    Ok(Json(Logs { complete: status::is_terminal(&run.status), status: run.status, lines }).into_response())
 }
 
 /// One Server-Sent Event of a log stream, as an OpenAPI 3.2 `itemSchema` describes events: its

@@ -991,3 +991,34 @@ async fn kill_9_loses_no_accepted_run() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn logs_as_text_carry_no_control_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let _sched = spawn_scheduler(&s);
+    let evil = "x\u{1b}[2J\u{1b}]0;title\u{7}\ry";
+    let (_, r) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": evil}))).await;
+    let id = r["id"].as_i64().unwrap();
+    wait_for(&s, id, &["success"]).await;
+    // JSON keeps the data as it was (escaped by JSON); text is safe for a terminal.
+    let (_, logs) = call(&s, get(&format!("/v1/runs/{id}/logs"), Some(TOKEN_WEB))).await;
+    assert!(logs["lines"].to_string().contains("\\u001b[2J"), "{logs}");
+    for req in [
+        get(&format!("/v1/runs/{id}/logs?format=text"), Some(TOKEN_WEB)),
+        Request::get(format!("/v1/runs/{id}/logs"))
+            .header("authorization", format!("Bearer {TOKEN_WEB}"))
+            .header("accept", "text/plain")
+            .body(Body::empty())
+            .unwrap(),
+    ] {
+        let resp = app(s.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let text =
+            String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+        assert!(text.contains("y token=***"), "{text:?}");
+        assert!(!text.contains(['\u{1b}', '\u{7}', '\r']), "{text:?}");
+        assert!(text.lines().all(|l| l.starts_with('[')), "{text:?}");
+    }
+}

@@ -22,7 +22,21 @@ pub fn map_plugin(plugin: &str) -> Result<Mapped, String> {
     let m = |builtin, inputs| Ok(Mapped { builtin, inputs, hosts: &[] });
     let notify = |inputs| Ok(Mapped { builtin: "notify", inputs, hosts: &["${inputs.webhook}"] });
     match name {
-        "@serverless-cd/checkout" => m("checkout", &[]),
+        // Its pipelines grant nothing: the forges' archive hosts (GitHub redirects its API to
+        // codeload) and a self-hosted forge the step is pointed at are what a checkout needs.
+        "@serverless-cd/checkout" => Ok(Mapped {
+            builtin: "checkout",
+            inputs: &[],
+            hosts: &[
+                "api.github.com",
+                "codeload.github.com",
+                "gitlab.com",
+                "gitee.com",
+                "codeup.aliyun.com",
+                "${inputs.api-url}",
+                "${inputs.server}",
+            ],
+        }),
         "@serverless-cd/ding-talk" | "@serverless-cd/dingtalk" => notify(&[("provider", "dingtalk")]),
         "@serverless-cd/wechat" | "@serverless-cd/wecom" | "@serverless-cd/wechat-work" => {
             notify(&[("provider", "wecom")])
@@ -57,7 +71,9 @@ mod tests {
 
     #[test]
     fn maps_known_plugins_and_explains_the_rest() {
-        assert_eq!(map_plugin("@serverless-cd/checkout@0.0.10").unwrap().builtin, "checkout");
+        let checkout = map_plugin("@serverless-cd/checkout@0.0.10").unwrap();
+        assert_eq!(checkout.builtin, "checkout");
+        assert!(checkout.hosts.contains(&"api.github.com") && checkout.hosts.contains(&"codeload.github.com"));
         assert_eq!(map_plugin("@serverless-cd/ding-talk").unwrap().inputs, &[("provider", "dingtalk")]);
         assert_eq!(map_plugin("@serverless-cd/oss-upload").unwrap().builtin, "upload");
         assert!(map_plugin("@serverless-cd/s-setup").unwrap_err().contains("use a `run:` step with `s` installed"));

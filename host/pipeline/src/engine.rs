@@ -14,6 +14,10 @@ use super::expr::{Scope, json_to_cel, strings_to_cel};
 use super::plan::{Plan, PlanJob, PlanStep, Uses, Value};
 use crate::mask::Masker;
 
+/// The `PATH` a process gets when its environment names none (as the process sandbox,
+/// `skiff-sandbox`, sets it); `$SKIFF_PATH` entries go in front of it.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// What a run is started with.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -775,10 +779,9 @@ impl JobRun {
             Err(e) => return skip(self, st, Status::Failure, Some(e)),
         };
         if !st.path.is_empty() {
-            let mut p = st.path.join(":");
-            if let Some(old) = env.get("PATH") {
-                p = format!("{p}:{old}");
-            }
+            // In front of the PATH the step would have had: its env's, else the sandbox's default.
+            let old = env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
+            let p = format!("{}:{old}", st.path.join(":"));
             env.insert("PATH".into(), p);
         }
         let mut req = self.request(&step.id, &step.name, uses, inputs, env.clone());

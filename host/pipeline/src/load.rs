@@ -424,7 +424,11 @@ fn minutes(cx: &mut Cx, path: &[Seg], m: Option<f64>) -> Option<Duration> {
         cx.at_value(path, "timeout-minutes must be a positive number");
         return None;
     }
-    Some(Duration::from_secs_f64(m * 60.0))
+    let d = Duration::try_from_secs_f64(m * 60.0);
+    if d.is_err() {
+        cx.at_value(path, "timeout-minutes is too large");
+    }
+    d.ok()
 }
 
 fn json_text(v: &serde_json::Value) -> String {
@@ -944,5 +948,14 @@ mod tests {
         let err = load_str(text, "pipeline.yaml", Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("the matrix makes 289 jobs, more than 256"), "{err}");
         assert!(load_str(&text.replace(",16]", "]"), "pipeline.yaml", Path::new(".")).is_ok());
+    }
+
+    /// Found by fuzzing the loader (fuzz/seeds/pipeline/timeout-huge.yaml): a timeout too large
+    /// for a `Duration` panicked.
+    #[test]
+    fn a_timeout_too_large_for_a_duration_is_explained() {
+        let text = "steps:\n  - run: echo hi\n    timeout-minutes: 1e300\n";
+        let err = load_str(text, "pipeline.yaml", Path::new(".")).unwrap_err().to_string();
+        assert_eq!(err, "pipeline.yaml:3:22: timeout-minutes is too large");
     }
 }

@@ -422,3 +422,18 @@ fn run_steps_with_network_reach_neither_the_host_nor_metadata() {
     // Named literally, the service is reached, once.
     assert_eq!(text.matches("SECRET").count(), 1, "{text}");
 }
+
+#[test]
+fn a_path_entry_goes_in_front_of_path_and_keeps_the_rest() {
+    let pipeline = r#"
+steps:
+  - run: |
+      mkdir -p tools && printf '#!/bin/sh\necho mytool ran\n' > tools/mytool && chmod +x tools/mytool
+      echo /workspace/tools >> "$SKIFF_PATH"
+  - run: mytool && ls / > /dev/null && echo "PATH=$PATH"
+"#;
+    let (code, out) = run_project(pipeline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("mytool ran"), "{out}");
+    assert!(out.contains("PATH=/workspace/tools:/usr/local/bin:/usr/bin:/bin"), "{out}");
+}

@@ -116,10 +116,12 @@ struct Fake {
     requests: Mutex<Vec<StepRequest>>,
 }
 
+/// Expands `${NAME}` as a shell would, and `"${NAME}"` (how an expression stands in a script)
+/// to the bare value, as the shell's word would be.
 fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
     let mut out = s.to_string();
     for (k, v) in env {
-        out = out.replace(&format!("${{{k}}}"), v);
+        out = out.replace(&format!("\"${{{k}}}\""), v).replace(&format!("${{{k}}}"), v);
     }
     out
 }
@@ -282,8 +284,9 @@ steps:
     assert!(r.report.success(), "{:?}", r.report);
     assert_eq!(r.request("b").inputs["message"], "v1.2 7 |");
     assert_eq!(r.request("c").env["GREETING"], "hi");
-    assert_eq!(r.request("c").env["PATH"], "/opt/tool/bin");
-    assert!(r.events.logs().contains(&"hi /opt/tool/bin".to_string()));
+    // In front of the sandbox's default PATH, which it does not replace.
+    assert_eq!(r.request("c").env["PATH"], "/opt/tool/bin:/usr/local/bin:/usr/bin:/bin");
+    assert!(r.events.logs().contains(&"hi /opt/tool/bin:/usr/local/bin:/usr/bin:/bin".to_string()));
     // A single job runs in the workspace itself.
     assert_eq!(r.request("a").workspace, r._ws.path());
 }

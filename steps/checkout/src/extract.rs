@@ -197,7 +197,9 @@ fn common_top(list: &[Entry]) -> Option<String> {
         let name = e.name.replace('\\', "/");
         let name = name.trim_start_matches("./");
         let (first, rest) = name.split_once('/').unwrap_or((name, ""));
-        if first.is_empty() {
+        // Entries that are never written (GitHub's `pax_global_header` first of all) do not
+        // decide the layout.
+        if first.is_empty() || e.kind == Kind::Other {
             continue;
         }
         if !rest.trim_matches('/').is_empty() {
@@ -350,6 +352,33 @@ mod tests {
             w.write_all(data).unwrap();
         }
         w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_github_tarball_with_a_pax_global_header_is_stripped_too() {
+        // What codeload.github.com sends: a global pax header carrying the commit, first.
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let comment = b"52 comment=0123456789abcdef0123456789abcdef01234567\n";
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XGlobalHeader);
+        h.set_size(comment.len() as u64);
+        h.set_path("pax_global_header").unwrap();
+        h.set_cksum();
+        b.append(&h, &comment[..]).unwrap();
+        for (name, data) in [("acme-web-0123/", &b""[..]), ("acme-web-0123/README.md", b"hi")] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(if name.ends_with('/') { tar::EntryType::Directory } else { tar::EntryType::Regular });
+            h.set_size(data.len() as u64);
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        let ar = b.into_inner().unwrap().finish().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let s = extract(&ar, Format::TarGz, d.path(), Strip::Auto, Limits::default()).unwrap();
+        assert_eq!(s.stripped.as_deref(), Some("acme-web-0123"));
+        assert_eq!(std::fs::read(d.path().join("README.md")).unwrap(), b"hi");
+        assert!(!d.path().join("pax_global_header").exists());
     }
 
     #[test]

@@ -95,6 +95,9 @@ fn event_context(name: &str, git_ref: Option<&str>, body: &serde_json::Value) ->
         .and_then(|v| v.as_str())
         .unwrap_or("");
     let mut e = serde_json::json!({"name": name, "ref": r, "sha": sha});
+    if let Some(repo) = repository(name, body) {
+        e["repository"] = repo;
+    }
     if let Some(b) = r.strip_prefix("refs/heads/") {
         e["branch"] = b.into();
     }
@@ -102,6 +105,28 @@ fn event_context(name: &str, git_ref: Option<&str>, body: &serde_json::Value) ->
         e["tag"] = t.into();
     }
     e
+}
+
+/// The `repository` of a payload, in the shape a webhook run's `event.repository` has: as the
+/// edge core normalizes a GitHub-style payload, else from GitLab's `project`.
+fn repository(name: &str, body: &serde_json::Value) -> Option<serde_json::Value> {
+    use skiff_edge_core::{Headers, Provider, normalize};
+    let bytes = serde_json::to_vec(body).ok()?;
+    let headers = Headers::from_pairs([("x-github-event", name)]);
+    if let Ok(event) = normalize(Provider::Github, &headers, &bytes)
+        && let Some(repo) = event.repository
+    {
+        return serde_json::to_value(repo).ok();
+    }
+    let project = body.get("project")?;
+    let full_name = project.get("path_with_namespace")?.as_str()?;
+    let mut repo = serde_json::json!({ "full_name": full_name });
+    for (key, from) in [("clone_url", "git_http_url"), ("ssh_url", "git_ssh_url"), ("html_url", "web_url")] {
+        if let Some(v) = project.get(from).and_then(|v| v.as_str()) {
+            repo[key] = v.into();
+        }
+    }
+    Some(repo)
 }
 
 /// Runs `skiff run`.

@@ -437,3 +437,24 @@ steps:
     assert!(out.contains("mytool ran"), "{out}");
     assert!(out.contains("PATH=/workspace/tools:/usr/local/bin:/usr/bin:/bin"), "{out}");
 }
+
+#[test]
+fn a_local_run_for_an_event_file_sees_its_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("push.json");
+    let payload = serde_json::json!({
+        "ref": "refs/heads/main", "after": "1111",
+        "repository": { "full_name": "acme/web", "clone_url": "https://example.com/acme/web.git" },
+    });
+    std::fs::write(&event, payload.to_string()).unwrap();
+    let pipeline =
+        "steps:\n  - run: echo \"repo=${{ event.repository.full_name }} url=${{ event.repository.clone_url }}\"\n";
+    let (code, out) = run_project(pipeline, &["--event", event.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("repo=acme/web url=https://example.com/acme/web.git"), "{out}");
+    let gitlab = serde_json::json!({ "ref": "refs/heads/main", "project": { "path_with_namespace": "group/sub/web" } });
+    std::fs::write(&event, gitlab.to_string()).unwrap();
+    let (code, out) = run_project(pipeline, &["--event", event.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("repo=group/sub/web url="), "{out}");
+}

@@ -179,30 +179,19 @@ steps:
 /// removed when the run succeeds and kept, with a note, when it fails.
 #[test]
 fn a_local_run_sees_a_copy_of_the_project_and_leaves_it_untouched() {
-    let project = tempfile::tempdir().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(project.path().join(".skiff")).unwrap();
-    std::fs::create_dir_all(project.path().join("target/debug")).unwrap();
-    std::fs::write(project.path().join("input.txt"), "from the project").unwrap();
+    let project = Project::new();
+    project.write(".skiff/.keep", "").write("target/debug/.keep", "").write("input.txt", "from the project");
     let local_run = |script: &str, extra: &[&str]| {
-        std::fs::write(project.path().join(".skiff/pipeline.yaml"), format!("steps:\n  - run: {script}\n")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .arg("run")
-            .args(extra)
-            .current_dir(project.path())
-            .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
-            .env("TMPDIR", tmp.path())
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        project.write(".skiff/pipeline.yaml", &format!("steps:\n  - run: {script}\n"));
+        let (code, text) = project.run(extra);
+        (code == 0, text)
     };
-    let workspaces = || std::fs::read_dir(tmp.path()).unwrap().count();
+    let workspaces = || std::fs::read_dir(project.tmp.path()).unwrap().count();
 
     let (ok, text) = local_run("cat input.txt && test ! -e target && echo changed > input.txt", &[]);
     assert!(ok, "{text}");
     assert!(text.contains("from the project"), "{text}");
-    assert_eq!(std::fs::read_to_string(project.path().join("input.txt")).unwrap(), "from the project");
+    assert_eq!(std::fs::read_to_string(project.dir.path().join("input.txt")).unwrap(), "from the project");
     assert_eq!(workspaces(), 0, "a successful run's workspace is removed: {text}");
 
     let (ok, text) = local_run("echo left > evidence.txt && exit 3", &[]);
@@ -236,24 +225,50 @@ fn job_selects_several_jobs_and_what_they_need() {
     assert!(out.contains("no job `nope`"), "{out}");
 }
 
-/// `skiff run` in a new project folder holding `pipeline` as `.skiff/pipeline.yaml`; the
-/// exit code and everything printed.
+/// A project folder for `skiff run`, with a temporary folder of its own where runs put their
+/// workspaces (a failed run keeps its workspace; here it goes with the test).
+struct Project {
+    dir: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Self {
+        Project { dir: tempfile::tempdir().unwrap(), tmp: tempfile::tempdir().unwrap() }
+    }
+
+    /// Writes a file of the project.
+    fn write(&self, name: &str, text: &str) -> &Self {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        self
+    }
+
+    /// `skiff run ARGS` in the project, not yet started.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        c.arg("run")
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
+            .env("TMPDIR", self.tmp.path());
+        c
+    }
+
+    /// `skiff run ARGS`: the exit code and everything printed.
+    fn run(&self, args: &[&str]) -> (i32, String) {
+        let out = self.command(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+/// `skiff run` in a new project holding `pipeline` as `.skiff/pipeline.yaml`.
 fn run_project(pipeline: &str, args: &[&str]) -> (i32, String) {
-    let project = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(project.path().join(".skiff")).unwrap();
-    std::fs::write(project.path().join(".skiff/pipeline.yaml"), pipeline).unwrap();
-    // A failed run keeps its workspace: in a folder of the test's own, it goes with the test.
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .arg("run")
-        .args(args)
-        .current_dir(project.path())
-        .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
-        .env("TMPDIR", tmp.path())
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    let project = Project::new();
+    project.write(".skiff/pipeline.yaml", pipeline);
+    project.run(args)
 }
 
 #[test]
@@ -358,21 +373,11 @@ fn a_component_without_the_process_grant_cannot_steer_later_processes() {
 #[test]
 fn a_closed_pipe_ends_skiff_run_quietly() {
     use std::io::BufRead as _;
-    let project = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(project.path().join(".skiff")).unwrap();
-    std::fs::write(
-        project.path().join(".skiff/pipeline.yaml"),
-        "steps:\n  - run: 'for i in $(seq 200); do echo line $i; sleep 0.005; done'\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .arg("run")
-        .current_dir(project.path())
-        .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let project = Project::new();
+    project
+        .write(".skiff/pipeline.yaml", "steps:\n  - run: 'for i in $(seq 200); do echo line $i; sleep 0.005; done'\n");
+    let mut child =
+        project.command(&[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     // The reader is gone (as `| head -1` goes); skiff's next line finds the pipe closed.
@@ -395,28 +400,19 @@ fn run_steps_with_network_reach_neither_the_host_nor_metadata() {
             let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nSECRET");
         }
     });
-    let project = tempfile::tempdir().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
     // A Serverless-cd pipeline: its `run:` steps have the network by default.
-    std::fs::write(
-        project.path().join("serverless-pipeline.yaml"),
-        format!(
+    let project = Project::new();
+    project.write(
+        "serverless-pipeline.yaml",
+        &format!(
             "steps:\n  - run: curl --noproxy '' -sS --max-time 5 http://127.0.0.1:{port}/ ; echo\n  \
              - run: curl -sS --max-time 5 http://169.254.169.254/latest/meta-data/ ; echo\n  \
              - run: exec 3<>/dev/tcp/127.0.0.1/{port} && echo DIRECT-OK || echo no direct route\n  \
              - run: curl --noproxy '' -sS --max-time 5 http://127.0.0.1:{port}/ ; echo\n    \
              permissions: {{ network: true, hosts: ['127.0.0.1:{port}'] }}\n"
         ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["run", "serverless-pipeline.yaml"])
-        .current_dir(project.path())
-        .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
-        .env("TMPDIR", tmp.path())
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    );
+    let (_, text) = project.run(&["serverless-pipeline.yaml"]);
     assert!(text.matches("loopback, private or metadata").count() >= 2, "{text}");
     assert!(text.contains("│ no direct route") && !text.contains("│ DIRECT-OK"), "{text}");
     // Named literally, the service is reached, once.

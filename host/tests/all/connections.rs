@@ -24,34 +24,8 @@ impl StepExecutor for Succeed {
     }
 }
 
-const SECRET: &str = "conn-test-secret";
-const TOKEN: &str = "conn-test-token";
-
-fn config(data: &Path, extra: &str) -> ServeConfig {
-    let text = format!(
-        r#"
-listen = "127.0.0.1:0"
-data = "{data}"
-{extra}
-[[tokens]]
-name = "admin"
-sha256 = "{hash}"
-apps = ["*"]
-
-[[apps]]
-name = "web"
-repository = "acme/web"
-provider = "github"
-webhook-secret = "{SECRET}"
-pipeline-yaml = """
-steps:
-  - uses: diag
-"""
-"#,
-        data = data.display(),
-        hash = skiff_host::serve::crypto::token_hash(TOKEN),
-    );
-    ServeConfig::from_toml(&text, Path::new("/"), None).unwrap()
+fn config(data: &Path, top: &str) -> ServeConfig {
+    ServeConfig::from_toml(&crate::serve::config_text(data, "", top), Path::new("/"), None).unwrap()
 }
 
 /// One request on a new connection; the status line.
@@ -73,6 +47,7 @@ async fn idle_and_trickling_sockets_cannot_starve_real_requests() {
     let cap = idle / 2;
     let extra = format!("max-connections = {cap}\nmax-connections-per-client = {cap}\nrequest-timeout-secs = 3\n");
     let server = skiff_host::serve::start(config(dir.path(), &extra), Arc::new(Succeed), Role::All).await.unwrap();
+    let (secret, token) = (crate::serve::WEBHOOK_SECRET, crate::serve::TOKEN_ALL);
     let addr = server.addr;
 
     // Twice the cap in sockets that never send a byte, then slow senders.
@@ -96,11 +71,11 @@ async fn idle_and_trickling_sockets_cannot_starve_real_requests() {
     let hook = format!(
         "POST /hooks/web HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-github-event: push\r\n\
          x-github-delivery: d-1\r\nx-hub-signature-256: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-        skiff_edge_core::github_signature(SECRET.as_bytes(), body),
+        skiff_edge_core::github_signature(secret.as_bytes(), body),
         body.len(),
         String::from_utf8_lossy(body)
     );
-    let api = format!("GET /v1/runs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nconnection: close\r\n\r\n");
+    let api = format!("GET /v1/runs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
     for _ in 0..3 {
         let started = Instant::now();
         let answers = tokio::task::spawn_blocking({

@@ -36,6 +36,11 @@ if [ ! -x "$tools/bin/s3s-fs" ]; then
     || cargo install s3s-fs --version 0.14.1 --features binary "${tool_build[@]}"
 fi
 
+# Coverage-guided fuzzing of the parsers (fuzz/, run by scripts/fuzz.sh).
+if [ ! -x "$tools/bin/cargo-fuzz" ]; then
+  cargo install cargo-fuzz --version 0.13.2 --locked "${tool_build[@]}"
+fi
+
 [ "$edge" -eq 1 ] || exit 0
 
 # The Cloudflare Worker's toolchain, pinned and offline:

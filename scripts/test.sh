@@ -18,6 +18,7 @@ cargo fmt --all --check
 cargo fmt "${cf[@]}" --check
 cargo fmt "${spin[@]}" --check
 cargo fmt "${hostile[@]}" --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 phase clippy
 cargo clippy --workspace --all-targets --features skiff-host/edge-tests -- -D warnings
 CARGO_TARGET_DIR=target/edge-cloudflare cargo clippy "${cf[@]}" --target wasm32-unknown-unknown --release -- -D warnings
@@ -38,4 +39,6 @@ fi
 # The binary exists by now: the integration tests built it.
 phase "api check: openapi-spec-validator, schemathesis against skiff serve"
 scripts/api-check.sh
+phase "fuzz smoke: one build, then every target briefly"
+scripts/fuzz.sh smoke
 phase done

@@ -11,6 +11,11 @@ use crate::verify::{Provider, media_type};
 /// cut short and the changed paths are reported as unknown.
 const GITHUB_COMMIT_LIST_LIMIT: usize = 20;
 
+/// How deep a payload may nest arrays and objects. serde_json reads at most 128 levels, and a
+/// run request carries the body two levels down (the dispatch, its event), the run store and the
+/// API a few more: a deeper body would be accepted here, then refused on the way to the host.
+const MAX_BODY_DEPTH: usize = 100;
+
 /// Why a verified payload could not be read. Answered with HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +47,14 @@ pub enum NormalizeError {
         event: String,
         /// The field, as a dotted path.
         field: &'static str,
+    },
+    /// The body nests arrays and objects deeper than a run request can carry.
+    #[error("the {provider} webhook body nests arrays and objects more than {limit} levels deep")]
+    TooDeep {
+        /// The sender.
+        provider: Provider,
+        /// The deepest nesting accepted.
+        limit: usize,
     },
     /// A header that names the event is missing.
     #[error("the {provider} request has no `{header}` header naming its event")]
@@ -82,13 +95,26 @@ impl NormalizeError {
 /// assert_eq!(err.status(), 400);
 /// ```
 pub fn normalize(provider: Provider, headers: &Headers, body: &[u8]) -> Result<Event, NormalizeError> {
-    match provider {
+    let event = match provider {
         Provider::Github | Provider::Gitea | Provider::Forgejo => github_like(provider, headers, body),
         Provider::Gitee => gitee(headers, body),
         Provider::Gitlab | Provider::Codeup => gitlab_like(provider, headers, body),
         Provider::Bitbucket => bitbucket(headers, body),
         Provider::StandardWebhooks => standard_webhooks(headers, body),
         Provider::CloudEvents => cloudevents(headers, body),
+    }?;
+    if nests_deeper(&event.body, MAX_BODY_DEPTH) {
+        return Err(NormalizeError::TooDeep { provider, limit: MAX_BODY_DEPTH });
+    }
+    Ok(event)
+}
+
+/// Whether `v` nests arrays and objects more than `limit` levels deep.
+fn nests_deeper(v: &Value, limit: usize) -> bool {
+    match v {
+        Value::Array(a) => limit == 0 || a.iter().any(|c| nests_deeper(c, limit - 1)),
+        Value::Object(o) => limit == 0 || o.values().any(|c| nests_deeper(c, limit - 1)),
+        _ => false,
     }
 }
 
@@ -650,6 +676,35 @@ mod tests {
         assert_eq!(pr_action("synchronized", false), "synchronize");
         assert_eq!(pr_action("merge", false), "closed");
         assert_eq!(pr_action("approved", false), "approved");
+    }
+
+    /// Found by the webhook fuzz target's round-trip check (fuzz/seeds/webhook/deep-body): a
+    /// body nested 125 levels deep was dispatched, and the host refused the dispatch (serde_json
+    /// reads 128 levels, the dispatch adds two), so the sender saw 202 and no run started.
+    #[test]
+    fn bodies_too_deep_for_a_dispatch_are_refused() {
+        use crate::{App, MasterConfig, Secret, github_signature, handle_webhook, verify_dispatch};
+        let body = |depth: usize| {
+            let inner = format!("{}{}", "[".repeat(depth - 1), "]".repeat(depth - 1));
+            format!(r#"{{"ref":"refs/heads/main","x":{inner}}}"#).into_bytes()
+        };
+        let apps: Vec<App> = serde_json::from_str(r#"[{"name": "web", "on": "push"}]"#).unwrap();
+        let config = MasterConfig::new(Secret::new("s"), Secret::new("k"), apps);
+        let ok = body(MAX_BODY_DEPTH);
+        let sig = github_signature(b"s", &ok);
+        let h = Headers::from_pairs([("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &sig)]);
+        let outcome = handle_webhook(&config, &h, &ok, 0);
+        let request = &outcome.requests()[0];
+        let rh = Headers::from_pairs(request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert!(verify_dispatch(&rh, &request.body, &config.dispatch_key, 0, 300).is_ok());
+
+        let deep = body(MAX_BODY_DEPTH + 1);
+        let err = normalize(Provider::Github, &h, &deep).unwrap_err();
+        assert_eq!(err, NormalizeError::TooDeep { provider: Provider::Github, limit: MAX_BODY_DEPTH });
+        assert_eq!(err.status(), 400);
+        // CloudEvents in binary mode nest the data one level down.
+        let ce = Headers::from_pairs([("ce-specversion", "1.0"), ("ce-type", "t"), ("ce-id", "1"), ("ce-source", "s")]);
+        assert!(matches!(normalize(Provider::CloudEvents, &ce, &ok), Err(NormalizeError::TooDeep { .. })));
     }
 
     #[test]

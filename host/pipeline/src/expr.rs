@@ -126,6 +126,14 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
             offset,
         });
     }
+    // Names with `__` are the engine's own (`__workspace`, `__gh_hashFiles`): written by hand
+    // they would reach past the helpers' checks, e.g. hash a file outside the workspace.
+    if let Some(name) = reserved_name(&ast) {
+        return Err(ExprError {
+            message: format!("`{name}` is not a name an expression may use: names starting with `__` are Skiff's own"),
+            offset,
+        });
+    }
     if loop_nesting(&ast) > MAX_LOOP_NESTING {
         return Err(ExprError {
             message: format!(
@@ -185,6 +193,21 @@ fn children(e: &IdedExpr) -> Vec<(&IdedExpr, bool)> {
         }
         _ => Vec::new(),
     }
+}
+
+/// The first name under `e` (a variable, a function, a comprehension's variable) that starts
+/// with `__` (for trees checked by [`nests_deeper`]).
+fn reserved_name(e: &IdedExpr) -> Option<String> {
+    let own = match &e.expr {
+        Ast::Ident(n) => Some(n.as_str()),
+        Ast::Call(c) => Some(c.func_name.as_str()),
+        Ast::Comprehension(c) => Some(c.iter_var.as_str()).filter(|v| v.starts_with("__")).or(c.iter_var2.as_deref()),
+        _ => None,
+    };
+    if let Some(n) = own.filter(|n| n.starts_with("__")) {
+        return Some(n.to_string());
+    }
+    children(e).into_iter().find_map(|(c, _)| reserved_name(c))
 }
 
 /// Whether the syntax tree under `e` is more than `limit` levels deep (recursing at most
@@ -934,6 +957,21 @@ mod tests {
         assert_eq!(ev("[1, 2].map(x, x * 2).map(x, [x].map(y, y + 1)).size()"), Value::Int(2));
         let e = compile("[1, 2].map(a, [1, 2].map(b, [1, 2].map(c, a + b + c)))").unwrap_err();
         assert!(e.message.contains("more than 2 comprehensions"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_engines_own_names_cannot_be_written() {
+        for src in [
+            "__gh_hashFiles('/etc', 'passwd')",
+            "['/etc'].exists(__workspace, hashFiles('passwd') != '')",
+            "__workspace",
+            "__ref0",
+        ] {
+            let e = compile(src).unwrap_err();
+            assert!(e.message.contains("names starting with `__` are Skiff's own"), "{src}: {e:?}");
+        }
+        assert!(compile("hashFiles('**/*.lock') != ''").is_ok());
+        assert!(compile("['a'].exists(x, x == 'a')").is_ok());
     }
 
     #[test]

@@ -538,6 +538,14 @@ pub struct LogQuery {
     pub format: Option<LogFormat>,
 }
 
+/// Where to resume a log stream.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Only lines with a larger `seq`.
+    pub after: Option<u64>,
+}
+
 /// How stored logs are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -623,7 +631,7 @@ pub enum StreamEvent {
 /// Follows a run's logs as Server-Sent Events: `log` events (data: a log line, id: its `seq`),
 /// `step` events when a step or job changes state, and one `end` event when the run is over.
 /// Reconnect with `Last-Event-ID` (or `?after=`) to resume.
-#[utoipa::path(get, path = "/v1/runs/{id}/logs/stream", tag = "logs", params(("id" = i64, Path, description = "Run id"), LogQuery),
+#[utoipa::path(get, path = "/v1/runs/{id}/logs/stream", tag = "logs", params(("id" = i64, Path, description = "Run id"), StreamQuery),
     responses((status = 200, description = "An event stream; each event is one `StreamEvent`",
                content_type = "text/event-stream", body = StreamEvent),
               (status = 400, description = "The id or the query string is malformed", body = ErrorBody),
@@ -633,7 +641,7 @@ pub(crate) async fn stream_logs(
     State(s): State<Arc<Shared>>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
-    ApiQuery(q): ApiQuery<LogQuery>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     visible_run(&s, &caller, id)?;

@@ -6,7 +6,8 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    self, Accepted, CreateRun, ErrorBody, HookResponse, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent,
+    self, Accepted, CreateRun, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail, RunList, RunStatus,
+    StreamEvent,
 };
 use super::logs::LogRecord;
 use super::store::{Job, Run, Step, Usage};
@@ -16,7 +17,7 @@ use super::store::{Job, Run, Step, Usage};
 #[openapi(
     info(title = "Skiff host API", description = "Runs, logs and webhooks of `skiff serve`. Routes under /v1 except /v1/dispatch and /v1/openapi.json take `Authorization: Bearer <token>`; a token sees only its apps."),
     paths(api::health, api::openapi_json, api::hook, api::dispatch, api::create_run, api::list_runs, api::get_run, api::get_logs, api::stream_logs, api::cancel_run, api::rerun),
-    components(schemas(Accepted, CreateRun, ErrorBody, HookResponse, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent, LogRecord, Job, Run, Step, Usage)),
+    components(schemas(Accepted, CreateRun, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent, LogRecord, Job, Run, Step, Usage)),
     modifiers(&Token),
     tags((name = "runs"), (name = "logs"), (name = "webhooks"), (name = "host"))
 )]

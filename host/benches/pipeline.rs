@@ -140,6 +140,7 @@ fn engine(c: &mut Criterion) {
                         timeout: None,
                         memory: None,
                         event_json: String::new(),
+                        ca_bundle: None,
                     };
                     black_box(exec.run_step(req, &log).await);
                 }

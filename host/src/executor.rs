@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::builtin;
+use crate::capabilities::connect::tls_config;
 use crate::capabilities::http::Allowlist;
 use crate::capabilities::log::LogRecord;
 use crate::capabilities::process::ProcessGrant;
@@ -125,6 +126,11 @@ impl LocalExecutor {
             process,
             limits,
             artifacts_dir: self.artifacts_root.as_ref().map(|r| r.join(&req.run_id)),
+            tls: match req.ca_bundle.as_deref().map(|pem| tls_config(Some(pem))) {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => return fail(format!("the app's CA bundle (`ca-file`): {e}")),
+            },
         };
         let (job_id, step_id) = (req.job_id.clone(), req.step_id.clone());
         // The runtime's sink must be 'static; forward through a channel-free shim

@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub workspace: PathBuf,
     /// Run only this job, or these comma-separated jobs, and the jobs they need.
     pub job: Option<String>,
+    /// PEM certificates the app trusts for HTTPS besides the Web PKI roots (`ca-file`).
+    pub ca_bundle: Option<Arc<str>>,
 }
 
 /// How a step, job or run ended.
@@ -695,6 +697,7 @@ impl JobRun {
             timeout: None,
             memory: None,
             event_json: serde_json::to_string(&self.opts.event).unwrap_or_else(|_| "null".into()),
+            ca_bundle: self.opts.ca_bundle.clone(),
         }
     }
 

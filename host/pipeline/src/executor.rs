@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -70,6 +71,8 @@ pub struct StepRequest {
     pub memory: Option<u64>,
     /// The event context as JSON.
     pub event_json: String,
+    /// PEM certificates the app trusts for HTTPS besides the Web PKI roots.
+    pub ca_bundle: Option<Arc<str>>,
 }
 
 /// How a step ended.

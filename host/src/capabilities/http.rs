@@ -5,12 +5,8 @@
 //! A name on the allowlist that resolves to a loopback, private or link-local
 //! address is refused (DNS rebinding); such addresses are reachable only when
 //! the allowlist names them literally, and cloud metadata (169.254.0.0/16) never.
-//! Plain HTTP then connects to the checked address itself; HTTPS connects by
-//! name (the certificate check needs it), which leaves a short window between
-//! our lookup and the sender's in which a rebinding DNS server could answer
-//! differently. What that window gives an attacker is a TCP connection attempt,
-//! not a request: the private service would have to present a certificate
-//! valid for the attacker's public name before a byte of HTTP is sent.
+//! HTTP and HTTPS then connect to the checked address itself ([`super::connect`]), the
+//! certificate checked against the request's name, so a second DNS answer cannot swap it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -199,6 +195,8 @@ fn carried_v4(v6: std::net::Ipv6Addr) -> Vec<std::net::Ipv4Addr> {
 /// The `wasi:http` hooks of one step: policy, logging and metering.
 pub struct HttpPolicy {
     pub allow: Allowlist,
+    /// The roots HTTPS certificates are checked against.
+    pub tls: Arc<rustls::ClientConfig>,
     pub log: Arc<LogPipe>,
     /// Bytes sent and received over HTTP by this step.
     pub traffic: Arc<AtomicU64>,
@@ -223,7 +221,7 @@ impl WasiHttpHooks for HttpPolicy {
         let _ = fut;
         let log = self.log.clone();
         let denied = move |msg: String| log.system(msg);
-        send_allowed(&self.allow, request, options, Some(self.traffic.clone()), denied, |shown| {
+        send_allowed(&self.allow, &self.tls, request, options, Some(self.traffic.clone()), denied, |shown| {
             format!("grant it with `permissions: {{ hosts: [\"{shown}\"] }}`")
         })
     }
@@ -234,6 +232,7 @@ impl WasiHttpHooks for HttpPolicy {
 /// Counts the bytes sent and received in `traffic`.
 pub fn send_allowed(
     allow: &Allowlist,
+    tls: &Arc<rustls::ClientConfig>,
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     traffic: Option<Arc<AtomicU64>>,
@@ -253,6 +252,7 @@ pub fn send_allowed(
         return Box::new(async { Err(HttpError::HttpRequestDenied) });
     };
     let mut request = request;
+    let tls = tls.clone();
     Box::new(async move {
         // Resolve first, and refuse private addresses a public name points to.
         let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
@@ -268,22 +268,20 @@ pub fn send_allowed(
                 return Err(HttpError::HttpRequestDenied);
             }
         }
-        // Plain HTTP connects to the address just checked, so a second DNS
-        // answer cannot swap it (the Host header keeps the name). TLS needs the
-        // name for its certificate check; see the module docs.
-        if !https && let Some(addr) = addrs.first() {
-            let mut parts = request.uri().clone().into_parts();
-            parts.authority = addr.to_string().parse().ok();
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                *request.uri_mut() = uri;
-            }
+        // The request goes to the addresses just checked, so a second DNS answer cannot swap
+        // them; the Host header, and TLS's certificate check, keep the name.
+        if !request.headers().contains_key(http::header::HOST)
+            && let Ok(v) = http::HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(http::header::HOST, v);
         }
         let sent = request
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .unwrap_or(0);
-        let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+        let tls_name = https.then_some((host.as_str(), tls));
+        let (resp, io) = super::connect::send_to(request, &addrs, tls_name, options).await?;
         let resp = match traffic {
             None => resp.map(BodyExt::boxed_unsync),
             Some(counter) => {
@@ -299,7 +297,6 @@ pub fn send_allowed(
                 })
             }
         };
-        let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
         Ok((resp, io))
     })
 }

@@ -2,6 +2,7 @@
 //! implementation and the policy that narrows it.
 
 pub mod artifacts;
+pub mod connect;
 pub mod egress;
 pub mod http;
 pub mod log;

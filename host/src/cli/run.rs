@@ -24,6 +24,9 @@ pub struct RunArgs {
     /// A webhook payload (JSON) to run for: the `body` context; `event` is derived from it.
     #[arg(long, value_name = "FILE")]
     pub event: Option<PathBuf>,
+    /// PEM certificates the steps trust for HTTPS besides the Web PKI roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// The event's name (`push`, `pull_request`, `manual`, …).
     #[arg(long, value_name = "NAME")]
     pub event_name: Option<String>,
@@ -190,6 +193,7 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
         inputs,
         workspace: workspace.clone(),
         job: args.job.clone(),
+        ca_bundle: args.ca_file.as_deref().map(crate::serve::config::read_ca_bundle).transpose()?,
     };
 
     let report = if args.json {

@@ -141,6 +141,7 @@ impl WasiHttpHooks for Outbound {
         let component = self.component.clone();
         send_allowed(
             &self.allow,
+            &crate::capabilities::connect::web_pki(),
             request,
             options,
             None,

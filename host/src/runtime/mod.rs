@@ -66,6 +66,9 @@ pub struct StepInvocation {
     pub process: ProcessGrant,
     pub limits: Limits,
     pub artifacts_dir: Option<PathBuf>,
+    /// The roots HTTPS certificates are checked against, when an app or the host trusts more
+    /// than the Web PKI (see [`crate::capabilities::connect::tls_config`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// How a step ended.
@@ -231,7 +234,12 @@ impl Runtime {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            http_policy: HttpPolicy { allow: inv.allow_hosts.clone(), log: log.clone(), traffic: traffic.clone() },
+            http_policy: HttpPolicy {
+                allow: inv.allow_hosts.clone(),
+                tls: inv.tls.clone().unwrap_or_else(crate::capabilities::connect::web_pki),
+                log: log.clone(),
+                traffic: traffic.clone(),
+            },
             limiter: MemoryLimiter::new(inv.limits.memory),
             log,
             secrets: inv.secrets.clone(),

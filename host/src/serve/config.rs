@@ -105,6 +105,9 @@ pub struct AppDef {
     pub max_concurrent_runs: Option<usize>,
     /// A run is cancelled after this long.
     pub run_timeout_secs: Option<u64>,
+    /// PEM certificates its steps trust for HTTPS besides the Web PKI roots (a company CA, a
+    /// self-hosted forge's), relative to the config file.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where an app's pipeline comes from.
@@ -135,6 +138,8 @@ pub struct AppConfig {
     pub max_concurrent_runs: usize,
     /// A run's time limit.
     pub run_timeout: Option<std::time::Duration>,
+    /// The CA bundle of `ca-file`, checked at start.
+    pub ca_bundle: Option<std::sync::Arc<str>>,
 }
 
 impl AppConfig {
@@ -348,7 +353,16 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
         secrets,
         max_concurrent_runs: def.max_concurrent_runs.unwrap_or(max).max(1),
         run_timeout: def.run_timeout_secs.map(std::time::Duration::from_secs),
+        ca_bundle: def.ca_file.map(|f| read_ca_bundle(&base.join(f))).transpose().context("`ca-file`")?,
     })
+}
+
+/// A CA bundle file, read and checked (its certificates parse) now rather than at the first
+/// step that uses it.
+pub fn read_ca_bundle(path: &Path) -> anyhow::Result<std::sync::Arc<str>> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    crate::capabilities::connect::tls_config(Some(&pem)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(pem.into())
 }
 
 /// Opens a secret value: `enc:v1:…` with the master key, `env:NAME` from the environment, or

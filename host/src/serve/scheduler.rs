@@ -308,6 +308,7 @@ impl Shared {
             inputs: run.inputs.clone(),
             workspace: ws,
             job: run.job.clone(),
+            ca_bundle: app.ca_bundle.clone(),
         };
         let sink = Arc::new(Sink {
             run: run.id,

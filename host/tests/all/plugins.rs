@@ -111,8 +111,8 @@ fn server(handler: impl Fn(&Req) -> Answer + Send + Sync + 'static) -> (u16, Arc
     (port, seen)
 }
 
-fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
+fn serve_one(mut stream: impl Read + Write, log: &Mutex<Vec<Req>>, handler: &Handler) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&mut stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -148,6 +148,7 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<Req>>, handler: &Handl
             body.extend_from_slice(&chunk[..n]);
         }
     }
+    drop(reader);
     let req = Req { method, target, headers, body };
     let (status, ctype, answer) = handler(&req);
     log.lock().unwrap().push(req);
@@ -168,6 +169,43 @@ fn serve_one(stream: std::net::TcpStream, log: &Mutex<Vec<Req>>, handler: &Handl
     )?;
     out.write_all(&answer)?;
     out.flush()
+}
+
+/// `server`, over TLS with a certificate for 127.0.0.1 from a CA of the test's own: the port,
+/// the requests seen, and the CA's PEM.
+fn tls_server(handler: impl Fn(&Req) -> Answer + Send + Sync + 'static) -> (u16, Arc<Mutex<Vec<Req>>>, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let handler: Arc<Handler> = Arc::new(handler);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (log, handler, config) = (log.clone(), handler.clone(), config.clone());
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(config) else { return };
+                let _ = serve_one(rustls::StreamOwned::new(conn, stream), &log, &*handler);
+            });
+        }
+    });
+    (port, seen, ca.pem())
 }
 
 fn ok_json(v: Value) -> Answer {
@@ -503,6 +541,37 @@ async fn checkout_unpacks_a_github_tarball_of_the_event_s_commit() {
     assert_eq!(reqs[0].target, format!("/repos/acme/web/tarball/{SHA}"));
     assert_eq!(reqs[0].header("authorization"), Some("Bearer ghp_secret123"));
     assert_eq!(reqs[1].path(), format!("/codeload/acme/web/tarball/{SHA}"), "the redirect is followed");
+}
+
+#[tokio::test]
+async fn checkout_over_https_checks_the_forge_s_certificate_against_the_app_s_ca() {
+    let top = format!("acme-web-{}", &SHA[..7]);
+    let ar = targz(&[(&format!("{top}/"), b""), (&format!("{top}/README.md"), b"# over TLS\n")], &[]);
+    let path = format!("/repos/acme/web/tarball/{SHA}");
+    let (port, seen, ca_pem) = tls_server(move |r| {
+        if r.path() == path { (200, "application/octet-stream", ar.clone()) } else { (404, "text/plain", Vec::new()) }
+    });
+    let api = format!("https://127.0.0.1:{port}");
+    let event = json!({"provider": "github", "repository": {"full_name": "acme/web"}, "after": SHA}).to_string();
+
+    // A certificate from a CA nobody told the host about is refused before any request.
+    let ws = tempfile::tempdir().unwrap();
+    let mut inv = invocation(ws.path(), port, &[("api-url", &api)]);
+    inv.event_json = event.clone();
+    let (report, log) = run(&*step("checkout").await, inv).await;
+    assert!(!report.status.succeeded(), "{log}");
+    assert!(seen.lock().unwrap().is_empty(), "a request was sent over an unverified connection");
+    assert!(list(ws.path()).is_empty());
+
+    // Trusted through the app's CA bundle, the checkout works.
+    let mut inv = invocation(ws.path(), port, &[("api-url", &api)]);
+    inv.event_json = event;
+    inv.tls = Some(skiff_host::capabilities::connect::tls_config(Some(&ca_pem)).unwrap());
+    let (report, log) = run(&*step("checkout").await, inv).await;
+    assert!(report.status.succeeded(), "{:?}\n{log}", report.status);
+    assert_eq!(std::fs::read_to_string(ws.path().join("README.md")).unwrap(), "# over TLS\n");
+    assert_eq!(seen.lock().unwrap()[0].header("host"), Some(format!("127.0.0.1:{port}").as_str()));
+    assert!(skiff_host::capabilities::connect::tls_config(Some("not pem")).unwrap_err().contains("no PEM certificate"));
 }
 
 #[tokio::test]

@@ -1022,3 +1022,16 @@ async fn logs_as_text_carry_no_control_sequences() {
         assert!(text.lines().all(|l| l.starts_with('[')), "{text:?}");
     }
 }
+
+#[test]
+fn an_app_s_ca_file_is_read_and_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let text = config_text(dir.path(), &format!("ca-file = \"{}\"", bad.display()), "");
+    let err = format!("{:#}", ServeConfig::from_toml(&text, Path::new("/"), None).unwrap_err());
+    assert!(err.contains("`ca-file`") && err.contains("no PEM certificate"), "{err}");
+    let missing = config_text(dir.path(), "ca-file = \"/nonexistent/ca.pem\"", "");
+    let err = format!("{:#}", ServeConfig::from_toml(&missing, Path::new("/"), None).unwrap_err());
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+}

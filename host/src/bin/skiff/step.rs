@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// A host the step may call: `example.com`, `*.example.com`, `host:port` (repeatable).
     #[arg(long = "allow-host", value_name = "HOST")]
     allow_host: Vec<String>,
+    /// PEM certificates the step trusts for HTTPS besides the Web PKI roots.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Grant the `process` capability (programs run in the bubblewrap sandbox).
     #[arg(long)]
     allow_process: bool,
@@ -192,6 +195,13 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         limits,
         artifacts_dir: args.artifacts.clone(),
+        tls: match &args.ca_file {
+            None => None,
+            Some(f) => Some(
+                skiff_host::capabilities::connect::tls_config(Some(&skiff_host::serve::config::read_ca_bundle(f)?))
+                    .map_err(anyhow::Error::msg)?,
+            ),
+        },
     };
     let masker = skiff_host::mask::Masker::new(inv.secrets.values());
     let sink = Arc::new(|rec: LogRecord| print_log(&rec));

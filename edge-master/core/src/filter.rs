@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::cel_limits;
 use crate::event::Event;
 use crate::headers::Headers;
 
@@ -73,14 +74,13 @@ impl Filter {
     /// Compiles `source`.
     pub fn new(source: impl Into<String>) -> Result<Self, FilterError> {
         let source = source.into();
-        if source.len() > MAX_SOURCE_BYTES {
-            let message = format!("it is {} bytes long, more than {MAX_SOURCE_BYTES}", source.len());
+        if let Some(message) = cel_limits::too_long(&source) {
             return Err(FilterError { source_text: source, message });
         }
         let program = cel::Program::compile(&source)
             .map_err(|e| FilterError { source_text: source.clone(), message: e.to_string() })?;
-        if nests_deeper(program.expression(), MAX_DEPTH) {
-            let message = format!("it nests more than {MAX_DEPTH} levels deep; split it into smaller filters");
+        if let Some(why) = cel_limits::too_costly(program.expression()) {
+            let message = format!("{why}; split it into smaller filters");
             return Err(FilterError { source_text: source, message });
         }
         let refs = program.references();
@@ -233,38 +233,6 @@ impl<'a> FilterVars<'a> {
             self.provided.event = true;
         }
         Ok(())
-    }
-}
-
-/// How long a filter may be. The parser recurses once per operator of a chain
-/// (`a || b || … || z`): about 5,000 of them overflowed a 2 MiB thread stack and aborted the
-/// process.
-const MAX_SOURCE_BYTES: usize = 4096;
-
-/// How deep a filter's syntax tree may nest. The parser bounds its own recursion, but not
-/// chains of operators, which evaluation walks recursively: a few thousand links overflowed the
-/// stack.
-const MAX_DEPTH: usize = 100;
-
-/// Whether the syntax tree under `e` is more than `limit` levels deep (recursing at most
-/// `limit` levels itself).
-fn nests_deeper(e: &cel::IdedExpr, limit: usize) -> bool {
-    use cel::common::ast::{EntryExpr, Expr, IdedEntryExpr};
-    let Some(limit) = limit.checked_sub(1) else { return true };
-    let entry = |en: &IdedEntryExpr| match &en.expr {
-        EntryExpr::MapEntry(m) => nests_deeper(&m.key, limit) || nests_deeper(&m.value, limit),
-        EntryExpr::StructField(f) => nests_deeper(&f.value, limit),
-    };
-    match &e.expr {
-        Expr::Call(c) => c.target.iter().map(|t| &**t).chain(&c.args).any(|a| nests_deeper(a, limit)),
-        Expr::Select(s) => nests_deeper(&s.operand, limit),
-        Expr::List(l) => l.elements.iter().any(|x| nests_deeper(x, limit)),
-        Expr::Map(m) => m.entries.iter().any(entry),
-        Expr::Struct(s) => s.entries.iter().any(entry),
-        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
-            .into_iter()
-            .any(|x| nests_deeper(x, limit)),
-        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => false,
     }
 }
 
@@ -503,9 +471,11 @@ mod tests {
     fn chains_too_long_or_deep_to_evaluate_are_refused() {
         let chain = |n: usize| format!("1{} > 0", " + 1".repeat(n));
         let e = event(serde_json::json!({}));
-        assert_eq!(eval(&chain(MAX_DEPTH - 2), &e), Ok(true));
+        assert_eq!(eval(&chain(cel_limits::MAX_DEPTH - 2), &e), Ok(true));
         let err = Filter::new(chain(500)).unwrap_err();
         assert!(err.message.contains("nests more than 100 levels"), "{err}");
+        let nested = "[1].all(a, [1].all(b, [1].all(c, true)))";
+        assert!(Filter::new(nested).unwrap_err().message.contains("comprehensions"));
         let err = Filter::new(chain(6000)).unwrap_err();
         assert!(err.message.contains("24005 bytes long, more than 4096"), "{err}");
     }

@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod cel_limits;
 mod crypto;
 mod dispatch;
 mod event;

@@ -22,6 +22,7 @@ use cel::common::types::CelString;
 use cel::extractors::Arguments;
 use cel::objects::{Key, Map};
 use cel::{Context, Env, ExecutionError, Value};
+use skiff_edge_core::cel_limits;
 
 /// The contexts an expression may read.
 pub const CONTEXTS: &[&str] = &["event", "body", "env", "secrets", "inputs", "matrix", "run", "steps", "needs", "job"];
@@ -99,12 +100,9 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
     if trimmed.is_empty() {
         return Err(ExprError { message: "empty expression".into(), offset });
     }
-    if trimmed.len() > MAX_SOURCE_BYTES {
+    if let Some(why) = cel_limits::too_long(trimmed) {
         return Err(ExprError {
-            message: format!(
-                "the expression is {} bytes long, more than {MAX_SOURCE_BYTES}; split it into smaller ones",
-                trimmed.len()
-            ),
+            message: format!("the expression is too long: {why}; split it into smaller ones"),
             offset,
         });
     }
@@ -120,9 +118,9 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
             .join("; "),
         offset,
     })?;
-    if nests_deeper(&ast, MAX_DEPTH) {
+    if let Some(why) = cel_limits::too_costly(&ast) {
         return Err(ExprError {
-            message: format!("the expression nests more than {MAX_DEPTH} levels deep; split it into smaller ones"),
+            message: format!("the expression costs too much: {why}; split it into smaller ones"),
             offset,
         });
     }
@@ -134,14 +132,6 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
             offset,
         });
     }
-    if loop_nesting(&ast) > MAX_LOOP_NESTING {
-        return Err(ExprError {
-            message: format!(
-                "the expression runs more than {MAX_LOOP_NESTING} comprehensions (`map`, `filter`, `exists`, …) inside one another"
-            ),
-            offset,
-        });
-    }
     let mut refs = Vec::new();
     let mut status_calls = Vec::new();
     collect_refs(&ast, &mut Vec::new(), &mut refs, &mut status_calls);
@@ -150,53 +140,8 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
     Ok(Expr { source: trimmed.to_string(), offset, ast, refs, status_calls, chains: rw.chains })
 }
 
-/// How long an expression may be. The parser recurses once per operator of a chain
-/// (`1 + 1 + … + 1`): about 5,000 of them overflowed a 2 MiB thread stack and aborted the process.
-const MAX_SOURCE_BYTES: usize = 4096;
-
-/// How deep an expression's syntax tree may nest. The parser bounds its own recursion, but not
-/// chains of operators, which evaluation walks recursively: about 1,500 links overflowed a
-/// 2 MiB thread stack.
-const MAX_DEPTH: usize = 100;
-
-/// How many comprehensions (`map`, `filter`, `exists`, `all`, …) may run inside one another.
-/// Each multiplies the work, and expressions run on the host, outside any step's limits: seven
-/// `map`s over ten-element lists, 228 bytes, took 26 s and 600 MB.
-const MAX_LOOP_NESTING: usize = 2;
-
-/// The expressions right under `e`, each with whether it runs once per iteration of `e`.
-fn children(e: &IdedExpr) -> Vec<(&IdedExpr, bool)> {
-    use cel::common::ast::EntryExpr;
-    fn entries(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<(&IdedExpr, bool)> {
-        entries
-            .iter()
-            .flat_map(|en| match &en.expr {
-                EntryExpr::MapEntry(me) => vec![(&me.key, false), (&me.value, false)],
-                EntryExpr::StructField(f) => vec![(&f.value, false)],
-            })
-            .collect()
-    }
-    match &e.expr {
-        Ast::Call(c) => c.target.iter().map(|t| &**t).chain(&c.args).map(|a| (a, false)).collect(),
-        Ast::Select(s) => vec![(&*s.operand, false)],
-        Ast::List(l) => l.elements.iter().map(|x| (x, false)).collect(),
-        Ast::Map(m) => entries(&m.entries),
-        Ast::Struct(s) => entries(&s.entries),
-        Ast::Comprehension(c) => {
-            vec![
-                (&c.iter_range, false),
-                (&c.accu_init, false),
-                (&c.loop_cond, true),
-                (&c.loop_step, true),
-                (&c.result, false),
-            ]
-        }
-        _ => Vec::new(),
-    }
-}
-
 /// The first name under `e` (a variable, a function, a comprehension's variable) that starts
-/// with `__` (for trees checked by [`nests_deeper`]).
+/// with `__` (for trees checked by [`cel_limits::too_costly`]).
 fn reserved_name(e: &IdedExpr) -> Option<String> {
     let own = match &e.expr {
         Ast::Ident(n) => Some(n.as_str()),
@@ -207,20 +152,7 @@ fn reserved_name(e: &IdedExpr) -> Option<String> {
     if let Some(n) = own.filter(|n| n.starts_with("__")) {
         return Some(n.to_string());
     }
-    children(e).into_iter().find_map(|(c, _)| reserved_name(c))
-}
-
-/// Whether the syntax tree under `e` is more than `limit` levels deep (recursing at most
-/// `limit` levels itself).
-fn nests_deeper(e: &IdedExpr, limit: usize) -> bool {
-    let Some(limit) = limit.checked_sub(1) else { return true };
-    children(e).into_iter().any(|(c, _)| nests_deeper(c, limit))
-}
-
-/// How many comprehensions run inside one another under `e` (for trees checked by
-/// [`nests_deeper`]).
-fn loop_nesting(e: &IdedExpr) -> usize {
-    children(e).into_iter().map(|(c, per_iteration)| loop_nesting(c) + usize::from(per_iteration)).max().unwrap_or(0)
+    cel_limits::children(e).into_iter().find_map(|(c, _)| reserved_name(c))
 }
 
 /// Compiles a condition (`if:`): a bare expression, or one `${{ }}` around it.
@@ -939,7 +871,7 @@ mod tests {
     #[test]
     fn chains_too_long_or_deep_to_evaluate_are_refused() {
         let chain = |n: usize| format!("1{}", " + 1".repeat(n));
-        assert_eq!(to_text(&compile(&chain(MAX_DEPTH - 1)).unwrap().eval(&scope()).unwrap()), "100");
+        assert_eq!(to_text(&compile(&chain(cel_limits::MAX_DEPTH - 1)).unwrap().eval(&scope()).unwrap()), "100");
         let e = parse_template(&format!("x ${{{{ {} }}}}", chain(500))).unwrap_err();
         assert!(e.message.contains("nests more than 100 levels"), "{}", e.message);
         assert_eq!(e.offset, 5);

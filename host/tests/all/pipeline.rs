@@ -701,3 +701,21 @@ mod hostile_input {
         }
     }
 }
+
+/// The pipeline language is a crate of its own so that a master, a linter or a fuzzer can use it
+/// without the step runtime: wasmtime must never creep into its dependencies.
+#[test]
+fn the_pipeline_crate_depends_on_no_wasmtime() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["tree", "-p", "skiff-pipeline", "-e", "normal", "--prefix", "none", "--offline"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tree.contains("skiff-pipeline"), "{tree}");
+    for banned in ["wasmtime", "cranelift", "skiff-host", "skiff-sandbox"] {
+        assert!(!tree.contains(banned), "skiff-pipeline depends on {banned}:\n{tree}");
+    }
+}

@@ -94,18 +94,28 @@ type Handler = dyn Fn(&Req) -> Answer + Send + Sync;
 
 /// An HTTP/1.1 server on 127.0.0.1 that records every request and answers with `handler`.
 fn server(handler: impl Fn(&Req) -> Answer + Send + Sync + 'static) -> (u16, Arc<Mutex<Vec<Req>>>) {
+    listen(handler, |stream, log, handler| {
+        let _ = serve_one(stream, log, handler);
+    })
+}
+
+/// A server on a free loopback port that hands each connection to `serve` on a thread of its
+/// own; the port and the requests seen.
+fn listen(
+    handler: impl Fn(&Req) -> Answer + Send + Sync + 'static,
+    serve: impl Fn(std::net::TcpStream, &Mutex<Vec<Req>>, &Handler) + Send + Sync + 'static,
+) -> (u16, Arc<Mutex<Vec<Req>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let handler: Arc<Handler> = Arc::new(handler);
+    let serve = Arc::new(serve);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let (log, handler) = (log.clone(), handler.clone());
-            std::thread::spawn(move || {
-                let _ = serve_one(stream, &log, &*handler);
-            });
+            let (log, handler, serve) = (log.clone(), handler.clone(), serve.clone());
+            std::thread::spawn(move || serve(stream, &log, &*handler));
         }
     });
     (port, seen)
@@ -190,19 +200,9 @@ fn tls_server(handler: impl Fn(&Req) -> Answer + Send + Sync + 'static) -> (u16,
             )
             .unwrap(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let handler: Arc<Handler> = Arc::new(handler);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let (log, handler, config) = (log.clone(), handler.clone(), config.clone());
-            std::thread::spawn(move || {
-                let Ok(conn) = rustls::ServerConnection::new(config) else { return };
-                let _ = serve_one(rustls::StreamOwned::new(conn, stream), &log, &*handler);
-            });
+    let (port, seen) = listen(handler, move |stream, log, handler| {
+        if let Ok(conn) = rustls::ServerConnection::new(config.clone()) {
+            let _ = serve_one(rustls::StreamOwned::new(conn, stream), log, handler);
         }
     });
     (port, seen, ca.pem())

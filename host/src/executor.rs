@@ -34,6 +34,8 @@ pub struct LocalExecutor {
     pub artifacts_root: Option<PathBuf>,
     /// Run processes without bubblewrap (an explicit host flag; logged on every run).
     pub unsandboxed_processes: bool,
+    /// The last CA bundle seen and its TLS settings: an app's steps share one bundle, parsed once.
+    tls_cache: std::sync::Mutex<Option<(Arc<str>, Arc<rustls::ClientConfig>)>>,
 }
 
 impl LocalExecutor {
@@ -41,7 +43,20 @@ impl LocalExecutor {
         // Pipeline steps build and test real projects: an hour unless `timeout-minutes` says otherwise.
         let hour = std::time::Duration::from_secs(3600);
         let limits = Limits { timeout: hour, cpu: hour, ..Limits::default() };
-        Self { runtime, limits, artifacts_root: None, unsandboxed_processes: false }
+        Self { runtime, limits, artifacts_root: None, unsandboxed_processes: false, tls_cache: Default::default() }
+    }
+
+    /// The TLS settings for a CA bundle, parsed once per bundle in a row.
+    fn tls_for(&self, pem: &Arc<str>) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut cache = self.tls_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, config)) = cache.as_ref()
+            && Arc::ptr_eq(seen, pem)
+        {
+            return Ok(config.clone());
+        }
+        let config = tls_config(Some(pem))?;
+        *cache = Some((pem.clone(), config.clone()));
+        Ok(config)
     }
 
     async fn execute(&self, req: StepRequest, log: &(dyn Fn(LogLine) + Send + Sync)) -> StepResult {
@@ -126,7 +141,7 @@ impl LocalExecutor {
             process,
             limits,
             artifacts_dir: self.artifacts_root.as_ref().map(|r| r.join(&req.run_id)),
-            tls: match req.ca_bundle.as_deref().map(|pem| tls_config(Some(pem))) {
+            tls: match req.ca_bundle.as_ref().map(|pem| self.tls_for(pem)) {
                 None => None,
                 Some(Ok(c)) => Some(c),
                 Some(Err(e)) => return fail(format!("the app's CA bundle (`ca-file`): {e}")),

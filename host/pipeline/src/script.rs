@@ -100,6 +100,18 @@ enum State {
     },
 }
 
+/// An escape character and what it escapes, taken as they are; how many characters that was.
+fn escaped(ch: char, next: Option<char>, out: &mut String) -> usize {
+    out.push(ch);
+    match next {
+        Some(n) => {
+            out.push(n);
+            2
+        }
+        None => 1,
+    }
+}
+
 struct Lexer {
     lang: Lang,
     state: State,
@@ -167,12 +179,7 @@ impl Lexer {
             }
             State::Str { close, escapes, split, .. } => {
                 if *escapes && ch == escape {
-                    out.push(ch);
-                    if let Some(n) = next {
-                        out.push(n);
-                        return 2;
-                    }
-                    return 1;
+                    return escaped(ch, next, out);
                 }
                 let close_chars: Vec<char> = close.chars().collect();
                 if c.starts_with(&close_chars) {
@@ -194,12 +201,7 @@ impl Lexer {
             }
             State::Template => {
                 if ch == '\\' {
-                    out.push(ch);
-                    if let Some(n) = next {
-                        out.push(n);
-                        return 2;
-                    }
-                    return 1;
+                    return escaped(ch, next, out);
                 }
                 if ch == '`' {
                     out.push(ch);
@@ -358,12 +360,7 @@ impl Lexer {
                     return 1;
                 }
                 if ch == '`' {
-                    out.push(ch);
-                    if let Some(n) = next {
-                        out.push(n);
-                        return 2;
-                    }
-                    return 1;
+                    return escaped(ch, next, out);
                 }
                 if ch == '\'' {
                     return self.open_str(out, "'".into(), "'".into(), false);

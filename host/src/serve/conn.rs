@@ -179,7 +179,7 @@ pub async fn serve(
                     match victim {
                         Some(id) => registry.lock().unwrap_or_else(|e| e.into_inner()).remove(id),
                         None => {
-                            tracing_log(&format!("accepting a connection failed: {e}"));
+                            eprintln!("skiff serve: accepting a connection failed: {e}");
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                     }
@@ -268,10 +268,6 @@ async fn sweep(registry: Arc<Mutex<Registry>>, limits: ConnLimits) {
             reg.remove(id);
         }
     }
-}
-
-fn tracing_log(msg: &str) {
-    eprintln!("skiff serve: {msg}");
 }
 
 /// A socket whose reads and writes are timed for the sweeper.

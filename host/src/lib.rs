@@ -8,6 +8,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod edge;
 pub mod executor;
+pub mod repository;
 pub mod runtime;
 pub mod serve;
 pub mod workspace;

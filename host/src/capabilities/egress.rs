@@ -27,6 +27,9 @@ pub enum Destinations {
     Public,
     /// Only these (`permissions.hosts`).
     Only(Allowlist),
+    /// Only these, which the host's operator named (an app's repository host): its private
+    /// addresses are allowed, as a self-hosted forge often has one.
+    Operator(Allowlist),
 }
 
 /// How the proxy tells the step what it refused.
@@ -106,10 +109,10 @@ impl Policy {
         let shown = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let literal_ok = match &self.to {
             Destinations::Public => false,
-            Destinations::Only(allow) => {
+            Destinations::Only(allow) | Destinations::Operator(allow) => {
                 let default = if port == 80 { 80 } else { 443 };
                 match allow.find(host, port, default) {
-                    Some(p) => p.is_literal_address(),
+                    Some(p) => p.is_literal_address() || matches!(self.to, Destinations::Operator(_)),
                     None => {
                         return Err(format!(
                             "denied a process's connection to `{shown}`: it is not in the step's allowlist \

@@ -1,3 +1,4 @@
+pub mod init;
 pub mod out;
 pub mod run;
 pub mod validate;

@@ -108,6 +108,23 @@ pub struct AppDef {
     /// PEM certificates its steps trust for HTTPS besides the Web PKI roots (a company CA, a
     /// self-hosted forge's), relative to the config file.
     pub ca_file: Option<PathBuf>,
+    /// Fetch the event's commit into each run's workspace (default: when `repository` is set
+    /// and `workspace` is not).
+    pub fetch: Option<bool>,
+    /// The URL to fetch from, instead of one derived from `provider` and `repository`.
+    pub clone_url: Option<String>,
+    /// A self-hosted forge's web address (`https://git.example.com`), where `owner/name.git` is.
+    pub provider_url: Option<String>,
+    /// The secret (a name in `secrets`) holding an HTTPS token or an SSH deploy key.
+    pub clone_credential: Option<String>,
+    /// The user name sent with a token (default per provider: `x-access-token`, `oauth2`, …).
+    pub clone_user: Option<String>,
+    /// Commits of history to fetch (default 1; 0 for all).
+    pub fetch_depth: Option<u32>,
+    /// Check out submodules (from the same host).
+    pub submodules: Option<bool>,
+    /// What a pull request builds: `head` (default) or `merge` (the forge's test merge).
+    pub pull_request_ref: Option<String>,
 }
 
 /// Where an app's pipeline comes from.
@@ -117,6 +134,9 @@ pub enum PipelineSource {
     Path(String),
     /// Inline YAML.
     Inline(String),
+    /// A file of the commit the run builds: this path, or else the first of
+    /// `.skiff/pipeline.yaml`, `.skiff/pipelines/*` and `serverless-pipeline.yaml`.
+    Commit(Option<String>),
 }
 
 /// An app, resolved: secrets opened, triggers parsed.
@@ -130,6 +150,8 @@ pub struct AppConfig {
     pub provider: Option<Provider>,
     /// Copied into each run's workspace.
     pub workspace: Option<PathBuf>,
+    /// Where the runs' code is fetched from, for an app that builds a repository.
+    pub repo: Option<crate::repository::RepoSettings>,
     /// The pipeline.
     pub pipeline: PipelineSource,
     /// Secrets (opened).
@@ -309,7 +331,7 @@ impl ServeConfig {
 }
 
 fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) -> anyhow::Result<AppConfig> {
-    let on: Triggers = match def.on {
+    let on: Triggers = match def.on.clone() {
         None => Triggers::default(),
         Some(v) => {
             let json = serde_json::to_value(v)?;
@@ -321,13 +343,26 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
     }
     let repository = def
         .repository
+        .clone()
         .map(|r| serde_json::from_value(serde_json::Value::String(r)))
         .transpose()
         .context("`repository`")?;
     let edge = skiff_edge_core::App { name: def.name.clone(), environment: None, repository, on };
+    let mut secrets = BTreeMap::new();
+    for (k, v) in &def.secrets {
+        let plain = open_value(v, key, &format!("secret `{k}`"))?;
+        secrets.insert(k.clone(), plain);
+    }
+    let ca_bundle = def.ca_file.as_ref().map(|f| read_ca_bundle(&base.join(f))).transpose().context("`ca-file`")?;
+    let fetches = def.fetch.unwrap_or((def.repository.is_some() || def.clone_url.is_some()) && def.workspace.is_none());
+    if fetches && def.workspace.is_some() {
+        bail!("`fetch = true` and `workspace` exclude each other: the workspace is either the commit or a folder");
+    }
+    let repo = if fetches { Some(repo_settings(&def, &secrets, ca_bundle.clone())?) } else { None };
     let pipeline = match (def.pipeline, def.pipeline_yaml) {
         (Some(_), Some(_)) => bail!("give `pipeline` (a file) or `pipeline-yaml` (inline), not both"),
         (None, Some(y)) => PipelineSource::Inline(y),
+        (p, None) if repo.is_some() => PipelineSource::Commit(p),
         (p, None) => {
             let p = p.unwrap_or_else(|| ".skiff/pipeline.yaml".into());
             // Without a workspace to copy, the pipeline file is read from beside the config.
@@ -337,11 +372,6 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
             }
         }
     };
-    let mut secrets = BTreeMap::new();
-    for (k, v) in def.secrets {
-        let plain = open_value(&v, key, &format!("secret `{k}`"))?;
-        secrets.insert(k, plain);
-    }
     let webhook_secret =
         def.webhook_secret.as_deref().map(|v| open_value(v, key, "webhook-secret").map(Secret::new)).transpose()?;
     Ok(AppConfig {
@@ -349,11 +379,62 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
         webhook_secret,
         provider: def.provider,
         workspace: def.workspace.map(|w| base.join(w)),
+        repo,
         pipeline,
         secrets,
         max_concurrent_runs: def.max_concurrent_runs.unwrap_or(max).max(1),
         run_timeout: def.run_timeout_secs.map(std::time::Duration::from_secs),
-        ca_bundle: def.ca_file.map(|f| read_ca_bundle(&base.join(f))).transpose().context("`ca-file`")?,
+        ca_bundle,
+    })
+}
+
+fn repo_settings(
+    def: &AppDef,
+    secrets: &BTreeMap<String, String>,
+    ca_bundle: Option<std::sync::Arc<str>>,
+) -> anyhow::Result<crate::repository::RepoSettings> {
+    use crate::repository::fetch::{Credential, Remote};
+    let clone_url =
+        def.clone_url.as_deref().map(Remote::parse).transpose().map_err(anyhow::Error::msg).context("`clone-url`")?;
+    let web_url = match &def.provider_url {
+        Some(u) => {
+            Remote::parse(&format!("{}/o/r.git", u.trim_end_matches('/')))
+                .map_err(anyhow::Error::msg)
+                .context("`provider-url`")?;
+            Some(u.trim_end_matches('/').to_string())
+        }
+        None => def.provider.and_then(crate::repository::provider_site).map(String::from),
+    };
+    let single = def.repository.as_ref().filter(|r| !r.contains(['*', '?', '[', ',']));
+    if clone_url.is_none() && web_url.is_none() {
+        bail!(
+            "to fetch the repository, set `provider` (github, gitlab, gitee, codeup, bitbucket), `provider-url` (a self-hosted forge) or `clone-url`"
+        );
+    }
+    let credential = match &def.clone_credential {
+        None => None,
+        Some(name) => {
+            let v = secrets.get(name).with_context(|| {
+                format!("`clone-credential` names the secret `{name}`, which is not in the app's `secrets`")
+            })?;
+            let user = def.clone_user.as_deref().unwrap_or(crate::repository::token_user(def.provider));
+            Some(Credential::from_secret(v, user))
+        }
+    };
+    let merge_ref = match def.pull_request_ref.as_deref() {
+        None | Some("head") => false,
+        Some("merge") => true,
+        Some(o) => bail!("`pull-request-ref = \"{o}\"`: write \"head\" or \"merge\""),
+    };
+    Ok(crate::repository::RepoSettings {
+        clone_url,
+        web_url,
+        repository: single.cloned(),
+        credential,
+        depth: def.fetch_depth.unwrap_or(1),
+        submodules: def.submodules.unwrap_or(false),
+        merge_ref,
+        ca_bundle,
     })
 }
 

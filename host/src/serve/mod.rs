@@ -95,6 +95,12 @@ pub struct Shared {
     /// The routes served.
     pub role: Role,
     running: Mutex<HashMap<i64, scheduler::Running>>,
+    /// Runs whose commit is being fetched.
+    preparing: Mutex<std::collections::HashSet<i64>>,
+    /// Runs whose workspace holds a fresh checkout made when they were prepared.
+    checked_out: Mutex<std::collections::HashSet<i64>>,
+    /// The object caches of the repositories the apps build.
+    pub repos: crate::repository::fetch::RepoCache,
     accept: std::sync::mpsc::Sender<Pending>,
     wake: Notify,
     halted: AtomicBool,
@@ -125,6 +131,7 @@ impl Shared {
             .name("skiff-accept".into())
             .spawn(move || group_commit(&writer, rx))
             .context("starting the run store's writer")?;
+        let repos = crate::repository::fetch::RepoCache::new(config.data_dir.join("repos"));
         Ok(Arc::new(Shared {
             accept,
             config: Arc::new(config),
@@ -134,6 +141,9 @@ impl Shared {
             executor,
             role,
             running: Mutex::new(HashMap::new()),
+            preparing: Mutex::default(),
+            checked_out: Mutex::default(),
+            repos,
             wake: Notify::new(),
             halted: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -277,8 +287,17 @@ pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::
         return Ok(());
     }
     let base = args.config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading the config file {} (see examples/skiff.toml)", args.config.display()))?;
+    let text = match std::fs::read_to_string(&args.config) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let looked = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
+            anyhow::bail!(
+                "no config file at {}: run `skiff init` to write one there with an admin token and a webhook \
+                 secret (`skiff init DIR` writes DIR/skiff.toml, for `skiff serve --config DIR/skiff.toml`)",
+                looked.display()
+            );
+        }
+        r => r.with_context(|| format!("reading the config file {}", args.config.display()))?,
+    };
     let file: config::ConfigFile =
         toml::from_str(&text).with_context(|| format!("in the config file {}", args.config.display()))?;
     let data = args.data.clone().unwrap_or_else(|| base.join(file.data.clone().unwrap_or_else(|| "skiff-data".into())));

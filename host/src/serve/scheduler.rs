@@ -5,7 +5,7 @@
 //! `concurrency.group` evaluated. As on GitHub, a group holds one running and one pending run:
 //! a newer run cancels the older pending one, and with `cancel-in-progress` the running one too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -47,12 +47,37 @@ pub enum Cancelled {
 }
 
 /// Loads an app's pipeline, with `workspace` as the folder a relative pipeline path starts from.
+/// (A pipeline from the commit is read by [`Shared::commit_plan`].)
 pub fn load_plan(app: &AppConfig, workspace: &Path) -> Result<Plan, String> {
     let r = match &app.pipeline {
         PipelineSource::Inline(y) => load_str(y, &format!("{} (pipeline-yaml)", app.name()), workspace),
         PipelineSource::Path(p) => load_file(&workspace.join(p)),
+        PipelineSource::Commit(p) => load_file(&workspace.join(p.as_deref().unwrap_or(DEFAULT_PIPELINES[0]))),
     };
     r.map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))
+}
+
+/// Where a commit's pipeline is looked for, in order (a folder ends in `/`).
+const DEFAULT_PIPELINES: [&str; 3] = [".skiff/pipeline.yaml", ".skiff/pipelines/", "serverless-pipeline.yaml"];
+
+/// A component path of a commit's pipeline must stay in the workspace (symlinks resolved), so
+/// a pushed pipeline cannot load files from elsewhere on the host.
+fn confine_components(plan: &Plan, workspace: &Path) -> Result<(), String> {
+    let root = workspace.canonicalize().map_err(|e| format!("the workspace: {e}"))?;
+    for job in &plan.jobs {
+        for step in &job.steps {
+            if let crate::pipeline::plan::Uses::Path { written, path } = &step.uses {
+                let real = path.canonicalize().map_err(|e| format!("component `{written}`: {e}"))?;
+                if !real.starts_with(&root) {
+                    return Err(format!(
+                        "component `{written}` is outside the repository: a pipeline from a commit may only use \
+                         components inside it"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn source_dir(app: &AppConfig) -> PathBuf {
@@ -104,11 +129,22 @@ impl Shared {
         let mut queued = self.store.queued()?;
         if queued.iter().any(|r| !r.prepared) {
             for run in queued.iter().filter(|r| !r.prepared) {
-                self.prepare(run)?;
+                match self.config.apps.get(&run.app) {
+                    // Fetching takes a while: it happens beside the scheduler, which comes back
+                    // when it is done.
+                    Some(app) if app.repo.is_some() => self.spawn_prepare_commit(run.clone()),
+                    _ => self.prepare(run)?,
+                }
             }
             queued = self.store.queued()?;
         }
+        // An app's runs start in order: none passes one of the same app still being fetched.
+        let mut waiting: Vec<String> = Vec::new();
         for run in queued {
+            if !run.prepared || waiting.contains(&run.app) {
+                waiting.push(run.app.clone());
+                continue;
+            }
             let mut running = self.running();
             if running.len() >= self.config.max_concurrent_runs {
                 break;
@@ -159,6 +195,133 @@ impl Shared {
             Ok(p) => p,
             Err(e) => return self.fail_queued(run.id, &e),
         };
+        self.settle_group(run, &plan)
+    }
+
+    fn spawn_prepare_commit(self: &Arc<Self>, run: Run) {
+        if !self.preparing().insert(run.id) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = run.id;
+            let r = this.prepare_commit(&run).await;
+            let r = match r {
+                Ok(plan) => this.settle_group(&run, &plan).map_err(|e| format!("{e:#}")),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                let _ = tokio::fs::remove_dir_all(this.workspace_dir(id)).await;
+                this.checked_out().remove(&id);
+                if let Err(e) = this.fail_queued(id, &e) {
+                    eprintln!("skiff serve: run {id}: recording a failed fetch: {e:#}");
+                }
+            }
+            this.preparing().remove(&id);
+            this.wake();
+        });
+    }
+
+    fn preparing(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.preparing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checked_out(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.checked_out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fetches a queued run's commit, checks it out into its workspace and reads its pipeline.
+    async fn prepare_commit(self: &Arc<Self>, run: &Run) -> Result<Plan, String> {
+        let app = self
+            .config
+            .apps
+            .get(&run.app)
+            .ok_or_else(|| format!("app `{}` is not configured on this host", run.app))?;
+        let ws = self.workspace_dir(run.id);
+        let sha = self.check_out(app, run, &ws).await?;
+        self.checked_out().insert(run.id);
+        self.commit_plan(app, run, &sha, &ws).await
+    }
+
+    /// A fresh checkout of the run's commit in `ws`; the commit id.
+    async fn check_out(&self, app: &AppConfig, run: &Run, ws: &Path) -> Result<String, String> {
+        let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
+        let src = repo.source(&run.event)?;
+        let want = repo.want(&run.event, run.sha.as_deref(), run.git_ref.as_deref());
+        let w = ws.to_path_buf();
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&w) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("clearing {}: {e}", w.display())),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let at = want.sha.as_deref().or(want.git_ref.as_deref()).unwrap_or("its default branch").to_string();
+        let sha = self
+            .repos
+            .ensure(&src, &want)
+            .await
+            .map_err(|e| format!("the run's code could not be fetched ({} at {at}): {e}", src.remote.url()))?;
+        if run.sha.as_deref() != Some(sha.as_str())
+            && let Err(e) = self.store.set_sha(run.id, &sha)
+        {
+            eprintln!("skiff serve: run {}: recording its commit: {e:#}", run.id);
+        }
+        let branch = run
+            .git_ref
+            .as_deref()
+            .and_then(|r| r.strip_prefix("refs/heads/"))
+            .filter(|_| want.git_ref.as_deref().is_some_and(|r| r.starts_with("refs/heads/")));
+        self.repos
+            .checkout(&src, &sha, ws, branch)
+            .await
+            .map_err(|e| format!("checking out {} at {sha}: {e}", src.remote.url()))?;
+        Ok(sha)
+    }
+
+    /// The pipeline of the commit checked out in `ws`.
+    async fn commit_plan(&self, app: &AppConfig, run: &Run, sha: &str, ws: &Path) -> Result<Plan, String> {
+        let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
+        let src = repo.source(&run.event)?;
+        let named = match &app.pipeline {
+            PipelineSource::Commit(p) => p.clone(),
+            PipelineSource::Inline(y) => {
+                let plan = load_str(y, &format!("{} (pipeline-yaml)", app.name()), ws)
+                    .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
+                confine_components(&plan, ws)?;
+                return Ok(plan);
+            }
+            PipelineSource::Path(p) => Some(p.clone()),
+        };
+        let short = &sha[..12.min(sha.len())];
+        let candidates: Vec<String> = match named {
+            Some(p) => vec![p],
+            None => DEFAULT_PIPELINES.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut found = None;
+        for c in &candidates {
+            if let Some(folder) = c.strip_suffix('/') {
+                let files = self.repos.list_dir(&src, sha, folder).await?;
+                if let Some(f) = files.into_iter().find(|f| f.ends_with(".yaml") || f.ends_with(".yml")) {
+                    found = self.repos.read_file(&src, sha, &f).await?.map(|t| (f, t));
+                }
+            } else if let Some(t) = self.repos.read_file(&src, sha, c).await? {
+                found = Some((c.clone(), t));
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        let (path, text) =
+            found.ok_or_else(|| format!("commit {short} has no pipeline: looked for {}", candidates.join(", ")))?;
+        let dir = ws.join(Path::new(&path).parent().unwrap_or(Path::new("")));
+        let plan = load_str(&text, &format!("{path} (commit {short})"), &dir)
+            .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
+        confine_components(&plan, ws)?;
+        Ok(plan)
+    }
+
+    /// Evaluates a prepared run's `concurrency.group` and settles the group.
+    fn settle_group(self: &Arc<Self>, run: &Run, plan: &Plan) -> anyhow::Result<()> {
         let (group, cancel) = match &plan.concurrency {
             None => (None, false),
             Some(c) => match c.group.tpl.render(&scope_for(run)) {
@@ -271,27 +434,48 @@ impl Shared {
         self.config.data_dir.join("work").join(id.to_string())
     }
 
-    /// Runs a run: fresh workspace, pipeline, engine.
-    async fn execute(self: Arc<Self>, run: Run, app: AppConfig) -> Result<RunReport, String> {
-        let ws = self.workspace_dir(run.id);
-        let source = app.workspace.clone();
-        let ws2 = ws.clone();
+    /// A fresh workspace, holding a copy of the app's folder when it has one. A retried run
+    /// starts from nothing: no old workspace, no old logs.
+    async fn prepare_folder(&self, id: i64, source: Option<PathBuf>, ws: PathBuf) -> Result<(), String> {
         let logs = self.logs.clone();
-        let id = run.id;
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             // A retried run starts from nothing: no old workspace, no old logs.
-            let _ = std::fs::remove_dir_all(&ws2);
+            let _ = std::fs::remove_dir_all(&ws);
             logs.remove(id).map_err(|e| format!("clearing old logs: {e}"))?;
-            std::fs::create_dir_all(&ws2).map_err(|e| format!("creating the workspace {}: {e}", ws2.display()))?;
+            std::fs::create_dir_all(&ws).map_err(|e| format!("creating the workspace {}: {e}", ws.display()))?;
             if let Some(src) = source {
-                crate::workspace::copy_tree(&src, &ws2, &[])
+                crate::workspace::copy_tree(&src, &ws, &[])
                     .map_err(|e| format!("copying the app's workspace {}: {e}", src.display()))?;
             }
             Ok(())
         })
         .await
-        .map_err(|e| e.to_string())??;
-        let plan = load_plan(&app, &ws)?;
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Runs a run: fresh workspace, pipeline, engine.
+    async fn execute(self: Arc<Self>, run: Run, app: AppConfig) -> Result<RunReport, String> {
+        let ws = self.workspace_dir(run.id);
+        let source = app.workspace.clone();
+        let id = run.id;
+        let plan = if app.repo.is_some() {
+            let logs = self.logs.clone();
+            tokio::task::spawn_blocking(move || logs.remove(id))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("clearing old logs: {e}"))?;
+            // Checked out when it was prepared, unless the host restarted since (or this is a
+            // retry): then afresh.
+            let fresh = self.checked_out().remove(&id);
+            let sha = match (fresh, &run.sha) {
+                (true, Some(sha)) => sha.clone(),
+                _ => self.check_out(&app, &run, &ws).await?,
+            };
+            self.commit_plan(&app, &run, &sha, &ws).await?
+        } else {
+            self.prepare_folder(id, source, ws.clone()).await?;
+            load_plan(&app, &ws)?
+        };
         let job_ids: HashMap<String, String> = plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect();
         if let Some(j) = &run.job
             && plan.instances(j).next().is_none()

@@ -452,6 +452,16 @@ impl Store {
         Ok(())
     }
 
+    /// Records the commit a run builds, once it is known (a manual run names only a ref), in
+    /// its `sha` and in its `event.sha`.
+    pub fn set_sha(&self, id: i64, sha: &str) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE runs SET sha = ?2, event = json_set(event, '$.sha', ?2) WHERE id = ?1",
+            params![id, sha],
+        )?;
+        Ok(())
+    }
+
     /// Queued runs of `group` older than `id`.
     pub fn queued_in_group_before(&self, group: &str, id: i64) -> anyhow::Result<Vec<i64>> {
         let conn = self.conn();

@@ -454,3 +454,245 @@ fn a_local_run_for_an_event_file_sees_its_repository() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("repo=group/sub/web url="), "{out}");
 }
+
+/// `skiff init`: from an empty folder to a served app, with the real `skiff serve`.
+mod init {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use serde_json::Value;
+    use skiff_edge_core::{Provider, Secret};
+    use skiff_host::serve::config::{AppScope, ServeConfig};
+    use skiff_host::serve::crypto::{MasterKey, token_hash};
+
+    /// `skiff ARGS` in `dir`, with no Skiff settings from the environment: the exit code,
+    /// standard output and standard error.
+    fn skiff_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+        let out = command(dir).args(args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+
+    fn command(dir: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        c.current_dir(dir).env("SKIFF_CACHE_DIR", crate::shared_cache_dir());
+        for var in ["SKIFF_MASTER_KEY", "SKIFF_MASTER_KEY_FILE", "SKIFF_CONFIG", "SKIFF_DATA", "SKIFF_LISTEN"] {
+            c.env_remove(var);
+        }
+        c
+    }
+
+    /// What `skiff init` printed, each found on its own labelled line.
+    struct Printed {
+        token: String,
+        secret: String,
+        url: String,
+    }
+
+    fn printed(out: &str) -> Printed {
+        let find = |label: &str| {
+            let mut values = out.lines().filter_map(|l| l.strip_prefix(label));
+            let v = values.next().unwrap_or_else(|| panic!("no `{label}` line: {out}")).to_string();
+            assert_eq!(values.next(), None, "`{label}` is printed once: {out}");
+            v
+        };
+        Printed { token: find("admin API token: "), secret: find("webhook secret: "), url: find("webhook URL: ") }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The config as `skiff serve` loads it, with the master key `skiff init` created.
+    fn load(dir: &Path) -> ServeConfig {
+        let key = MasterKey::parse(&std::fs::read_to_string(dir.join("skiff-data/master.key")).unwrap()).unwrap();
+        ServeConfig::load(&dir.join("skiff.toml"), Some(&key)).unwrap()
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn init_writes_a_config_the_real_loader_accepts_and_prints_its_secrets_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let args = ["init", "site", "--app", "web", "--repository", "acme/web", "--listen", "127.0.0.1:8099"];
+        let (code, out, err) = skiff_in(tmp.path(), &args);
+        assert_eq!(code, 0, "{out}{err}");
+        let p = printed(&out);
+        assert!(p.token.starts_with("skiff_") && p.token.len() == 6 + 43, "{}", p.token);
+        assert_eq!(out.matches(&p.token).count(), 1, "the token is printed once: {out}");
+        assert!(out.contains("store it now: it is not kept"), "{out}");
+        assert!(p.secret.len() == 64 && p.secret.chars().all(|c| c.is_ascii_hexdigit()), "{}", p.secret);
+        assert_eq!(p.url, "http://127.0.0.1:8099/hooks/web");
+        assert!(out.lines().any(|l| l == "  skiff serve --config site/skiff.toml"), "{out}");
+
+        let site = tmp.path().join("site");
+        let text = std::fs::read_to_string(site.join("skiff.toml")).unwrap();
+        assert!(!text.contains(&p.token) && !text.contains(&p.secret), "no secret in plain text:\n{text}");
+        assert!(text.contains(&format!("sha256 = \"{}\"", token_hash(&p.token))), "{text}");
+        assert!(text.contains("webhook-secret = \"enc:v1:"), "{text}");
+        // Every key written is explained by the comment line above it.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if !l.is_empty() && !l.starts_with('#') && !l.starts_with('[') {
+                assert!(lines[i - 1].starts_with("# "), "`{l}` has no comment above it:\n{text}");
+            }
+        }
+        assert_eq!(mode(&site.join("skiff.toml")), 0o600);
+        assert_eq!(mode(&site.join("skiff-data")), 0o700);
+        assert_eq!(mode(&site.join("skiff-data/master.key")), 0o600);
+
+        let config = load(&site);
+        assert_eq!(config.listen, "127.0.0.1:8099");
+        assert_eq!(config.data_dir, site.join("skiff-data"));
+        let admin = config.token(&p.token).expect("the printed token is configured");
+        assert_eq!((admin.name.as_str(), &admin.scope), ("admin", &AppScope::All));
+        assert!(config.token("skiff_not-the-token").is_none());
+        assert_eq!(config.tokens.len(), 1);
+        assert_eq!(config.apps.keys().collect::<Vec<_>>(), ["web"]);
+        let app = &config.apps["web"];
+        assert_eq!(app.webhook_secret, Some(Secret::new(&p.secret)));
+        assert_eq!(app.provider, Some(Provider::Github));
+        assert_eq!(serde_json::to_value(&app.edge.repository).unwrap(), serde_json::json!(["acme/web"]));
+    }
+
+    /// Kills `skiff serve` when the test ends, however it ends.
+    struct Serve(std::process::Child);
+
+    impl Drop for Serve {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn init_then_serve_takes_the_printed_token_and_webhooks_signed_with_the_printed_secret() {
+        let tmp = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = ["init", "--app", "web", "--repository", "acme/web", "--provider", "github", "--listen", &listen];
+        let (code, out, err) = skiff_in(tmp.path(), &args);
+        assert_eq!(code, 0, "{out}{err}");
+        let p = printed(&out);
+        assert_eq!(p.url, format!("http://{listen}/hooks/web"));
+        // The next command printed is the whole of it: `skiff serve` finds ./skiff.toml.
+        assert!(out.lines().any(|l| l == "  skiff serve"), "{out}");
+        let _serve =
+            Serve(command(tmp.path()).arg("serve").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+
+        let base = format!("http://{listen}");
+        let http = reqwest::Client::new();
+        let mut up = false;
+        for _ in 0..600 {
+            if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(up, "skiff serve did not come up with the config `skiff init` wrote");
+
+        let runs = |token: Option<String>| {
+            let mut req = http.get(format!("{base}/v1/runs"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            req.send()
+        };
+        let ok = runs(Some(p.token.clone())).await.unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.json::<Value>().await.unwrap()["runs"], serde_json::json!([]));
+        assert_eq!(runs(Some(format!("{}x", p.token))).await.unwrap().status(), 401);
+        assert_eq!(runs(None).await.unwrap().status(), 401);
+
+        let body = serde_json::json!({
+            "ref": "refs/heads/main", "before": "0000", "after": "1111",
+            "repository": {"full_name": "acme/web"}, "sender": {"login": "octocat"}
+        })
+        .to_string()
+        .into_bytes();
+        let hook = |secret: &str, delivery: &str| {
+            http.post(&p.url)
+                .header("content-type", "application/json")
+                .header("x-github-event", "push")
+                .header("x-github-delivery", delivery)
+                .header("x-hub-signature-256", skiff_edge_core::github_signature(secret.as_bytes(), &body))
+                .body(body.clone())
+                .send()
+        };
+        let forged = hook("not-the-secret", "d-forged").await.unwrap();
+        assert_eq!(forged.status(), 401);
+        let accepted = hook(&p.secret, "d-1").await.unwrap();
+        assert_eq!(accepted.status(), 202);
+        let answer: Value = accepted.json().await.unwrap();
+        let id = answer["runs"][0]["id"].as_i64().unwrap_or_else(|| panic!("no run in {answer}"));
+        assert!(
+            answer["message"].as_str().unwrap().starts_with(&format!("accepted: run {id} of app `web`")),
+            "{answer}"
+        );
+
+        let run: Value =
+            http.get(format!("{base}/v1/runs/{id}")).bearer_auth(&p.token).send().await.unwrap().json().await.unwrap();
+        assert_eq!((run["app"].as_str(), run["trigger"].as_str()), (Some("web"), Some("push")), "{run}");
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_an_existing_config_without_force() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (code, out, err) = skiff_in(tmp.path(), &["init", "--app", "web"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let first = printed(&out);
+        let config = tmp.path().join("skiff.toml");
+        let key = tmp.path().join("skiff-data/master.key");
+        let (text, key_text) = (std::fs::read(&config).unwrap(), std::fs::read(&key).unwrap());
+
+        let (code, out, err) = skiff_in(tmp.path(), &["init", "--app", "other"]);
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(err.contains("./skiff.toml already exists, and `skiff init` leaves it as it is"), "{err}");
+        assert!(err.contains("run `skiff init --force`"), "{err}");
+        assert!(!out.contains("admin API token"), "nothing new is printed: {out}");
+        assert_eq!(std::fs::read(&config).unwrap(), text, "the config is untouched");
+        assert!(load(tmp.path()).token(&first.token).is_some());
+
+        // `--force` replaces it: new token and secret, the same master key.
+        let (code, out, err) = skiff_in(tmp.path(), &["init", "--app", "other", "--force"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let second = printed(&out);
+        assert_ne!((&second.token, &second.secret), (&first.token, &first.secret));
+        assert_eq!(std::fs::read(&key).unwrap(), key_text, "the master key is kept");
+        let loaded = load(tmp.path());
+        assert!(loaded.token(&first.token).is_none() && loaded.token(&second.token).is_some());
+        assert_eq!(loaded.apps["other"].webhook_secret, Some(Secret::new(&second.secret)));
+        assert!(!tmp.path().join("skiff.toml.new").exists());
+    }
+
+    #[test]
+    fn init_explains_a_bad_provider_or_app_name_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (code, _, err) = skiff_in(tmp.path(), &["init", "--provider", "gihub"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("`gihub` is not a webhook sender Skiff knows; give one of"), "{err}");
+        assert!(err.contains("gitlab, github"), "{err}");
+        let (code, _, err) = skiff_in(tmp.path(), &["init", "--app", "my app"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("app name `my app` may hold only letters, digits"), "{err}");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing was written");
+    }
+
+    #[test]
+    fn init_is_what_serve_without_a_config_asks_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (code, out, err) = skiff_in(tmp.path(), &["serve"]);
+        assert_eq!(code, 2, "{out}{err}");
+        let looked = tmp.path().canonicalize().unwrap().join("skiff.toml");
+        assert!(err.contains(&format!("no config file at {}: run `skiff init`", looked.display())), "{err}");
+        let (code, _, err) = skiff_in(tmp.path(), &["serve", "--config", "elsewhere/host.toml"]);
+        assert_eq!(code, 2, "{err}");
+        let looked = tmp.path().canonicalize().unwrap().join("elsewhere/host.toml");
+        assert!(err.contains(&format!("no config file at {}: run `skiff init`", looked.display())), "{err}");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "serve created nothing");
+    }
+}

@@ -5,6 +5,7 @@ mod connections;
 mod edge;
 mod pipeline;
 mod plugins;
+mod repository;
 mod runtime;
 mod sandbox;
 mod serve;

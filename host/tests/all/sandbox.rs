@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use skiff_host::sandbox::{self, Capture, Exit, Outcome, SandboxError, SandboxSpec, Stream};
 use tokio_util::sync::CancellationToken;
 
-fn available() -> bool {
+pub(crate) fn available() -> bool {
     match sandbox::availability() {
         Ok(()) => true,
         Err(e) => {

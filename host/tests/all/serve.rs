@@ -99,6 +99,7 @@ apps = ["web"]
 name = "web"
 repository = "acme/web"
 provider = "github"
+fetch = false
 webhook-secret = "{WEBHOOK_SECRET}"
 on = {{ push = {{ branches = ["main"] }} }}
 secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d" }}

@@ -28,6 +28,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Check a pipeline and report every problem at once.
     Validate(cli::validate::ValidateArgs),
+    /// Write a skiff.toml for `skiff serve`, with an admin token and a webhook secret.
+    Init(cli::init::InitArgs),
     /// Serve webhooks, dispatches, the Open API and runs.
     Serve(Box<skiff_host::serve::ServeArgs>),
     /// Start a run of an app on a server.
@@ -67,6 +69,7 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Validate(args) => cli::validate::run(args),
+        Command::Init(args) => cli::init::run(args),
         Command::Serve(args) => match local_executor() {
             Ok(executor) => skiff_host::serve::serve(*args, executor).await.map(|()| ExitCode::SUCCESS),
             Err(e) => Err(e),

@@ -1,0 +1,517 @@
+//! Repository-driven runs against real git servers started here: git's smart HTTP
+//! (`git http-backend` behind a small HTTP/1.1 server, plain or TLS) and `git daemon`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_host::serve::config::ServeConfig;
+use skiff_host::serve::{Role, start};
+
+use crate::serve::{TOKEN_ALL, WEBHOOK_SECRET};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("git is installed (apt-get install git)");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A forge's repository `acme/web.git` under `root`: commit one, commit two (a changed file
+/// and a changed pipeline) on `main`, and a pull request's head in `refs/pull/1/head`.
+struct Repo {
+    root: tempfile::TempDir,
+    commits: Vec<String>,
+    pr_head: String,
+}
+
+const PIPELINE_ONE: &str = r#"steps:
+  - run: echo "built $(cat version.txt) with pipeline one secret=${{ secrets.DEPLOY_TOKEN }}"
+"#;
+const PIPELINE_TWO: &str = r#"steps:
+  - run: echo "built $(cat version.txt) with pipeline two"
+"#;
+
+impl Repo {
+    fn new() -> Repo {
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("work");
+        std::fs::create_dir_all(work.join(".skiff")).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        let mut commits = Vec::new();
+        for (version, pipeline) in [("v1", PIPELINE_ONE), ("v2", PIPELINE_TWO)] {
+            std::fs::write(work.join("version.txt"), version).unwrap();
+            std::fs::write(work.join(".skiff/pipeline.yaml"), pipeline).unwrap();
+            git(&work, &["add", "."]);
+            git(&work, &["commit", "-q", "-m", version]);
+            commits.push(git(&work, &["rev-parse", "HEAD"]));
+        }
+        git(&work, &["checkout", "-q", "-b", "feature"]);
+        std::fs::write(work.join("version.txt"), "pr").unwrap();
+        git(&work, &["commit", "-q", "-am", "pr"]);
+        let pr_head = git(&work, &["rev-parse", "HEAD"]);
+        let bare = root.path().join("acme/web.git");
+        git(root.path(), &["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()]);
+        git(&bare, &["update-ref", "refs/pull/1/head", &pr_head]);
+        Repo { root, commits, pr_head }
+    }
+
+    fn bare_root(&self) -> PathBuf {
+        self.root.path().to_path_buf()
+    }
+}
+
+/// `git http-backend` behind an HTTP/1.1 server on 127.0.0.1 (TLS when `tls` holds a server
+/// config); answers 401 unless `Authorization` is `want_auth` (when given), 503 while `down`.
+struct HttpGit {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+    auth_seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn http_git(root: PathBuf, want_auth: Option<String>, tls: Option<Arc<rustls::ServerConfig>>) -> HttpGit {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let auth_seen = Arc::new(Mutex::new(Vec::new()));
+    let (r, d, a) = (requests.clone(), down.clone(), auth_seen.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (root, want, r, d, a, tls) =
+                (root.clone(), want_auth.clone(), r.clone(), d.clone(), a.clone(), tls.clone());
+            std::thread::spawn(move || {
+                let _ = match tls {
+                    Some(cfg) => {
+                        let conn = rustls::ServerConnection::new(cfg).unwrap();
+                        cgi(rustls::StreamOwned::new(conn, stream), &root, want.as_deref(), &r, &d, &a)
+                    }
+                    None => cgi(stream, &root, want.as_deref(), &r, &d, &a),
+                };
+            });
+        }
+    });
+    HttpGit { port, requests, down, auth_seen }
+}
+
+fn cgi(
+    mut stream: impl Read + Write,
+    root: &Path,
+    want_auth: Option<&str>,
+    requests: &AtomicUsize,
+    down: &AtomicBool,
+    auth_seen: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&mut stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(n, 0);
+        reader.read_exact(&mut body)?;
+    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    drop(reader);
+    requests.fetch_add(1, Ordering::SeqCst);
+    let auth = get("authorization").unwrap_or_default();
+    auth_seen.lock().unwrap().push(auth.clone());
+    let reply = |out: &mut dyn Write, status: &str, body: &[u8]| -> std::io::Result<()> {
+        write!(out, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len())?;
+        out.write_all(body)?;
+        out.flush()
+    };
+    if down.load(Ordering::SeqCst) {
+        return reply(&mut stream, "503 Service Unavailable", b"down for maintenance");
+    }
+    if let Some(w) = want_auth
+        && auth != w
+    {
+        return reply(&mut stream, "401 Unauthorized", b"who are you?");
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut child = std::process::Command::new("git")
+        .arg("http-backend")
+        .env_clear()
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("REQUEST_METHOD", &method)
+        .env("CONTENT_TYPE", get("content-type").unwrap_or_default())
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("GIT_PROTOCOL", get("git-protocol").unwrap_or_default())
+        .env("HTTP_CONTENT_ENCODING", get("content-encoding").unwrap_or_default())
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || stdin.write_all(&body));
+    let out = child.wait_with_output()?;
+    let split = out.stdout.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let split = split.or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let Some((i, n)) = split else { return reply(&mut stream, "500 Internal Server Error", &out.stdout) };
+    let head = String::from_utf8_lossy(&out.stdout[..i]).into_owned();
+    let payload = &out.stdout[i + n..];
+    let mut status = "200 OK".to_string();
+    let mut response = String::new();
+    for l in head.lines() {
+        match l.split_once(':') {
+            Some((k, v)) if k.eq_ignore_ascii_case("status") => status = v.trim().to_string(),
+            Some(_) => response.push_str(&format!("{l}\r\n")),
+            None => {}
+        }
+    }
+    write!(stream, "HTTP/1.1 {status}\r\n{response}content-length: {}\r\nconnection: close\r\n\r\n", payload.len())?;
+    stream.write_all(payload)?;
+    stream.flush()
+}
+
+/// A CA of the test's own and a server certificate for 127.0.0.1 signed by it.
+fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    (Arc::new(config), ca.pem())
+}
+
+/// `git daemon` serving `root` on a free port; killed when dropped.
+struct Daemon {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // `git daemon` starts `git-daemon`, which starts a process per connection: stop the
+        // whole group.
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn git_daemon(root: &Path) -> Daemon {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new("git")
+        .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", &format!("--port={port}")])
+        .arg(format!("--base-path={}", root.display()))
+        .arg(root)
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("git daemon (Debian's git) is installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "git daemon did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon { port, child }
+}
+
+/// `skiff serve` in this process with the local executor and one app that fetches from
+/// `clone_url`.
+async fn serve(data: &Path, app: &str) -> skiff_host::serve::Server {
+    use skiff_host::runtime::{EngineOptions, Runtime};
+    let runtime =
+        Runtime::new(EngineOptions { pool_size: 8, ..Default::default() }, Some(crate::shared_cache_dir())).unwrap();
+    let executor = Arc::new(skiff_host::executor::LocalExecutor::new(Arc::new(runtime)));
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+data = "{data}"
+
+[[tokens]]
+name = "admin"
+token = "{TOKEN_ALL}"
+apps = ["*"]
+
+[[apps]]
+name = "web"
+repository = "acme/web"
+provider = "github"
+webhook-secret = "{WEBHOOK_SECRET}"
+on = {{ push = {{ branches = ["main"] }}, pull_request = {{}} }}
+secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d", GIT_TOKEN = "git-tok-5e4d3c" }}
+{app}
+"#,
+        data = data.display(),
+    );
+    start(ServeConfig::from_toml(&text, data, None).unwrap(), executor, Role::All).await.unwrap()
+}
+
+fn sign(body: &[u8]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Sends a GitHub-signed webhook; the run's id.
+async fn hook(base: &str, event: &str, body: Value) -> i64 {
+    let bytes = serde_json::to_vec(&body).unwrap();
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/hooks/web"))
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", format!("d-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)))
+        .header("x-hub-signature-256", sign(&bytes))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, 202, "{v:#}");
+    v["runs"][0]["id"].as_i64().unwrap()
+}
+
+fn push(sha: &str) -> Value {
+    serde_json::json!({
+        "ref": "refs/heads/main", "before": "0".repeat(40), "after": sha,
+        "repository": {"full_name": "acme/web", "clone_url": "https://github.com/acme/web.git", "default_branch": "main"},
+        "head_commit": {"id": sha, "modified": ["version.txt"]},
+        "commits": [{"id": sha, "added": [], "removed": [], "modified": ["version.txt"]}],
+        "sender": {"login": "dev"}
+    })
+}
+
+/// Waits for the run to end; the run and its log as text.
+async fn finished(base: &str, id: i64) -> (Value, String) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run: Value =
+            http.get(format!("{base}/v1/runs/{id}")).bearer_auth(TOKEN_ALL).send().await.unwrap().json().await.unwrap();
+        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+            let log = http
+                .get(format!("{base}/v1/runs/{id}/logs?format=text"))
+                .bearer_auth(TOKEN_ALL)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            return (run, log);
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end: {run:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_push_builds_the_pushed_commit_with_the_pipeline_of_that_commit() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let server_git = http_git(repo.bare_root(), None, None);
+    let data = tempfile::tempdir().unwrap();
+    let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"", server_git.port);
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+
+    let first = hook(&base, "push", push(&repo.commits[0])).await;
+    let (run, log) = finished(&base, first).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("built v1 with pipeline one"), "{log}");
+    assert!(!log.contains("tok-9f8e7d"), "secrets are masked: {log}");
+    assert_eq!(run["sha"], repo.commits[0]);
+
+    let second = hook(&base, "push", push(&repo.commits[1])).await;
+    let (run, log) = finished(&base, second).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("built v2 with pipeline two"), "the second commit's pipeline and code: {log}");
+
+    // The first commit again: its objects are in the host's cache, so nothing is fetched.
+    let before = server_git.requests.load(Ordering::SeqCst);
+    let again = hook(&base, "push", push(&repo.commits[0])).await;
+    let (run, log) = finished(&base, again).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("built v1 with pipeline one"), "{log}");
+    assert_eq!(server_git.requests.load(Ordering::SeqCst), before, "a cached commit is not fetched again");
+    server.halt();
+}
+
+#[tokio::test]
+async fn a_pull_request_builds_its_head_over_git_daemon() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let daemon = git_daemon(&repo.bare_root());
+    let data = tempfile::tempdir().unwrap();
+    let app = format!("clone-url = \"git://127.0.0.1:{}/acme/web.git\"", daemon.port);
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+    let body = serde_json::json!({
+        "action": "opened", "number": 1,
+        "pull_request": {"number": 1, "title": "PR", "head": {"ref": "feature", "sha": repo.pr_head,
+            "repo": {"full_name": "acme/web"}},
+            "base": {"ref": "main", "sha": repo.commits[1], "repo": {"full_name": "acme/web"}},
+            "html_url": "https://github.com/acme/web/pull/1"},
+        "repository": {"full_name": "acme/web"}, "sender": {"login": "dev"}
+    });
+    let id = hook(&base, "pull_request", body).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("built pr with pipeline two"), "{log}");
+    server.halt();
+}
+
+#[tokio::test]
+async fn https_with_the_app_s_ca_and_a_token_that_never_shows() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let (tls, ca_pem) = tls_config();
+    use base64::Engine as _;
+    let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("x-access-token:git-tok-5e4d3c"));
+    let server_git = http_git(repo.bare_root(), Some(want.clone()), Some(tls));
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("ca.pem"), &ca_pem).unwrap();
+    let app = format!(
+        "clone-url = \"https://127.0.0.1:{}/acme/web.git\"\nclone-credential = \"GIT_TOKEN\"\nca-file = \"ca.pem\"",
+        server_git.port
+    );
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+    let id = hook(&base, "push", push(&repo.commits[1])).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("built v2 with pipeline two"), "{log}");
+    assert!(server_git.auth_seen.lock().unwrap().iter().all(|a| *a == want), "every request carried the token");
+    // The token is nowhere a user or a step could see it.
+    let ws_config = data.path().join("work").join(id.to_string()).join(".git/config");
+    let everything = format!("{run}{log}{}", std::fs::read_to_string(ws_config).unwrap_or_default());
+    assert!(!everything.contains("git-tok-5e4d3c") && !everything.contains("eC1hY2Nlc3MtdG9rZW46"), "{everything}");
+
+    // Without the app's CA the forge's certificate is refused, and the run says so.
+    let data2 = tempfile::tempdir().unwrap();
+    let app =
+        format!("clone-url = \"https://127.0.0.1:{}/acme/web.git\"\nclone-credential = \"GIT_TOKEN\"", server_git.port);
+    let server2 = serve(data2.path(), &app).await;
+    let base2 = format!("http://{}", server2.addr);
+    let id = hook(&base2, "push", push(&repo.commits[1])).await;
+    let (run, _) = finished(&base2, id).await;
+    let error = run["error"].as_str().unwrap_or_default();
+    assert_eq!(run["status"], "failure", "{run:#}");
+    assert!(error.contains("could not be fetched") && error.contains("certificate"), "{error}");
+    assert!(!error.contains("git-tok-5e4d3c"), "{error}");
+    server.halt();
+    server2.halt();
+}
+
+#[tokio::test]
+async fn a_fetch_from_a_forge_that_is_down_fails_the_run_clearly_and_the_next_run_works() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let server_git = http_git(repo.bare_root(), None, None);
+    let data = tempfile::tempdir().unwrap();
+    let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"", server_git.port);
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+
+    server_git.down.store(true, Ordering::SeqCst);
+    let id = hook(&base, "push", push(&repo.commits[0])).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "failure", "{run:#}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(error.contains("could not be fetched") && error.contains("503"), "{error}");
+    assert!(!log.contains("built"), "no step ran: {log}");
+    assert!(run["jobs"].as_array().is_none_or(|j| j.is_empty()), "{run:#}");
+
+    server_git.down.store(false, Ordering::SeqCst);
+    let id = hook(&base, "push", push(&repo.commits[0])).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    server.halt();
+}
+
+#[tokio::test]
+async fn a_pushed_pipeline_cannot_use_components_outside_its_repository() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let work = repo.root.path().join("work");
+    git(&work, &["checkout", "-q", "main"]);
+    std::fs::write(work.join(".skiff/pipeline.yaml"), "steps:\n  - uses: ./evil/outside.wasm\n").unwrap();
+    std::fs::create_dir_all(work.join(".skiff/evil")).unwrap();
+    // A symlink to a component outside the repository.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("outside.wasm"), b"\0asm").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("outside.wasm"), work.join(".skiff/evil/outside.wasm")).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "evil"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    let bare = repo.root.path().join("acme/web.git");
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+
+    let server_git = http_git(repo.bare_root(), None, None);
+    let data = tempfile::tempdir().unwrap();
+    let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"", server_git.port);
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+    let id = hook(&base, "push", push(&sha)).await;
+    let (run, _) = finished(&base, id).await;
+    assert_eq!(run["status"], "failure", "{run:#}");
+    assert!(run["error"].as_str().unwrap_or_default().contains("outside the repository"), "{run:#}");
+    server.halt();
+}

@@ -166,6 +166,7 @@ fn config_text(args: &InitArgs, app: &str, token_sha256: &str, sealed_secret: &s
        # recovery = \"retry\"             # a run interrupted by a crash runs once more; \"fail\" fails it\n\
        # keep-workspaces = false        # keep each run's workspace after it ends\n\
        # log-bytes-per-step = 1048576   # log bytes kept per step\n\
+       # public-url = \"https://ci.example.com\"   # where users reach this host; commit statuses link here\n\
        # dispatch-key = \"env:SKIFF_DISPATCH_KEY\"   # take signed dispatches from a remote edge master (docs/deploy.md)\n"
         .into());
     w("# API tokens: `Authorization: Bearer TOKEN` on /v1/…, `skiff runs --token`, `skiff trigger --token`.\n\
@@ -314,8 +315,8 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     crate::outln!("webhook URL: {url}");
     let content_type = if args.provider == Provider::Github { " (content type application/json)" } else { "" };
     crate::outln!("  register it with {} for app `{}`{content_type}, with the secret above", args.provider, plan.app);
-    crate::outln!("  the Git host must reach it: skiff.toml has no public-url key, so behind a proxy or NAT");
-    crate::outln!("  register the public address that leads here instead (https://ci.example.com/hooks/{}),", plan.app);
+    crate::outln!("  the Git host must reach it: behind a proxy or NAT register the public address that leads");
+    crate::outln!("  here instead (https://ci.example.com/hooks/{}; set it as `public-url` too),", plan.app);
     crate::outln!("  and set `listen` to an address the proxy reaches (0.0.0.0:8080 for every interface)");
     if let Some(pipeline) = plan.local_pipeline.filter(|p| !p.exists()) {
         crate::outln!();

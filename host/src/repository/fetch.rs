@@ -529,9 +529,7 @@ fn link_objects(cache: &Path, git_dir: &Path) -> std::io::Result<()> {
         let target = to.join(rel);
         if entry.file_type().is_dir() {
             std::fs::create_dir_all(&target)?;
-        } else if entry.file_type().is_file()
-            && !target.exists()
-            && std::fs::hard_link(entry.path(), &target).is_err()
+        } else if entry.file_type().is_file() && !target.exists() && std::fs::hard_link(entry.path(), &target).is_err()
         {
             std::fs::copy(entry.path(), &target)?;
         }

@@ -44,6 +44,9 @@ pub struct ConfigFile {
     pub request_timeout_secs: Option<u64>,
     /// Seconds a kept-alive connection may stay silent (default 75).
     pub idle_timeout_secs: Option<u64>,
+    /// The address users reach this host at (`https://ci.example.com`): commit statuses link
+    /// to runs under it.
+    pub public_url: Option<String>,
     /// API tokens.
     #[serde(default)]
     pub tokens: Vec<TokenDef>,
@@ -125,6 +128,34 @@ pub struct AppDef {
     pub submodules: Option<bool>,
     /// What a pull request builds: `head` (default) or `merge` (the forge's test merge).
     pub pull_request_ref: Option<String>,
+    /// The secret (a name in `secrets`) holding a token that may set commit statuses; with it,
+    /// each run's status shows on its commit.
+    pub status_token: Option<String>,
+    /// The forge's API (default: GitHub's and GitLab's public ones, `provider-url` + `/api/v1`
+    /// for Gitea and Forgejo).
+    pub api_url: Option<String>,
+    /// The status's name on the commit (default `skiff/<app>`).
+    pub status_context: Option<String>,
+    /// Pull requests from forks get the app's secrets and grants as others do (`true`), or none
+    /// (default `false`, as on GitHub: a fork's code could send them anywhere).
+    pub trust_fork_pull_requests: Option<bool>,
+}
+
+/// Where an app reports its runs' statuses.
+#[derive(Clone)]
+pub struct StatusSettings {
+    pub forge: crate::repository::status::Forge,
+    pub api_url: String,
+    /// The app's single repository; else the event's.
+    pub repository: Option<String>,
+    pub context: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for StatusSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StatusSettings({} {} {})", self.forge.name(), self.api_url, self.context)
+    }
 }
 
 /// Where an app's pipeline comes from.
@@ -152,6 +183,10 @@ pub struct AppConfig {
     pub workspace: Option<PathBuf>,
     /// Where the runs' code is fetched from, for an app that builds a repository.
     pub repo: Option<crate::repository::RepoSettings>,
+    /// Where its runs' statuses are reported.
+    pub status: Option<StatusSettings>,
+    /// Fork pull requests get secrets too.
+    pub trust_fork_pull_requests: bool,
     /// The pipeline.
     pub pipeline: PipelineSource,
     /// Secrets (opened).
@@ -218,6 +253,8 @@ pub struct ServeConfig {
     pub recovery: Recovery,
     /// Keep workspaces.
     pub keep_workspaces: bool,
+    /// Where users reach this host; statuses link to runs under it.
+    pub public_url: Option<String>,
     /// HTTP timeouts and connection caps.
     pub conn: super::conn::ConnLimits,
     /// Tokens by SHA-256.
@@ -304,6 +341,7 @@ impl ServeConfig {
             log_bytes_per_step: file.log_bytes_per_step.unwrap_or(1 << 20),
             recovery: file.recovery.unwrap_or_default(),
             keep_workspaces: file.keep_workspaces.unwrap_or(false),
+            public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
             conn: {
                 let d = super::conn::ConnLimits::default();
                 let max_connections = file.max_connections.unwrap_or(d.max_connections).max(1);
@@ -358,6 +396,7 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
     if fetches && def.workspace.is_some() {
         bail!("`fetch = true` and `workspace` exclude each other: the workspace is either the commit or a folder");
     }
+    let status = status_settings(&def, &secrets)?;
     let repo = if fetches { Some(repo_settings(&def, &secrets, ca_bundle.clone())?) } else { None };
     let pipeline = match (def.pipeline, def.pipeline_yaml) {
         (Some(_), Some(_)) => bail!("give `pipeline` (a file) or `pipeline-yaml` (inline), not both"),
@@ -379,6 +418,8 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
         webhook_secret,
         provider: def.provider,
         workspace: def.workspace.map(|w| base.join(w)),
+        trust_fork_pull_requests: def.trust_fork_pull_requests.unwrap_or(false),
+        status,
         repo,
         pipeline,
         secrets,
@@ -386,6 +427,52 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
         run_timeout: def.run_timeout_secs.map(std::time::Duration::from_secs),
         ca_bundle,
     })
+}
+
+fn status_settings(def: &AppDef, secrets: &BTreeMap<String, String>) -> anyhow::Result<Option<StatusSettings>> {
+    use crate::repository::status::Forge;
+    let Some(name) = &def.status_token else { return Ok(None) };
+    let token = secrets
+        .get(name)
+        .with_context(|| format!("`status-token` names the secret `{name}`, which is not in the app's `secrets`"))?
+        .clone();
+    let forge = match def.provider {
+        Some(Provider::Github) => Forge::GitHub,
+        Some(Provider::Gitlab) => Forge::GitLab,
+        Some(Provider::Gitea | Provider::Forgejo) => Forge::Gitea,
+        other => bail!(
+            "`status-token` is set, but statuses are reported to GitHub, GitLab, Gitea and Forgejo only, and the \
+             app's provider is {}",
+            other.map(|p| format!("{p:?}").to_lowercase()).unwrap_or_else(|| "not set".into())
+        ),
+    };
+    let api_url = match (&def.api_url, forge, &def.provider_url) {
+        (Some(u), _, _) => u.trim_end_matches('/').to_string(),
+        (None, Forge::GitHub, None) => "https://api.github.com".into(),
+        (None, Forge::GitLab, None) => "https://gitlab.com/api/v4".into(),
+        (None, Forge::GitHub, Some(p)) => format!("{}/api/v3", p.trim_end_matches('/')),
+        (None, Forge::GitLab, Some(p)) => format!("{}/api/v4", p.trim_end_matches('/')),
+        (None, Forge::Gitea, Some(p)) => format!("{}/api/v1", p.trim_end_matches('/')),
+        (None, Forge::Gitea, None) => {
+            bail!("a Gitea or Forgejo app reporting statuses needs `api-url` or `provider-url`")
+        }
+    };
+    let repository = def.repository.clone().filter(|r| !r.contains(['*', '?', '[', ',']));
+    let context = def.status_context.clone().unwrap_or_else(|| format!("skiff/{}", def.name));
+    // Checked now, with a stand-in commit, rather than at the first run.
+    crate::repository::status::StatusTarget {
+        forge,
+        api_url: api_url.clone(),
+        repository: repository.clone().unwrap_or_else(|| "owner/name".into()),
+        sha: "0".repeat(40),
+        context: context.clone(),
+        target_url: None,
+        token: token.clone(),
+    }
+    .validate()
+    .map_err(anyhow::Error::msg)
+    .context("commit statuses")?;
+    Ok(Some(StatusSettings { forge, api_url, repository, context, token }))
 }
 
 fn repo_settings(

@@ -101,6 +101,8 @@ pub struct Shared {
     checked_out: Mutex<std::collections::HashSet<i64>>,
     /// The object caches of the repositories the apps build.
     pub repos: crate::repository::fetch::RepoCache,
+    /// Commit statuses on their way to the forges.
+    pub statuses: crate::repository::status::Reporter,
     accept: std::sync::mpsc::Sender<Pending>,
     wake: Notify,
     halted: AtomicBool,
@@ -132,6 +134,8 @@ impl Shared {
             .spawn(move || group_commit(&writer, rx))
             .context("starting the run store's writer")?;
         let repos = crate::repository::fetch::RepoCache::new(config.data_dir.join("repos"));
+        let client = crate::repository::status::Reporter::http_client().map_err(anyhow::Error::msg)?;
+        let statuses = crate::repository::status::Reporter::new(client, Default::default());
         Ok(Arc::new(Shared {
             accept,
             config: Arc::new(config),
@@ -144,6 +148,7 @@ impl Shared {
             preparing: Mutex::default(),
             checked_out: Mutex::default(),
             repos,
+            statuses,
             wake: Notify::new(),
             halted: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -167,6 +172,7 @@ impl Shared {
         self.accept.send((run, tx)).map_err(|_| stopped())?;
         let inserted = rx.await.map_err(|_| stopped())??;
         if !inserted.duplicate {
+            self.report_status(inserted.id, store::status::QUEUED, None);
             self.wake();
         }
         Ok(inserted)

@@ -165,6 +165,7 @@ impl Shared {
             if !self.store.start_run(run.id)? {
                 continue;
             }
+            self.report_status(run.id, status::RUNNING, None);
             let id = run.id;
             let group = run.concurrency_group.clone();
             let app_name = run.app.clone();
@@ -181,7 +182,7 @@ impl Shared {
 
     fn fail_queued(&self, id: i64, why: &str) -> anyhow::Result<()> {
         if self.store.finish_run(id, status::FAILURE, Some(why))? {
-            self.hub.end(id, status::FAILURE);
+            self.ended(id, status::FAILURE, Some(why));
         }
         Ok(())
     }
@@ -335,7 +336,7 @@ impl Shared {
             let why = format!("superseded by run {} in concurrency group `{g}`", run.id);
             for older in self.store.queued_in_group_before(g, run.id)? {
                 if self.store.finish_run(older, status::CANCELLED, Some(&why))? {
-                    self.hub.end(older, status::CANCELLED);
+                    self.ended(older, status::CANCELLED, Some(&why));
                 }
             }
             if cancel {
@@ -374,7 +375,7 @@ impl Shared {
             return Ok(Cancelled::Running);
         }
         if self.store.finish_run(id, status::CANCELLED, Some(reason))? {
-            self.hub.end(id, status::CANCELLED);
+            self.ended(id, status::CANCELLED, Some(reason));
             self.wake();
             return Ok(Cancelled::Queued);
         }
@@ -422,11 +423,55 @@ impl Shared {
         }
         self.logs.close(id);
         self.running().remove(&id);
-        self.hub.end(id, st);
+        self.ended(id, st, error.as_deref());
         if !self.config.keep_workspaces {
             let _ = tokio::fs::remove_dir_all(self.workspace_dir(id)).await;
         }
         self.wake();
+    }
+
+    /// A run ended: its live channel closes, and its commit's status says how.
+    fn ended(&self, id: i64, st: &str, why: Option<&str>) {
+        self.hub.end(id, st);
+        self.report_status(id, st, why);
+    }
+
+    /// Reports a run's state on its commit, for an app with `status-token`. Never fails the run:
+    /// the reporter retries and logs.
+    pub(crate) fn report_status(&self, id: i64, st: &str, why: Option<&str>) {
+        use crate::repository::status::{CommitState, StatusTarget};
+        let Ok(Some(run)) = self.store.run(id) else { return };
+        let Some(app) = self.config.apps.get(&run.app) else { return };
+        let Some(cfg) = &app.status else { return };
+        let Some(sha) = run.sha.clone().filter(|s| s.len() >= 40 && s.bytes().any(|b| b != b'0')) else { return };
+        let repository = match &cfg.repository {
+            Some(r) => r.clone(),
+            None => match run.event.pointer("/repository/full_name").and_then(|v| v.as_str()) {
+                Some(r) => r.to_string(),
+                None => return,
+            },
+        };
+        let (state, text) = match st {
+            status::QUEUED => (CommitState::Pending, format!("run {} is queued", run.number)),
+            status::RUNNING => (CommitState::Running, format!("run {} is running", run.number)),
+            status::SUCCESS => (CommitState::Success, format!("run {} passed", run.number)),
+            status::CANCELLED => (CommitState::Cancelled, format!("run {} was cancelled", run.number)),
+            // A run that ended before any job started could not build: an error, not a failure.
+            _ if why.is_some() && self.store.jobs(id).map(|j| j.is_empty()).unwrap_or(false) => {
+                (CommitState::Error, format!("run {}: {}", run.number, why.unwrap_or_default()))
+            }
+            _ => (CommitState::Failure, format!("run {} failed: {}", run.number, why.unwrap_or("a job failed"))),
+        };
+        let target = StatusTarget {
+            forge: cfg.forge,
+            api_url: cfg.api_url.clone(),
+            repository,
+            sha,
+            context: cfg.context.clone(),
+            target_url: self.config.public_url.as_ref().map(|u| format!("{u}/v1/runs/{id}")),
+            token: cfg.token.clone(),
+        };
+        self.statuses.report(&target, state, &text);
     }
 
     /// A run's workspace.
@@ -488,7 +533,13 @@ impl Shared {
             run_attempt: run.attempt as u32,
             event: run.event.clone(),
             body: run.body.clone(),
-            secrets: app.secrets.clone(),
+            // A fork's pull request runs code from anyone: it gets no secrets unless the app
+            // trusts forks (as on GitHub).
+            secrets: if from_fork(&run.body) && !app.trust_fork_pull_requests {
+                BTreeMap::new()
+            } else {
+                app.secrets.clone()
+            },
             inputs: run.inputs.clone(),
             workspace: ws,
             job: run.job.clone(),
@@ -504,6 +555,27 @@ impl Shared {
         });
         Ok(run_pipeline(&plan, opts, self.executor.clone(), sink).await)
     }
+}
+
+/// Whether a webhook's payload is a pull request from another repository (a fork): GitHub's,
+/// Gitea's and Forgejo's `pull_request.head.repo` differs from `base.repo`; GitLab's
+/// `source_project_id` from `target_project_id`.
+pub fn from_fork(body: &serde_json::Value) -> bool {
+    let differ = |a: Option<&serde_json::Value>, b: Option<&serde_json::Value>| match (a, b) {
+        (Some(a), Some(b)) => !a.is_null() && a != b,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    if let Some(pr) = body.get("pull_request") {
+        // A head repository that is gone (deleted fork) is a fork too.
+        let head = pr.pointer("/head/repo/full_name").or_else(|| pr.pointer("/head/repo")).filter(|v| !v.is_null());
+        let base = pr.pointer("/base/repo/full_name");
+        return differ(head, base) || (pr.pointer("/head/repo").is_some_and(|v| v.is_null()) && base.is_some());
+    }
+    if let Some(attrs) = body.get("object_attributes") {
+        return differ(attrs.get("source_project_id"), attrs.get("target_project_id"));
+    }
+    false
 }
 
 fn first_error(report: &RunReport) -> String {

@@ -64,19 +64,19 @@ fn now_ms() -> u64 {
 
 /// One received request.
 #[derive(Debug, Clone)]
-struct Req {
-    method: String,
+pub(crate) struct Req {
+    pub method: String,
     /// Path and query, as sent.
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
     fn query(&self, key: &str) -> Option<String> {
@@ -121,8 +121,8 @@ fn listen(
     (port, seen)
 }
 
-fn serve_one(mut stream: impl Read + Write, log: &Mutex<Vec<Req>>, handler: &Handler) -> std::io::Result<()> {
-    let mut reader = BufReader::new(&mut stream);
+/// Reads one HTTP/1.1 request (a `content-length` or chunked body).
+pub(crate) fn read_request(reader: &mut impl BufRead) -> std::io::Result<Req> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -158,8 +158,13 @@ fn serve_one(mut stream: impl Read + Write, log: &Mutex<Vec<Req>>, handler: &Han
             body.extend_from_slice(&chunk[..n]);
         }
     }
+    Ok(Req { method, target, headers, body })
+}
+
+fn serve_one(mut stream: impl Read + Write, log: &Mutex<Vec<Req>>, handler: &Handler) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&mut stream);
+    let req = read_request(&mut reader)?;
     drop(reader);
-    let req = Req { method, target, headers, body };
     let (status, ctype, answer) = handler(&req);
     log.lock().unwrap().push(req);
     let mut out = stream;

@@ -1,7 +1,7 @@
 //! Repository-driven runs against real git servers started here: git's smart HTTP
 //! (`git http-backend` behind a small HTTP/1.1 server, plain or TLS) and `git daemon`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use serde_json::Value;
 use skiff_host::serve::config::ServeConfig;
 use skiff_host::serve::{Role, start};
 
+use crate::plugins::{Req, read_request};
 use crate::serve::{TOKEN_ALL, WEBHOOK_SECRET};
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -45,6 +46,9 @@ const PIPELINE_ONE: &str = r#"steps:
 const PIPELINE_TWO: &str = r#"steps:
   - run: echo "built $(cat version.txt) with pipeline two"
 "#;
+const PIPELINE_PR: &str = r#"steps:
+  - run: echo "built $(cat version.txt) with pipeline two secret=[${{ secrets.DEPLOY_TOKEN }}]"
+"#;
 
 impl Repo {
     fn new() -> Repo {
@@ -62,6 +66,7 @@ impl Repo {
         }
         git(&work, &["checkout", "-q", "-b", "feature"]);
         std::fs::write(work.join("version.txt"), "pr").unwrap();
+        std::fs::write(work.join(".skiff/pipeline.yaml"), PIPELINE_PR).unwrap();
         git(&work, &["commit", "-q", "-am", "pr"]);
         let pr_head = git(&work, &["rev-parse", "HEAD"]);
         let bare = root.path().join("acme/web.git");
@@ -119,41 +124,8 @@ fn cgi(
     auth_seen: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(&mut stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h)?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
+    let Req { method, target, headers, body } = read_request(&mut reader)?;
     let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let mut body = Vec::new();
-    if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body.resize(n, 0);
-        reader.read_exact(&mut body)?;
-    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size)?;
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            let mut chunk = vec![0; n + 2];
-            reader.read_exact(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    }
     drop(reader);
     requests.fetch_add(1, Ordering::SeqCst);
     let auth = get("authorization").unwrap_or_default();
@@ -291,6 +263,17 @@ secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d", GIT_TOKEN = "git-tok-5e4d3c" }}
     start(ServeConfig::from_toml(&text, data, None).unwrap(), executor, Role::All).await.unwrap()
 }
 
+/// `repo` behind `git http-backend`, and `skiff serve` with the app fetching from it: the git
+/// server, the data folder, the server and its base URL.
+async fn over_http(repo: &Repo) -> (HttpGit, tempfile::TempDir, skiff_host::serve::Server, String) {
+    let server_git = http_git(repo.bare_root(), None, None);
+    let data = tempfile::tempdir().unwrap();
+    let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"", server_git.port);
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+    (server_git, data, server, base)
+}
+
 fn sign(body: &[u8]) -> String {
     use hmac::Mac as _;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
@@ -358,11 +341,7 @@ async fn a_push_builds_the_pushed_commit_with_the_pipeline_of_that_commit() {
         return;
     }
     let repo = Repo::new();
-    let server_git = http_git(repo.bare_root(), None, None);
-    let data = tempfile::tempdir().unwrap();
-    let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"", server_git.port);
-    let server = serve(data.path(), &app).await;
-    let base = format!("http://{}", server.addr);
+    let (server_git, _data, server, base) = over_http(&repo).await;
 
     let first = hook(&base, "push", push(&repo.commits[0])).await;
     let (run, log) = finished(&base, first).await;
@@ -386,8 +365,19 @@ async fn a_push_builds_the_pushed_commit_with_the_pipeline_of_that_commit() {
     server.halt();
 }
 
+fn pull_request(repo: &Repo, head_repo: &str) -> Value {
+    serde_json::json!({
+        "action": "opened", "number": 1,
+        "pull_request": {"number": 1, "title": "PR", "head": {"ref": "feature", "sha": repo.pr_head,
+            "repo": {"full_name": head_repo}},
+            "base": {"ref": "main", "sha": repo.commits[1], "repo": {"full_name": "acme/web"}},
+            "html_url": "https://github.com/acme/web/pull/1"},
+        "repository": {"full_name": "acme/web"}, "sender": {"login": "dev"}
+    })
+}
+
 #[tokio::test]
-async fn a_pull_request_builds_its_head_over_git_daemon() {
+async fn a_pull_request_builds_its_head_over_git_daemon_and_a_fork_s_sees_no_secret() {
     if !crate::sandbox::available() {
         return;
     }
@@ -397,18 +387,90 @@ async fn a_pull_request_builds_its_head_over_git_daemon() {
     let app = format!("clone-url = \"git://127.0.0.1:{}/acme/web.git\"", daemon.port);
     let server = serve(data.path(), &app).await;
     let base = format!("http://{}", server.addr);
-    let body = serde_json::json!({
-        "action": "opened", "number": 1,
-        "pull_request": {"number": 1, "title": "PR", "head": {"ref": "feature", "sha": repo.pr_head,
-            "repo": {"full_name": "acme/web"}},
-            "base": {"ref": "main", "sha": repo.commits[1], "repo": {"full_name": "acme/web"}},
-            "html_url": "https://github.com/acme/web/pull/1"},
-        "repository": {"full_name": "acme/web"}, "sender": {"login": "dev"}
-    });
-    let id = hook(&base, "pull_request", body).await;
+    let id = hook(&base, "pull_request", pull_request(&repo, "acme/web")).await;
     let (run, log) = finished(&base, id).await;
     assert_eq!(run["status"], "success", "{run:#}\n{log}");
-    assert!(log.contains("built pr with pipeline two"), "{log}");
+    assert!(log.contains("built pr with pipeline two secret=[***]"), "a branch of the repository itself: {log}");
+
+    let id = hook(&base, "pull_request", pull_request(&repo, "mallory/web")).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("built pr with pipeline two secret=[]"), "a fork's pull request gets no secret: {log}");
+    server.halt();
+}
+
+/// Path, `Authorization` and JSON body of a request.
+type Seen = (String, String, Value);
+
+/// A forge's status API on 127.0.0.1: records each request's path, authorization and body.
+fn status_api() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let Ok(req) = read_request(&mut reader) else { continue };
+            let (path, auth, body) =
+                (req.target.clone(), req.header("authorization").unwrap_or("").to_string(), req.json());
+            log.lock().unwrap().push((path, auth, body));
+            let _ = stream.write_all(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn statuses_reach_the_forge_in_order_and_a_run_that_cannot_build_is_an_error() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let server_git = http_git(repo.bare_root(), None, None);
+    let (api, seen) = status_api();
+    let data = tempfile::tempdir().unwrap();
+    let app = format!(
+        "clone-url = \"http://127.0.0.1:{}/acme/web.git\"\nstatus-token = \"GIT_TOKEN\"\napi-url = \"http://127.0.0.1:{api}\"",
+        server_git.port
+    );
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+    let id = hook(&base, "push", push(&repo.commits[1])).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    server.shared.statuses.flush().await;
+    // The forge is down for the next one: its fetch fails, and the status says it could not build.
+    server_git.down.store(true, Ordering::SeqCst);
+    let failed = hook(&base, "push", push(&repo.commits[0])).await;
+    let (run, _) = finished(&base, failed).await;
+    assert_eq!(run["status"], "failure", "{run:#}");
+    server.shared.statuses.flush().await;
+
+    let seen = seen.lock().unwrap().clone();
+    let states: Vec<(&str, &str)> =
+        seen.iter().map(|(p, _, b)| (p.as_str(), b["state"].as_str().unwrap_or(""))).collect();
+    let (one, zero) = (
+        format!("/repos/acme/web/statuses/{}", repo.commits[1]),
+        format!("/repos/acme/web/statuses/{}", repo.commits[0]),
+    );
+    assert_eq!(
+        states,
+        [
+            (one.as_str(), "pending"),
+            (one.as_str(), "pending"),
+            (one.as_str(), "success"),
+            (zero.as_str(), "pending"),
+            (zero.as_str(), "error")
+        ],
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().all(|(_, auth, b)| auth == "Bearer git-tok-5e4d3c" && b["context"] == "skiff/web"),
+        "{seen:#?}"
+    );
+    assert!(seen[4].2["description"].as_str().unwrap_or("").contains("could not be fetched"), "{seen:#?}");
     server.halt();
 }
 
@@ -462,11 +524,7 @@ async fn a_fetch_from_a_forge_that_is_down_fails_the_run_clearly_and_the_next_ru
         return;
     }
     let repo = Repo::new();
-    let server_git = http_git(repo.bare_root(), None, None);
-    let data = tempfile::tempdir().unwrap();
-    let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"", server_git.port);
-    let server = serve(data.path(), &app).await;
-    let base = format!("http://{}", server.addr);
+    let (server_git, _data, server, base) = over_http(&repo).await;
 
     server_git.down.store(true, Ordering::SeqCst);
     let id = hook(&base, "push", push(&repo.commits[0])).await;
@@ -504,11 +562,7 @@ async fn a_pushed_pipeline_cannot_use_components_outside_its_repository() {
     let bare = repo.root.path().join("acme/web.git");
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
-    let server_git = http_git(repo.bare_root(), None, None);
-    let data = tempfile::tempdir().unwrap();
-    let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"", server_git.port);
-    let server = serve(data.path(), &app).await;
-    let base = format!("http://{}", server.addr);
+    let (_git, _data, server, base) = over_http(&repo).await;
     let id = hook(&base, "push", push(&sha)).await;
     let (run, _) = finished(&base, id).await;
     assert_eq!(run["status"], "failure", "{run:#}");

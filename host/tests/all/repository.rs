@@ -16,7 +16,7 @@ use skiff_host::serve::{Role, start};
 use crate::plugins::{Req, read_request};
 use crate::serve::{TOKEN_ALL, WEBHOOK_SECRET};
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -34,10 +34,10 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 /// A forge's repository `acme/web.git` under `root`: commit one, commit two (a changed file
 /// and a changed pipeline) on `main`, and a pull request's head in `refs/pull/1/head`.
-struct Repo {
-    root: tempfile::TempDir,
-    commits: Vec<String>,
-    pr_head: String,
+pub(crate) struct Repo {
+    pub root: tempfile::TempDir,
+    pub commits: Vec<String>,
+    pub pr_head: String,
 }
 
 const PIPELINE_ONE: &str = r#"steps:
@@ -51,7 +51,7 @@ const PIPELINE_PR: &str = r#"steps:
 "#;
 
 impl Repo {
-    fn new() -> Repo {
+    pub fn new() -> Repo {
         let root = tempfile::tempdir().unwrap();
         let work = root.path().join("work");
         std::fs::create_dir_all(work.join(".skiff")).unwrap();
@@ -75,21 +75,21 @@ impl Repo {
         Repo { root, commits, pr_head }
     }
 
-    fn bare_root(&self) -> PathBuf {
+    pub fn bare_root(&self) -> PathBuf {
         self.root.path().to_path_buf()
     }
 }
 
 /// `git http-backend` behind an HTTP/1.1 server on 127.0.0.1 (TLS when `tls` holds a server
 /// config); answers 401 unless `Authorization` is `want_auth` (when given), 503 while `down`.
-struct HttpGit {
-    port: u16,
-    requests: Arc<AtomicUsize>,
-    down: Arc<AtomicBool>,
-    auth_seen: Arc<Mutex<Vec<String>>>,
+pub(crate) struct HttpGit {
+    pub port: u16,
+    pub requests: Arc<AtomicUsize>,
+    pub down: Arc<AtomicBool>,
+    pub auth_seen: Arc<Mutex<Vec<String>>>,
 }
 
-fn http_git(root: PathBuf, want_auth: Option<String>, tls: Option<Arc<rustls::ServerConfig>>) -> HttpGit {
+pub(crate) fn http_git(root: PathBuf, want_auth: Option<String>, tls: Option<Arc<rustls::ServerConfig>>) -> HttpGit {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let requests = Arc::new(AtomicUsize::new(0));
@@ -183,7 +183,7 @@ fn cgi(
 }
 
 /// A CA of the test's own and a server certificate for 127.0.0.1 signed by it.
-fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
+pub(crate) fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -199,8 +199,8 @@ fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
 }
 
 /// `git daemon` serving `root` on a free port; killed when dropped.
-struct Daemon {
-    port: u16,
+pub(crate) struct Daemon {
+    pub port: u16,
     child: std::process::Child,
 }
 
@@ -214,7 +214,7 @@ impl Drop for Daemon {
     }
 }
 
-fn git_daemon(root: &Path) -> Daemon {
+pub(crate) fn git_daemon(root: &Path) -> Daemon {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = std::process::Command::new("git")
         .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", &format!("--port={port}")])
@@ -312,7 +312,7 @@ fn push(sha: &str) -> Value {
 }
 
 /// Waits for the run to end; the run and its log as text.
-async fn finished(base: &str, id: i64) -> (Value, String) {
+pub(crate) async fn finished(base: &str, id: i64) -> (Value, String) {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -400,10 +400,10 @@ async fn a_pull_request_builds_its_head_over_git_daemon_and_a_fork_s_sees_no_sec
 }
 
 /// Path, `Authorization` and JSON body of a request.
-type Seen = (String, String, Value);
+pub(crate) type Seen = (String, String, Value);
 
 /// A forge's status API on 127.0.0.1: records each request's path, authorization and body.
-fn status_api() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+pub(crate) fn status_api() -> (u16, Arc<Mutex<Vec<Seen>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));

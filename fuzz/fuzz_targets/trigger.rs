@@ -29,6 +29,7 @@ fn apps(text: &[u8]) -> Vec<App> {
         tag: Some(Default::default()),
         custom: Some(Default::default()),
         schedule: Vec::new(),
+        workflow_dispatch: None,
         filter: Some(filter),
     };
     vec![App { name: "filtered".into(), environment: None, repository: None, on }]

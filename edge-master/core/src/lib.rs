@@ -62,8 +62,8 @@ pub use headers::{Headers, Secret};
 pub use normalize::{NormalizeError, normalize};
 pub use patterns::{PatternError, Patterns};
 pub use trigger::{
-    App, CustomTrigger, Decision, PullRequestTrigger, PushTrigger, ReleaseTrigger, Schedule, TagTrigger, Triggers,
-    decide, decide_with_headers,
+    App, CustomTrigger, Decision, DispatchInput, InputKind, PullRequestTrigger, PushTrigger, ReleaseTrigger, Schedule,
+    TagTrigger, Triggers, WorkflowDispatch, decide, decide_with_headers,
 };
 pub use verify::{
     DEFAULT_TIMESTAMP_TOLERANCE_SECS, MAX_BODY_BYTES, Provider, VerifyError, VerifyOptions, detect_provider,

@@ -96,6 +96,10 @@ pub struct Triggers {
     /// Cron schedules. Carried for the host, which fires them; [`decide`] never matches them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<Schedule>,
+    /// Runs by hand, with typed inputs (GitHub's `workflow_dispatch`). Checked by the host when
+    /// a manual run is created; [`decide`] never matches it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_dispatch: Option<WorkflowDispatch>,
     /// A CEL expression every event must also satisfy (see [`Filter`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter: Option<Filter>,
@@ -116,6 +120,8 @@ struct TriggersMap {
     custom: Option<CustomTrigger>,
     #[serde(default)]
     schedule: Vec<Schedule>,
+    #[serde(default, deserialize_with = "present", alias = "workflow-dispatch")]
+    workflow_dispatch: Option<WorkflowDispatch>,
     #[serde(default)]
     filter: Option<Filter>,
 }
@@ -129,7 +135,7 @@ where
     Ok(Some(Option::<T>::deserialize(deserializer)?.unwrap_or_default()))
 }
 
-const EVENT_NAMES: &[&str] = &["push", "pull_request", "release", "tag", "custom"];
+const EVENT_NAMES: &[&str] = &["push", "pull_request", "release", "tag", "custom", "workflow_dispatch"];
 
 impl Triggers {
     fn enable(&mut self, name: &str) -> Result<(), String> {
@@ -141,6 +147,7 @@ impl Triggers {
             "release" => self.release = Some(ReleaseTrigger::default()),
             "tag" => self.tag = Some(TagTrigger::default()),
             "custom" => self.custom = Some(CustomTrigger::default()),
+            "workflow_dispatch" | "workflow-dispatch" => self.workflow_dispatch = Some(WorkflowDispatch::default()),
             other => {
                 return Err(format!("unknown event `{other}`, expected one of {}", EVENT_NAMES.join(", ")));
             }
@@ -171,6 +178,9 @@ impl<'de> Deserialize<'de> for Triggers {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Triggers, A::Error> {
                 let m = TriggersMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if let Some(w) = &m.workflow_dispatch {
+                    w.check().map_err(de::Error::custom)?;
+                }
                 Ok(Triggers {
                     push: m.push,
                     pull_request: m.pull_request,
@@ -178,6 +188,7 @@ impl<'de> Deserialize<'de> for Triggers {
                     tag: m.tag,
                     custom: m.custom,
                     schedule: m.schedule,
+                    workflow_dispatch: m.workflow_dispatch,
                     filter: m.filter,
                 })
             }
@@ -295,6 +306,141 @@ pub struct CustomTrigger {
     /// A CEL filter for this trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Filter>,
+}
+
+/// `workflow_dispatch:` — runs by hand, with typed inputs, as in GitHub Actions.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use skiff_edge_core::Triggers;
+///
+/// let t: Triggers = serde_json::from_str(r#"{"workflow_dispatch": {"inputs": {
+///     "target": {"type": "choice", "options": ["staging", "production"], "default": "staging"},
+///     "dry-run": {"type": "boolean", "required": true}}}}"#).unwrap();
+/// let w = t.workflow_dispatch.unwrap();
+/// let given = BTreeMap::from([("dry-run".to_string(), "true".to_string())]);
+/// assert_eq!(w.resolve(&given).unwrap()["target"], "staging");
+/// assert!(w.resolve(&BTreeMap::new()).unwrap_err().contains("`dry-run` is required"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowDispatch {
+    /// The inputs a run takes, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub inputs: std::collections::BTreeMap<String, DispatchInput>,
+}
+
+/// One input of a manual run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchInput {
+    /// Shown to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `string` (the default), `boolean`, `number`, `choice` or `environment`.
+    #[serde(default, rename = "type")]
+    pub kind: InputKind,
+    /// A run without it is refused, unless it has a default.
+    #[serde(default)]
+    pub required: bool,
+    /// The value when none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    /// The values a `choice` takes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+/// The type of a manual run's input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// Any text.
+    #[default]
+    String,
+    /// `true` or `false`.
+    Boolean,
+    /// A finite number.
+    Number,
+    /// One of `options`.
+    Choice,
+    /// An environment's name.
+    Environment,
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl DispatchInput {
+    fn check_value(&self, name: &str, value: &str) -> Result<(), String> {
+        match self.kind {
+            InputKind::Boolean if value != "true" && value != "false" => {
+                Err(format!("input `{name}` is a boolean: give true or false, not `{value}`"))
+            }
+            InputKind::Number if value.trim().parse::<f64>().map(|n| !n.is_finite()).unwrap_or(true) => {
+                Err(format!("input `{name}` is a number: `{value}` is not one"))
+            }
+            InputKind::Choice if !self.options.iter().any(|o| o == value) => Err(format!(
+                "input `{name}` is one of {}: `{value}` is not among them",
+                self.options.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ")
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl WorkflowDispatch {
+    /// The definition itself is sound: a choice has options, a default fits its type.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, input) in &self.inputs {
+            if input.kind == InputKind::Choice && input.options.is_empty() {
+                return Err(format!("workflow_dispatch input `{name}` is a choice without `options`"));
+            }
+            if input.kind != InputKind::Choice && !input.options.is_empty() {
+                return Err(format!("workflow_dispatch input `{name}` has `options` but is not `type: choice`"));
+            }
+            if let Some(d) = &input.default {
+                input.check_value(name, &json_text(d)).map_err(|e| format!("the default of {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The inputs of a manual run, checked against the declared ones, with defaults applied.
+    pub fn resolve(
+        &self,
+        given: &std::collections::BTreeMap<String, String>,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for name in given.keys() {
+            if !self.inputs.contains_key(name) {
+                let known: Vec<String> = self.inputs.keys().map(|k| format!("`{k}`")).collect();
+                return Err(if known.is_empty() {
+                    format!("input `{name}` is not declared: the pipeline's workflow_dispatch takes no inputs")
+                } else {
+                    format!(
+                        "input `{name}` is not declared: the pipeline's workflow_dispatch takes {}",
+                        known.join(", ")
+                    )
+                });
+            }
+        }
+        for (name, input) in &self.inputs {
+            match given.get(name).cloned().or_else(|| input.default.as_ref().map(json_text)) {
+                Some(v) => {
+                    input.check_value(name, &v)?;
+                    out.insert(name.clone(), v);
+                }
+                None if input.required => return Err(format!("input `{name}` is required")),
+                None => {}
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// `schedule: [{ cron: "..." }]` — fired by the host, carried here so one file holds all

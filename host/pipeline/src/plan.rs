@@ -53,6 +53,8 @@ pub struct Plan {
     pub name: Option<String>,
     /// `on:`, as written.
     pub on: Option<serde_json::Value>,
+    /// `on:`, read: what starts the pipeline (checked by the host for each run).
+    pub triggers: Option<skiff_edge_core::Triggers>,
     /// `concurrency:`.
     pub concurrency: Option<Concurrency>,
     /// Pipeline `env:`.

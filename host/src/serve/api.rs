@@ -389,7 +389,16 @@ pub(crate) async fn create_run(
         return Err(ApiError::NotFound(format!("no app `{app}` on this host (or your token does not reach it)")));
     }
     let bytes = read_body(&headers, body, MAX_API_BODY_BYTES).await?;
-    let req: CreateRun = parse_json(&bytes)?;
+    let mut req: CreateRun = parse_json(&bytes)?;
+    // Inputs are checked against the pipeline's `workflow_dispatch` now where the pipeline is
+    // at hand; a pipeline in the repository is checked when its commit is fetched.
+    if let Some(a) = s.config.apps.get(&app)
+        && a.repo.is_none()
+        && let Ok(plan) = super::scheduler::load_plan(a, &a.workspace.clone().unwrap_or_default())
+        && let Some(w) = plan.triggers.as_ref().and_then(|t| t.workflow_dispatch.as_ref())
+    {
+        req.inputs = w.resolve(&req.inputs).map_err(ApiError::BadRequest)?;
+    }
     let git_ref = req.git_ref.map(|r| if r.starts_with("refs/") { r } else { format!("refs/heads/{r}") });
     let mut event = serde_json::json!({"name": "manual", "ref": git_ref, "sender": caller.name, "app": app});
     if let Some(b) = git_ref.as_deref().and_then(|r| r.strip_prefix("refs/heads/")) {
@@ -430,6 +439,8 @@ pub enum RunStatus {
     Failure,
     /// Cancelled.
     Cancelled,
+    /// Not run: the pipeline's `on:` does not take the event.
+    Skipped,
 }
 
 /// Filters for the run list.

@@ -196,7 +196,52 @@ impl Shared {
             Ok(p) => p,
             Err(e) => return self.fail_queued(run.id, &e),
         };
-        self.settle_group(run, &plan)
+        match self.gate(run, &plan) {
+            Ok(true) => self.settle_group(run, &plan),
+            Ok(false) => Ok(()),
+            Err(e) => self.fail_queued(run.id, &e),
+        }
+    }
+
+    /// The pipeline's own `on:` decides whether the run goes ahead (the app's triggers were
+    /// the outer gate): a webhook event it does not take ends the run as skipped, with the
+    /// reason; a manual run's inputs are checked against `workflow_dispatch` and get its
+    /// defaults. `Ok(false)`: the run was skipped.
+    fn gate(&self, run: &Run, plan: &Plan) -> Result<bool, String> {
+        let Some(triggers) = &plan.triggers else { return Ok(true) };
+        match run.trigger.as_str() {
+            "manual" => {
+                if let Some(w) = &triggers.workflow_dispatch {
+                    let inputs = w.resolve(&run.inputs).map_err(|e| format!("the run's inputs: {e}"))?;
+                    self.store.set_inputs(run.id, &inputs).map_err(|e| format!("recording the inputs: {e:#}"))?;
+                }
+                Ok(true)
+            }
+            "push" | "pull_request" | "tag" | "release" | "custom" => {
+                let mut event = run.event.clone();
+                if let Some(o) = event.as_object_mut() {
+                    o.insert("body".into(), run.body.clone());
+                }
+                let Ok(event) = serde_json::from_value::<skiff_edge_core::Event>(event) else { return Ok(true) };
+                let app = skiff_edge_core::App {
+                    name: run.app.clone(),
+                    environment: None,
+                    repository: None,
+                    on: triggers.clone(),
+                };
+                let decision = skiff_edge_core::decide(&event, std::slice::from_ref(&app)).remove(0);
+                if decision.is_dispatch() {
+                    return Ok(true);
+                }
+                let why = format!("skipped: the pipeline's `on:` does not take this event ({})", decision.reason());
+                if self.store.finish_run(run.id, status::SKIPPED, Some(&why)).map_err(|e| format!("{e:#}"))? {
+                    self.ended(run.id, status::SKIPPED, Some(&why));
+                }
+                Ok(false)
+            }
+            // Schedules, reruns and the rest were decided by the host's own configuration.
+            _ => Ok(true),
+        }
     }
 
     fn spawn_prepare_commit(self: &Arc<Self>, run: Run) {
@@ -207,8 +252,13 @@ impl Shared {
         tokio::spawn(async move {
             let id = run.id;
             let r = this.prepare_commit(&run).await;
-            let r = match r {
-                Ok(plan) => this.settle_group(&run, &plan).map_err(|e| format!("{e:#}")),
+            let r = match r.and_then(|plan| this.gate(&run, &plan).map(|go| (plan, go))) {
+                Ok((plan, true)) => this.settle_group(&run, &plan).map_err(|e| format!("{e:#}")),
+                Ok((_, false)) => {
+                    let _ = tokio::fs::remove_dir_all(this.workspace_dir(id)).await;
+                    this.checked_out().remove(&id);
+                    Ok(())
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = r {
@@ -422,11 +472,12 @@ impl Shared {
             eprintln!("skiff serve: run {id}: recording its end: {e:#}");
         }
         self.logs.close(id);
-        self.running().remove(&id);
-        self.ended(id, st, error.as_deref());
+        // The workspace goes before anyone hears the run ended.
         if !self.config.keep_workspaces {
             let _ = tokio::fs::remove_dir_all(self.workspace_dir(id)).await;
         }
+        self.running().remove(&id);
+        self.ended(id, st, error.as_deref());
         self.wake();
     }
 
@@ -440,6 +491,9 @@ impl Shared {
     /// the reporter retries and logs.
     pub(crate) fn report_status(&self, id: i64, st: &str, why: Option<&str>) {
         use crate::repository::status::{CommitState, StatusTarget};
+        if self.config.apps.values().all(|a| a.status.is_none()) {
+            return;
+        }
         let Ok(Some(run)) = self.store.run(id) else { return };
         let Some(app) = self.config.apps.get(&run.app) else { return };
         let Some(cfg) = &app.status else { return };
@@ -456,6 +510,9 @@ impl Shared {
             status::RUNNING => (CommitState::Running, format!("run {} is running", run.number)),
             status::SUCCESS => (CommitState::Success, format!("run {} passed", run.number)),
             status::CANCELLED => (CommitState::Cancelled, format!("run {} was cancelled", run.number)),
+            status::SKIPPED => {
+                (CommitState::Success, format!("run {} skipped: its pipeline does not take this event", run.number))
+            }
             // A run that ended before any job started could not build: an error, not a failure.
             _ if why.is_some() && self.store.jobs(id).map(|j| j.is_empty()).unwrap_or(false) => {
                 (CommitState::Error, format!("run {}: {}", run.number, why.unwrap_or_default()))

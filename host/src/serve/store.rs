@@ -100,10 +100,12 @@ pub mod status {
     pub const FAILURE: &str = "failure";
     /// Cancelled.
     pub const CANCELLED: &str = "cancelled";
+    /// Not run: its pipeline's `on:` does not take the event (the reason is its error).
+    pub const SKIPPED: &str = "skipped";
 
     /// Whether a run in `s` is over.
     pub fn is_terminal(s: &str) -> bool {
-        matches!(s, SUCCESS | FAILURE | CANCELLED)
+        matches!(s, SUCCESS | FAILURE | CANCELLED | SKIPPED)
     }
 }
 
@@ -158,7 +160,7 @@ pub struct Run {
     pub number: i64,
     /// 1 for the first attempt; a rerun or a retry after a crash adds one.
     pub attempt: i64,
-    /// `queued`, `running`, `success`, `failure` or `cancelled`.
+    /// `queued`, `running`, `success`, `failure`, `cancelled` or `skipped` (its pipeline's `on:` did not take the event).
     pub status: String,
     /// What started it: `push`, `pull_request`, `manual`, `schedule`, `rerun`, …
     pub trigger: String,
@@ -449,6 +451,14 @@ impl Store {
             "UPDATE runs SET prepared = 1, concurrency_group = ?2, cancel_in_progress = ?3 WHERE id = ?1",
             params![id, group, cancel_in_progress],
         )?;
+        Ok(())
+    }
+
+    /// A manual run's inputs, checked against the pipeline's `workflow_dispatch` and with its
+    /// defaults.
+    pub fn set_inputs(&self, id: i64, inputs: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        let json = serde_json::to_string(inputs)?;
+        self.conn().execute("UPDATE runs SET inputs = ?2 WHERE id = ?1", params![id, json])?;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 mod cli;
 mod connections;
 mod edge;
+mod forges;
 mod pipeline;
 mod plugins;
 mod repository;

@@ -569,3 +569,73 @@ async fn a_pushed_pipeline_cannot_use_components_outside_its_repository() {
     assert!(run["error"].as_str().unwrap_or_default().contains("outside the repository"), "{run:#}");
     server.halt();
 }
+
+#[tokio::test]
+async fn a_pipeline_whose_on_does_not_take_the_push_gives_a_skipped_run_with_the_reason() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let work = repo.root.path().join("work");
+    git(&work, &["checkout", "-q", "main"]);
+    let pipeline = "on:\n  push:\n    branches: [release/*]\nsteps:\n  - run: echo should not run\n";
+    std::fs::write(work.join(".skiff/pipeline.yaml"), pipeline).unwrap();
+    git(&work, &["commit", "-q", "-am", "release only"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["push", "-q", repo.root.path().join("acme/web.git").to_str().unwrap(), "main"]);
+
+    let (_git, _data, server, base) = over_http(&repo).await;
+    let id = hook(&base, "push", push(&sha)).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "skipped", "{run:#}\n{log}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(error.contains("`on:` does not take this event") && error.contains("release/*"), "{error}");
+    assert!(!log.contains("should not run"), "{log}");
+    server.halt();
+}
+
+#[tokio::test]
+async fn manual_runs_are_checked_against_workflow_dispatch_and_get_its_defaults() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let app = r#"fetch = false
+pipeline-yaml = """
+on:
+  workflow_dispatch:
+    inputs:
+      target: { type: choice, options: [staging, production], default: staging }
+      replicas: { type: number, required: true }
+steps:
+  - run: echo "deploying to ${{ inputs.target }} with ${{ inputs.replicas }} replicas"
+""""#;
+    let server = serve(data.path(), app).await;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let create = |inputs: Value| {
+        http.post(format!("{base}/v1/apps/web/runs"))
+            .bearer_auth(TOKEN_ALL)
+            .json(&serde_json::json!({ "inputs": inputs }))
+            .send()
+    };
+    for (inputs, why) in [
+        (serde_json::json!({}), "input `replicas` is required"),
+        (serde_json::json!({"replicas": "three"}), "input `replicas` is a number"),
+        (serde_json::json!({"replicas": "3", "target": "moon"}), "`moon` is not among them"),
+        (serde_json::json!({"replicas": "3", "colour": "red"}), "input `colour` is not declared"),
+    ] {
+        let resp = create(inputs).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap_or_default().contains(why), "{body:#} should say {why}");
+    }
+    let resp = create(serde_json::json!({"replicas": "3"})).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert_eq!(run["inputs"], serde_json::json!({"replicas": "3", "target": "staging"}));
+    assert!(log.contains("deploying to staging with 3 replicas"), "{log}");
+    server.halt();
+}

@@ -390,3 +390,4 @@ finally:
             except ProcessLookupError:
                 pass
             p.wait()
+    shutil.rmtree(os.path.join(ROOT, "bin"), ignore_errors=True)  # the snapshot would pin an old build's disk space

@@ -41,6 +41,26 @@ pub struct RunOptions {
     pub job: Option<String>,
     /// PEM certificates the app trusts for HTTPS besides the Web PKI roots (`ca-file`).
     pub ca_bundle: Option<Arc<str>>,
+    /// Fills each job's own folder before its steps run (the host's checkout of the run's
+    /// commit), when the run has several jobs.
+    pub job_setup: Option<JobSetup>,
+}
+
+/// What prepares a job's folder: called with the folder, which exists and is empty.
+#[derive(Clone)]
+pub struct JobSetup(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<
+        dyn Fn(PathBuf) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for JobSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobSetup")
+    }
 }
 
 /// How a step, job or run ended.
@@ -563,6 +583,13 @@ impl JobRun {
         if let Err(e) = std::fs::create_dir_all(&self.workspace) {
             self.scope.failed = true;
             self.log(&job.key, "", "error", &format!("cannot create the workspace {}: {e}", self.workspace.display()));
+        } else if self.workspace != self.opts.workspace
+            && let Some(setup) = self.opts.job_setup.clone()
+            && let Err(e) = (setup.0)(self.workspace.clone()).await
+        {
+            // No job depends on another's folder: without its own, it does not start.
+            self.scope.failed = true;
+            self.log(&job.key, "", "error", &format!("preparing the job's workspace: {e}"));
         }
         match eval_map(&self.plan, &job.env, &self.scope) {
             Ok(e) => job_env.extend(e),

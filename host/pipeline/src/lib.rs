@@ -18,7 +18,7 @@ pub mod schema;
 pub mod script;
 pub mod source;
 
-pub use engine::{JobReport, RunEvent, RunObserver, RunOptions, RunReport, Status, StepReport, run_pipeline};
+pub use engine::{JobReport, JobSetup, RunEvent, RunObserver, RunOptions, RunReport, Status, StepReport, run_pipeline};
 pub use executor::{LogLine, Permissions, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult};
 pub use load::{Diagnostic, Diagnostics, load_file, load_str};
 pub use plan::Plan;

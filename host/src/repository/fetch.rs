@@ -186,6 +186,13 @@ pub struct Want {
     pub git_ref: Option<String>,
 }
 
+impl Want {
+    /// The branch to check the commit out on: a push's branch; none (detached) otherwise.
+    pub fn branch(&self) -> Option<&str> {
+        self.git_ref.as_deref().and_then(|r| r.strip_prefix("refs/heads/"))
+    }
+}
+
 /// The object caches of every repository this host builds.
 pub struct RepoCache {
     root: PathBuf,

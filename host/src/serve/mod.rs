@@ -100,7 +100,7 @@ pub struct Shared {
     /// Runs whose workspace holds a fresh checkout made when they were prepared.
     checked_out: Mutex<std::collections::HashSet<i64>>,
     /// The object caches of the repositories the apps build.
-    pub repos: crate::repository::fetch::RepoCache,
+    pub repos: Arc<crate::repository::fetch::RepoCache>,
     /// Commit statuses on their way to the forges.
     pub statuses: crate::repository::status::Reporter,
     accept: std::sync::mpsc::Sender<Pending>,
@@ -133,7 +133,7 @@ impl Shared {
             .name("skiff-accept".into())
             .spawn(move || group_commit(&writer, rx))
             .context("starting the run store's writer")?;
-        let repos = crate::repository::fetch::RepoCache::new(config.data_dir.join("repos"));
+        let repos = Arc::new(crate::repository::fetch::RepoCache::new(config.data_dir.join("repos")));
         let client = crate::repository::status::Reporter::http_client().map_err(anyhow::Error::msg)?;
         let statuses = crate::repository::status::Reporter::new(client, Default::default());
         Ok(Arc::new(Shared {

@@ -317,16 +317,27 @@ impl Shared {
         {
             eprintln!("skiff serve: run {}: recording its commit: {e:#}", run.id);
         }
-        let branch = run
-            .git_ref
-            .as_deref()
-            .and_then(|r| r.strip_prefix("refs/heads/"))
-            .filter(|_| want.git_ref.as_deref().is_some_and(|r| r.starts_with("refs/heads/")));
+        let branch = want.branch();
         self.repos
             .checkout(&src, &sha, ws, branch)
             .await
             .map_err(|e| format!("checking out {} at {sha}: {e}", src.remote.url()))?;
         Ok(sha)
+    }
+
+    /// With several jobs, each gets its own checkout of the run's commit (from the cache, so it
+    /// costs links, not a fetch): no job depends on another's folder.
+    fn job_checkouts(&self, app: &AppConfig, run: &Run, sha: &str) -> Result<crate::pipeline::JobSetup, String> {
+        let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
+        let src = Arc::new(repo.source(&run.event)?);
+        let want = repo.want(&run.event, run.sha.as_deref(), run.git_ref.as_deref());
+        let branch = want.branch().map(String::from);
+        let repos = self.repos.clone();
+        let sha = sha.to_string();
+        Ok(crate::pipeline::JobSetup(Arc::new(move |dir| {
+            let (repos, src, sha, branch) = (repos.clone(), src.clone(), sha.clone(), branch.clone());
+            Box::pin(async move { repos.checkout(&src, &sha, &dir, branch.as_deref()).await })
+        })))
     }
 
     /// The pipeline of the commit checked out in `ws`.
@@ -560,6 +571,7 @@ impl Shared {
         let ws = self.workspace_dir(run.id);
         let source = app.workspace.clone();
         let id = run.id;
+        let mut job_setup = None;
         let plan = if app.repo.is_some() {
             let logs = self.logs.clone();
             tokio::task::spawn_blocking(move || logs.remove(id))
@@ -573,6 +585,7 @@ impl Shared {
                 (true, Some(sha)) => sha.clone(),
                 _ => self.check_out(&app, &run, &ws).await?,
             };
+            job_setup = Some(self.job_checkouts(&app, &run, &sha)?);
             self.commit_plan(&app, &run, &sha, &ws).await?
         } else {
             self.prepare_folder(id, source, ws.clone()).await?;
@@ -601,6 +614,7 @@ impl Shared {
             workspace: ws,
             job: run.job.clone(),
             ca_bundle: app.ca_bundle.clone(),
+            job_setup,
         };
         let sink = Arc::new(Sink {
             run: run.id,

@@ -639,3 +639,34 @@ steps:
     assert!(log.contains("deploying to staging with 3 replicas"), "{log}");
     server.halt();
 }
+
+#[tokio::test]
+async fn each_job_gets_its_own_checkout_of_the_commit() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let work = repo.root.path().join("work");
+    git(&work, &["checkout", "-q", "main"]);
+    let pipeline = r#"jobs:
+  build:
+    steps:
+      - run: echo "build sees $(cat version.txt)" && echo scribbled > version.txt && touch build-only
+  test:
+    needs: build
+    steps:
+      - run: echo "test sees $(cat version.txt) build-only=$(ls build-only 2>/dev/null || echo absent) head=$(git rev-parse HEAD)"
+"#;
+    std::fs::write(work.join(".skiff/pipeline.yaml"), pipeline).unwrap();
+    git(&work, &["commit", "-q", "-am", "two jobs"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["push", "-q", repo.root.path().join("acme/web.git").to_str().unwrap(), "main"]);
+
+    let (_git, _data, server, base) = over_http(&repo).await;
+    let id = hook(&base, "push", push(&sha)).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("build sees v2"), "{log}");
+    assert!(log.contains(&format!("test sees v2 build-only=absent head={sha}")), "{log}");
+    server.halt();
+}

@@ -325,10 +325,12 @@ def main():
     server = Skiff(data, port)
     try:
         first = one_run(server, sha)
-        cached = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(data, "repos")) for f in fs)
+        # The object cache itself (`*.git`), not the spare checkout beside it (`*.spare`).
+        cached = sum(os.path.getsize(os.path.join(d, f)) for c in os.listdir(os.path.join(data, "repos")) if c.endswith(".git")
+                     for d, _, fs in os.walk(os.path.join(data, "repos", c)) for f in fs)
         print(f"first run on an empty cache (not counted): {first['total']:.0f} ms; the cache then holds "
               f"{cached / 1e6:.1f} MB")
-        cache = [os.path.join(data, "repos", d) for d in os.listdir(os.path.join(data, "repos"))][0]
+        cache = [os.path.join(data, "repos", d) for d in os.listdir(os.path.join(data, "repos")) if d.endswith(".git")][0]
         warm, hand = [], []
         for _ in range(warm_n):  # each warm run followed by the same git work by hand
             warm.append(one_run(server, sha))

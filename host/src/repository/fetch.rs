@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -197,6 +197,13 @@ impl Want {
 pub struct RepoCache {
     root: PathBuf,
     locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Caches whose spare checkout is being made.
+    refilling: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+/// Where a cache keeps its spare checkout.
+fn spare_of(cache: &Path) -> PathBuf {
+    cache.with_extension("spare")
 }
 
 fn is_sha(s: &str) -> bool {
@@ -217,7 +224,7 @@ fn check_ref(r: &str) -> Result<(), String> {
 impl RepoCache {
     /// Caches live in `root` (created when first needed).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), locks: Mutex::new(HashMap::new()) }
+        Self { root: root.into(), locks: Mutex::new(HashMap::new()), refilling: Mutex::default() }
     }
 
     fn dir(&self, remote: &Remote) -> PathBuf {
@@ -288,8 +295,13 @@ impl RepoCache {
 
     /// Checks the commit (already in the cache) out into `workspace`, which must be empty or
     /// absent: on `branch` when given, else detached. Submodules follow when the source asks.
+    ///
+    /// Creating files is most of a large checkout's time, so the cache keeps one spare
+    /// checkout per repository, made by the host beside it and never seen by a step: a run
+    /// takes it (a rename) and moves it to its commit, which writes only the files that differ;
+    /// a new spare is then made in the background.
     pub async fn checkout(
-        &self,
+        self: &Arc<Self>,
         src: &Source,
         sha: &str,
         workspace: &Path,
@@ -302,24 +314,38 @@ impl RepoCache {
             check_ref(&format!("refs/heads/{b}"))?;
         }
         let dir = self.dir(&src.remote);
-        {
+        let took = {
             let lock = self.lock(&dir);
             let _held = lock.lock().await;
-            std::fs::create_dir_all(workspace).map_err(|e| format!("creating {}: {e}", workspace.display()))?;
-            git_local(workspace, &["init", "--quiet", "--template=", "."]).await?;
-            let git_dir = workspace.join(".git");
-            let (d, g) = (dir.clone(), git_dir.clone());
+            // A rename takes it whole, or not at all when another run was first.
+            if let Some(parent) = workspace.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            }
+            let took = std::fs::rename(spare_of(&dir), workspace).is_ok();
+            if !took {
+                std::fs::create_dir_all(workspace).map_err(|e| format!("creating {}: {e}", workspace.display()))?;
+                git_local(workspace, &["init", "--quiet", "--template=", "."]).await?;
+            }
+            let (d, g) = (dir.clone(), workspace.join(".git"));
             tokio::task::spawn_blocking(move || link_objects(&d, &g))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("linking the repository's objects into the workspace: {e}"))?;
-        }
-        let target = match branch {
-            Some(b) => vec!["checkout", "--quiet", "-B", b, sha],
-            None => vec!["checkout", "--quiet", "--detach", sha],
+            took
+        };
+        // As many workers as cores write the files.
+        let parallel = ["-c", "checkout.workers=0"];
+        let target: Vec<&str> = match branch {
+            Some(b) => parallel.iter().copied().chain(["checkout", "--quiet", "--force", "-B", b, sha]).collect(),
+            None => parallel.iter().copied().chain(["checkout", "--quiet", "--force", "--detach", sha]).collect(),
         };
         git_local(workspace, &target).await?;
-        git_local(workspace, &["remote", "add", "origin", src.remote.url()]).await?;
+        if took {
+            git_local(workspace, &["clean", "-ffdxq"]).await?;
+            git_local(workspace, &["remote", "set-url", "origin", src.remote.url()]).await?;
+        } else {
+            git_local(workspace, &["remote", "add", "origin", src.remote.url()]).await?;
+        }
         if src.submodules && workspace.join(".gitmodules").is_file() {
             let args = ["-c", "protocol.file.allow=never", "submodule", "update", "--init", "--recursive"];
             let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -328,7 +354,63 @@ impl RepoCache {
             }
             sandboxed_git(workspace, src, args, "checking out submodules").await?;
         }
+        self.refill(src, sha);
         Ok(())
+    }
+
+    /// Makes a new spare checkout of `sha` in the background, unless there is one or one is
+    /// being made.
+    fn refill(self: &Arc<Self>, src: &Source, sha: &str) {
+        let dir = self.dir(&src.remote);
+        if spare_of(&dir).exists() {
+            return;
+        }
+        {
+            let mut making = self.refilling.lock().unwrap_or_else(|e| e.into_inner());
+            if !making.insert(dir.clone()) {
+                return;
+            }
+        }
+        let (this, sha) = (self.clone(), sha.to_string());
+        let plain = Source { submodules: false, ..src.clone() };
+        tokio::spawn(async move {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let tmp = dir.with_extension(format!("spare-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+            let made = async {
+                let lock = this.lock(&dir);
+                let _held = lock.lock().await;
+                std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+                git_local(&tmp, &["init", "--quiet", "--template=", "."]).await?;
+                let (d, g) = (dir.clone(), tmp.join(".git"));
+                tokio::task::spawn_blocking(move || link_objects(&d, &g))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            let made = match made {
+                Ok(()) => git_local(&tmp, &["-c", "checkout.workers=0", "checkout", "--quiet", "--detach", &sha])
+                    .await
+                    .and(git_local(&tmp, &["remote", "add", "origin", plain.remote.url()]).await)
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            // Files written in the second the index was written are "racily clean": git would
+            // hash every one of them again at the run's checkout. Dated two seconds back and
+            // refreshed once (here, off the run's path), they are recorded as clean for good.
+            let made = match made {
+                Ok(()) => {
+                    let t = tmp.clone();
+                    let _ = tokio::task::spawn_blocking(move || backdate(&t)).await;
+                    git_local(&tmp, &["update-index", "-q", "--really-refresh"]).await.map(|_| ())
+                }
+                Err(e) => Err(e),
+            };
+            if made.is_err() || std::fs::rename(&tmp, spare_of(&dir)).is_err() {
+                let _ = tokio::fs::remove_dir_all(&tmp).await;
+            }
+            this.refilling.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+        });
     }
 
     /// A file of the commit, if it is there as a regular file (a symlink is not followed).
@@ -521,6 +603,18 @@ async fn sandboxed_git(dir: &Path, src: &Source, args: Vec<String>, what: &str) 
                 why = format!("{why} ({r})");
             }
             Err(clean(&format!("{what}: {why}")))
+        }
+    }
+}
+
+/// Sets the modification time of every file of a checkout (not of `.git`) two seconds back.
+fn backdate(worktree: &Path) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(2);
+    let files =
+        walkdir::WalkDir::new(worktree).follow_links(false).into_iter().filter_entry(|e| e.file_name() != ".git");
+    for e in files.flatten().filter(|e| e.file_type().is_file()) {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(e.path()) {
+            let _ = f.set_modified(then);
         }
     }
 }

@@ -97,8 +97,9 @@ pub struct Shared {
     running: Mutex<HashMap<i64, scheduler::Running>>,
     /// Runs whose commit is being fetched.
     preparing: Mutex<std::collections::HashSet<i64>>,
-    /// Runs whose workspace holds a fresh checkout made when they were prepared.
-    checked_out: Mutex<std::collections::HashSet<i64>>,
+    /// Runs whose workspace holds a fresh checkout made when they were prepared: its commit
+    /// and the pipeline read from it.
+    checked_out: Mutex<HashMap<i64, (String, crate::pipeline::Plan)>>,
     /// The object caches of the repositories the apps build.
     pub repos: Arc<crate::repository::fetch::RepoCache>,
     /// Commit statuses on their way to the forges.

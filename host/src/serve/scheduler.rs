@@ -277,7 +277,7 @@ impl Shared {
         self.preparing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn checked_out(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    fn checked_out(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (String, Plan)>> {
         self.checked_out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -290,8 +290,9 @@ impl Shared {
             .ok_or_else(|| format!("app `{}` is not configured on this host", run.app))?;
         let ws = self.workspace_dir(run.id);
         let sha = self.check_out(app, run, &ws).await?;
-        self.checked_out().insert(run.id);
-        self.commit_plan(app, run, &sha, &ws).await
+        let plan = self.commit_plan(app, run, &sha, &ws).await?;
+        self.checked_out().insert(run.id, (sha, plan.clone()));
+        Ok(plan)
     }
 
     /// A fresh checkout of the run's commit in `ws`; the commit id.
@@ -578,15 +579,19 @@ impl Shared {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("clearing old logs: {e}"))?;
-            // Checked out when it was prepared, unless the host restarted since (or this is a
-            // retry): then afresh.
-            let fresh = self.checked_out().remove(&id);
-            let sha = match (fresh, &run.sha) {
-                (true, Some(sha)) => sha.clone(),
-                _ => self.check_out(&app, &run, &ws).await?,
+            // Checked out and read when it was prepared, unless the host restarted since (or
+            // this is a retry): then afresh.
+            let prepared = self.checked_out().remove(&id);
+            let (sha, plan) = match prepared {
+                Some(p) => p,
+                None => {
+                    let sha = self.check_out(&app, &run, &ws).await?;
+                    let plan = self.commit_plan(&app, &run, &sha, &ws).await?;
+                    (sha, plan)
+                }
             };
             job_setup = Some(self.job_checkouts(&app, &run, &sha)?);
-            self.commit_plan(&app, &run, &sha, &ws).await?
+            plan
         } else {
             self.prepare_folder(id, source, ws.clone()).await?;
             load_plan(&app, &ws)?

@@ -670,3 +670,42 @@ async fn each_job_gets_its_own_checkout_of_the_commit() {
     assert!(log.contains(&format!("test sees v2 build-only=absent head={sha}")), "{log}");
     server.halt();
 }
+
+#[tokio::test]
+async fn a_run_from_the_spare_checkout_has_exactly_its_commit_s_files() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let work = repo.root.path().join("work");
+    git(&work, &["checkout", "-q", "main"]);
+    git(&work, &["rm", "-q", "version.txt"]);
+    std::fs::write(work.join("new.txt"), "fresh").unwrap();
+    let pipeline =
+        "steps:\n  - run: |\n      test ! -e version.txt && echo \"only $(cat new.txt) files: $(ls | tr '\\n' ' ')\"\n";
+    std::fs::write(work.join(".skiff/pipeline.yaml"), pipeline).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "moved"]);
+    let moved = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["push", "-q", repo.root.path().join("acme/web.git").to_str().unwrap(), "main"]);
+
+    let (_git, data, server, base) = over_http(&repo).await;
+    let (run, log) = finished(&base, hook(&base, "push", push(&repo.commits[0])).await).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    // The host makes a spare checkout (of the first commit) for the next run, beside the cache.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spare = || {
+        std::fs::read_dir(data.path().join("repos"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "spare"))
+    };
+    while !spare() {
+        assert!(Instant::now() < deadline, "no spare checkout was made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (run, log) = finished(&base, hook(&base, "push", push(&moved)).await).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("only fresh files: new.txt "), "the spare moved to the commit, nothing left over: {log}");
+    server.halt();
+}

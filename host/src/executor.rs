@@ -73,7 +73,7 @@ impl LocalExecutor {
         let mut inputs = req.inputs.clone();
         let mut process = ProcessGrant {
             allowed: req.permissions.process,
-            network: req.permissions.network,
+            network: req.permissions.network && !req.permissions.read_only,
             unsandboxed: self.unsandboxed_processes,
         };
         let bytes: Vec<u8> = match &req.uses {
@@ -117,6 +117,7 @@ impl LocalExecutor {
             })
             .collect();
         let allow_hosts = match Allowlist::parse(&hosts) {
+            Ok(a) if req.permissions.read_only => a.read_only(),
             Ok(a) => a,
             Err(e) => return fail(e),
         };

@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub job: Option<String>,
     /// PEM certificates the app trusts for HTTPS besides the Web PKI roots (`ca-file`).
     pub ca_bundle: Option<Arc<str>>,
+    /// Steps may only read (a pull request from a fork): see [`Permissions::read_only`].
+    pub read_only: bool,
     /// Fills each job's own folder before its steps run (the host's checkout of the run's
     /// commit), when the run has several jobs.
     pub job_setup: Option<JobSetup>,
@@ -822,6 +824,7 @@ impl JobRun {
             .filter_map(|n| self.opts.secrets.get(n).map(|v| (n.clone(), v.clone())))
             .collect();
         req.permissions = step.permissions.clone();
+        req.permissions.read_only = self.opts.read_only;
         req.working_directory = wd;
         req.memory = step.memory;
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));

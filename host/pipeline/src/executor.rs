@@ -38,6 +38,9 @@ pub struct Permissions {
     pub process: bool,
     /// May open network connections beyond HTTP to `hosts`.
     pub network: bool,
+    /// Only reading is allowed (a fork's pull request): HTTP to `hosts` with GET and HEAD,
+    /// and processes without network.
+    pub read_only: bool,
 }
 
 /// One step to run.

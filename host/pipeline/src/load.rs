@@ -876,6 +876,7 @@ fn build_step(
             secrets: secrets.into_iter().collect(),
             process: perms.process,
             network: perms.network,
+            read_only: false,
         },
         post,
         memory: s.memory_mb.map(|m| m * 1024 * 1024),

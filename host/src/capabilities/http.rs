@@ -87,17 +87,22 @@ impl std::fmt::Display for HostPattern {
     }
 }
 
-/// The hosts a step may call.
+/// The hosts a step may call, and whether it may only read from them.
 #[derive(Debug, Clone, Default)]
-pub struct Allowlist(Vec<HostPattern>);
+pub struct Allowlist(Vec<HostPattern>, bool);
 
 impl Allowlist {
     pub fn new(patterns: Vec<HostPattern>) -> Self {
-        Self(patterns)
+        Self(patterns, false)
     }
 
     pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, String> {
-        patterns.iter().map(|p| HostPattern::parse(p.as_ref())).collect::<Result<_, _>>().map(Self)
+        patterns.iter().map(|p| HostPattern::parse(p.as_ref())).collect::<Result<_, _>>().map(Self::new)
+    }
+
+    /// The same hosts for `GET`, `HEAD` and `OPTIONS` only (a fork's pull request).
+    pub fn read_only(self) -> Self {
+        Self(self.0, true)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -251,6 +256,14 @@ pub fn send_allowed(
         denied(format!("denied outbound HTTP to `{shown}`: it is not in the allowlist ({})", how_to_grant(&shown)));
         return Box::new(async { Err(HttpError::HttpRequestDenied) });
     };
+    if allow.1 && !matches!(*request.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+        denied(format!(
+            "denied `{}` to `{shown}`: a pull request from a fork may only read (GET, HEAD); the app's \
+             `trust-fork-pull-requests = true` lifts this",
+            request.method()
+        ));
+        return Box::new(async { Err(HttpError::HttpRequestDenied) });
+    }
     let mut request = request;
     let tls = tls.clone();
     Box::new(async move {

@@ -195,6 +195,7 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
         job: args.job.clone(),
         ca_bundle: args.ca_file.as_deref().map(crate::serve::config::read_ca_bundle).transpose()?,
         job_setup: None,
+        read_only: false,
     };
 
     let report = if args.json {

@@ -602,19 +602,17 @@ impl Shared {
         {
             return Err(format!("the pipeline has no job `{j}` any more"));
         }
+        let untrusted = from_fork(&run.body) && !app.trust_fork_pull_requests;
         let opts = RunOptions {
             run_id: run.id.to_string(),
             run_number: run.number as u64,
             run_attempt: run.attempt as u32,
             event: run.event.clone(),
             body: run.body.clone(),
-            // A fork's pull request runs code from anyone: it gets no secrets unless the app
-            // trusts forks (as on GitHub).
-            secrets: if from_fork(&run.body) && !app.trust_fork_pull_requests {
-                BTreeMap::new()
-            } else {
-                app.secrets.clone()
-            },
+            // A fork's pull request runs code from anyone: it gets no secrets and may only read
+            // unless the app trusts forks (as on GitHub).
+            secrets: if untrusted { BTreeMap::new() } else { app.secrets.clone() },
+            read_only: untrusted,
             inputs: run.inputs.clone(),
             workspace: ws,
             job: run.job.clone(),

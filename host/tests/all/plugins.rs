@@ -452,6 +452,33 @@ async fn notify_reaches_only_the_granted_host_and_secret() {
     assert!(seen.lock().unwrap().is_empty(), "nothing was sent");
 }
 
+/// A fork's pull request may only read: the same granted host answers a GET, but a POST is
+/// refused before anything is sent, with the reason and the way to lift it.
+#[tokio::test]
+async fn a_read_only_grant_lets_a_step_read_but_not_send() {
+    let (port, seen) = server(|_| ok_json(json!({"errcode": 0})));
+    let ws = tempfile::tempdir().unwrap();
+    let webhook = format!("http://127.0.0.1:{port}/robot/send");
+    let mut inv = invocation(ws.path(), port, &[("provider", "dingtalk"), ("webhook", &webhook)]);
+    inv.allow_hosts = Allowlist::parse(&[format!("127.0.0.1:{port}")]).unwrap().read_only();
+    let (report, log) = run(&*step("notify").await, inv).await;
+    assert!(!report.status.succeeded(), "{:?}", report.status);
+    assert!(log.contains("may only read") && log.contains("trust-fork-pull-requests"), "{log}");
+    assert!(seen.lock().unwrap().is_empty(), "nothing was sent");
+
+    // Reading works: the checkout step GETs the commit's tarball from the same kind of grant.
+    let top = format!("acme-web-{}", &SHA[..7]);
+    let ar = targz(&[(&format!("{top}/"), b""), (&format!("{top}/a.txt"), b"hi")], &[]);
+    let (port, _) = forge(vec![(format!("/codeload/acme/web/tarball/{SHA}"), ar)]);
+    let api = format!("http://127.0.0.1:{port}");
+    let mut inv = invocation(ws.path(), port, &[("api-url", &api), ("path", "src")]);
+    inv.allow_hosts = Allowlist::parse(&[format!("127.0.0.1:{port}")]).unwrap().read_only();
+    inv.event_json = json!({"provider": "github", "repository": {"full_name": "acme/web"}, "after": SHA}).to_string();
+    let (report, log) = run(&*step("checkout").await, inv).await;
+    assert!(report.status.succeeded(), "{:?}\n{log}", report.status);
+    assert_eq!(std::fs::read_to_string(ws.path().join("src/a.txt")).unwrap(), "hi");
+}
+
 // ---------------------------------------------------------------- checkout
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";

@@ -808,6 +808,7 @@ pub(crate) async fn rerun(
         event: run.event.clone(),
         body: run.body.clone(),
         job,
+        pipeline: run.pipeline.clone(),
         parent: Some((run.id, run.number, attempt)),
         requested_by: Some(caller.name.clone()),
         ..NewRun::default()

@@ -173,7 +173,6 @@ impl Shared {
         self.accept.send((run, tx)).map_err(|_| stopped())?;
         let inserted = rx.await.map_err(|_| stopped())??;
         if !inserted.duplicate {
-            self.report_status(inserted.id, store::status::QUEUED, None);
             self.wake();
         }
         Ok(inserted)

@@ -189,6 +189,8 @@ impl Shared {
 
     /// Loads a queued run's pipeline and settles its concurrency group.
     fn prepare(self: &Arc<Self>, run: &Run) -> anyhow::Result<()> {
+        // Pending on the commit from here, before the run can start (and report running).
+        self.report_status(run.id, status::QUEUED, None);
         let Some(app) = self.config.apps.get(&run.app) else {
             return self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app));
         };
@@ -251,6 +253,7 @@ impl Shared {
         let this = self.clone();
         tokio::spawn(async move {
             let id = run.id;
+            this.report_status(id, status::QUEUED, None);
             let r = this.prepare_commit(&run).await;
             let r = match r.and_then(|plan| this.gate(&run, &plan).map(|go| (plan, go))) {
                 Ok((plan, true)) => this.settle_group(&run, &plan).map_err(|e| format!("{e:#}")),
@@ -290,7 +293,28 @@ impl Shared {
             .ok_or_else(|| format!("app `{}` is not configured on this host", run.app))?;
         let ws = self.workspace_dir(run.id);
         let sha = self.check_out(app, run, &ws).await?;
-        let plan = self.commit_plan(app, run, &sha, &ws).await?;
+        let (plan, several) = self.commit_plans(app, run, &sha, &ws).await?;
+        if let Some((mine, others)) = several {
+            // As GitHub's workflows folder: every pipeline file of the commit is a run of its own.
+            self.store.set_pipeline(run.id, &mine).map_err(|e| format!("{e:#}"))?;
+            for other in others {
+                let sibling = store::NewRun {
+                    app: run.app.clone(),
+                    trigger: run.trigger.clone(),
+                    reason: format!("{} ({other})", run.reason),
+                    git_ref: run.git_ref.clone(),
+                    sha: Some(sha.clone()),
+                    dispatch_id: run.dispatch_id.as_ref().map(|d| format!("{d}:{other}")),
+                    inputs: run.inputs.clone(),
+                    event: run.event.clone(),
+                    body: run.body.clone(),
+                    requested_by: run.requested_by.clone(),
+                    pipeline: Some(other),
+                    ..store::NewRun::default()
+                };
+                self.enqueue(sibling).await.map_err(|e| format!("queueing the commit's other pipelines: {e:#}"))?;
+            }
+        }
         self.checked_out().insert(run.id, (sha, plan.clone()));
         Ok(plan)
     }
@@ -313,10 +337,13 @@ impl Shared {
             .ensure(&src, &want)
             .await
             .map_err(|e| format!("the run's code could not be fetched ({} at {at}): {e}", src.remote.url()))?;
-        if run.sha.as_deref() != Some(sha.as_str())
-            && let Err(e) = self.store.set_sha(run.id, &sha)
-        {
-            eprintln!("skiff serve: run {}: recording its commit: {e:#}", run.id);
+        if run.sha.as_deref() != Some(sha.as_str()) {
+            match self.store.set_sha(run.id, &sha) {
+                // Now that the commit is known, it can show the run as pending.
+                Ok(()) if run.sha.is_none() => self.report_status(run.id, status::QUEUED, None),
+                Ok(()) => {}
+                Err(e) => eprintln!("skiff serve: run {}: recording its commit: {e:#}", run.id),
+            }
         }
         let branch = want.branch();
         self.repos
@@ -343,6 +370,18 @@ impl Shared {
 
     /// The pipeline of the commit checked out in `ws`.
     async fn commit_plan(&self, app: &AppConfig, run: &Run, sha: &str, ws: &Path) -> Result<Plan, String> {
+        Ok(self.commit_plans(app, run, sha, ws).await?.0)
+    }
+
+    /// [`Self::commit_plan`], and the commit's other pipelines when it has several
+    /// (`.skiff/pipelines/*`) and the run names none: the file it runs, and the others.
+    async fn commit_plans(
+        &self,
+        app: &AppConfig,
+        run: &Run,
+        sha: &str,
+        ws: &Path,
+    ) -> Result<(Plan, Option<(String, Vec<String>)>), String> {
         let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
         let src = repo.source(&run.event)?;
         let named = match &app.pipeline {
@@ -351,21 +390,31 @@ impl Shared {
                 let plan = load_str(y, &format!("{} (pipeline-yaml)", app.name()), ws)
                     .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
                 confine_components(&plan, ws)?;
-                return Ok(plan);
+                return Ok((plan, None));
             }
             PipelineSource::Path(p) => Some(p.clone()),
         };
+        let named = named.or_else(|| run.pipeline.clone());
         let short = &sha[..12.min(sha.len())];
         let candidates: Vec<String> = match named {
             Some(p) => vec![p],
             None => DEFAULT_PIPELINES.iter().map(|s| s.to_string()).collect(),
         };
         let mut found = None;
+        let mut several = None;
         for c in &candidates {
             if let Some(folder) = c.strip_suffix('/') {
-                let files = self.repos.list_dir(&src, sha, folder).await?;
-                if let Some(f) = files.into_iter().find(|f| f.ends_with(".yaml") || f.ends_with(".yml")) {
-                    found = self.repos.read_file(&src, sha, &f).await?.map(|t| (f, t));
+                let mut files: Vec<String> = self
+                    .repos
+                    .list_dir(&src, sha, folder)
+                    .await?
+                    .into_iter()
+                    .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+                    .collect();
+                if !files.is_empty() {
+                    let first = files.remove(0);
+                    found = self.repos.read_file(&src, sha, &first).await?.map(|t| (first.clone(), t));
+                    several = Some((first, files));
                 }
             } else if let Some(t) = self.repos.read_file(&src, sha, c).await? {
                 found = Some((c.clone(), t));
@@ -380,7 +429,7 @@ impl Shared {
         let plan = load_str(&text, &format!("{path} (commit {short})"), &dir)
             .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
         confine_components(&plan, ws)?;
-        Ok(plan)
+        Ok((plan, several))
     }
 
     /// Evaluates a prepared run's `concurrency.group` and settles the group.

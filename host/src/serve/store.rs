@@ -81,6 +81,8 @@ pub const MIGRATIONS: &[&str] = &[
         last_fired INTEGER NOT NULL,
         PRIMARY KEY (app, cron)
     );",
+    // 3: which of a commit's pipelines a run runs (`.skiff/pipelines/*`: a run each).
+    "ALTER TABLE runs ADD COLUMN pipeline TEXT;",
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -136,6 +138,8 @@ pub struct NewRun {
     pub parent: Option<(i64, i64, i64)>,
     /// The token (or `webhook`, `cron`) that asked for it.
     pub requested_by: Option<String>,
+    /// The pipeline file of the commit it runs, when the commit has several.
+    pub pipeline: Option<String>,
 }
 
 /// What [`Store::insert_run`] did.
@@ -181,6 +185,9 @@ pub struct Run {
     pub parent_id: Option<i64>,
     /// Who asked for it.
     pub requested_by: Option<String>,
+    /// The pipeline file of the commit it runs (`.skiff/pipelines/deploy.yaml`), when the
+    /// commit has several: each runs as a run of its own.
+    pub pipeline: Option<String>,
     /// The evaluated `concurrency.group`.
     pub concurrency_group: Option<String>,
     /// How often the host stopped while this run was running.
@@ -291,7 +298,7 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-const RUN_COLS: &str = "id, app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, job, parent_id, requested_by, concurrency_group, interruptions, error, created_at, started_at, finished_at, event, body, prepared, cancel_in_progress";
+const RUN_COLS: &str = "id, app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, job, parent_id, requested_by, concurrency_group, interruptions, error, created_at, started_at, finished_at, event, body, prepared, cancel_in_progress, pipeline";
 
 fn run_row(r: &Row<'_>) -> rusqlite::Result<Run> {
     let inputs: String = r.get(10)?;
@@ -325,6 +332,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<Run> {
         body: serde_json::from_str(&body).unwrap_or_default(),
         prepared: r.get(22)?,
         cancel_in_progress: r.get(23)?,
+        pipeline: r.get(24)?,
     })
 }
 
@@ -451,6 +459,12 @@ impl Store {
             "UPDATE runs SET prepared = 1, concurrency_group = ?2, cancel_in_progress = ?3 WHERE id = ?1",
             params![id, group, cancel_in_progress],
         )?;
+        Ok(())
+    }
+
+    /// Which of its commit's pipelines a run runs.
+    pub fn set_pipeline(&self, id: i64, pipeline: &str) -> anyhow::Result<()> {
+        self.conn().execute("UPDATE runs SET pipeline = ?2 WHERE id = ?1", params![id, pipeline])?;
         Ok(())
     }
 
@@ -743,8 +757,8 @@ fn insert_one(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> anyhow::Result<In
         }
     };
     tx.execute(
-            "INSERT INTO runs (app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, event, body, job, parent_id, requested_by, created_at)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            "INSERT INTO runs (app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, event, body, job, parent_id, requested_by, created_at, pipeline)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 run.app,
                 number,
@@ -761,6 +775,7 @@ fn insert_one(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> anyhow::Result<In
                 parent,
                 run.requested_by,
                 now_ms(),
+                run.pipeline,
             ],
         )?;
     let id = tx.last_insert_rowid();

@@ -709,3 +709,51 @@ async fn a_run_from_the_spare_checkout_has_exactly_its_commit_s_files() {
     assert!(log.contains("only fresh files: new.txt "), "the spare moved to the commit, nothing left over: {log}");
     server.halt();
 }
+
+#[tokio::test]
+async fn every_file_in_skiff_pipelines_is_a_run_of_its_own() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let work = repo.root.path().join("work");
+    git(&work, &["checkout", "-q", "main"]);
+    git(&work, &["rm", "-q", ".skiff/pipeline.yaml"]);
+    std::fs::create_dir_all(work.join(".skiff/pipelines")).unwrap();
+    std::fs::write(work.join(".skiff/pipelines/build.yaml"), "steps:\n  - run: echo building $(cat version.txt)\n")
+        .unwrap();
+    std::fs::write(work.join(".skiff/pipelines/lint.yml"), "steps:\n  - run: echo linting $(cat version.txt)\n")
+        .unwrap();
+    std::fs::write(work.join(".skiff/pipelines/README.md"), "not a pipeline").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "two pipelines"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["push", "-q", repo.root.path().join("acme/web.git").to_str().unwrap(), "main"]);
+
+    let (_git, _data, server, base) = over_http(&repo).await;
+    let first = hook(&base, "push", push(&sha)).await;
+    let (run, log) = finished(&base, first).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert_eq!(run["pipeline"], ".skiff/pipelines/build.yaml");
+    assert!(log.contains("building v2"), "{log}");
+    // The other file's run was queued beside it, for the same commit.
+    let (sibling, log) = finished(&base, first + 1).await;
+    assert_eq!(sibling["status"], "success", "{sibling:#}\n{log}");
+    assert_eq!(
+        (sibling["pipeline"].as_str(), sibling["sha"].as_str()),
+        (Some(".skiff/pipelines/lint.yml"), Some(sha.as_str()))
+    );
+    assert!(log.contains("linting v2"), "{log}");
+    let all: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/runs"))
+        .bearer_auth(TOKEN_ALL)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = all.as_array().or_else(|| all["runs"].as_array()).map(|a| a.len()).unwrap_or(0);
+    assert_eq!(listed, 2, "one run per pipeline file, no more: {all:#}");
+    server.halt();
+}

@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub ca_bundle: Option<Arc<str>>,
     /// Steps may only read (a pull request from a fork): see [`Permissions::read_only`].
     pub read_only: bool,
+    /// Job instances not run again (a rerun of failed jobs): how they ended in the earlier
+    /// attempt, and their outputs, which their dependents see as if they had just run.
+    pub reuse: BTreeMap<String, (Status, BTreeMap<String, String>)>,
     /// Fills each job's own folder before its steps run (the host's checkout of the run's
     /// commit), when the run has several jobs.
     pub job_setup: Option<JobSetup>,
@@ -389,6 +392,28 @@ pub async fn run_pipeline(
             let need_idx: Vec<usize> =
                 selected.iter().copied().filter(|k| j.needs.contains(&plan.jobs[*k].job)).collect();
             if !need_idx.iter().all(|k| done.contains_key(k)) {
+                continue;
+            }
+            if let Some((status, outputs)) = opts.reuse.get(&j.key) {
+                started_set[i] = true;
+                emit.emit(RunEvent::JobStarted { job_id: j.key.clone(), name: j.name.clone() });
+                emit.emit(RunEvent::JobFinished {
+                    job_id: j.key.clone(),
+                    name: j.name.clone(),
+                    status: *status,
+                    duration_ms: 0,
+                    outputs: outputs.clone(),
+                });
+                let r = JobReport {
+                    key: j.key.clone(),
+                    name: j.name.clone(),
+                    status: *status,
+                    duration: Duration::ZERO,
+                    steps: Vec::new(),
+                    outputs: outputs.clone(),
+                };
+                done.insert(i, Done { status: *status, outputs: outputs.clone() });
+                reports[i] = Some(r);
                 continue;
             }
             let flag = cancel_flags[&j.job].clone();

@@ -196,6 +196,7 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
         ca_bundle: args.ca_file.as_deref().map(crate::serve::config::read_ca_bundle).transpose()?,
         job_setup: None,
         read_only: false,
+        reuse: Default::default(),
     };
 
     let report = if args.json {

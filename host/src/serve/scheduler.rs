@@ -646,11 +646,21 @@ impl Shared {
             load_plan(&app, &ws)?
         };
         let job_ids: HashMap<String, String> = plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect();
-        if let Some(j) = &run.job
-            && plan.instances(j).next().is_none()
-        {
-            return Err(format!("the pipeline has no job `{j}` any more"));
+        for j in run.job.iter().flat_map(|j| j.split(',')).map(str::trim).filter(|j| !j.is_empty()) {
+            if plan.instances(j).next().is_none() {
+                return Err(format!("the pipeline has no job `{j}` any more"));
+            }
         }
+        // A rerun of failed jobs: what succeeded before and depends on nothing that failed is
+        // carried over with its outputs; the failed instances and everything downstream run.
+        let reuse = match (run.parent_id, &run.job) {
+            (Some(parent), Some(_)) => {
+                let before = self.store.jobs(parent).map_err(|e| format!("reading the earlier attempt: {e:#}"))?;
+                reusable(&plan, &before)
+            }
+            _ => BTreeMap::new(),
+        };
+        let job = if reuse.is_empty() { run.job.clone() } else { None };
         let untrusted = from_fork(&run.body) && !app.trust_fork_pull_requests;
         let opts = RunOptions {
             run_id: run.id.to_string(),
@@ -664,7 +674,8 @@ impl Shared {
             read_only: untrusted,
             inputs: run.inputs.clone(),
             workspace: ws,
-            job: run.job.clone(),
+            job,
+            reuse,
             ca_bundle: app.ca_bundle.clone(),
             job_setup,
         };
@@ -801,7 +812,16 @@ impl RunObserver for Sink {
                 self.live(job_id, "", name, status::RUNNING);
             }
             RunEvent::JobSkipped { job_id, name, reason } => {
-                let r = store.job_finished(self.run, job_id, self.job_id(job_id), name, "skipped", Some(reason), None);
+                let r = store.job_finished(
+                    self.run,
+                    job_id,
+                    self.job_id(job_id),
+                    name,
+                    "skipped",
+                    Some(reason),
+                    None,
+                    None,
+                );
                 self.check("a skipped job", r);
                 self.live(job_id, "", name, "skipped");
             }
@@ -822,7 +842,7 @@ impl RunObserver for Sink {
                 self.check("a step end", r);
                 self.live(job_id, step_id, name, status.as_str());
             }
-            RunEvent::JobFinished { job_id, name, status, duration_ms, .. } => {
+            RunEvent::JobFinished { job_id, name, status, duration_ms, outputs } => {
                 let r = store.job_finished(
                     self.run,
                     job_id,
@@ -831,6 +851,7 @@ impl RunObserver for Sink {
                     status.as_str(),
                     None,
                     Some(*duration_ms),
+                    Some(outputs),
                 );
                 self.check("a job end", r);
                 self.live(job_id, "", name, status.as_str());
@@ -838,6 +859,44 @@ impl RunObserver for Sink {
             RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => {}
         }
     }
+}
+
+/// The job instances of an earlier attempt a rerun of its failed jobs carries over: those
+/// that succeeded (or were skipped) and need, directly or not, no job that failed. As on GitHub,
+/// only the failed combinations of a matrix run again, with every job downstream of them.
+pub fn reusable(plan: &Plan, before: &[store::Job]) -> BTreeMap<String, (Status, BTreeMap<String, String>)> {
+    let failed = |st: &str| st == status::FAILURE || st == status::CANCELLED;
+    let mut again: std::collections::BTreeSet<String> =
+        before.iter().filter(|j| failed(&j.status)).map(|j| j.job.clone()).collect();
+    // Downstream of a failed job: everything that needs it, transitively.
+    loop {
+        let more: Vec<String> = plan
+            .jobs
+            .iter()
+            .filter(|j| !again.contains(&j.job) && j.needs.iter().any(|n| again.contains(n)))
+            .map(|j| j.job.clone())
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        again.extend(more);
+    }
+    before
+        .iter()
+        .filter(|j| !failed(&j.status) && plan.jobs.iter().any(|p| p.key == j.key))
+        .filter(|j| {
+            let downstream = plan.jobs.iter().any(|p| p.key == j.key && p.needs.iter().any(|n| again.contains(n)));
+            !downstream
+        })
+        .filter_map(|j| {
+            let st = match j.status.as_str() {
+                status::SUCCESS => Status::Success,
+                "skipped" => Status::Skipped,
+                _ => return None,
+            };
+            Some((j.key.clone(), (st, j.outputs.clone())))
+        })
+        .collect()
 }
 
 /// Rerun: the jobs to run again for `failed_only`, as the engine's `job` option.

@@ -83,6 +83,8 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // 3: which of a commit's pipelines a run runs (`.skiff/pipelines/*`: a run each).
     "ALTER TABLE runs ADD COLUMN pipeline TEXT;",
+    // 4: a job's outputs, which a rerun of the failed jobs hands on from the jobs it reuses.
+    "ALTER TABLE jobs ADD COLUMN outputs TEXT;",
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -231,6 +233,8 @@ pub struct Job {
     pub finished_at: Option<i64>,
     /// Wall time in ms.
     pub duration_ms: Option<i64>,
+    /// Its outputs (masked).
+    pub outputs: BTreeMap<String, String>,
     /// Its steps in order.
     pub steps: Vec<Step>,
 }
@@ -548,12 +552,14 @@ impl Store {
         status: &str,
         reason: Option<&str>,
         duration_ms: Option<u64>,
+        outputs: Option<&BTreeMap<String, String>>,
     ) -> anyhow::Result<()> {
         let now = now_ms();
+        let outputs = outputs.filter(|o| !o.is_empty()).map(serde_json::to_string).transpose()?;
         self.conn().execute(
-            "INSERT INTO jobs (run_id, job_key, job, name, status, reason, finished_at, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (run_id, job_key) DO UPDATE SET status = ?5, reason = ?6, finished_at = ?7, duration_ms = ?8",
-            params![run, key, job, name, status, reason, now, duration_ms.map(|d| d as i64)],
+            "INSERT INTO jobs (run_id, job_key, job, name, status, reason, finished_at, duration_ms, outputs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (run_id, job_key) DO UPDATE SET status = ?5, reason = ?6, finished_at = ?7, duration_ms = ?8, outputs = ?9",
+            params![run, key, job, name, status, reason, now, duration_ms.map(|d| d as i64), outputs],
         )?;
         Ok(())
     }
@@ -607,7 +613,7 @@ impl Store {
     pub fn jobs(&self, run: i64) -> anyhow::Result<Vec<Job>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT job_key, job, name, status, reason, started_at, finished_at, duration_ms FROM jobs WHERE run_id = ?1
+            "SELECT job_key, job, name, status, reason, started_at, finished_at, duration_ms, outputs FROM jobs WHERE run_id = ?1
              ORDER BY COALESCE(started_at, finished_at), rowid",
         )?;
         let mut jobs: Vec<Job> = stmt
@@ -621,6 +627,10 @@ impl Store {
                     started_at: r.get(5)?,
                     finished_at: r.get(6)?,
                     duration_ms: r.get(7)?,
+                    outputs: r
+                        .get::<_, Option<String>>(8)?
+                        .and_then(|o| serde_json::from_str(&o).ok())
+                        .unwrap_or_default(),
                     steps: Vec::new(),
                 })
             })?

@@ -757,3 +757,69 @@ async fn every_file_in_skiff_pipelines_is_a_run_of_its_own() {
     assert_eq!(listed, 2, "one run per pipeline file, no more: {all:#}");
     server.halt();
 }
+
+/// As on GitHub: running the failed jobs again runs only the failed combinations of a matrix
+/// and the jobs downstream of them; the rest is carried over with its outputs.
+#[tokio::test]
+async fn a_rerun_of_failed_jobs_runs_the_failed_cells_and_their_dependents_only() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let app = r#"fetch = false
+pipeline-yaml = """
+jobs:
+  version:
+    outputs:
+      v: ${{ steps.v.outputs.v }}
+    steps:
+      - id: v
+        run: echo "v=1.2.${{ run.attempt }}" >> "$SKIFF_OUTPUT"
+  build:
+    needs: version
+    strategy:
+      fail-fast: false
+      matrix:
+        n: [1, 2, 3]
+    steps:
+      - run: echo "build ${{ matrix.n }} attempt ${{ run.attempt }}" && test "${{ matrix.n }}-${{ run.attempt }}" != "2-1"
+  deploy:
+    needs: [version, build]
+    steps:
+      - run: echo "deploy ${{ needs.version.outputs.v }} attempt ${{ run.attempt }}"
+  docs:
+    steps:
+      - run: echo "docs attempt ${{ run.attempt }}"
+""""#;
+    let server = serve(data.path(), app).await;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let post = |path: String, body: Value| http.post(format!("{base}{path}")).bearer_auth(TOKEN_ALL).json(&body).send();
+    let first = post("/v1/apps/web/runs".into(), serde_json::json!({})).await.unwrap();
+    let first = first.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let (run, log) = finished(&base, first).await;
+    assert_eq!(run["status"], "failure", "{run:#}\n{log}");
+    assert!(log.contains("build 2 attempt 1") && !log.contains("deploy"), "{log}");
+
+    let again = post(format!("/v1/runs/{first}/rerun"), serde_json::json!({"failed_only": true})).await.unwrap();
+    assert_eq!(again.status(), 202);
+    let again = again.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let (run, log) = finished(&base, again).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert_eq!(run["attempt"], 2);
+    // Ran again: the failed cell and the job downstream of it, which sees the carried-over output.
+    assert!(log.contains("build 2 attempt 2"), "{log}");
+    assert!(log.contains("deploy 1.2.1 attempt 2"), "the first attempt's output reaches it: {log}");
+    // Carried over: the cells that passed, the job they needed and the independent job.
+    for not_again in ["build 1 attempt 2", "build 3 attempt 2", "docs attempt 2"] {
+        assert!(!log.contains(not_again), "{not_again} ran again: {log}");
+    }
+    let jobs = run["jobs"].as_array().unwrap();
+    let status_of = |key: &str| jobs.iter().find(|j| j["key"] == key).map(|j| j["status"].clone());
+    for key in ["version", "build-1", "build-2", "build-3", "deploy", "docs"] {
+        assert_eq!(status_of(key), Some(Value::from("success")), "{key}: {run:#}");
+    }
+    let version = jobs.iter().find(|j| j["key"] == "version").unwrap();
+    assert_eq!(version["outputs"]["v"], "1.2.1", "{version:#}");
+    server.halt();
+}

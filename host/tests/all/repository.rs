@@ -823,3 +823,51 @@ jobs:
     assert_eq!(version["outputs"]["v"], "1.2.1", "{version:#}");
     server.halt();
 }
+
+#[tokio::test]
+async fn submodules_are_checked_out_on_request_from_the_same_host() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let root = repo.root.path();
+    // A second repository on the same server, used as a submodule by a relative URL.
+    let lib = root.join("libwork");
+    std::fs::create_dir_all(&lib).unwrap();
+    git(&lib, &["init", "-q", "-b", "main"]);
+    std::fs::write(lib.join("lib.txt"), "from the submodule").unwrap();
+    git(&lib, &["add", "."]);
+    git(&lib, &["commit", "-q", "-m", "lib"]);
+    git(root, &["clone", "-q", "--bare", lib.to_str().unwrap(), root.join("acme/lib.git").to_str().unwrap()]);
+    let work = root.join("work");
+    git(&work, &["checkout", "-q", "main"]);
+    git(
+        &work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            root.join("acme/lib.git").to_str().unwrap(),
+            "vendor/lib",
+        ],
+    );
+    // As a forge would hold it: relative to the repository's own URL.
+    git(&work, &["config", "-f", ".gitmodules", "submodule.vendor/lib.url", "../lib.git"]);
+    std::fs::write(work.join(".skiff/pipeline.yaml"), "steps:\n  - run: cat vendor/lib/lib.txt\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "with a submodule"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["push", "-q", root.join("acme/web.git").to_str().unwrap(), "main"]);
+
+    let server_git = http_git(repo.bare_root(), None, None);
+    let data = tempfile::tempdir().unwrap();
+    let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"\nsubmodules = true", server_git.port);
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+    let (run, log) = finished(&base, hook(&base, "push", push(&sha)).await).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("from the submodule"), "{log}");
+    server.halt();
+}

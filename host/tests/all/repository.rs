@@ -235,6 +235,11 @@ pub(crate) fn git_daemon(root: &Path) -> Daemon {
 /// `skiff serve` in this process with the local executor and one app that fetches from
 /// `clone_url`.
 async fn serve(data: &Path, app: &str) -> skiff_host::serve::Server {
+    serve_with_secrets(data, app, "").await
+}
+
+/// [`serve`], with more secrets (`, NAME = "value"` pairs).
+async fn serve_with_secrets(data: &Path, app: &str, secrets: &str) -> skiff_host::serve::Server {
     use skiff_host::runtime::{EngineOptions, Runtime};
     let runtime =
         Runtime::new(EngineOptions { pool_size: 8, ..Default::default() }, Some(crate::shared_cache_dir())).unwrap();
@@ -255,7 +260,7 @@ repository = "acme/web"
 provider = "github"
 webhook-secret = "{WEBHOOK_SECRET}"
 on = {{ push = {{ branches = ["main"] }}, pull_request = {{}} }}
-secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d", GIT_TOKEN = "git-tok-5e4d3c" }}
+secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d", GIT_TOKEN = "git-tok-5e4d3c"{secrets} }}
 {app}
 "#,
         data = data.display(),
@@ -870,4 +875,106 @@ async fn submodules_are_checked_out_on_request_from_the_same_host() {
     assert_eq!(run["status"], "success", "{run:#}\n{log}");
     assert!(log.contains("from the submodule"), "{log}");
     server.halt();
+}
+
+/// `sshd` on 127.0.0.1 with a host key and one authorized key of the test's own, serving
+/// repositories over SSH as git does (`git-upload-pack` through the user's shell); killed when
+/// dropped.
+struct Sshd {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd(client_public_key: &str) -> Sshd {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keygen = |path: &Path| {
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .status()
+            .expect("ssh-keygen (openssh-client) is installed");
+        assert!(ok.success());
+    };
+    keygen(&d.join("host_key"));
+    std::fs::write(d.join("authorized_keys"), client_public_key).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\n\
+         PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         StrictModes no\nUsePAM no\nPidFile {dir}/sshd.pid\n",
+        dir = d.display()
+    );
+    std::fs::write(d.join("sshd_config"), config).unwrap();
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = std::process::Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sshd (openssh-server; scripts/setup.sh installs it) is installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sshd did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Sshd { port, child, _dir: dir }
+}
+
+#[tokio::test]
+async fn a_deploy_key_fetches_over_ssh_and_shows_nowhere() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("deploy");
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "skiff-deploy", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client) is installed");
+    assert!(ok.success());
+    let private = std::fs::read_to_string(&key).unwrap();
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let server_ssh = sshd(&public);
+    let repo = Repo::new();
+    let user = String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let url = format!("ssh://{}@127.0.0.1:{}{}/acme/web.git", user.trim(), server_ssh.port, repo.bare_root().display());
+    let data = tempfile::tempdir().unwrap();
+    let app = format!("clone-url = \"{url}\"\nclone-credential = \"DEPLOY_KEY\"");
+    let secret = format!(", DEPLOY_KEY = \"{}\"", private.replace('\n', "\\n"));
+    let server = serve_with_secrets(data.path(), &app, &secret).await;
+    let base = format!("http://{}", server.addr);
+    let id = hook(&base, "push", push(&repo.commits[1])).await;
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("built v2 with pipeline two"), "{log}");
+    // The key file was removed after the fetch, and no part of the key is anywhere visible.
+    let body = private.lines().nth(1).unwrap_or_default().to_string();
+    let everything = format!("{run}{log}");
+    assert!(!everything.contains(&body), "{everything}");
+    let leftovers: Vec<_> =
+        walkdir_files(&data.path().join("repos")).into_iter().filter(|p| p.ends_with("skiff-deploy-key")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    server.halt();
+}
+
+fn walkdir_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() { todo.push(p) } else { out.push(p) }
+        }
+    }
+    out
 }

@@ -11,44 +11,15 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use skiff_edge_core::{App, Headers, MasterConfig, Secret, handle_webhook};
-use skiff_host::serve::config::ServeConfig;
-use skiff_host::serve::{Role, start};
 
 use crate::plugins::{Req, read_request};
-use crate::repository::{Repo, finished, http_git};
+use crate::repository::{Repo, Serve, finished, http_git, serve_app};
 use crate::serve::{DISPATCH_KEY, TOKEN_ALL, WEBHOOK_SECRET};
 
-/// `skiff serve` in this process with the local executor and one app of `provider` fetching
-/// from `clone_url`; `top` goes at the top level of the config, `app` into the app.
+/// `skiff serve` with the app `web` for `provider`, fetching from `clone_url`.
 async fn serve(data: &Path, provider: &str, clone_url: &str, app: &str, top: &str) -> skiff_host::serve::Server {
-    use skiff_host::runtime::{EngineOptions, Runtime};
-    let runtime =
-        Runtime::new(EngineOptions { pool_size: 8, ..Default::default() }, Some(crate::shared_cache_dir())).unwrap();
-    let executor = Arc::new(skiff_host::executor::LocalExecutor::new(Arc::new(runtime)));
-    let text = format!(
-        r#"
-listen = "127.0.0.1:0"
-data = "{data}"
-{top}
-
-[[tokens]]
-name = "admin"
-token = "{TOKEN_ALL}"
-apps = ["*"]
-
-[[apps]]
-name = "web"
-repository = "acme/web"
-provider = "{provider}"
-clone-url = "{clone_url}"
-webhook-secret = "{WEBHOOK_SECRET}"
-on = {{ push = {{ branches = ["main"] }} }}
-secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d", GIT_TOKEN = "git-tok-5e4d3c" }}
-{app}
-"#,
-        data = data.display(),
-    );
-    start(ServeConfig::from_toml(&text, data, None).unwrap(), executor, Role::All).await.unwrap()
+    let app = format!("clone-url = \"{clone_url}\"\n{app}");
+    serve_app(data, Serve { provider, top, app: &app, ..Serve::default() }).await
 }
 
 /// A delivery id no other request of this test process has used.

@@ -232,14 +232,37 @@ pub(crate) fn git_daemon(root: &Path) -> Daemon {
     Daemon { port, child }
 }
 
-/// `skiff serve` in this process with the local executor and one app that fetches from
-/// `clone_url`.
+/// `skiff serve` in this process with the local executor and one GitHub app, `web`, with the
+/// keys in `app` (its `clone-url`, …).
 async fn serve(data: &Path, app: &str) -> skiff_host::serve::Server {
-    serve_with_secrets(data, app, "").await
+    serve_app(data, Serve { app, ..Serve::default() }).await
 }
 
 /// [`serve`], with more secrets (`, NAME = "value"` pairs).
 async fn serve_with_secrets(data: &Path, app: &str, secrets: &str) -> skiff_host::serve::Server {
+    serve_app(data, Serve { app, secrets, ..Serve::default() }).await
+}
+
+/// What varies between the tests' hosts.
+pub(crate) struct Serve<'a> {
+    /// `github`, `gitlab`, `gitea`, …
+    pub provider: &'a str,
+    /// Top-level keys (`dispatch-key`, `keep-workspaces`).
+    pub top: &'a str,
+    /// Keys of the app.
+    pub app: &'a str,
+    /// More secrets, as `, NAME = "value"` pairs.
+    pub secrets: &'a str,
+}
+
+impl Default for Serve<'_> {
+    fn default() -> Self {
+        Serve { provider: "github", top: "", app: "", secrets: "" }
+    }
+}
+
+/// `skiff serve` in this process with the local executor and the app `web`.
+pub(crate) async fn serve_app(data: &Path, s: Serve<'_>) -> skiff_host::serve::Server {
     use skiff_host::runtime::{EngineOptions, Runtime};
     let runtime =
         Runtime::new(EngineOptions { pool_size: 8, ..Default::default() }, Some(crate::shared_cache_dir())).unwrap();
@@ -248,6 +271,7 @@ async fn serve_with_secrets(data: &Path, app: &str, secrets: &str) -> skiff_host
         r#"
 listen = "127.0.0.1:0"
 data = "{data}"
+{top}
 
 [[tokens]]
 name = "admin"
@@ -257,13 +281,17 @@ apps = ["*"]
 [[apps]]
 name = "web"
 repository = "acme/web"
-provider = "github"
+provider = "{provider}"
 webhook-secret = "{WEBHOOK_SECRET}"
 on = {{ push = {{ branches = ["main"] }}, pull_request = {{}} }}
 secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d", GIT_TOKEN = "git-tok-5e4d3c"{secrets} }}
 {app}
 "#,
         data = data.display(),
+        top = s.top,
+        provider = s.provider,
+        secrets = s.secrets,
+        app = s.app,
     );
     start(ServeConfig::from_toml(&text, data, None).unwrap(), executor, Role::All).await.unwrap()
 }

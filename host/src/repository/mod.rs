@@ -109,3 +109,72 @@ impl RepoSettings {
         Want { sha, git_ref }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(provider: Option<Provider>, repository: Option<&str>) -> RepoSettings {
+        RepoSettings {
+            clone_url: None,
+            web_url: provider.and_then(provider_site).map(String::from),
+            repository: repository.map(String::from),
+            credential: None,
+            depth: 1,
+            submodules: false,
+            merge_ref: false,
+            ca_bundle: None,
+        }
+    }
+
+    #[test]
+    fn clone_urls_come_from_the_provider_and_the_repository() {
+        let event = serde_json::json!({"repository": {"full_name": "acme/api"}});
+        for (p, want) in [
+            (Provider::Github, "https://github.com/acme/web.git"),
+            (Provider::Gitlab, "https://gitlab.com/acme/web.git"),
+            (Provider::Gitee, "https://gitee.com/acme/web.git"),
+            (Provider::Codeup, "https://codeup.aliyun.com/acme/web.git"),
+            (Provider::Bitbucket, "https://bitbucket.org/acme/web.git"),
+        ] {
+            assert_eq!(settings(Some(p), Some("acme/web")).source(&event).unwrap().remote.url(), want);
+        }
+        // A glob (or no repository) takes the event's repository.
+        assert_eq!(
+            settings(Some(Provider::Github), None).source(&event).unwrap().remote.url(),
+            "https://github.com/acme/api.git"
+        );
+        // A self-hosted forge.
+        let mut s = settings(Some(Provider::Gitea), Some("team/app"));
+        assert!(s.source(&event).unwrap_err().contains("provider-url"));
+        s.web_url = Some("https://git.example.com/".into());
+        assert_eq!(s.source(&event).unwrap().remote.url(), "https://git.example.com/team/app.git");
+        // Names that would steer the URL are refused.
+        for bad in ["../etc", "acme", "acme/web?x=1", "acme/ web"] {
+            let e = serde_json::json!({"repository": {"full_name": bad}});
+            assert!(settings(Some(Provider::Github), None).source(&e).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_commit_comes_from_the_event() {
+        let s = settings(Some(Provider::Github), Some("acme/web"));
+        let sha = "a".repeat(40);
+        let push = s.want(&serde_json::json!({}), Some(&sha), Some("refs/heads/main"));
+        assert_eq!(
+            (push.sha.as_deref(), push.git_ref.as_deref(), push.branch()),
+            (Some(sha.as_str()), Some("refs/heads/main"), Some("main"))
+        );
+        // A branch deletion's zero sha, or a manual run's bare branch name: the ref's head.
+        let manual = s.want(&serde_json::json!({}), Some(&"0".repeat(40)), Some("release"));
+        assert_eq!((manual.sha, manual.git_ref.as_deref()), (None, Some("refs/heads/release")));
+        let pr = serde_json::json!({"pull_request": {"number": 7, "head_sha": "b".repeat(40)}});
+        let head = s.want(&pr, Some(&sha), Some("refs/pull/7/head"));
+        assert_eq!(
+            (head.sha.clone(), head.git_ref.as_deref(), head.branch()),
+            (Some("b".repeat(40)), Some("refs/pull/7/head"), None)
+        );
+        let merged = RepoSettings { merge_ref: true, ..s }.want(&pr, Some(&sha), None);
+        assert_eq!((merged.sha, merged.git_ref.as_deref()), (None, Some("refs/pull/7/merge")));
+    }
+}

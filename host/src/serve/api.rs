@@ -400,6 +400,17 @@ pub(crate) async fn create_run(
         req.inputs = w.resolve(&req.inputs).map_err(ApiError::BadRequest)?;
     }
     let git_ref = req.git_ref.map(|r| if r.starts_with("refs/") { r } else { format!("refs/heads/{r}") });
+    // A repository-driven app: the ref's commit is fetched now, so the inputs are checked
+    // against that commit's pipeline and the run builds exactly that commit.
+    let mut sha = None;
+    if let Some(a) = s.config.apps.get(&app)
+        && let Some((commit, dispatch)) = s.manual_commit(a, git_ref.as_deref()).await
+    {
+        if let Some(w) = dispatch {
+            req.inputs = w.resolve(&req.inputs).map_err(ApiError::BadRequest)?;
+        }
+        sha = Some(commit);
+    }
     let mut event = serde_json::json!({"name": "manual", "ref": git_ref, "sender": caller.name, "app": app});
     if let Some(b) = git_ref.as_deref().and_then(|r| r.strip_prefix("refs/heads/")) {
         event["branch"] = b.into();
@@ -407,12 +418,16 @@ pub(crate) async fn create_run(
     if let Some(t) = git_ref.as_deref().and_then(|r| r.strip_prefix("refs/tags/")) {
         event["tag"] = t.into();
     }
+    if let Some(c) = &sha {
+        event["sha"] = c.clone().into();
+    }
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty());
     let run = NewRun {
         app: app.clone(),
         trigger: "manual".into(),
         reason: format!("started by `{}` through the API", caller.name),
         git_ref,
+        sha,
         dispatch_id: key.map(|k| format!("manual:{app}:{k}")),
         body: serde_json::json!({"inputs": req.inputs}),
         inputs: req.inputs,

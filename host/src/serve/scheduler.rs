@@ -396,40 +396,70 @@ impl Shared {
         };
         let named = named.or_else(|| run.pipeline.clone());
         let short = &sha[..12.min(sha.len())];
+        let (path, text, several) = self.find_pipeline(&src, sha, named).await?;
+        let dir = ws.join(Path::new(&path).parent().unwrap_or(Path::new("")));
+        let plan = load_str(&text, &format!("{path} (commit {short})"), &dir)
+            .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
+        confine_components(&plan, ws)?;
+        Ok((plan, several))
+    }
+
+    /// A commit's pipeline file: `named`, else the first of [`DEFAULT_PIPELINES`]; its path and
+    /// text, and, for a folder of several, the first file and the others.
+    async fn find_pipeline(
+        &self,
+        src: &crate::repository::fetch::Source,
+        sha: &str,
+        named: Option<String>,
+    ) -> Result<(String, String, Option<(String, Vec<String>)>), String> {
         let candidates: Vec<String> = match named {
             Some(p) => vec![p],
             None => DEFAULT_PIPELINES.iter().map(|s| s.to_string()).collect(),
         };
-        let mut found = None;
-        let mut several = None;
         for c in &candidates {
             if let Some(folder) = c.strip_suffix('/') {
                 let mut files: Vec<String> = self
                     .repos
-                    .list_dir(&src, sha, folder)
+                    .list_dir(src, sha, folder)
                     .await?
                     .into_iter()
                     .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
                     .collect();
                 if !files.is_empty() {
                     let first = files.remove(0);
-                    found = self.repos.read_file(&src, sha, &first).await?.map(|t| (first.clone(), t));
-                    several = Some((first, files));
+                    if let Some(t) = self.repos.read_file(src, sha, &first).await? {
+                        return Ok((first.clone(), t, Some((first, files))));
+                    }
                 }
-            } else if let Some(t) = self.repos.read_file(&src, sha, c).await? {
-                found = Some((c.clone(), t));
-            }
-            if found.is_some() {
-                break;
+            } else if let Some(t) = self.repos.read_file(src, sha, c).await? {
+                return Ok((c.clone(), t, None));
             }
         }
-        let (path, text) =
-            found.ok_or_else(|| format!("commit {short} has no pipeline: looked for {}", candidates.join(", ")))?;
-        let dir = ws.join(Path::new(&path).parent().unwrap_or(Path::new("")));
-        let plan = load_str(&text, &format!("{path} (commit {short})"), &dir)
-            .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
-        confine_components(&plan, ws)?;
-        Ok((plan, several))
+        let short = &sha[..12.min(sha.len())];
+        Err(format!("commit {short} has no pipeline: looked for {}", candidates.join(", ")))
+    }
+
+    /// For a manual run of a repository-driven app: the commit of `git_ref` (fetched now) and
+    /// its pipeline's `workflow_dispatch`, so the run's inputs can be checked before it is
+    /// accepted. `None` when that cannot be known now; the run then checks when it is prepared.
+    pub(crate) async fn manual_commit(
+        &self,
+        app: &AppConfig,
+        git_ref: Option<&str>,
+    ) -> Option<(String, Option<skiff_edge_core::WorkflowDispatch>)> {
+        let repo = app.repo.as_ref()?;
+        let src = repo.source(&serde_json::json!({})).ok()?;
+        let sha = self.repos.ensure(&src, &repo.want(&serde_json::json!({}), None, git_ref)).await.ok()?;
+        let named = match &app.pipeline {
+            PipelineSource::Commit(p) => p.clone(),
+            _ => return Some((sha, None)),
+        };
+        let (_, text, _) = self.find_pipeline(&src, &sha, named).await.ok()?;
+        let on = serde_norway::from_str::<serde_json::Value>(&text).ok()?.get("on").cloned();
+        let dispatch = on
+            .and_then(|on| serde_json::from_value::<skiff_edge_core::Triggers>(on).ok())
+            .and_then(|t| t.workflow_dispatch);
+        Some((sha, dispatch))
     }
 
     /// Evaluates a prepared run's `concurrency.group` and settles the group.

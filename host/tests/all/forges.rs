@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use skiff_edge_core::{App, Headers, MasterConfig, Secret, handle_webhook};
 
 use crate::plugins::{Req, read_request};
-use crate::repository::{Repo, Serve, finished, http_git, serve_app};
+use crate::repository::{Repo, Serve, eventually, finished, http_git, serve_app};
 use crate::serve::{DISPATCH_KEY, TOKEN_ALL, WEBHOOK_SECRET};
 
 /// `skiff serve` with the app `web` for `provider`, fetching from `clone_url`.
@@ -168,6 +168,8 @@ async fn a_gitlab_push_builds_the_pushed_commit_and_reports_to_gitlab_s_status_a
     assert_eq!(run["status"], "success", "{run:#}\n{log}");
     assert_eq!(run["sha"], repo.commits[1], "{run:#}");
     assert!(log.contains("built v2 with pipeline two"), "{log}");
+    // The final status is queued just after the run is recorded as ended.
+    eventually("three statuses", || seen.lock().unwrap().len() >= 3).await;
     server.shared.statuses.flush().await;
 
     let seen = seen.lock().unwrap().clone();
@@ -204,6 +206,8 @@ async fn a_gitea_push_builds_the_pushed_commit_and_reports_to_gitea_s_status_api
     assert_eq!(run["status"], "success", "{run:#}\n{log}");
     assert_eq!(run["sha"], repo.commits[1], "{run:#}");
     assert!(log.contains("built v2 with pipeline two"), "{log}");
+    // The final status is queued just after the run is recorded as ended.
+    eventually("three statuses", || seen.lock().unwrap().len() >= 3).await;
     server.shared.statuses.flush().await;
 
     let seen = seen.lock().unwrap().clone();

@@ -38,6 +38,8 @@ pub(crate) struct Repo {
     pub root: tempfile::TempDir,
     pub commits: Vec<String>,
     pub pr_head: String,
+    /// `refs/pull/1/merge`: the head merged into main.
+    pub pr_merge: String,
 }
 
 const PIPELINE_ONE: &str = r#"steps:
@@ -47,7 +49,7 @@ const PIPELINE_TWO: &str = r#"steps:
   - run: echo "built $(cat version.txt) with pipeline two"
 "#;
 const PIPELINE_PR: &str = r#"steps:
-  - run: echo "built $(cat version.txt) with pipeline two secret=[${{ secrets.DEPLOY_TOKEN }}]"
+  - run: echo "built $(cat version.txt) with pipeline two secret=[${{ secrets.DEPLOY_TOKEN }}] commits=$(git rev-list --count HEAD)"
 "#;
 
 impl Repo {
@@ -69,10 +71,17 @@ impl Repo {
         std::fs::write(work.join(".skiff/pipeline.yaml"), PIPELINE_PR).unwrap();
         git(&work, &["commit", "-q", "-am", "pr"]);
         let pr_head = git(&work, &["rev-parse", "HEAD"]);
+        // The forge's test merge of the pull request into main, as `refs/pull/1/merge`.
+        git(&work, &["checkout", "-q", "main"]);
+        git(&work, &["merge", "-q", "--no-ff", "-m", "merge", "feature"]);
+        let pr_merge = git(&work, &["rev-parse", "HEAD"]);
+        git(&work, &["reset", "-q", "--hard", "HEAD~1"]);
+        git(&work, &["checkout", "-q", "feature"]);
         let bare = root.path().join("acme/web.git");
         git(root.path(), &["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()]);
         git(&bare, &["update-ref", "refs/pull/1/head", &pr_head]);
-        Repo { root, commits, pr_head }
+        git(&bare, &["update-ref", "refs/pull/1/merge", &pr_merge]);
+        Repo { root, commits, pr_head, pr_merge }
     }
 
     pub fn bare_root(&self) -> PathBuf {
@@ -344,6 +353,15 @@ fn push(sha: &str) -> Value {
     })
 }
 
+/// Waits (up to 20 s) until `cond` holds.
+pub(crate) async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "waited 20 s for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits for the run to end; the run and its log as text.
 pub(crate) async fn finished(base: &str, id: i64) -> (Value, String) {
     let http = reqwest::Client::new();
@@ -468,17 +486,20 @@ async fn statuses_reach_the_forge_in_order_and_a_run_that_cannot_build_is_an_err
         "clone-url = \"http://127.0.0.1:{}/acme/web.git\"\nstatus-token = \"GIT_TOKEN\"\napi-url = \"http://127.0.0.1:{api}\"",
         server_git.port
     );
-    let server = serve(data.path(), &app).await;
+    let top = "public-url = \"https://ci.example.com/\"";
+    let server = serve_app(data.path(), Serve { app: &app, top, ..Serve::default() }).await;
     let base = format!("http://{}", server.addr);
     let id = hook(&base, "push", push(&repo.commits[1])).await;
     let (run, log) = finished(&base, id).await;
     assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    eventually("three statuses", || seen.lock().unwrap().len() >= 3).await;
     server.shared.statuses.flush().await;
     // The forge is down for the next one: its fetch fails, and the status says it could not build.
     server_git.down.store(true, Ordering::SeqCst);
     let failed = hook(&base, "push", push(&repo.commits[0])).await;
     let (run, _) = finished(&base, failed).await;
     assert_eq!(run["status"], "failure", "{run:#}");
+    eventually("five statuses", || seen.lock().unwrap().len() >= 5).await;
     server.shared.statuses.flush().await;
 
     let seen = seen.lock().unwrap().clone();
@@ -504,6 +525,7 @@ async fn statuses_reach_the_forge_in_order_and_a_run_that_cannot_build_is_an_err
         "{seen:#?}"
     );
     assert!(seen[4].2["description"].as_str().unwrap_or("").contains("could not be fetched"), "{seen:#?}");
+    assert_eq!(seen[0].2["target_url"], format!("https://ci.example.com/v1/runs/{id}"), "a link to the run");
     server.halt();
 }
 
@@ -1005,4 +1027,59 @@ fn walkdir_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn a_pull_request_can_build_the_forge_s_test_merge_and_history_can_be_whole() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let server_git = http_git(repo.bare_root(), None, None);
+    let data = tempfile::tempdir().unwrap();
+    let app = format!(
+        "clone-url = \"http://127.0.0.1:{}/acme/web.git\"\npull-request-ref = \"merge\"\nfetch-depth = 0",
+        server_git.port
+    );
+    let server = serve(data.path(), &app).await;
+    let base = format!("http://{}", server.addr);
+    let (run, log) = finished(&base, hook(&base, "pull_request", pull_request(&repo, "acme/web")).await).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert!(log.contains("built pr with pipeline two"), "{log}");
+    // The merge commit, not the head, is the run's commit; with `fetch-depth = 0` its whole
+    // history is there (two commits on main, the pull request's, the merge).
+    assert_eq!(run["sha"], repo.pr_merge, "{run:#}");
+    assert!(log.contains("commits=4"), "{log}");
+    server.halt();
+}
+
+#[tokio::test]
+async fn a_manual_run_of_a_repository_is_checked_against_its_commit_s_workflow_dispatch() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let repo = Repo::new();
+    let work = repo.root.path().join("work");
+    git(&work, &["checkout", "-q", "main"]);
+    let pipeline = "on:\n  workflow_dispatch:\n    inputs:\n      level: { type: choice, options: [low, high], default: low }\nsteps:\n  - run: echo \"level ${{ inputs.level }} at $(cat version.txt)\"\n";
+    std::fs::write(work.join(".skiff/pipeline.yaml"), pipeline).unwrap();
+    git(&work, &["commit", "-q", "-am", "dispatchable"]);
+    let sha = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["push", "-q", repo.root.path().join("acme/web.git").to_str().unwrap(), "main"]);
+
+    let (_git, _data, server, base) = over_http(&repo).await;
+    let http = reqwest::Client::new();
+    let create = |body: Value| http.post(format!("{base}/v1/apps/web/runs")).bearer_auth(TOKEN_ALL).json(&body).send();
+    let refused = create(serde_json::json!({"ref": "main", "inputs": {"level": "extreme"}})).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap_or_default().contains("`extreme` is not among them"), "{body:#}");
+    let ok = create(serde_json::json!({"ref": "main"})).await.unwrap();
+    assert_eq!(ok.status(), 202);
+    let id = ok.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let (run, log) = finished(&base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}\n{log}");
+    assert_eq!(run["sha"], sha, "the branch's head when the run was asked for");
+    assert!(log.contains("level low at v2"), "{log}");
+    server.halt();
 }

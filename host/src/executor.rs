@@ -36,6 +36,8 @@ pub struct LocalExecutor {
     pub unsandboxed_processes: bool,
     /// The last CA bundle seen and its TLS settings: an app's steps share one bundle, parsed once.
     tls_cache: std::sync::Mutex<Option<(Arc<str>, Arc<rustls::ClientConfig>)>>,
+    /// Built-in steps by name, once loaded.
+    builtins: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::runtime::LoadedStep>>>,
 }
 
 impl LocalExecutor {
@@ -43,7 +45,14 @@ impl LocalExecutor {
         // Pipeline steps build and test real projects: an hour unless `timeout-minutes` says otherwise.
         let hour = std::time::Duration::from_secs(3600);
         let limits = Limits { timeout: hour, cpu: hour, ..Limits::default() };
-        Self { runtime, limits, artifacts_root: None, unsandboxed_processes: false, tls_cache: Default::default() }
+        Self {
+            runtime,
+            limits,
+            artifacts_root: None,
+            unsandboxed_processes: false,
+            tls_cache: Default::default(),
+            builtins: Default::default(),
+        }
     }
 
     /// The TLS settings for a CA bundle, parsed once per bundle in a row.
@@ -76,9 +85,15 @@ impl LocalExecutor {
             network: req.permissions.network && !req.permissions.read_only,
             unsandboxed: self.unsandboxed_processes,
         };
-        let bytes: Vec<u8> = match &req.uses {
+        // A built-in step is looked up by name: no copy and no hash of its bytes per step.
+        let builtin_name: &str;
+        let path_bytes: Vec<u8>;
+        let bytes: &[u8] = match &req.uses {
             StepRef::Builtin(name) => match builtin::get(name) {
-                Some(b) => b.to_vec(),
+                Some(b) => {
+                    builtin_name = name;
+                    b
+                }
                 None => {
                     let names: Vec<_> = builtin::names().collect();
                     return fail(format!(
@@ -88,7 +103,11 @@ impl LocalExecutor {
                 }
             },
             StepRef::Path(p) => match std::fs::read(p) {
-                Ok(b) => b,
+                Ok(b) => {
+                    builtin_name = "";
+                    path_bytes = b;
+                    &path_bytes
+                }
                 Err(e) => return fail(format!("cannot read step component {}: {e}", p.display())),
             },
             StepRef::Shell { script, shell } => {
@@ -99,12 +118,27 @@ impl LocalExecutor {
                 }
                 // A `run:` step is the user asking for a process; the OS sandbox confines it.
                 process.allowed = true;
-                builtin::get("shell").map(<[u8]>::to_vec).unwrap_or_default()
+                builtin_name = "shell";
+                builtin::get("shell").unwrap_or_default()
             }
         };
-        let step = match self.runtime.load(&bytes).await {
-            Ok(s) => s,
-            Err(e) => return fail(format!("{e:#}")),
+        let cached = (!builtin_name.is_empty())
+            .then(|| self.builtins.lock().unwrap_or_else(|e| e.into_inner()).get(builtin_name).cloned())
+            .flatten();
+        let step = match cached {
+            Some(s) => s,
+            None => match self.runtime.load(bytes).await {
+                Ok(s) => {
+                    if !builtin_name.is_empty() {
+                        self.builtins
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(builtin_name.to_string(), s.clone());
+                    }
+                    s
+                }
+                Err(e) => return fail(format!("{e:#}")),
+            },
         };
         // `${inputs.NAME}` grants the host of the URL the pipeline put in that input.
         let hosts: Vec<String> = req

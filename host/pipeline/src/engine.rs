@@ -736,6 +736,9 @@ impl JobRun {
         inputs: BTreeMap<String, String>,
         env: BTreeMap<String, String>,
     ) -> StepRequest {
+        // What every CI step may rely on knowing about its run (the step's own `env` wins).
+        let mut all = self.run_env();
+        all.extend(env);
         StepRequest {
             run_id: self.opts.run_id.clone(),
             job_id: self.job().key.clone(),
@@ -743,7 +746,7 @@ impl JobRun {
             step_name: name.into(),
             uses,
             inputs,
-            env,
+            env: all,
             secrets: BTreeMap::new(),
             permissions: Default::default(),
             workspace: self.workspace.clone(),
@@ -753,6 +756,33 @@ impl JobRun {
             event_json: serde_json::to_string(&self.opts.event).unwrap_or_else(|_| "null".into()),
             ca_bundle: self.opts.ca_bundle.clone(),
         }
+    }
+
+    /// `CI=true` and the run's `SKIFF_*` variables: its id, number and attempt, the job, and
+    /// the event's name, ref, commit, repository and environment.
+    fn run_env(&self) -> BTreeMap<String, String> {
+        let e = &self.opts.event;
+        let text = |ptr: &str| e.pointer(ptr).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(String::from);
+        let mut env = BTreeMap::from([
+            ("CI".to_string(), "true".to_string()),
+            ("SKIFF".into(), "true".into()),
+            ("SKIFF_RUN_ID".into(), self.opts.run_id.clone()),
+            ("SKIFF_RUN_NUMBER".into(), self.opts.run_number.to_string()),
+            ("SKIFF_RUN_ATTEMPT".into(), self.opts.run_attempt.max(1).to_string()),
+            ("SKIFF_JOB".into(), self.job().key.clone()),
+        ]);
+        for (k, v) in [
+            ("SKIFF_EVENT_NAME", text("/name")),
+            ("SKIFF_REF", text("/ref").or_else(|| text("/git_ref"))),
+            ("SKIFF_SHA", text("/sha").or_else(|| text("/after"))),
+            ("SKIFF_REPOSITORY", text("/repository/full_name")),
+            ("SKIFF_ENVIRONMENT", text("/environment")),
+        ] {
+            if let Some(v) = v {
+                env.insert(k.into(), v);
+            }
+        }
+        env
     }
 
     async fn execute(&self, req: StepRequest, _deadline: Option<Instant>) -> StepResult {

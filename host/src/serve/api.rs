@@ -212,6 +212,10 @@ pub fn run_for_dispatch(d: &Dispatch, requested_by: &str) -> NewRun {
     if let Some(o) = event.as_object_mut() {
         o.insert("sha".into(), e.after.clone().into());
         o.insert("app".into(), d.app.clone().into());
+        // The environment the master dispatched to (`event.environment`, `SKIFF_ENVIRONMENT`).
+        if let Some(env) = &d.environment {
+            o.insert("environment".into(), env.clone().into());
+        }
     }
     NewRun {
         app: d.app.clone(),
@@ -420,6 +424,10 @@ pub(crate) async fn create_run(
     }
     if let Some(c) = &sha {
         event["sha"] = c.clone().into();
+    }
+    // The repository the app builds, as a webhook's event would name it.
+    if let Some(r) = s.config.apps.get(&app).and_then(|a| a.repo.as_ref()).and_then(|r| r.repository.clone()) {
+        event["repository"] = serde_json::json!({ "full_name": r });
     }
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty());
     let run = NewRun {

@@ -719,3 +719,33 @@ fn the_pipeline_crate_depends_on_no_wasmtime() {
         assert!(!tree.contains(banned), "skiff-pipeline depends on {banned}:\n{tree}");
     }
 }
+
+/// Every step knows its run, as CI tools expect: `CI=true` and the `SKIFF_*` variables, which
+/// a step's own `env` may still override.
+#[tokio::test]
+async fn pipeline_engine_every_step_gets_the_run_s_variables() {
+    let yaml = "jobs:\n  build:\n    steps:\n      - id: a\n        run: log hi\n      - id: b\n        run: log hi\n        env:\n          CI: \"no\"\n";
+    let r = run_with(yaml, |o| {
+        o.event = serde_json::json!({
+            "name": "push", "ref": "refs/heads/main", "sha": "c0ffee", "environment": "staging",
+            "repository": {"full_name": "acme/web"}
+        });
+    })
+    .await;
+    let env = &r.request("a").env;
+    for (k, v) in [
+        ("CI", "true"),
+        ("SKIFF_RUN_ID", "r1"),
+        ("SKIFF_RUN_NUMBER", "7"),
+        ("SKIFF_RUN_ATTEMPT", "1"),
+        ("SKIFF_JOB", "build"),
+        ("SKIFF_EVENT_NAME", "push"),
+        ("SKIFF_REF", "refs/heads/main"),
+        ("SKIFF_SHA", "c0ffee"),
+        ("SKIFF_REPOSITORY", "acme/web"),
+        ("SKIFF_ENVIRONMENT", "staging"),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}: {env:?}");
+    }
+    assert_eq!(r.request("b").env["CI"], "no");
+}

@@ -460,12 +460,12 @@ impl Reporter {
         let request = match request(target, state, description) {
             Ok(request) => request,
             Err(e) => {
-                eprintln!("skiff serve: status for {label}: not sent: {}", scrub(&e, &target.token));
+                tracing::warn!("status for {label}: not sent: {}", scrub(&e, &target.token));
                 return;
             }
         };
         let Some(runtime) = tokio::runtime::Handle::try_current().ok().or_else(|| self.inner.runtime.clone()) else {
-            eprintln!("skiff serve: status for {label}: not sent: no async runtime to send it from");
+            tracing::warn!("status for {label}: not sent: no async runtime to send it from");
             return;
         };
         let key = Key { url: request.url.clone(), context: target.context.clone() };
@@ -534,7 +534,7 @@ impl Worker {
                 }
             };
             self.in_flight = true;
-            let log = |message: &str| eprintln!("skiff serve: status for {}: {message}", job.label);
+            let log = |message: &str| tracing::warn!("status for {}: {message}", job.label);
             if let Err(message) = deliver(&self.inner.client, &self.inner.retry, &job, &log).await {
                 log(&message);
             }

@@ -84,7 +84,7 @@ impl IntoResponse for ApiError {
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             ApiError::Status(s, m) => (StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST), m),
             ApiError::Internal(e) => {
-                eprintln!("skiff serve: internal error: {e:#}");
+                tracing::error!("internal error: {e:#}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "the host failed to handle the request; its log says why".into())
             }
         };

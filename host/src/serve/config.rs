@@ -545,6 +545,6 @@ pub fn open_value(v: &str, key: Option<&MasterKey>, what: &str) -> anyhow::Resul
         return std::env::var(name)
             .with_context(|| format!("{what} reads the environment variable `{name}`, which is not set"));
     }
-    eprintln!("skiff serve: warning: {what} is written in plain text; seal it with `skiff serve --encrypt`");
+    tracing::warn!("{what} is written in plain text; seal it with `skiff serve --encrypt`");
     Ok(v.to_string())
 }

@@ -179,7 +179,7 @@ pub async fn serve(
                     match victim {
                         Some(id) => registry.lock().unwrap_or_else(|e| e.into_inner()).remove(id),
                         None => {
-                            eprintln!("skiff serve: accepting a connection failed: {e}");
+                            tracing::warn!("accepting a connection failed: {e}");
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                     }

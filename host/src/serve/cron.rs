@@ -84,7 +84,7 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         let now = Utc::now();
         if let Err(e) = fire_due(&shared, now) {
-            eprintln!("skiff serve: cron: {e:#}");
+            tracing::error!("cron: {e:#}");
         }
         let next = next_due(&shared, Utc::now()).unwrap_or_else(|| now + chrono::Duration::seconds(60));
         let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(60));

@@ -77,7 +77,7 @@ impl MasterKey {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let (key, text) = Self::generate();
         write_private(&path, text.as_bytes())?;
-        eprintln!("skiff serve: created a new master key in {} (keep it: sealed secrets need it)", path.display());
+        tracing::info!("created a new master key in {} (keep it: sealed secrets need it)", path.display());
         Ok(key)
     }
 

@@ -78,6 +78,32 @@ pub struct ServeArgs {
     /// run starts meanwhile; what is still running then is recovered at the next start.
     #[arg(long, env = "SKIFF_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10m", value_parser = crate::runtime::limits::parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// How the server logs to standard error: `text` (one line per event) or `json` (one
+    /// object per line, for log collectors). Which events: `RUST_LOG` (default `info`).
+    #[arg(long, env = "SKIFF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The server's log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sends the server's `tracing` events to standard error, filtered by `RUST_LOG`.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // A second call (tests start several servers) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Everything the routes, the scheduler and the cron loop share.
@@ -122,11 +148,11 @@ impl Shared {
     ) -> anyhow::Result<Arc<Self>> {
         let recovered = store.recover(config.recovery == config::Recovery::Retry)?;
         for id in &recovered.retried {
-            eprintln!("skiff serve: run {id} was running when the host stopped; it runs again");
+            tracing::warn!(run = id, "run {id} was running when the host stopped; it runs again");
             logs.remove(*id).ok();
         }
         for id in &recovered.failed {
-            eprintln!("skiff serve: run {id} was running when the host stopped; it is marked failed");
+            tracing::warn!(run = id, "run {id} was running when the host stopped; it is marked failed");
         }
         let (accept, rx) = std::sync::mpsc::channel();
         let writer = store.clone();
@@ -287,6 +313,7 @@ pub async fn start(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: R
 
 /// Runs `skiff serve`.
 pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Result<()> {
+    init_logging(args.log_format);
     if args.hash_token {
         let token = read_stdin("the API token")?;
         crate::outln!("{}", crypto::token_hash(&token));
@@ -323,22 +350,22 @@ pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::
     // Every socket is a file: take the whole allowance the host gives.
     conn::raise_open_file_limit();
     let server = start(config, executor, args.role).await?;
-    eprintln!("skiff serve: listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
+    tracing::info!("listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
     shutdown_signal().await;
     let running = server.shared.running_count();
-    eprintln!(
-        "skiff serve: draining: {running} run(s) in progress may take up to {} to finish; no new run starts \
+    tracing::info!(
+        "draining: {running} run(s) in progress may take up to {} to finish; no new run starts \
          (dispatches are queued for the next start); Ctrl-C or SIGTERM again stops at once",
         humanize(args.drain_timeout)
     );
     tokio::select! {
         left = server.drain(args.drain_timeout) => if left > 0 {
-            eprintln!("skiff serve: {left} run(s) still in progress after {}; they are recovered at the next start", humanize(args.drain_timeout));
+            tracing::warn!("{left} run(s) still in progress after {}; they are recovered at the next start", humanize(args.drain_timeout));
         },
-        _ = shutdown_signal() => eprintln!("skiff serve: stopping at once; runs in progress are recovered at the next start"),
+        _ = shutdown_signal() => tracing::warn!("stopping at once; runs in progress are recovered at the next start"),
     }
     server.stop().await;
-    eprintln!("skiff serve: stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 

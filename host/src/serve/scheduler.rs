@@ -106,7 +106,7 @@ impl Shared {
     pub async fn scheduler_loop(self: Arc<Self>) {
         loop {
             if let Err(e) = self.schedule() {
-                eprintln!("skiff serve: scheduler: {e:#}");
+                tracing::error!("scheduler: {e:#}");
             }
             self.wake.notified().await;
         }
@@ -268,7 +268,7 @@ impl Shared {
                 let _ = tokio::fs::remove_dir_all(this.workspace_dir(id)).await;
                 this.checked_out().remove(&id);
                 if let Err(e) = this.fail_queued(id, &e) {
-                    eprintln!("skiff serve: run {id}: recording a failed fetch: {e:#}");
+                    tracing::error!(run = id, "recording a failed fetch: {e:#}");
                 }
             }
             this.preparing().remove(&id);
@@ -342,7 +342,7 @@ impl Shared {
                 // Now that the commit is known, it can show the run as pending.
                 Ok(()) if run.sha.is_none() => self.report_status(run.id, status::QUEUED, None),
                 Ok(()) => {}
-                Err(e) => eprintln!("skiff serve: run {}: recording its commit: {e:#}", run.id),
+                Err(e) => tracing::error!(run = run.id, "recording its commit: {e:#}"),
             }
         }
         let branch = want.branch();
@@ -560,7 +560,7 @@ impl Shared {
             return;
         }
         if let Err(e) = self.store.finish_run(id, st, error.as_deref()) {
-            eprintln!("skiff serve: run {id}: recording its end: {e:#}");
+            tracing::error!(run = id, "recording its end: {e:#}");
         }
         self.logs.close(id);
         // The workspace goes before anyone hears the run ended.
@@ -776,7 +776,7 @@ impl Sink {
 
     fn check(&self, what: &str, r: anyhow::Result<()>) {
         if let Err(e) = r {
-            eprintln!("skiff serve: run {}: recording {what}: {e:#}", self.run);
+            tracing::error!(run = self.run, "recording {what}: {e:#}");
         }
     }
 
@@ -790,7 +790,7 @@ impl Sink {
             text,
         };
         if let Err(e) = self.shared.logs.append(self.run, &rec) {
-            eprintln!("skiff serve: run {}: writing a log line: {e}", self.run);
+            tracing::error!(run = self.run, "writing a log line: {e}");
         }
         self.shared.hub.send(self.run, LiveEvent::Log(rec));
     }

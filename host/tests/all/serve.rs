@@ -1036,3 +1036,35 @@ fn an_app_s_ca_file_is_read_and_checked_at_start() {
     let err = format!("{:#}", ServeConfig::from_toml(&missing, Path::new("/"), None).unwrap_err());
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
+
+/// `skiff serve --log-format json` writes one JSON object per line, for log collectors; the
+/// default is text; `RUST_LOG` chooses what is written.
+#[test]
+fn the_server_logs_json_lines_on_request() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("skiff.toml");
+    std::fs::write(&cfg, config_text(dir.path(), "", "")).unwrap();
+    let first_line = |format: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["serve", "--log-format", format, "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let line = stderr.lines().map_while(Result::ok).find(|l| l.contains("listening on")).unwrap_or_default();
+        let _ = child.kill();
+        let _ = child.wait();
+        line
+    };
+    let json: Value = serde_json::from_str(&first_line("json")).expect("a JSON line");
+    assert_eq!(json["level"], "INFO", "{json}");
+    assert!(json["message"].as_str().unwrap_or_default().starts_with("listening on http://127.0.0.1:"), "{json}");
+    assert!(json["timestamp"].is_string(), "{json}");
+    let text = first_line("text");
+    assert!(text.contains("INFO") && text.contains("listening on http://127.0.0.1:"), "{text}");
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+}

@@ -263,8 +263,11 @@ cron = "0 3 * * *"
 
     let err = serde_norway::from_str::<App>("name: web\non:\n  push:\n    branch: [main]\n").unwrap_err().to_string();
     assert!(err.contains("unknown field `branch`"), "{err}");
-    let err = serde_norway::from_str::<App>("name: web\non: [push, workflow_dispatch]\n").unwrap_err().to_string();
-    assert!(err.contains("unknown event `workflow_dispatch`"), "{err}");
+    let err = serde_norway::from_str::<App>("name: web\non: [push, workflow_run]\n").unwrap_err().to_string();
+    assert!(err.contains("unknown event `workflow_run`"), "{err}");
+    // Manual runs are an event a pipeline may name; webhooks never match it.
+    let app = serde_norway::from_str::<App>("name: web\non: [push, workflow_dispatch]\n").unwrap();
+    assert!(app.on.workflow_dispatch.is_some());
     let err = serde_norway::from_str::<App>("name: web\non:\n  push: {}\n  filter: 'body.ref in ['\n")
         .unwrap_err()
         .to_string();

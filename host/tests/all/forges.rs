@@ -2,18 +2,15 @@
 //! Gitea push, or a master's signed dispatch, builds the pushed commit with that commit's
 //! pipeline, reports statuses in the forge's own API, and never shows the clone credential.
 
-use std::io::{BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use skiff_edge_core::{App, Headers, MasterConfig, Secret, handle_webhook};
 
-use crate::plugins::{Req, read_request};
-use crate::repository::{Repo, Serve, eventually, finished, http_git, serve_app};
+use crate::plugins::Req;
+use crate::repository::{Repo, Serve, eventually, finished, forge_api, http_git, serve_app};
 use crate::serve::{DISPATCH_KEY, TOKEN_ALL, WEBHOOK_SECRET};
 
 /// `skiff serve` with the app `web` for `provider`, fetching from `clone_url`.
@@ -123,25 +120,6 @@ async fn gitea_push(base: &str, sha: &str) -> i64 {
         ("x-gogs-delivery", id),
     ];
     send(base, headers, bytes).await
-}
-
-/// A forge's API on 127.0.0.1 recording every request whole (GitLab's token is in
-/// `PRIVATE-TOKEN`, not `Authorization`), answering 201.
-fn forge_api() -> (u16, Arc<Mutex<Vec<Req>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let Ok(req) = read_request(&mut reader) else { continue };
-            log.lock().unwrap().push(req);
-            let _ = stream.write_all(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
-        }
-    });
-    (port, seen)
 }
 
 /// Each recorded request's path and JSON `state`.

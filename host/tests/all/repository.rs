@@ -450,11 +450,9 @@ async fn a_pull_request_builds_its_head_over_git_daemon_and_a_fork_s_sees_no_sec
     server.halt();
 }
 
-/// Path, `Authorization` and JSON body of a request.
-pub(crate) type Seen = (String, String, Value);
-
-/// A forge's status API on 127.0.0.1: records each request's path, authorization and body.
-pub(crate) fn status_api() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+/// A forge's API on 127.0.0.1 recording every request whole (GitLab's token is in
+/// `PRIVATE-TOKEN`, not `Authorization`), answering 201.
+pub(crate) fn forge_api() -> (u16, Arc<Mutex<Vec<Req>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -464,10 +462,10 @@ pub(crate) fn status_api() -> (u16, Arc<Mutex<Vec<Seen>>>) {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let Ok(req) = read_request(&mut reader) else { continue };
-            let (path, auth, body) =
-                (req.target.clone(), req.header("authorization").unwrap_or("").to_string(), req.json());
-            log.lock().unwrap().push((path, auth, body));
-            let _ = stream.write_all(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+            log.lock().unwrap().push(req);
+            let _ = stream.write_all(
+                b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+            );
         }
     });
     (port, seen)
@@ -480,7 +478,7 @@ async fn statuses_reach_the_forge_in_order_and_a_run_that_cannot_build_is_an_err
     }
     let repo = Repo::new();
     let server_git = http_git(repo.bare_root(), None, None);
-    let (api, seen) = status_api();
+    let (api, seen) = forge_api();
     let data = tempfile::tempdir().unwrap();
     let app = format!(
         "clone-url = \"http://127.0.0.1:{}/acme/web.git\"\nstatus-token = \"GIT_TOKEN\"\napi-url = \"http://127.0.0.1:{api}\"",
@@ -503,29 +501,21 @@ async fn statuses_reach_the_forge_in_order_and_a_run_that_cannot_build_is_an_err
     server.shared.statuses.flush().await;
 
     let seen = seen.lock().unwrap().clone();
-    let states: Vec<(&str, &str)> =
-        seen.iter().map(|(p, _, b)| (p.as_str(), b["state"].as_str().unwrap_or(""))).collect();
+    let states: Vec<String> =
+        seen.iter().map(|r| format!("{} {}", r.target, r.json()["state"].as_str().unwrap_or(""))).collect();
     let (one, zero) = (
         format!("/repos/acme/web/statuses/{}", repo.commits[1]),
         format!("/repos/acme/web/statuses/{}", repo.commits[0]),
     );
-    assert_eq!(
-        states,
-        [
-            (one.as_str(), "pending"),
-            (one.as_str(), "pending"),
-            (one.as_str(), "success"),
-            (zero.as_str(), "pending"),
-            (zero.as_str(), "error")
-        ],
-        "{seen:#?}"
-    );
+    let want = [(&one, "pending"), (&one, "pending"), (&one, "success"), (&zero, "pending"), (&zero, "error")];
+    assert_eq!(states, want.map(|(p, st)| format!("{p} {st}")), "{seen:#?}");
     assert!(
-        seen.iter().all(|(_, auth, b)| auth == "Bearer git-tok-5e4d3c" && b["context"] == "skiff/web"),
+        seen.iter()
+            .all(|r| r.header("authorization") == Some("Bearer git-tok-5e4d3c") && r.json()["context"] == "skiff/web"),
         "{seen:#?}"
     );
-    assert!(seen[4].2["description"].as_str().unwrap_or("").contains("could not be fetched"), "{seen:#?}");
-    assert_eq!(seen[0].2["target_url"], format!("https://ci.example.com/v1/runs/{id}"), "a link to the run");
+    assert!(seen[4].json()["description"].as_str().unwrap_or("").contains("could not be fetched"), "{seen:#?}");
+    assert_eq!(seen[0].json()["target_url"], format!("https://ci.example.com/v1/runs/{id}"), "a link to the run");
     server.halt();
 }
 

@@ -189,28 +189,13 @@ fn serve_one(mut stream: impl Read + Write, log: &Mutex<Vec<Req>>, handler: &Han
 /// `server`, over TLS with a certificate for 127.0.0.1 from a CA of the test's own: the port,
 /// the requests seen, and the CA's PEM.
 fn tls_server(handler: impl Fn(&Req) -> Answer + Send + Sync + 'static) -> (u16, Arc<Mutex<Vec<Req>>>, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-    let config = Arc::new(
-        rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap(),
-    );
+    let (config, ca_pem) = crate::repository::tls_config();
     let (port, seen) = listen(handler, move |stream, log, handler| {
         if let Ok(conn) = rustls::ServerConnection::new(config.clone()) {
             let _ = serve_one(rustls::StreamOwned::new(conn, stream), log, handler);
         }
     });
-    (port, seen, ca.pem())
+    (port, seen, ca_pem)
 }
 
 fn ok_json(v: Value) -> Answer {

@@ -442,6 +442,8 @@ async fn a_pull_request_builds_its_head_over_git_daemon_and_a_fork_s_sees_no_sec
     let (run, log) = finished(&base, id).await;
     assert_eq!(run["status"], "success", "{run:#}\n{log}");
     assert!(log.contains("built pr with pipeline two secret=[***]"), "a branch of the repository itself: {log}");
+    // Shallow by default: one commit of history (`fetch-depth = 1`).
+    assert!(log.contains("commits=1"), "{log}");
 
     let id = hook(&base, "pull_request", pull_request(&repo, "mallory/web")).await;
     let (run, log) = finished(&base, id).await;

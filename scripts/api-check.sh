@@ -3,7 +3,7 @@
 # (openapi-spec-validator), and schemathesis, run against a throwaway `skiff serve`, finds no
 # 5xx and no answer that breaks the document.
 #
-# Needs the binary: `cargo build -p skiff-host --bin skiff` (SKIFF_BIN names another one).
+# Needs the binary: `cargo build -p skiff --bin skiff` (SKIFF_BIN names another one).
 # Python tools live in a venv under target/py, installed from PyPI the first time.
 # API_CHECK_EXAMPLES (per operation, default 200) and API_CHECK_SEED tune the run; a failure
 # prints the seed that reproduces it.
@@ -18,7 +18,7 @@ bin=${SKIFF_BIN:-$root/target/debug/skiff}
 work=$root/target/api-check
 examples=${API_CHECK_EXAMPLES:-200}
 
-[[ -x $bin ]] || { echo "api-check: no $bin: run \`cargo build -p skiff-host --bin skiff\` first" >&2; exit 2; }
+[[ -x $bin ]] || { echo "api-check: no $bin: run \`cargo build -p skiff --bin skiff\` first" >&2; exit 2; }
 
 # The venv, and the pinned tools in it unless they are there already.
 pinned() {

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p skiff-host
+cargo build --release -p skiff
 skiff="$PWD/target/release/skiff"
 "$skiff" step inspect diag
 ws=$(mktemp -d)

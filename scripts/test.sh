@@ -20,7 +20,7 @@ cargo fmt "${spin[@]}" --check
 cargo fmt "${hostile[@]}" --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 phase clippy
-cargo clippy --workspace --all-targets --features skiff-host/edge-tests -- -D warnings
+cargo clippy --workspace --all-targets --features skiff/edge-tests -- -D warnings
 CARGO_TARGET_DIR=target/edge-cloudflare cargo clippy "${cf[@]}" --target wasm32-unknown-unknown --release -- -D warnings
 CARGO_TARGET_DIR=target/edge-spin cargo clippy "${spin[@]}" --target wasm32-wasip2 --release -- -D warnings
 CARGO_TARGET_DIR=target/edge-spin cargo clippy "${hostile[@]}" --target wasm32-wasip2 --release -- -D warnings
@@ -31,10 +31,10 @@ CARGO_TARGET_DIR=target/edge-spin cargo build "${hostile[@]}" --target wasm32-wa
 export SKIFF_S3S_FS="$PWD/target/tools/bin/s3s-fs"
 phase tests
 if command -v cargo-nextest >/dev/null; then
-  cargo nextest run --workspace --features skiff-host/edge-tests --no-fail-fast
-  cargo test --workspace --doc --features skiff-host/edge-tests
+  cargo nextest run --workspace --features skiff/edge-tests --no-fail-fast
+  cargo test --workspace --doc --features skiff/edge-tests
 else
-  cargo test --workspace --features skiff-host/edge-tests --no-fail-fast
+  cargo test --workspace --features skiff/edge-tests --no-fail-fast
 fi
 # The binary exists by now: the integration tests built it.
 phase "api check: openapi-spec-validator, schemathesis against skiff serve"

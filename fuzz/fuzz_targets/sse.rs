@@ -1,4 +1,4 @@
-//! The API client's Server-Sent Events parser (`host/src/serve/sse.rs`, included as a file so
+//! The API client's Server-Sent Events parser (`host/server/src/sse.rs`, included as a file so
 //! that this crate does not build the host).
 //!
 //! Input: the first byte seeds where the stream is cut into chunks, the rest is the stream.
@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../host/src/serve/sse.rs"]
+#[path = "../../host/server/src/sse.rs"]
 #[allow(dead_code)]
 mod sse;
 

@@ -1,4 +1,4 @@
-//! `cargo bench -p skiff-host --bench edge`: one webhook through the Spin edge
+//! `cargo bench -p skiff --bench edge`: one webhook through the Spin edge
 //! master as `skiff edge up` serves it (a fresh wasmtime instance per request,
 //! `wasi:http@0.3`), beside the baseline of the same `skiff-edge-core` call made
 //! natively, as the master built into `skiff serve` makes it. The event is a
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use skiff_edge_core::{Headers, MasterConfig, Secret, apps_named, github_signature, handle_webhook};
-use skiff_host::edge::SpinApp;
-use skiff_host::edge::kv::KvStores;
-use skiff_host::edge::manifest::Manifest;
+use skiff_spin_host::SpinApp;
+use skiff_spin_host::kv::KvStores;
+use skiff_spin_host::manifest::Manifest;
 
 const APPS: &str = r#"[{"name": "web", "on": {"push": {"branches": ["main"]}}}]"#;
 const SECRET: &str = "bench-webhook-secret";

@@ -11,9 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use skiff_host::pipeline::engine::NoObserver;
-use skiff_host::pipeline::expr::{Scope, compile, parse_template};
-use skiff_host::pipeline::{
+use skiff_pipeline::engine::NoObserver;
+use skiff_pipeline::expr::{Scope, compile, parse_template};
+use skiff_pipeline::{
     LogLine, RunOptions, StepExecutor, StepOutcome, StepRequest, StepResult, load_str, run_pipeline,
 };
 
@@ -130,7 +130,7 @@ fn engine(c: &mut Criterion) {
                         job_id: "job0".into(),
                         step_id: format!("s{i}"),
                         step_name: String::new(),
-                        uses: skiff_host::pipeline::StepRef::Builtin("diag".into()),
+                        uses: skiff_pipeline::StepRef::Builtin("diag".into()),
                         inputs: Default::default(),
                         env: Default::default(),
                         secrets: Default::default(),

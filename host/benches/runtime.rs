@@ -2,18 +2,18 @@
 //! warm sandboxed step start, against native processes under bubblewrap and
 //! plain fork/exec in the same run; memory per idle step; cold compile vs cache.
 //!
-//! `cargo bench -p skiff-host --bench runtime` (set SKIFF_BENCH_N to change iterations).
+//! `cargo bench -p skiff --bench runtime` (set SKIFF_BENCH_N to change iterations).
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skiff_host::runtime::cache::DiskCache;
-use skiff_host::runtime::limits::Limits;
-use skiff_host::runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation};
+use skiff_runtime::cache::DiskCache;
+use skiff_runtime::limits::Limits;
+use skiff_runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation};
 
-const GUEST: &str = env!("SKIFF_TEST_GUEST_HOSTILE");
+const GUEST: &str = skiff_runtime::test_guests::HOSTILE;
 
 fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
@@ -166,7 +166,7 @@ async fn main() {
 
     // Cold compile vs cached load.
     let engine = pooled.engine();
-    let digest = skiff_host::runtime::cache::sha256(&bytes);
+    let digest = skiff_runtime::cache::sha256(&bytes);
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for _ in 0..5 {

@@ -1,12 +1,12 @@
 //! What the process sandbox costs per process: `/bin/true` started and awaited
-//! through `skiff_host::sandbox::run` (bubblewrap, namespaces, rlimits, cgroup where
+//! through `skiff_sandbox::run` (bubblewrap, namespaces, rlimits, cgroup where
 //! available) against a plain `std::process::Command` fork/exec. Prints a markdown table.
 //!
-//! `cargo bench -p skiff-host --bench sandbox` (set `SANDBOX_BENCH_N` to change N=200).
+//! `cargo bench -p skiff --bench sandbox` (set `SANDBOX_BENCH_N` to change N=200).
 
 use std::time::{Duration, Instant};
 
-use skiff_host::sandbox::{self, Capture, Exit, SandboxSpec};
+use skiff_sandbox::{self as sandbox, Capture, Exit, SandboxSpec};
 use tokio_util::sync::CancellationToken;
 
 fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {

@@ -1,7 +1,7 @@
 //! `skiff serve` benchmarks: latency from a webhook to its first step starting, and runs
 //! accepted per second with nothing lost, beside a bare SQLite insert+commit as the baseline.
 //!
-//! `cargo bench -p skiff-host --bench serve` prints a table (see docs/BENCHMARKS.md).
+//! `cargo bench -p skiff --bench serve` prints a table (see docs/BENCHMARKS.md).
 
 use std::future::Future;
 use std::path::Path;
@@ -9,9 +9,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skiff_host::pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
-use skiff_host::serve::config::ServeConfig;
-use skiff_host::serve::{Role, start};
+use skiff_pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
+use skiff_server::config::ServeConfig;
+use skiff_server::{Role, start};
 use tokio::sync::mpsc;
 
 /// Tells the bench when each step starts, and succeeds at once.
@@ -177,7 +177,7 @@ async fn main() {
     // Nothing lost: every accepted run is stored and reaches `success`.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let f = skiff_host::serve::store::RunFilter {
+        let f = skiff_server::store::RunFilter {
             status: Some("success".into()),
             limit: Some(500),
             ..Default::default()
@@ -198,7 +198,7 @@ async fn main() {
     server.halt();
 }
 
-fn count_success(store: &skiff_host::serve::store::Store, mut f: skiff_host::serve::store::RunFilter) -> usize {
+fn count_success(store: &skiff_server::store::Store, mut f: skiff_server::store::RunFilter) -> usize {
     let mut n = 0;
     loop {
         let page = store.list_runs(&f).unwrap();

@@ -1,6 +1,7 @@
 //! Skiff's edge master on Cloudflare Workers. All logic is in
 //! `skiff-edge-core`; this file only converts requests and responses, reads
-//! configuration, dedupes deliveries in KV and forwards signed dispatches.
+//! configuration, and lends `forward` (which dedupes deliveries and sends the signed
+//! dispatches) its KV namespace and `fetch`.
 //!
 //! Configuration (see `wrangler.toml` and docs/deploy.md):
 //! - var `SKIFF_HOST_URL`: the host's base URL (dispatches go to `/v1/dispatch`);
@@ -11,8 +12,14 @@
 //! - secret `SKIFF_WEBHOOK_SECRET_<APP>` (upper-case, `-` and `.` as `_`), else `SKIFF_WEBHOOK_SECRET`;
 //! - KV namespace `SKIFF_DELIVERIES`: delivery ids already dispatched.
 
-use skiff_edge_core::{AppLookupError, Headers, MasterConfig, Secret, app_variable_suffix, apps_named, handle_webhook};
-use worker::{Context, Env, Headers as WHeaders, Method, Request, RequestInit, Response, Result, Router, event};
+use skiff_edge_core::{
+    AppLookupError, DispatchRequest, Headers, MasterConfig, Relay, RelayError, Secret, app_variable_suffix, apps_named,
+    forward, handle_webhook,
+};
+use worker::{
+    Context, Env, Headers as WHeaders, KvStore, Method, Request, RequestInit, Response, ResponseBuilder, Result,
+    Router, event,
+};
 
 /// How long a delivery id is remembered: longer than any Git host's redelivery window.
 const DEDUPE_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -52,35 +59,53 @@ async fn hook(mut req: Request, env: Env, app: Option<String>) -> Result<Respons
     };
     let now = (worker::Date::now().as_millis() / 1000) as i64;
     let outcome = handle_webhook(&config, &headers, &body, now);
-    let kv = env.kv("SKIFF_DELIVERIES")?;
-    let host = env.var("SKIFF_HOST_URL")?.to_string();
-    let mut failures = Vec::new();
-    for request in outcome.requests() {
-        if kv.get(&request.id).text().await?.is_some() {
-            continue; // a redelivery: this app already got this event
-        }
+    let relay = Workers { kv: env.kv("SKIFF_DELIVERIES")?, host: env.var("SKIFF_HOST_URL")?.to_string() };
+    let answer = forward(&relay, &outcome).await;
+    if let Some(log) = &answer.log {
+        worker::console_error!("{log}");
+    }
+    Ok(ResponseBuilder::new()
+        .with_status(answer.status)
+        .with_header("content-type", "application/json")?
+        .fixed(answer.body))
+}
+
+/// Delivery ids in KV `SKIFF_DELIVERIES`, dispatches to `{SKIFF_HOST_URL}/v1/dispatch`.
+struct Workers {
+    kv: KvStore,
+    host: String,
+}
+
+impl Relay for Workers {
+    async fn seen(&self, id: &str) -> std::result::Result<bool, RelayError> {
+        let value = self.kv.get(id).text().await.map_err(store_failed)?;
+        Ok(value.is_some())
+    }
+
+    async fn remember(&self, id: &str) -> std::result::Result<(), RelayError> {
+        let put = self.kv.put(id, "1").map_err(store_failed)?;
+        put.expiration_ttl(DEDUPE_TTL_SECS).execute().await.map_err(store_failed)
+    }
+
+    async fn post(&self, request: &DispatchRequest) -> std::result::Result<u16, RelayError> {
+        let url = format!("{}/v1/dispatch", self.host.trim_end_matches('/'));
+        let misconfigured = |e: worker::Error| RelayError::Misconfigured(format!("no dispatch to `{url}`: {e}"));
         let headers = WHeaders::new();
         for (k, v) in &request.headers {
-            headers.set(k, v)?;
+            headers.set(k, v).map_err(misconfigured)?;
         }
         let mut init = RequestInit::new();
         init.with_method(Method::Post).with_headers(headers).with_body(Some(request.body.clone().into()));
-        let url = format!("{}/v1/dispatch", host.trim_end_matches('/'));
-        match worker::Fetch::Request(Request::new_with_init(&url, &init)?).send().await {
-            Ok(resp) if resp.status_code() < 300 => {
-                kv.put(&request.id, "1")?.expiration_ttl(DEDUPE_TTL_SECS).execute().await?;
-            }
-            Ok(resp) => failures.push(format!("{}: host answered {}", request.id, resp.status_code())),
-            Err(e) => failures.push(format!("{}: {e}", request.id)),
+        let outgoing = Request::new_with_init(&url, &init).map_err(misconfigured)?;
+        match worker::Fetch::Request(outgoing).send().await {
+            Ok(resp) => Ok(resp.status_code()),
+            Err(e) => Err(RelayError::Host(e.to_string())),
         }
     }
-    if !failures.is_empty() {
-        worker::console_error!("dispatch failed: {}", failures.join("; "));
-        // 502 makes the Git host redeliver; delivered apps are deduped then.
-        return json(502, serde_json::json!({"error": "the host did not accept the run", "failures": failures}));
-    }
-    let body: serde_json::Value = serde_json::from_slice(&outcome.response_body()).unwrap_or_default();
-    json(outcome.status(), body)
+}
+
+fn store_failed(e: impl std::fmt::Display) -> RelayError {
+    RelayError::Store(format!("KV SKIFF_DELIVERIES: {e}"))
 }
 
 async fn config(env: &Env, app: &str) -> std::result::Result<MasterConfig, AppLookupError> {

@@ -1,13 +1,12 @@
 //! The whole webhook path in one call, for the adapters.
 
-use serde_json::json;
-
+use crate::accept::{Accepted, accept, ignored, pong, requested, response_body};
 use crate::dispatch::{DispatchRequest, sign_decision};
 use crate::event::{Event, EventKind};
 use crate::headers::{Headers, Secret};
-use crate::normalize::{NormalizeError, normalize};
-use crate::trigger::{App, Decision, decide_with_headers};
-use crate::verify::{Provider, VerifyError, VerifyOptions, verify};
+use crate::normalize::NormalizeError;
+use crate::trigger::{App, Decision};
+use crate::verify::{Provider, VerifyError, VerifyOptions};
 
 /// What the master needs to answer webhooks: the webhook secret, the key dispatches are signed
 /// with, and the apps.
@@ -127,17 +126,14 @@ impl Outcome {
             Outcome::BadRequest { error, .. } => error.to_string(),
             Outcome::Ignored { event, decisions } => {
                 if event.kind == EventKind::Ping {
-                    format!("pong: the {} webhook reaches the Skiff master", event.provider)
-                } else if decisions.is_empty() {
-                    "ignored: no app is configured".into()
+                    pong(event.provider)
                 } else {
-                    let reasons: Vec<&str> = decisions.iter().map(Decision::reason).collect();
-                    format!("ignored: {}", reasons.join("; "))
+                    ignored(decisions)
                 }
             }
             Outcome::Dispatched { requests, .. } => {
                 let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
-                format!("accepted: {} run(s) requested ({})", requests.len(), ids.join(", "))
+                requested(&ids)
             }
         }
     }
@@ -145,43 +141,35 @@ impl Outcome {
     /// A JSON body for the response: `status`, `message`, and for genuine events the
     /// `delivery_id` and `decisions`.
     pub fn response_body(&self) -> Vec<u8> {
-        let mut body = json!({ "status": self.status(), "message": self.message() });
-        if let Some(event) = self.event() {
-            body["delivery_id"] = json!(event.delivery_id);
-            body["decisions"] = json!(self.decisions());
-        }
-        body.to_string().into_bytes()
+        response_body(self.status(), &self.message(), self.event().map(|e| (e, self.decisions())))
     }
 }
 
 /// Verifies, normalizes, decides and signs: everything an adapter needs to answer a webhook.
 ///
+/// This is [`accept`] for `config.apps`, then each dispatch signed with `config.dispatch_key`.
 /// Nothing is parsed before the signature is checked. `now_unix` (seconds) is used for the
 /// senders' timestamps and as the dispatch timestamp. The adapter then sends each of
 /// [`Outcome::requests`] to the host and answers with [`Outcome::status`] and
-/// [`Outcome::response_body`]. Deduplicating on the delivery id needs storage, so it is the
-/// adapter's or the host's job (the dispatch ids are stable for that).
+/// [`Outcome::response_body`] ([`forward`](crate::forward) does both). Deduplicating on the
+/// delivery id needs storage, so it is the adapter's or the host's job (the dispatch ids are
+/// stable for that).
 ///
 /// See the crate documentation for an example.
 pub fn handle_webhook(config: &MasterConfig, headers: &Headers, body: &[u8], now_unix: i64) -> Outcome {
-    let provider = match verify(headers, body, &config.secret, now_unix, &config.verify) {
-        Ok(p) => p,
-        Err(e) => return Outcome::Rejected(e),
-    };
-    let event = match normalize(provider, headers, body) {
-        Ok(e) => e,
-        Err(error) => return Outcome::BadRequest { provider, error },
-    };
-    if event.kind == EventKind::Ping {
-        return Outcome::Ignored { event: Box::new(event), decisions: Vec::new() };
-    }
-    let decisions = decide_with_headers(&event, headers, &config.apps);
-    let requests: Vec<DispatchRequest> =
-        decisions.iter().filter_map(|d| sign_decision(&event, d, &config.dispatch_key, now_unix)).collect();
-    if requests.is_empty() {
-        Outcome::Ignored { event: Box::new(event), decisions }
-    } else {
-        Outcome::Dispatched { event: Box::new(event), decisions, requests }
+    match accept(&config.secret, &config.verify, &config.apps, headers, body, now_unix) {
+        Accepted::Rejected(e) => Outcome::Rejected(e),
+        Accepted::BadRequest { provider, error } => Outcome::BadRequest { provider, error },
+        Accepted::Ping { event } => Outcome::Ignored { event, decisions: Vec::new() },
+        Accepted::Decided { event, decisions } => {
+            let requests: Vec<DispatchRequest> =
+                decisions.iter().filter_map(|d| sign_decision(&event, d, &config.dispatch_key, now_unix)).collect();
+            if requests.is_empty() {
+                Outcome::Ignored { event, decisions }
+            } else {
+                Outcome::Dispatched { event, decisions, requests }
+            }
+        }
     }
 }
 

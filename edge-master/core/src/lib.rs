@@ -4,7 +4,9 @@
 //! Everything here is a pure function over bytes and data, so the same code runs natively
 //! (inside `skiff serve`), on Cloudflare Workers (`wasm32-unknown-unknown`) and in Spin
 //! (`wasm32-wasip2`). There is no clock and no randomness: callers pass the current time in.
-//! The adapters only convert their request and response types and call [`handle_webhook`].
+//! The adapters only convert their request and response types, call [`handle_webhook`], and
+//! hand the outcome to [`forward`] with a [`Relay`] over their key-value store and HTTP client.
+//! A host that starts runs itself calls [`accept`]: the same answers, nothing signed.
 //!
 //! The pipeline is:
 //!
@@ -41,11 +43,13 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod cel_limits;
 mod crypto;
 mod dispatch;
 mod event;
 mod filter;
+mod forward;
 mod handle;
 mod headers;
 mod normalize;
@@ -53,10 +57,12 @@ mod patterns;
 mod trigger;
 mod verify;
 
+pub use accept::{Accepted, accept};
 pub use crypto::{github_signature, standard_webhooks_signature};
 pub use dispatch::{Dispatch, DispatchRequest, MAX_DISPATCH_BODY_BYTES, dispatch_id, sign_dispatch, verify_dispatch};
 pub use event::{Event, EventKind, PullRequest, Repository};
 pub use filter::{Filter, FilterError};
+pub use forward::{Answer, Relay, RelayError, forward};
 pub use handle::{AppLookupError, MasterConfig, Outcome, app_variable_suffix, apps_named, handle_webhook};
 pub use headers::{Headers, Secret};
 pub use normalize::{NormalizeError, normalize};

@@ -1,6 +1,6 @@
 //! Skiff's edge master as a Spin HTTP component. All logic is in `skiff-edge-core`; this file
-//! only converts requests and responses, reads configuration, dedupes deliveries in the
-//! key-value store and forwards signed dispatches.
+//! only converts requests and responses, reads configuration, and lends `forward` (which dedupes
+//! deliveries and sends the signed dispatches) its key-value store and outbound HTTP.
 //!
 //! Configuration (Spin variables, see `spin.toml`):
 //! - `host_url`: the host's base URL, scheme and authority only (dispatches go to
@@ -12,7 +12,12 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use skiff_edge_core::{AppLookupError, Headers, MasterConfig, Secret, app_variable_suffix, apps_named, handle_webhook};
+use std::cell::OnceCell;
+
+use skiff_edge_core::{
+    AppLookupError, DispatchRequest, Headers, MasterConfig, Relay, RelayError, Secret, app_variable_suffix, apps_named,
+    forward, handle_webhook,
+};
 use spin_sdk::http::{FullBody, HeaderName, HeaderValue, Method, Request, Response, StatusCode, send};
 use spin_sdk::{http_service, key_value, variables};
 
@@ -76,51 +81,62 @@ async fn hook(req: Request, app: &str) -> Reply {
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let outcome = handle_webhook(&config, &headers, &body, now);
-    let mut failures = Vec::new();
-    if !outcome.requests().is_empty() {
-        // Spin's key-value store has no TTL, unlike Workers KV: delivery ids (a few dozen bytes
-        // each) stay until the store is cleared, which only makes redeliveries safe for longer.
-        let kv = match key_value::Store::open("default").await {
-            Ok(kv) => kv,
-            Err(e) => return misconfigured(&format!("key-value store `default` cannot be opened: {e}")),
-        };
-        let url = format!("{}/v1/dispatch", host.trim_end_matches('/'));
-        for request in outcome.requests() {
-            match kv.exists(&request.id).await {
-                Ok(true) => continue, // a redelivery: this app already got this event
-                Ok(false) => {}
-                Err(e) => return kv_failed(&e),
-            }
-            let mut outgoing = Request::post(&url);
-            for (k, v) in &request.headers {
-                outgoing = outgoing.header(k, v);
-            }
-            let outgoing = match outgoing.body(FullBody::new(Bytes::from(request.body.clone()))) {
-                Ok(r) => r,
-                Err(e) => return misconfigured(&format!("variable `host_url` gives no valid URL `{url}`: {e}")),
-            };
-            match send(outgoing).await {
-                Ok(resp) if resp.status().is_success() => {
-                    if let Err(e) = kv.set(&request.id, "1").await {
-                        return kv_failed(&e);
-                    }
-                }
-                Ok(resp) => failures.push(format!("{}: host answered {}", request.id, resp.status().as_u16())),
-                Err(e) => failures.push(format!("{}: {e}", request.id)),
-            }
-        }
+    let answer = forward(&Outbound { host, kv: OnceCell::new() }, &outcome).await;
+    if let Some(log) = &answer.log {
+        eprintln!("{log}");
     }
-    if !failures.is_empty() {
-        eprintln!("dispatch failed: {}", failures.join("; "));
-        // 502 makes the Git host redeliver; delivered apps are deduped then.
-        return json(502, serde_json::json!({"error": "the host did not accept the run", "failures": failures}));
-    }
-    json_bytes(outcome.status(), outcome.response_body())
+    json_bytes(answer.status, answer.body)
 }
 
-fn kv_failed(e: &key_value::Error) -> Reply {
-    eprintln!("key-value store `default`: {e}");
-    json(500, serde_json::json!({"error": "the master's key-value store failed; see its log"}))
+/// Delivery ids in key-value store `default`, dispatches to `{host_url}/v1/dispatch`.
+///
+/// Spin's key-value store has no TTL, unlike Workers KV: delivery ids (a few dozen bytes each)
+/// stay until the store is cleared, which only makes redeliveries safe for longer.
+struct Outbound {
+    host: String,
+    /// Opened on first use: a webhook that starts nothing never touches the store.
+    kv: OnceCell<key_value::Store>,
+}
+
+impl Outbound {
+    async fn kv(&self) -> Result<&key_value::Store, RelayError> {
+        if let Some(kv) = self.kv.get() {
+            return Ok(kv);
+        }
+        let kv = key_value::Store::open("default")
+            .await
+            .map_err(|e| RelayError::Misconfigured(format!("key-value store `default` cannot be opened: {e}")))?;
+        Ok(self.kv.get_or_init(|| kv))
+    }
+}
+
+impl Relay for Outbound {
+    async fn seen(&self, id: &str) -> Result<bool, RelayError> {
+        self.kv().await?.exists(id).await.map_err(store_failed)
+    }
+
+    async fn remember(&self, id: &str) -> Result<(), RelayError> {
+        self.kv().await?.set(id, "1").await.map_err(store_failed)
+    }
+
+    async fn post(&self, request: &DispatchRequest) -> Result<u16, RelayError> {
+        let url = format!("{}/v1/dispatch", self.host.trim_end_matches('/'));
+        let mut outgoing = Request::post(&url);
+        for (k, v) in &request.headers {
+            outgoing = outgoing.header(k, v);
+        }
+        let outgoing = outgoing
+            .body(FullBody::new(Bytes::from(request.body.clone())))
+            .map_err(|e| RelayError::Misconfigured(format!("variable `host_url` gives no valid URL `{url}`: {e}")))?;
+        match send(outgoing).await {
+            Ok(resp) => Ok(resp.status().as_u16()),
+            Err(e) => Err(RelayError::Host(e.to_string())),
+        }
+    }
+}
+
+fn store_failed(e: key_value::Error) -> RelayError {
+    RelayError::Store(format!("key-value store `default`: {e}"))
 }
 
 /// The host's base URL and the master's configuration for `app`.

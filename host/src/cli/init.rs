@@ -19,8 +19,8 @@ use base64::Engine as _;
 use clap::Args;
 use skiff_edge_core::Provider;
 
-use crate::serve::config::{PipelineSource, ServeConfig};
-use crate::serve::crypto::{self, MasterKey};
+use skiff_server::config::{PipelineSource, ServeConfig};
+use skiff_server::crypto::{self, MasterKey};
 
 /// The config file's name in DIR.
 pub const CONFIG_FILE: &str = "skiff.toml";

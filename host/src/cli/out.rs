@@ -12,13 +12,6 @@ pub fn line(args: std::fmt::Arguments) {
     }
 }
 
-/// Flushes standard output.
-pub fn flush() {
-    if let Err(e) = std::io::stdout().flush() {
-        closed(e);
-    }
-}
-
 fn closed(e: std::io::Error) {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(141);

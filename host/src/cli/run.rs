@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::pipeline::inert;
-use crate::pipeline::{RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, load_file, run_pipeline};
+use skiff_pipeline::inert;
+use skiff_pipeline::{RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, load_file, run_pipeline};
 
 /// Arguments of `skiff run`.
 #[derive(Debug, Clone, Default, Args)]
@@ -180,7 +180,7 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
     if args.workspace.is_none() {
         // Like a checkout: the steps see the project, and the project is not changed.
         let project = project_dir(&path);
-        crate::workspace::copy_tree(&project, &workspace, NOT_COPIED)
+        skiff_runtime::workspace::copy_tree(&project, &workspace, NOT_COPIED)
             .with_context(|| format!("copying {} into the workspace {}", project.display(), workspace.display()))?;
     }
     let opts = RunOptions {
@@ -193,7 +193,7 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
         inputs,
         workspace: workspace.clone(),
         job: args.job.clone(),
-        ca_bundle: args.ca_file.as_deref().map(crate::serve::config::read_ca_bundle).transpose()?,
+        ca_bundle: args.ca_file.as_deref().map(skiff_server::config::read_ca_bundle).transpose()?,
         job_setup: None,
         read_only: false,
         reuse: Default::default(),

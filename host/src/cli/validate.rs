@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::pipeline::load_file;
+use skiff_pipeline::load_file;
 
 /// Arguments of `skiff validate`.
 #[derive(Debug, Clone, Args)]

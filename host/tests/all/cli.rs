@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-const HOSTILE: &str = env!("SKIFF_TEST_GUEST_HOSTILE");
+const HOSTILE: &str = skiff_runtime::test_guests::HOSTILE;
 
 fn skiff(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
@@ -464,8 +464,8 @@ mod init {
 
     use serde_json::Value;
     use skiff_edge_core::{Provider, Secret};
-    use skiff_host::serve::config::{AppScope, ServeConfig};
-    use skiff_host::serve::crypto::{MasterKey, token_hash};
+    use skiff_server::config::{AppScope, ServeConfig};
+    use skiff_server::crypto::{MasterKey, token_hash};
 
     /// `skiff ARGS` in `dir`, with no Skiff settings from the environment: the exit code,
     /// standard output and standard error.

@@ -9,8 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skiff_host::pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
-use skiff_host::serve::{Role, ServeConfig};
+use skiff_pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
+use skiff_server::{Role, ServeConfig};
 
 struct Succeed;
 
@@ -40,13 +40,13 @@ fn request(addr: std::net::SocketAddr, raw: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_trickling_sockets_cannot_starve_real_requests() {
-    let limit = skiff_host::serve::conn::raise_open_file_limit();
+    let limit = skiff_server::conn::raise_open_file_limit();
     let dir = tempfile::tempdir().unwrap();
     // Caps well under this process's open-file limit, which the test's own sockets share.
     let idle = ((limit as usize).saturating_sub(2000) / 3).min(3000);
     let cap = idle / 2;
     let extra = format!("max-connections = {cap}\nmax-connections-per-client = {cap}\nrequest-timeout-secs = 3\n");
-    let server = skiff_host::serve::start(config(dir.path(), &extra), Arc::new(Succeed), Role::All).await.unwrap();
+    let server = skiff_server::start(config(dir.path(), &extra), Arc::new(Succeed), Role::All).await.unwrap();
     let (secret, token) = (crate::serve::WEBHOOK_SECRET, crate::serve::TOKEN_ALL);
     let addr = server.addr;
 

@@ -14,7 +14,7 @@ use crate::repository::{Repo, Serve, eventually, finished, forge_api, http_git, 
 use crate::serve::{DISPATCH_KEY, TOKEN_ALL, WEBHOOK_SECRET};
 
 /// `skiff serve` with the app `web` for `provider`, fetching from `clone_url`.
-async fn serve(data: &Path, provider: &str, clone_url: &str, app: &str, top: &str) -> skiff_host::serve::Server {
+async fn serve(data: &Path, provider: &str, clone_url: &str, app: &str, top: &str) -> skiff_server::Server {
     let app = format!("clone-url = \"{clone_url}\"\n{app}");
     serve_app(data, Serve { provider, top, app: &app, ..Serve::default() }).await
 }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use skiff_host::pipeline::{
+use skiff_pipeline::{
     LogLine, RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, StepOutcome, StepRef, StepRequest,
     StepResult, load_file, load_str, run_pipeline,
 };
@@ -49,7 +49,7 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
     v
 }
 
-fn load_named(path: &Path) -> Result<skiff_host::pipeline::Plan, skiff_host::pipeline::Diagnostics> {
+fn load_named(path: &Path) -> Result<skiff_pipeline::Plan, skiff_pipeline::Diagnostics> {
     let text = std::fs::read_to_string(path).unwrap();
     let name = path.file_name().unwrap().to_string_lossy().to_string();
     load_str(&text, &name, path.parent().unwrap())
@@ -90,7 +90,7 @@ fn pipeline_invalid_files_match_their_errors() {
 #[test]
 fn pipeline_schema_is_current() {
     let path = root().parent().unwrap().join("docs/pipeline.schema.json");
-    let actual = skiff_host::pipeline::schema::schema_text();
+    let actual = skiff_pipeline::schema::schema_text();
     if let Err(e) = golden(&path, &actual) {
         panic!("{}", e.lines().next().unwrap_or_default());
     }
@@ -226,7 +226,7 @@ struct Run {
 }
 
 impl Run {
-    fn job(&self, key: &str) -> &skiff_host::pipeline::JobReport {
+    fn job(&self, key: &str) -> &skiff_pipeline::JobReport {
         self.report.jobs.iter().find(|j| j.key == key).unwrap_or_else(|| panic!("no job {key}"))
     }
     fn steps(&self, key: &str) -> Vec<(String, Status)> {
@@ -636,7 +636,7 @@ async fn pipeline_engine_emits_events_in_order() {
 /// Pipelines come from repositories, so from strangers: no input may panic the loader.
 mod hostile_input {
     use proptest::prelude::*;
-    use skiff_host::pipeline::load_str;
+    use skiff_pipeline::load_str;
 
     const KEYS: &[&str] = &[
         "name",
@@ -702,21 +702,33 @@ mod hostile_input {
     }
 }
 
-/// The pipeline language is a crate of its own so that a master, a linter or a fuzzer can use it
-/// without the step runtime: wasmtime must never creep into its dependencies.
+/// The crates are the architecture's seams: each may depend only on the layers below it. The
+/// pipeline language works without the step runtime (a master, a linter or a fuzzer uses it);
+/// the runtime knows nothing of the server's store or HTTP framework; no library crate carries
+/// the command line's types (clap), which live in the `skiff` binary.
 #[test]
-fn the_pipeline_crate_depends_on_no_wasmtime() {
+fn each_crate_depends_only_on_the_layers_below_it() {
+    let banned: &[(&str, &[&str])] = &[
+        ("skiff-pipeline", &["wasmtime", "cranelift", "skiff-runtime", "skiff-server", "skiff-sandbox", "clap"]),
+        ("skiff-sandbox", &["wasmtime", "skiff-runtime", "skiff-server", "clap"]),
+        ("skiff-runtime", &["skiff-server", "skiff-spin-host", "rusqlite", "axum", "clap"]),
+        ("skiff-spin-host", &["skiff-server", "clap"]),
+        ("skiff-server", &["skiff-spin-host", "clap"]),
+    ];
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["tree", "-p", "skiff-pipeline", "-e", "normal", "--prefix", "none", "--offline"])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let tree = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(tree.contains("skiff-pipeline"), "{tree}");
-    for banned in ["wasmtime", "cranelift", "skiff-host", "skiff-sandbox"] {
-        assert!(!tree.contains(banned), "skiff-pipeline depends on {banned}:\n{tree}");
+    for (krate, not) in banned {
+        let out = std::process::Command::new(&cargo)
+            .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none", "--offline"])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let tree = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(tree.contains(krate), "{tree}");
+        let names: Vec<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        for dep in *not {
+            assert!(!names.contains(dep), "{krate} depends on {dep}:\n{tree}");
+        }
     }
 }
 

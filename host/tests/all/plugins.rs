@@ -15,11 +15,11 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use skiff_host::builtin;
-use skiff_host::capabilities::http::Allowlist;
-use skiff_host::capabilities::log::LogRecord;
-use skiff_host::runtime::limits::Limits;
-use skiff_host::runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation, StepReport, StepStatus};
+use skiff_runtime::builtin;
+use skiff_runtime::capabilities::http::Allowlist;
+use skiff_runtime::capabilities::log::LogRecord;
+use skiff_runtime::limits::Limits;
+use skiff_runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation, StepReport, StepStatus};
 
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
@@ -583,12 +583,12 @@ async fn checkout_over_https_checks_the_forge_s_certificate_against_the_app_s_ca
     // Trusted through the app's CA bundle, the checkout works.
     let mut inv = invocation(ws.path(), port, &[("api-url", &api)]);
     inv.event_json = event;
-    inv.tls = Some(skiff_host::capabilities::connect::tls_config(Some(&ca_pem)).unwrap());
+    inv.tls = Some(skiff_runtime::capabilities::connect::tls_config(Some(&ca_pem)).unwrap());
     let (report, log) = run(&*step("checkout").await, inv).await;
     assert!(report.status.succeeded(), "{:?}\n{log}", report.status);
     assert_eq!(std::fs::read_to_string(ws.path().join("README.md")).unwrap(), "# over TLS\n");
     assert_eq!(seen.lock().unwrap()[0].header("host"), Some(format!("127.0.0.1:{port}").as_str()));
-    assert!(skiff_host::capabilities::connect::tls_config(Some("not pem")).unwrap_err().contains("no PEM certificate"));
+    assert!(skiff_runtime::capabilities::connect::tls_config(Some("not pem")).unwrap_err().contains("no PEM certificate"));
 }
 
 #[tokio::test]
@@ -755,7 +755,7 @@ async fn checkout_git_mode_fetches_one_commit_and_keeps_the_token_out_of_git_con
         ],
     );
     inv.secrets = BTreeMap::from([("GIT_TOKEN".into(), "tok-SECRET-123".into())]);
-    inv.process = skiff_host::capabilities::process::ProcessGrant { allowed: true, ..Default::default() };
+    inv.process = skiff_runtime::capabilities::process::ProcessGrant { allowed: true, ..Default::default() };
     let (report, log) = run(&*step("checkout").await, inv).await;
     assert!(report.status.succeeded(), "{:?}\n{log}", report.status);
     assert_eq!(report.outputs["sha"], head);

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skiff_host::serve::config::ServeConfig;
-use skiff_host::serve::{Role, start};
+use skiff_server::config::ServeConfig;
+use skiff_server::{Role, start};
 
 use crate::plugins::{Req, read_request};
 use crate::serve::{TOKEN_ALL, WEBHOOK_SECRET};
@@ -243,12 +243,12 @@ pub(crate) fn git_daemon(root: &Path) -> Daemon {
 
 /// `skiff serve` in this process with the local executor and one GitHub app, `web`, with the
 /// keys in `app` (its `clone-url`, …).
-async fn serve(data: &Path, app: &str) -> skiff_host::serve::Server {
+async fn serve(data: &Path, app: &str) -> skiff_server::Server {
     serve_app(data, Serve { app, ..Serve::default() }).await
 }
 
 /// [`serve`], with more secrets (`, NAME = "value"` pairs).
-async fn serve_with_secrets(data: &Path, app: &str, secrets: &str) -> skiff_host::serve::Server {
+async fn serve_with_secrets(data: &Path, app: &str, secrets: &str) -> skiff_server::Server {
     serve_app(data, Serve { app, secrets, ..Serve::default() }).await
 }
 
@@ -271,11 +271,11 @@ impl Default for Serve<'_> {
 }
 
 /// `skiff serve` in this process with the local executor and the app `web`.
-pub(crate) async fn serve_app(data: &Path, s: Serve<'_>) -> skiff_host::serve::Server {
-    use skiff_host::runtime::{EngineOptions, Runtime};
+pub(crate) async fn serve_app(data: &Path, s: Serve<'_>) -> skiff_server::Server {
+    use skiff_runtime::{EngineOptions, Runtime};
     let runtime =
         Runtime::new(EngineOptions { pool_size: 8, ..Default::default() }, Some(crate::shared_cache_dir())).unwrap();
-    let executor = Arc::new(skiff_host::executor::LocalExecutor::new(Arc::new(runtime)));
+    let executor = Arc::new(skiff_runtime::executor::LocalExecutor::new(Arc::new(runtime)));
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
@@ -307,7 +307,7 @@ secrets = {{ DEPLOY_TOKEN = "tok-9f8e7d", GIT_TOKEN = "git-tok-5e4d3c"{secrets} 
 
 /// `repo` behind `git http-backend`, and `skiff serve` with the app fetching from it: the git
 /// server, the data folder, the server and its base URL.
-async fn over_http(repo: &Repo) -> (HttpGit, tempfile::TempDir, skiff_host::serve::Server, String) {
+async fn over_http(repo: &Repo) -> (HttpGit, tempfile::TempDir, skiff_server::Server, String) {
     let server_git = http_git(repo.bare_root(), None, None);
     let data = tempfile::tempdir().unwrap();
     let app = format!("clone-url = \"http://127.0.0.1:{}/acme/web.git\"", server_git.port);

@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use skiff_host::builtin;
-use skiff_host::capabilities::http::Allowlist;
-use skiff_host::capabilities::log::{Level, LogRecord};
-use skiff_host::capabilities::process::ProcessGrant;
-use skiff_host::runtime::cache::Source;
-use skiff_host::runtime::limits::Limits;
-use skiff_host::runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation, StepReport, StepStatus};
+use skiff_runtime::builtin;
+use skiff_runtime::capabilities::http::Allowlist;
+use skiff_runtime::capabilities::log::{Level, LogRecord};
+use skiff_runtime::capabilities::process::ProcessGrant;
+use skiff_runtime::cache::Source;
+use skiff_runtime::limits::Limits;
+use skiff_runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation, StepReport, StepStatus};
 
-const HOSTILE: &str = env!("SKIFF_TEST_GUEST_HOSTILE");
+const HOSTILE: &str = skiff_runtime::test_guests::HOSTILE;
 
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();

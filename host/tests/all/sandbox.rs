@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use skiff_host::sandbox::{self, Capture, Exit, Outcome, SandboxError, SandboxSpec, Stream};
+use skiff_sandbox::{self as sandbox, Capture, Exit, Outcome, SandboxError, SandboxSpec, Stream};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) fn available() -> bool {
@@ -380,8 +380,8 @@ fn http_server(body: &'static str) -> u16 {
 
 #[tokio::test]
 async fn network_goes_only_through_the_hosts_egress_proxy() {
-    use skiff_host::capabilities::egress::{Destinations, EgressProxy};
-    use skiff_host::capabilities::http::Allowlist;
+    use skiff_runtime::capabilities::egress::{Destinations, EgressProxy};
+    use skiff_runtime::capabilities::http::Allowlist;
     if !available() {
         return;
     }

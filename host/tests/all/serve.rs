@@ -10,10 +10,10 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use serde_json::{Value, json};
 use skiff_edge_core::{Dispatch, Event, EventKind, Provider, Secret, sign_dispatch};
-use skiff_host::pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
-use skiff_host::serve::config::ServeConfig;
-use skiff_host::serve::store::{NewRun, Store};
-use skiff_host::serve::{Role, Shared, app, start};
+use skiff_pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
+use skiff_server::config::ServeConfig;
+use skiff_server::store::{NewRun, Store};
+use skiff_server::{Role, Shared, app, start};
 use tower::ServiceExt as _;
 
 /// Stands in for the wasmtime runtime: logs its inputs, sleeps on `sleep_ms`, fails on
@@ -117,7 +117,7 @@ steps:
 """
 "#,
         data = data.display(),
-        web_hash = skiff_host::serve::crypto::token_hash(TOKEN_WEB),
+        web_hash = skiff_server::crypto::token_hash(TOKEN_WEB),
     )
 }
 
@@ -205,7 +205,7 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-async fn wait_for(s: &Shared, id: i64, want: &[&str]) -> skiff_host::serve::store::Run {
+async fn wait_for(s: &Shared, id: i64, want: &[&str]) -> skiff_server::store::Run {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = s.store.run(id).unwrap().unwrap();
@@ -227,7 +227,7 @@ fn store_migrates_and_dedupes_dispatch_ids() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("skiff.db");
     let store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), skiff_host::serve::store::MIGRATIONS.len() as i64);
+    assert_eq!(store.schema_version().unwrap(), skiff_server::store::MIGRATIONS.len() as i64);
     let run =
         NewRun { app: "web".into(), trigger: "push".into(), dispatch_id: Some("d-1:web".into()), ..NewRun::default() };
     let a = store.insert_run(&run).unwrap();
@@ -418,14 +418,14 @@ async fn openapi_document_is_current() {
     assert_eq!(st, StatusCode::OK);
     assert!(doc["paths"]["/v1/runs/{id}/logs/stream"].is_object());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
-    let current = skiff_host::serve::openapi::json();
+    let current = skiff_server::openapi::json();
     if std::env::var_os("SKIFF_BLESS").is_some() {
         std::fs::write(&path, &current).unwrap();
     }
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         checked_in == current,
-        "docs/openapi.json is out of date: run `SKIFF_BLESS=1 cargo test -p skiff-host --test all serve::openapi`"
+        "docs/openapi.json is out of date: run `SKIFF_BLESS=1 cargo test -p skiff --test all serve::openapi`"
     );
 }
 
@@ -454,7 +454,7 @@ async fn log_stream_events_are_as_documented() {
     let resp = app(s.clone()).oneshot(get(&format!("/v1/runs/{id}/logs/stream"), Some(TOKEN_WEB))).await.unwrap();
     let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
 
-    let doc: Value = serde_json::from_str(&skiff_host::serve::openapi::json()).unwrap();
+    let doc: Value = serde_json::from_str(&skiff_server::openapi::json()).unwrap();
     let documented = &doc["paths"]["/v1/runs/{id}/logs/stream"]["get"]["responses"]["200"]["content"];
     assert_eq!(documented["text/event-stream"]["schema"]["$ref"], "#/components/schemas/StreamEvent");
     let kinds = doc["components"]["schemas"]["StreamEvent"]["oneOf"].as_array().cloned().unwrap_or_default();
@@ -486,7 +486,7 @@ async fn bad_ids_and_query_strings_are_explained_in_json_as_documented() {
         let (st, err) = call(&s, get(path, Some(TOKEN_ALL))).await;
         assert_eq!((st, &err["status"]), (StatusCode::BAD_REQUEST, &json!(400)), "{path}: {err}");
     }
-    let doc: Value = serde_json::from_str(&skiff_host::serve::openapi::json()).unwrap();
+    let doc: Value = serde_json::from_str(&skiff_server::openapi::json()).unwrap();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let answers = |code: &str| op["responses"].get(code).is_some();
@@ -529,7 +529,7 @@ async fn webhook_to_run_to_live_logs_over_a_socket() {
         .await
         .unwrap()
         .bytes_stream();
-    let mut parser = skiff_host::serve::sse::SseParser::default();
+    let mut parser = skiff_server::sse::SseParser::default();
     let (mut logs, mut end) = (Vec::new(), None);
     use futures::StreamExt as _;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -674,8 +674,8 @@ async fn logs_are_capped_per_step_and_survive_a_restart() {
     let (_, run) = call(&s, get(&format!("/v1/runs/{id}"), Some(TOKEN_WEB))).await;
     assert_eq!(run["usage"]["log_bytes"], 600);
     // A new process reads the same logs.
-    let fresh = skiff_host::serve::logs::FsLogStore::new(dir.path().join("logs"));
-    use skiff_host::serve::logs::LogStore as _;
+    let fresh = skiff_server::logs::FsLogStore::new(dir.path().join("logs"));
+    use skiff_server::logs::LogStore as _;
     assert_eq!(fresh.read(id, 0).unwrap().len(), lines.len());
     assert_eq!(fresh.read(id, 2).unwrap()[0].seq, 3);
 }
@@ -778,7 +778,7 @@ fn cron_schedules_fire_once_per_instant() {
     let cfg = ServeConfig::from_toml(&text, Path::new("/"), None).unwrap();
     let s = Shared::open(cfg, Arc::new(FakeExecutor), Role::All).unwrap();
     let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap();
-    let fire = |t| skiff_host::serve::cron::fire_due(&s, t).unwrap();
+    let fire = |t| skiff_server::cron::fire_due(&s, t).unwrap();
     assert!(fire(t0).is_empty(), "the first sight only starts the clock");
     assert!(fire(t0 + chrono::Duration::minutes(59)).is_empty());
     let ids = fire(t0 + chrono::Duration::minutes(61));
@@ -790,7 +790,7 @@ fn cron_schedules_fire_once_per_instant() {
     assert_eq!(run.trigger, "schedule");
     assert_eq!(run.dispatch_id.as_deref(), Some("cron:web:0 3 * * *:1767236400"));
     assert_eq!(
-        skiff_host::serve::cron::next_due(&s, t0).unwrap(),
+        skiff_server::cron::next_due(&s, t0).unwrap(),
         chrono::Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap()
     );
     let bad = config_text(dir.path(), "", "")
@@ -801,7 +801,7 @@ fn cron_schedules_fire_once_per_instant() {
 
 #[test]
 fn sealed_config_values_open_with_the_master_key_only() {
-    use skiff_host::serve::crypto::MasterKey;
+    use skiff_server::crypto::MasterKey;
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = MasterKey::generate();
     let sealed = key.seal(b"tok-9f8e7d");
@@ -830,7 +830,7 @@ async fn follow_sse(http: &reqwest::Client, base: &str, id: i64, token: &str) ->
     use futures::StreamExt as _;
     let mut stream =
         http.get(format!("{base}/v1/runs/{id}/logs/stream")).bearer_auth(token).send().await.unwrap().bytes_stream();
-    let mut parser = skiff_host::serve::sse::SseParser::default();
+    let mut parser = skiff_server::sse::SseParser::default();
     let mut logs = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -849,12 +849,12 @@ async fn follow_sse(http: &reqwest::Client, base: &str, id: i64, token: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_builtin_diag_step_runs_for_a_webhook_with_the_local_executor() {
-    use skiff_host::runtime::{EngineOptions, Runtime};
+    use skiff_runtime::{EngineOptions, Runtime};
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let runtime =
         Runtime::new(EngineOptions { pool_size: 8, ..Default::default() }, Some(cache.path().to_path_buf())).unwrap();
-    let executor = Arc::new(skiff_host::executor::LocalExecutor::new(Arc::new(runtime)));
+    let executor = Arc::new(skiff_runtime::executor::LocalExecutor::new(Arc::new(runtime)));
     let text = config_text(dir.path(), "", "");
     let server =
         start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), executor, Role::All).await.unwrap();

@@ -1,0 +1,13 @@
+//! Host bindings of the `step` world in `wit/step.wit`, the only definition of the step ABI.
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "step",
+    imports: {
+        "skiff:step/process.run": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async },
+});
+
+pub use skiff::step::types::{Capabilities, Pair};

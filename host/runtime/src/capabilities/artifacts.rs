@@ -1,0 +1,61 @@
+//! The `artifacts` interface: copies a workspace file into the run's artifact store.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::bindings::skiff::step::artifacts as wit;
+use crate::state::StepState;
+
+/// Largest single artifact.
+pub const MAX_ARTIFACT: u64 = 1 << 30;
+
+/// A file of the workspace, refusing anything that leaves it (`..`, absolute
+/// paths, symlinks pointing out).
+pub fn resolve_in_workspace(workspace: &Path, rel: &str) -> Result<PathBuf, String> {
+    let rel = rel.trim_start_matches("/workspace/");
+    let p = Path::new(rel);
+    if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("`{rel}` is outside the workspace: give a path relative to it without `..`"));
+    }
+    let root = workspace.canonicalize().map_err(|e| format!("workspace unavailable: {e}"))?;
+    let full = root.join(p).canonicalize().map_err(|e| format!("`{rel}`: {e}"))?;
+    if !full.starts_with(&root) {
+        return Err(format!("`{rel}` leads outside the workspace (through a symlink)"));
+    }
+    Ok(full)
+}
+
+/// An artifact name is one path segment of safe characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl wit::Host for StepState {
+    fn upload(&mut self, name: String, path: String) -> wasmtime::Result<Result<u64, String>> {
+        let Some(store) = self.artifacts_dir.clone() else {
+            return Ok(Err("this run has no artifact store; `skiff step run` takes `--artifacts DIR`".into()));
+        };
+        if !valid_name(&name) {
+            return Ok(Err(format!("artifact name `{name}` must be letters, digits, `-`, `_` and `.`")));
+        }
+        let src = match resolve_in_workspace(&self.workspace, &path) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let size = match std::fs::metadata(&src) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Ok(Err(format!("`{path}` is not a file"))),
+            Err(e) => return Ok(Err(format!("`{path}`: {e}"))),
+        };
+        if size > MAX_ARTIFACT {
+            return Ok(Err(format!("`{path}` is larger than the 1 GiB artifact limit")));
+        }
+        if let Err(e) = std::fs::create_dir_all(&store).and_then(|()| std::fs::copy(&src, store.join(&name))) {
+            return Ok(Err(format!("storing artifact `{name}` failed: {e}")));
+        }
+        self.log.system(format!("stored artifact `{name}` ({size} bytes)"));
+        Ok(Ok(size))
+    }
+}

@@ -1,0 +1,132 @@
+//! The `process` interface: native programs in the bubblewrap sandbox
+//! (`crate::sandbox`), for steps granted `process`. Output streams into the
+//! step log, masked like everything else, and counts against its log limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bindings::skiff::step::process as wit;
+use crate::state::StepState;
+use crate::sandbox::{self, Capture, Egress, Exit, SandboxError, SandboxSpec, Stream};
+
+use super::egress::{self, Destinations, EgressProxy};
+
+use super::log::Level;
+
+/// What a step may do with processes.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessGrant {
+    /// The pipeline granted `process`.
+    pub allowed: bool,
+    /// Processes may use the network: through the host's egress proxy, to any public host or,
+    /// when the step has `hosts`, to those (see [`super::egress`]).
+    pub network: bool,
+    /// The host runs processes without bubblewrap (`--unsandboxed-processes`); logged on every run.
+    pub unsandboxed: bool,
+}
+
+impl wit::Host for StepState {
+    async fn run(&mut self, cmd: wit::Command) -> wasmtime::Result<Result<wit::Outcome, wit::Error>> {
+        if !self.process.allowed {
+            let msg = format!(
+                "the step tried to run `{}`, but it was not granted `process`: add `permissions: {{ process: true }}` to the step",
+                cmd.program
+            );
+            self.log.system(msg.clone());
+            return Ok(Err(wit::Error::Denied(msg)));
+        }
+        // A process may run for what is left of the step's time, no longer.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let timeout = cmd.timeout_ms.map(Duration::from_millis).map_or(left, |t| t.min(left));
+        let mut spec = SandboxSpec::new(cmd.program.clone(), self.workspace.clone());
+        spec.args = cmd.args;
+        spec.env = cmd.env.into_iter().map(|p| (p.key, p.value)).collect();
+        spec.cwd = cmd.cwd;
+        spec.stdin = cmd.stdin;
+        spec.timeout = timeout;
+        spec.unsandboxed = self.process.unsandboxed;
+        // The network of a process is the host's egress proxy, with the step's allowlist when it
+        // has one (hosts granted to a step apply to its processes too), else any public host.
+        let allow = &self.http_policy.allow;
+        let destinations = match (self.process.network, allow.is_empty()) {
+            (true, true) => Some(Destinations::Public),
+            (_, false) => Some(Destinations::Only(allow.clone())),
+            (false, true) => None,
+        };
+        let _proxy = match destinations {
+            _ if spec.unsandboxed => {
+                spec.network = self.process.network;
+                None
+            }
+            None => None,
+            Some(to) => {
+                let log = self.log.clone();
+                let started = egress::relay_program().and_then(|relay| {
+                    EgressProxy::start(to, self.traffic.clone(), Arc::new(move |m| log.system(m)))
+                        .map(|p| (relay, p))
+                        .map_err(|e| format!("cannot start the egress proxy for processes: {e}"))
+                });
+                match started {
+                    Ok((relay, proxy)) => {
+                        spec.network = true;
+                        spec.egress = Some(Egress { socket: proxy.socket().to_path_buf(), relay });
+                        Some(proxy)
+                    }
+                    Err(msg) => {
+                        self.log.system(format!("cannot run `{}`: {msg}", cmd.program));
+                        return Ok(Err(wit::Error::Unavailable(msg)));
+                    }
+                }
+            }
+        };
+        let capture = Capture {
+            log: !matches!(cmd.output, wit::OutputMode::Capture),
+            limit: match cmd.output {
+                wit::OutputMode::Log => 0,
+                _ => cmd.capture_limit,
+            },
+        };
+        let log = self.log.clone();
+        let on_line = move |stream: Stream, line: &str| {
+            let level = if stream == Stream::Stdout { Level::Stdout } else { Level::Stderr };
+            // Past the log limit the step is stopped by its next host call; drop the rest.
+            let _ = log.write(level, line);
+        };
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let outcome = match sandbox::run(&spec, capture, cancel, &on_line).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.log.system(format!("cannot run `{}`: {e}", cmd.program));
+                return Ok(Err(match e {
+                    SandboxError::Unavailable(m) => wit::Error::Unavailable(m),
+                    SandboxError::Invalid(m) => wit::Error::Invalid(m),
+                    SandboxError::SpawnFailed(m) => wit::Error::SpawnFailed(m),
+                }));
+            }
+        };
+        if self.log.exceeded() {
+            return Err(wasmtime::format_err!("log limit reached"));
+        }
+        let exit = match outcome.exit {
+            Exit::Code(c) => wit::Exit::Code(c),
+            Exit::Signal(s) => wit::Exit::Signal(s),
+            Exit::TimedOut | Exit::Cancelled => {
+                self.log.system(format!("`{}` was killed after {:?}", cmd.program, timeout));
+                wit::Exit::TimedOut
+            }
+        };
+        if outcome.output_limit_reached {
+            self.log.system(format!("`{}` was killed: it wrote more output than the sandbox allows", cmd.program));
+        }
+        Ok(Ok(wit::Outcome {
+            exit,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            truncated: outcome.truncated,
+            duration_ms: outcome.duration.as_millis() as u64,
+        }))
+    }
+}

@@ -1,0 +1,277 @@
+//! The pipeline engine's executor on this host: each step a component run by
+//! the [`Runtime`] in a fresh store, with exactly the grants the pipeline gave.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::builtin;
+use crate::capabilities::connect::tls_config;
+use crate::capabilities::http::Allowlist;
+use crate::capabilities::log::LogRecord;
+use crate::capabilities::process::ProcessGrant;
+use crate::pipeline::executor::{
+    LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, StepUsage, caps,
+};
+use crate::limits::Limits;
+use crate::{Runtime, StepInvocation, StepStatus};
+
+/// Output keys the shell step uses to hand env, path and cleanup to the engine.
+const ENV_PREFIX: &str = "skiff.env.";
+const PATH_KEY: &str = "skiff.path";
+const POST_KEY: &str = "skiff.post";
+const RESERVED_PREFIX: &str = "skiff.";
+
+/// Runs pipeline steps on a local [`Runtime`].
+pub struct LocalExecutor {
+    runtime: Arc<Runtime>,
+    /// Default limits; a step's `timeout-minutes` and memory override them.
+    pub limits: Limits,
+    /// Where `artifacts.upload` stores files, per run.
+    pub artifacts_root: Option<PathBuf>,
+    /// Run processes without bubblewrap (an explicit host flag; logged on every run).
+    pub unsandboxed_processes: bool,
+    /// The last CA bundle seen and its TLS settings: an app's steps share one bundle, parsed once.
+    tls_cache: std::sync::Mutex<Option<(Arc<str>, Arc<rustls::ClientConfig>)>>,
+    /// Built-in steps by name, once loaded.
+    builtins: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::LoadedStep>>>,
+}
+
+impl LocalExecutor {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        // Pipeline steps build and test real projects: an hour unless `timeout-minutes` says otherwise.
+        let hour = std::time::Duration::from_secs(3600);
+        let limits = Limits { timeout: hour, cpu: hour, ..Limits::default() };
+        Self {
+            runtime,
+            limits,
+            artifacts_root: None,
+            unsandboxed_processes: false,
+            tls_cache: Default::default(),
+            builtins: Default::default(),
+        }
+    }
+
+    /// The TLS settings for a CA bundle, parsed once per bundle in a row.
+    fn tls_for(&self, pem: &Arc<str>) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut cache = self.tls_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, config)) = cache.as_ref()
+            && Arc::ptr_eq(seen, pem)
+        {
+            return Ok(config.clone());
+        }
+        let config = tls_config(Some(pem))?;
+        *cache = Some((pem.clone(), config.clone()));
+        Ok(config)
+    }
+
+    async fn execute(&self, req: StepRequest, log: &(dyn Fn(LogLine) + Send + Sync)) -> StepResult {
+        let started = Instant::now();
+        let fail = |msg: String| {
+            log(LogLine {
+                job_id: req.job_id.clone(),
+                step_id: req.step_id.clone(),
+                level: "system".into(),
+                text: msg.clone(),
+            });
+            StepResult { duration: started.elapsed(), ..StepResult::outcome(StepOutcome::Failure(msg)) }
+        };
+        let mut inputs = req.inputs.clone();
+        let mut process = ProcessGrant {
+            allowed: req.permissions.process,
+            network: req.permissions.network && !req.permissions.read_only,
+            unsandboxed: self.unsandboxed_processes,
+        };
+        // A built-in step is looked up by name: no copy and no hash of its bytes per step.
+        let builtin_name: &str;
+        let path_bytes: Vec<u8>;
+        let bytes: &[u8] = match &req.uses {
+            StepRef::Builtin(name) => match builtin::get(name) {
+                Some(b) => {
+                    builtin_name = name;
+                    b
+                }
+                None => {
+                    let names: Vec<_> = builtin::names().collect();
+                    return fail(format!(
+                        "there is no built-in step `{name}`; built-in steps are: {}",
+                        names.join(", ")
+                    ));
+                }
+            },
+            StepRef::Path(p) => match std::fs::read(p) {
+                Ok(b) => {
+                    builtin_name = "";
+                    path_bytes = b;
+                    &path_bytes
+                }
+                Err(e) => return fail(format!("cannot read step component {}: {e}", p.display())),
+            },
+            StepRef::Shell { script, shell } => {
+                inputs.insert("script".into(), script.clone());
+                inputs.insert("shell".into(), shell.clone());
+                if let Some(dir) = &req.working_directory {
+                    inputs.insert("working-directory".into(), dir.clone());
+                }
+                // A `run:` step is the user asking for a process; the OS sandbox confines it.
+                process.allowed = true;
+                builtin_name = "shell";
+                builtin::get("shell").unwrap_or_default()
+            }
+        };
+        let cached = (!builtin_name.is_empty())
+            .then(|| self.builtins.lock().unwrap_or_else(|e| e.into_inner()).get(builtin_name).cloned())
+            .flatten();
+        let step = match cached {
+            Some(s) => s,
+            None => match self.runtime.load(bytes).await {
+                Ok(s) => {
+                    if !builtin_name.is_empty() {
+                        self.builtins
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(builtin_name.to_string(), s.clone());
+                    }
+                    s
+                }
+                Err(e) => return fail(format!("{e:#}")),
+            },
+        };
+        // `${inputs.NAME}` grants the host of the URL the pipeline put in that input.
+        let hosts: Vec<String> = req
+            .permissions
+            .hosts
+            .iter()
+            .filter_map(|h| match h.strip_prefix("${inputs.").and_then(|r| r.strip_suffix('}')) {
+                Some(name) => req.inputs.get(name).filter(|v| !v.trim().is_empty()).cloned(),
+                None => Some(h.clone()),
+            })
+            .collect();
+        let allow_hosts = match Allowlist::parse(&hosts) {
+            Ok(a) if req.permissions.read_only => a.read_only(),
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        let mut limits = self.limits;
+        if let Some(t) = req.timeout {
+            limits.timeout = t;
+            limits.cpu = limits.cpu.min(t);
+        }
+        if let Some(m) = req.memory {
+            limits.memory = m;
+        }
+        let inv = StepInvocation {
+            run_id: req.run_id.clone(),
+            step_id: req.step_id.clone(),
+            inputs,
+            event_json: req.event_json.clone(),
+            workspace: req.workspace.clone(),
+            env: req.env.clone(),
+            secrets: req.secrets.clone(),
+            mask_also: Vec::new(),
+            allow_hosts,
+            process,
+            limits,
+            artifacts_dir: self.artifacts_root.as_ref().map(|r| r.join(&req.run_id)),
+            tls: match req.ca_bundle.as_ref().map(|pem| self.tls_for(pem)) {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => return fail(format!("the app's CA bundle (`ca-file`): {e}")),
+            },
+        };
+        let (job_id, step_id) = (req.job_id.clone(), req.step_id.clone());
+        // The runtime's sink must be 'static; forward through a channel-free shim
+        // by collecting into the caller's callback synchronously.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogRecord>();
+        let sink = Arc::new(move |rec: LogRecord| {
+            let _ = tx.send(rec);
+        });
+        let run = self.runtime.run(&step, inv, sink);
+        tokio::pin!(run);
+        let report = loop {
+            tokio::select! {
+                biased;
+                Some(rec) = rx.recv() => log(LogLine { job_id: job_id.clone(), step_id: step_id.clone(), level: rec.level.as_str().into(), text: rec.text }),
+                report = &mut run => break report,
+            }
+        };
+        while let Ok(rec) = rx.try_recv() {
+            log(LogLine {
+                job_id: job_id.clone(),
+                step_id: step_id.clone(),
+                level: rec.level.as_str().into(),
+                text: rec.text,
+            });
+        }
+        let mut outputs = BTreeMap::new();
+        let mut env = BTreeMap::new();
+        let mut path = Vec::new();
+        let mut post = None;
+        // Environment, `PATH` and cleanup scripts steer later processes (`BASH_ENV` runs a file
+        // in every later `run:`): only a step that may run processes itself may hand them on.
+        let may_steer = matches!(req.uses, StepRef::Shell { .. }) || req.permissions.process;
+        let mut refused = None;
+        for (k, v) in report.outputs {
+            if k.starts_with(RESERVED_PREFIX) && !may_steer {
+                refused.get_or_insert(k);
+                continue;
+            }
+            if let Some(name) = k.strip_prefix(ENV_PREFIX) {
+                env.insert(name.to_string(), v);
+            } else if k == PATH_KEY {
+                path.extend(v.lines().filter(|l| !l.is_empty()).map(String::from));
+            } else if k == POST_KEY {
+                post = Some(v);
+            } else {
+                outputs.insert(k, v);
+            }
+        }
+        let over_cap = caps::check(&outputs, &env, &path, &req.env).err();
+        if over_cap.is_some() {
+            // Nothing of what broke a cap goes on to the job.
+            outputs.clear();
+            env.clear();
+            path.clear();
+            post = None;
+        }
+        let outcome = match &report.status {
+            StepStatus::Succeeded if over_cap.is_some() => StepOutcome::Failure(over_cap.unwrap_or_default()),
+            StepStatus::Succeeded if refused.is_some() => StepOutcome::Failure(format!(
+                "the step set output `{}`: names starting with `{RESERVED_PREFIX}` set environment, PATH or \
+                 cleanup scripts for later steps, which only a step granted `process` may do",
+                refused.unwrap_or_default()
+            )),
+            StepStatus::Succeeded => StepOutcome::Success,
+            StepStatus::TimedOut(_) => StepOutcome::Failure(report.status.to_string()),
+            other => StepOutcome::Failure(other.to_string()),
+        };
+        let usage = StepUsage {
+            cpu_ms: report.usage.cpu_ms,
+            peak_memory_bytes: report.usage.peak_memory,
+            egress_bytes: report.usage.http_bytes,
+        };
+        StepResult {
+            outcome,
+            outputs,
+            env,
+            path,
+            post,
+            summary: report.summary,
+            duration: started.elapsed(),
+            usage: Some(usage),
+        }
+    }
+}
+
+impl StepExecutor for LocalExecutor {
+    fn run_step<'a>(
+        &'a self,
+        req: StepRequest,
+        log: &'a (dyn Fn(LogLine) + Send + Sync),
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(self.execute(req, log))
+    }
+}

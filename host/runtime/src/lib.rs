@@ -1,0 +1,421 @@
+//! The step runtime: wasmtime narrowed to what Skiff needs. One shared
+//! [`Runtime`] (engine, linker, compiled-component cache); one fresh `Store`
+//! per step run, given only the capabilities the pipeline granted
+//! (`capabilities`, one module each). `executor` runs a pipeline's steps on it,
+//! with the built-in steps (`builtin`) embedded.
+
+pub mod bindings;
+pub mod builtin;
+pub mod capabilities;
+pub mod executor;
+pub mod workspace;
+pub mod cache;
+pub mod engine;
+pub mod limits;
+pub mod state;
+
+// The pipeline language and the process sandbox are crates of their own; the runtime's
+// modules name them as `crate::pipeline`, `crate::sandbox` and `crate::mask`.
+pub use skiff_pipeline as pipeline;
+pub use skiff_pipeline::mask;
+pub use skiff_sandbox as sandbox;
+
+/// Test components built with the built-in steps (by `build.rs`), for the test suites.
+#[doc(hidden)]
+pub mod test_guests {
+    /// A guest that tries every way out of its sandbox.
+    pub const HOSTILE: &str = env!("SKIFF_TEST_GUEST_HOSTILE");
+}
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use self::bindings::{Step, StepPre};
+use self::cache::{DiskCache, Source};
+pub use self::engine::EngineOptions;
+use self::limits::{Bytes, Limits, MemoryLimiter, Secs};
+use self::state::StepState;
+use crate::capabilities::http::{Allowlist, HttpPolicy};
+use crate::capabilities::log::{LogPipe, LogSink};
+use crate::capabilities::process::ProcessGrant;
+use crate::mask::Masker;
+
+/// A compiled step, ready to instantiate.
+pub struct LoadedStep {
+    pub digest: [u8; 32],
+    pub source: Source,
+    pub manifest: bindings::Manifest,
+    pre: StepPre<StepState>,
+}
+
+impl std::fmt::Debug for LoadedStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedStep")
+            .field("name", &self.manifest.name)
+            .field("digest", &hex::encode(self.digest))
+            .finish()
+    }
+}
+
+/// Everything one step run is given.
+#[derive(Debug, Clone, Default)]
+pub struct StepInvocation {
+    pub run_id: String,
+    pub step_id: String,
+    pub inputs: BTreeMap<String, String>,
+    pub event_json: String,
+    /// The step's workspace on the host: preopened read-write, the only directory it sees.
+    pub workspace: PathBuf,
+    /// Declared environment variables; nothing of the host's is inherited.
+    pub env: BTreeMap<String, String>,
+    /// Granted secrets only.
+    pub secrets: BTreeMap<String, String>,
+    /// Extra values to mask (the run's other secrets).
+    pub mask_also: Vec<String>,
+    pub allow_hosts: Allowlist,
+    pub process: ProcessGrant,
+    pub limits: Limits,
+    pub artifacts_dir: Option<PathBuf>,
+    /// The roots HTTPS certificates are checked against, when an app or the host trusts more
+    /// than the Web PKI (see [`crate::capabilities::connect::tls_config`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "kebab-case")]
+pub enum StepStatus {
+    Succeeded,
+    /// The step returned an error value.
+    Failed(String),
+    /// The step was refused before it ran (a capability it asks for is not granted).
+    Denied(String),
+    TimedOut(String),
+    CpuLimit(String),
+    MemoryLimit(String),
+    LogLimit(String),
+    /// The guest trapped (panic, stack overflow, bad instruction).
+    Crashed(String),
+}
+
+impl StepStatus {
+    pub fn succeeded(&self) -> bool {
+        matches!(self, StepStatus::Succeeded)
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepStatus::Succeeded => f.write_str("succeeded"),
+            StepStatus::Failed(m)
+            | StepStatus::Denied(m)
+            | StepStatus::TimedOut(m)
+            | StepStatus::CpuLimit(m)
+            | StepStatus::MemoryLimit(m)
+            | StepStatus::LogLimit(m)
+            | StepStatus::Crashed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Resources a step used: the basis for metering.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Usage {
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub peak_memory: u64,
+    pub http_bytes: u64,
+    pub log_bytes: u64,
+}
+
+/// The result of one step run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    #[serde(flatten)]
+    pub status: StepStatus,
+    pub outputs: BTreeMap<String, String>,
+    pub summary: Option<String>,
+    pub usage: Usage,
+}
+
+/// The shared runtime: one engine, one linker, compiled components cached.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StepState>,
+    options: EngineOptions,
+    disk: DiskCache,
+    loaded: Mutex<HashMap<[u8; 32], Arc<LoadedStep>>>,
+}
+
+/// wasmtime's error as an anyhow error for callers.
+pub fn to_anyhow(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:?}")
+}
+
+impl Runtime {
+    pub fn new(options: EngineOptions, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let engine = engine::build(&options).map_err(to_anyhow)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(to_anyhow)?;
+        Step::add_to_linker::<_, wasmtime::component::HasSelf<StepState>>(&mut linker, |s| s).map_err(to_anyhow)?;
+        let disk = DiskCache::new(&engine, cache_dir.unwrap_or_else(cache::default_dir));
+        Ok(Self { engine, linker, options, disk, loaded: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    pub fn cache_dir(&self) -> &std::path::Path {
+        self.disk.dir()
+    }
+
+    /// Compiles (or loads from cache) a component and reads its manifest.
+    pub async fn load(&self, bytes: &[u8]) -> anyhow::Result<Arc<LoadedStep>> {
+        let digest = cache::sha256(bytes);
+        if let Some(step) = self.loaded.lock().expect("cache poisoned").get(&digest) {
+            return Ok(step.clone());
+        }
+        let (component, source) = {
+            let engine = self.engine.clone();
+            let disk = self.disk.clone();
+            let bytes = bytes.to_vec();
+            tokio::task::spawn_blocking(move || disk.load_or_compile(&engine, &digest, &bytes))
+                .await?
+                .map_err(|e| anyhow::anyhow!("this is not a valid step component: {e:?}"))?
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("the component imports something Skiff does not provide (is it built for wasm32-wasip2 against skiff:step@0.1.0?): {e:?}")
+        })?;
+        let pre = StepPre::new(pre).map_err(|e| {
+            anyhow::anyhow!("the component does not export the `skiff:step/step` world (`describe` and `run`): {e:?}")
+        })?;
+        let manifest = self.describe(&pre).await?;
+        let step = Arc::new(LoadedStep { digest, source, manifest, pre });
+        self.loaded.lock().expect("cache poisoned").insert(digest, step.clone());
+        Ok(step)
+    }
+
+    async fn describe(&self, pre: &StepPre<StepState>) -> anyhow::Result<bindings::Manifest> {
+        let dir = tempfile_dir()?;
+        let inv = StepInvocation {
+            workspace: dir.clone(),
+            limits: Limits { timeout: Duration::from_secs(10), ..Limits::default() },
+            ..Default::default()
+        };
+        let pipe = LogPipe::new(Masker::default(), Arc::new(|_| {}), 1 << 20);
+        let mut store = self.store(&inv, pipe)?;
+        let res = tokio::time::timeout(inv.limits.timeout, async {
+            let step = pre.instantiate_async(&mut store).await?;
+            step.call_describe(&mut store).await
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        match res {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(e)) => anyhow::bail!("the step's `describe` failed: {e:?}"),
+            Err(_) => anyhow::bail!("the step's `describe` did not return within 10s"),
+        }
+    }
+
+    fn store(&self, inv: &StepInvocation, log: Arc<LogPipe>) -> anyhow::Result<Store<StepState>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(log.stream(0))
+            .stderr(log.stream(1))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .arg(&inv.step_id);
+        for (k, v) in &inv.env {
+            wasi.env(k, v);
+        }
+        wasi.preopened_dir(&inv.workspace, ".", FsPerms::ReadWrite)
+            .and_then(|w| w.preopened_dir(&inv.workspace, "/workspace", FsPerms::ReadWrite))
+            .map_err(|e| anyhow::anyhow!("cannot open workspace {}: {e:?}", inv.workspace.display()))?;
+        let traffic = Arc::new(AtomicU64::new(0));
+        let cpu_limit_ticks = (inv.limits.cpu.as_millis() / engine::TICK.as_millis()).max(1) as u64;
+        let state = StepState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            http_policy: HttpPolicy {
+                allow: inv.allow_hosts.clone(),
+                tls: inv.tls.clone().unwrap_or_else(crate::capabilities::connect::web_pki),
+                log: log.clone(),
+                traffic: traffic.clone(),
+            },
+            limiter: MemoryLimiter::new(inv.limits.memory),
+            log,
+            secrets: inv.secrets.clone(),
+            process: inv.process.clone(),
+            workspace: inv.workspace.clone(),
+            artifacts_dir: inv.artifacts_dir.clone(),
+            cpu_ticks: 0,
+            cpu_limit_ticks,
+            cpu_exceeded: false,
+            traffic,
+            deadline: Instant::now() + inv.limits.timeout,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        if self.options.fuel {
+            store.set_fuel(inv.limits.fuel.unwrap_or(u64::MAX)).map_err(to_anyhow)?;
+            store.fuel_async_yield_interval(Some(100_000)).map_err(to_anyhow)?;
+        } else {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut ctx| {
+                let s = ctx.data_mut();
+                s.cpu_ticks += 1;
+                if s.cpu_ticks > s.cpu_limit_ticks {
+                    s.cpu_exceeded = true;
+                    return Ok(UpdateDeadline::Interrupt);
+                }
+                Ok(UpdateDeadline::Yield(1))
+            });
+        }
+        Ok(store)
+    }
+
+    /// Checks what the step asks for against what it was granted.
+    pub fn check_grants(&self, step: &LoadedStep, inv: &StepInvocation) -> Result<(), String> {
+        let caps = &step.manifest.capabilities;
+        let name = &step.manifest.name;
+        if caps.process && !inv.process.allowed {
+            return Err(format!(
+                "step `{name}` asks for the `process` capability, which is not granted: add `permissions: {{ process: true }}`"
+            ));
+        }
+        for host in &caps.hosts {
+            let Some(need) = resolve_need(host, &inv.inputs) else { continue };
+            if !inv.allow_hosts.covers(&need) {
+                return Err(format!(
+                    "step `{name}` asks for network access to `{need}`, which is not granted: add it to `permissions.hosts` (or pass --allow-host)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a step once in a fresh store. Never panics on guest behaviour: every
+    /// way a step can end becomes a [`StepStatus`].
+    pub async fn run(&self, step: &LoadedStep, inv: StepInvocation, sink: LogSink) -> StepReport {
+        let started = Instant::now();
+        let masker = Masker::new(inv.secrets.values().chain(inv.mask_also.iter()));
+        let log = LogPipe::new(masker, sink, inv.limits.log_bytes);
+        let mut usage = Usage::default();
+        let report = |status, outputs, log: &LogPipe, usage: Usage| StepReport {
+            status,
+            outputs,
+            summary: log.summary(),
+            usage: Usage { wall_ms: started.elapsed().as_millis() as u64, log_bytes: log.bytes(), ..usage },
+        };
+        if let Err(msg) = self.check_grants(step, &inv) {
+            log.system(msg.clone());
+            return report(StepStatus::Denied(msg), BTreeMap::new(), &log, usage);
+        }
+        let mut store = match self.store(&inv, log.clone()) {
+            Ok(s) => s,
+            Err(e) => return report(StepStatus::Failed(e.to_string()), BTreeMap::new(), &log, usage),
+        };
+        let invocation = bindings::Invocation {
+            run_id: inv.run_id.clone(),
+            step_id: inv.step_id.clone(),
+            inputs: inv.inputs.iter().map(|(k, v)| bindings::Pair { key: k.clone(), value: v.clone() }).collect(),
+            event_json: if inv.event_json.is_empty() { "{}".into() } else { inv.event_json.clone() },
+        };
+        let timeout = inv.limits.timeout;
+        let result = tokio::time::timeout(timeout, async {
+            let instance = step.pre.instantiate_async(&mut store).await?;
+            instance.call_run(&mut store, &invocation).await
+        })
+        .await;
+        log.flush();
+        let data = store.data();
+        usage.cpu_ms = data.cpu_ticks * engine::TICK.as_millis() as u64;
+        usage.peak_memory = data.limiter.peak;
+        usage.http_bytes = data.traffic.load(Ordering::Relaxed);
+        let limits = inv.limits;
+        let (status, outputs) = match result {
+            Err(_) => (StepStatus::TimedOut(format!("timed out after {}", Secs(timeout))), BTreeMap::new()),
+            Ok(Ok(Ok(out))) => (StepStatus::Succeeded, out.outputs.into_iter().map(|p| (p.key, p.value)).collect()),
+            Ok(Ok(Err(e))) => {
+                let status = match e {
+                    bindings::StepError::InvalidInput(m) => StepStatus::Failed(format!("invalid input: {m}")),
+                    bindings::StepError::Failed(m) => StepStatus::Failed(m),
+                    bindings::StepError::Denied(m) => StepStatus::Denied(m),
+                };
+                (status, BTreeMap::new())
+            }
+            Ok(Err(trap)) => {
+                let status = if log.exceeded() {
+                    StepStatus::LogLimit(format!("log limit {} reached", Bytes(limits.log_bytes)))
+                } else if data.limiter.exceeded {
+                    StepStatus::MemoryLimit(format!("memory limit {} exceeded", Bytes(limits.memory)))
+                } else if data.cpu_exceeded {
+                    StepStatus::CpuLimit(format!("CPU limit {} exceeded", Secs(limits.cpu)))
+                } else {
+                    match trap.downcast_ref::<Trap>() {
+                        Some(Trap::OutOfFuel) => StepStatus::CpuLimit(format!(
+                            "fuel budget of {} instructions exhausted",
+                            limits.fuel.unwrap_or_default()
+                        )),
+                        Some(Trap::StackOverflow) => {
+                            StepStatus::Crashed("stack overflow: the step recursed too deeply".into())
+                        }
+                        // Rust's shadow stack lives in linear memory and wraps below zero.
+                        Some(Trap::MemoryOutOfBounds) => StepStatus::Crashed(
+                            "the step crashed: out-of-bounds memory access (unbounded recursion overflows the stack this way)".into(),
+                        ),
+                        Some(t) => StepStatus::Crashed(format!("the step crashed: {t}")),
+                        None => StepStatus::Crashed(format!("the step crashed: {}", first_line(&trap))),
+                    }
+                };
+                (status, BTreeMap::new())
+            }
+        };
+        if !status.succeeded() {
+            log.system(format!("step ended: {status}"));
+        }
+        report(status, outputs, &log, usage)
+    }
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    let s = format!("{e}");
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// A declared host need, with `${inputs.NAME}` replaced by the host of that input.
+fn resolve_need(pattern: &str, inputs: &BTreeMap<String, String>) -> Option<String> {
+    if let Some(name) = pattern.strip_prefix("${inputs.").and_then(|r| r.strip_suffix('}')) {
+        let v = inputs.get(name)?.trim();
+        return (!v.is_empty()).then(|| v.to_string());
+    }
+    Some(pattern.to_string())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "skiff-describe-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,550 @@
+//! `skiff.toml`: the apps a host serves (repository, provider, webhook secret, triggers,
+//! pipeline, secrets, limits), the dispatch key and the API tokens.
+//!
+//! Secret values are written sealed (`enc:v1:…`, see [`super::crypto`]), as `env:NAME`, or
+//! plain (development only: the host warns at startup).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use skiff_edge_core::{Provider, Secret, Triggers};
+
+use super::crypto::{MasterKey, PREFIX};
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    /// Address to listen on (`--listen` wins).
+    pub listen: Option<String>,
+    /// Data directory, relative to the config file (`--data` wins).
+    pub data: Option<PathBuf>,
+    /// The key dispatches from a master are signed with (Standard Webhooks, `whsec_…` or raw).
+    pub dispatch_key: Option<String>,
+    /// The key being rotated out: dispatches signed with it are still accepted.
+    pub dispatch_key_previous: Option<String>,
+    /// How far a dispatch's timestamp may be from now, in seconds (default 300).
+    pub dispatch_tolerance_secs: Option<i64>,
+    /// Runs at once on this host (default 4).
+    pub max_concurrent_runs: Option<usize>,
+    /// Log bytes kept per step (default 1 MiB).
+    pub log_bytes_per_step: Option<u64>,
+    /// What to do with runs that were running when the host stopped: `retry` (once, the
+    /// default) or `fail`.
+    pub recovery: Option<Recovery>,
+    /// Keep run workspaces after the run (default false).
+    pub keep_workspaces: Option<bool>,
+    /// HTTP connections at once (default: three quarters of the open-file limit, at most 16384).
+    pub max_connections: Option<usize>,
+    /// HTTP connections at once from one client address (default: a quarter of `max-connections`).
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds a request may take to arrive, headers and body (default 30).
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds a kept-alive connection may stay silent (default 75).
+    pub idle_timeout_secs: Option<u64>,
+    /// The address users reach this host at (`https://ci.example.com`): commit statuses link
+    /// to runs under it.
+    pub public_url: Option<String>,
+    /// API tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenDef>,
+    /// Apps.
+    #[serde(default)]
+    pub apps: Vec<AppDef>,
+}
+
+/// What happens to a run that was running when the host stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recovery {
+    /// Run it again once; fail it if it is interrupted again.
+    #[default]
+    Retry,
+    /// Fail it with a reason.
+    Fail,
+}
+
+/// An API token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokenDef {
+    /// A name for messages and run records.
+    pub name: String,
+    /// Hex SHA-256 of the token (`skiff serve --hash-token`).
+    pub sha256: Option<String>,
+    /// The token itself (sealed, `env:` or plain); hashed when loaded.
+    pub token: Option<String>,
+    /// Apps it may see and run; `"*"` for all.
+    pub apps: Vec<String>,
+}
+
+/// An app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AppDef {
+    /// Its name (`/hooks/{name}`).
+    pub name: String,
+    /// Repositories it builds (globs allowed).
+    pub repository: Option<String>,
+    /// The only webhook sender accepted (`github`, `gitlab`, …); any if absent.
+    pub provider: Option<Provider>,
+    /// The webhook secret.
+    pub webhook_secret: Option<String>,
+    /// The triggers (`push`, `pull_request`, `schedule`, …, as in a pipeline's `on:`).
+    #[serde(default, alias = "triggers")]
+    pub on: Option<toml::Value>,
+    /// A folder copied into each run's workspace (relative to the config file).
+    pub workspace: Option<PathBuf>,
+    /// The pipeline file, relative to the run's workspace (default `.skiff/pipeline.yaml`).
+    pub pipeline: Option<String>,
+    /// The pipeline itself, inline YAML (instead of `pipeline`).
+    pub pipeline_yaml: Option<String>,
+    /// Secrets the pipeline may grant.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Runs of this app at once (default: the host's limit).
+    pub max_concurrent_runs: Option<usize>,
+    /// A run is cancelled after this long.
+    pub run_timeout_secs: Option<u64>,
+    /// PEM certificates its steps trust for HTTPS besides the Web PKI roots (a company CA, a
+    /// self-hosted forge's), relative to the config file.
+    pub ca_file: Option<PathBuf>,
+    /// Fetch the event's commit into each run's workspace (default: when `repository` is set
+    /// and `workspace` is not).
+    pub fetch: Option<bool>,
+    /// The URL to fetch from, instead of one derived from `provider` and `repository`.
+    pub clone_url: Option<String>,
+    /// A self-hosted forge's web address (`https://git.example.com`), where `owner/name.git` is.
+    pub provider_url: Option<String>,
+    /// The secret (a name in `secrets`) holding an HTTPS token or an SSH deploy key.
+    pub clone_credential: Option<String>,
+    /// The user name sent with a token (default per provider: `x-access-token`, `oauth2`, …).
+    pub clone_user: Option<String>,
+    /// Commits of history to fetch (default 1; 0 for all).
+    pub fetch_depth: Option<u32>,
+    /// Check out submodules (from the same host).
+    pub submodules: Option<bool>,
+    /// What a pull request builds: `head` (default) or `merge` (the forge's test merge).
+    pub pull_request_ref: Option<String>,
+    /// The secret (a name in `secrets`) holding a token that may set commit statuses; with it,
+    /// each run's status shows on its commit.
+    pub status_token: Option<String>,
+    /// The forge's API (default: GitHub's and GitLab's public ones, `provider-url` + `/api/v1`
+    /// for Gitea and Forgejo).
+    pub api_url: Option<String>,
+    /// The status's name on the commit (default `skiff/<app>`).
+    pub status_context: Option<String>,
+    /// Pull requests from forks get the app's secrets and grants as others do (`true`), or none
+    /// (default `false`, as on GitHub: a fork's code could send them anywhere).
+    pub trust_fork_pull_requests: Option<bool>,
+}
+
+/// Where an app reports its runs' statuses.
+#[derive(Clone)]
+pub struct StatusSettings {
+    pub forge: crate::repository::status::Forge,
+    pub api_url: String,
+    /// The app's single repository; else the event's.
+    pub repository: Option<String>,
+    pub context: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for StatusSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StatusSettings({} {} {})", self.forge.name(), self.api_url, self.context)
+    }
+}
+
+/// Where an app's pipeline comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineSource {
+    /// A file in the run's workspace.
+    Path(String),
+    /// Inline YAML.
+    Inline(String),
+    /// A file of the commit the run builds: this path, or else the first of
+    /// `.skiff/pipeline.yaml`, `.skiff/pipelines/*` and `serverless-pipeline.yaml`.
+    Commit(Option<String>),
+}
+
+/// An app, resolved: secrets opened, triggers parsed.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// For the edge core's `decide`.
+    pub edge: skiff_edge_core::App,
+    /// The webhook secret.
+    pub webhook_secret: Option<Secret>,
+    /// The only sender accepted.
+    pub provider: Option<Provider>,
+    /// Copied into each run's workspace.
+    pub workspace: Option<PathBuf>,
+    /// Where the runs' code is fetched from, for an app that builds a repository.
+    pub repo: Option<crate::repository::RepoSettings>,
+    /// Where its runs' statuses are reported.
+    pub status: Option<StatusSettings>,
+    /// Fork pull requests get secrets too.
+    pub trust_fork_pull_requests: bool,
+    /// The pipeline.
+    pub pipeline: PipelineSource,
+    /// Secrets (opened).
+    pub secrets: BTreeMap<String, String>,
+    /// Runs at once.
+    pub max_concurrent_runs: usize,
+    /// A run's time limit.
+    pub run_timeout: Option<std::time::Duration>,
+    /// The CA bundle of `ca-file`, checked at start.
+    pub ca_bundle: Option<std::sync::Arc<str>>,
+}
+
+impl AppConfig {
+    /// The app's name.
+    pub fn name(&self) -> &str {
+        &self.edge.name
+    }
+}
+
+/// Which apps a token reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppScope {
+    /// Every app.
+    All,
+    /// These apps.
+    Only(Vec<String>),
+}
+
+impl AppScope {
+    /// Whether `app` is in scope.
+    pub fn allows(&self, app: &str) -> bool {
+        match self {
+            AppScope::All => true,
+            AppScope::Only(apps) => apps.iter().any(|a| a == app),
+        }
+    }
+}
+
+/// A token, hashed.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// Its name.
+    pub name: String,
+    /// Its apps.
+    pub scope: AppScope,
+}
+
+/// The whole configuration, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// The dispatch key, if dispatches from a remote master are accepted.
+    pub dispatch_key: Option<Secret>,
+    /// Dispatch timestamp tolerance.
+    pub dispatch_tolerance_secs: i64,
+    /// Runs at once.
+    pub max_concurrent_runs: usize,
+    /// Log bytes kept per step.
+    pub log_bytes_per_step: u64,
+    /// Crash recovery.
+    pub recovery: Recovery,
+    /// Keep workspaces.
+    pub keep_workspaces: bool,
+    /// Where users reach this host; statuses link to runs under it.
+    pub public_url: Option<String>,
+    /// HTTP timeouts and connection caps.
+    pub conn: super::conn::ConnLimits,
+    /// Tokens by SHA-256.
+    pub tokens: HashMap<[u8; 32], Token>,
+    /// Apps by name.
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n.max(1))
+}
+
+impl ServeConfig {
+    /// Reads `path`; relative paths in it are relative to its folder.
+    pub fn load(path: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading the config file {}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &base, key).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    /// Parses a config's text.
+    pub fn from_toml(text: &str, base: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
+        let file: ConfigFile = toml::from_str(text)?;
+        Self::resolve(file, base, key)
+    }
+
+    /// Resolves a parsed file.
+    pub fn resolve(file: ConfigFile, base: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
+        let max = file.max_concurrent_runs.unwrap_or(4).max(1);
+        let mut apps = BTreeMap::new();
+        for def in file.apps {
+            let name = def.name.clone();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                bail!("app name `{name}` may hold only letters, digits, `-`, `_` and `.`");
+            }
+            let app = resolve_app(def, base, key, max).with_context(|| format!("app `{name}`"))?;
+            if apps.insert(name.clone(), app).is_some() {
+                bail!("app `{name}` is defined twice");
+            }
+        }
+        let mut tokens = HashMap::new();
+        for t in file.tokens {
+            let hash = match (&t.sha256, &t.token) {
+                (Some(h), None) => h.trim().to_ascii_lowercase(),
+                (None, Some(v)) => super::crypto::token_hash(&open_value(v, key, &format!("token `{}`", t.name))?),
+                _ => bail!("token `{}` needs exactly one of `sha256` or `token`", t.name),
+            };
+            let bytes: [u8; 32] = hex::decode(&hash).ok().and_then(|b| b.try_into().ok()).with_context(|| {
+                format!("token `{}`: `sha256` must be 64 hex digits (`skiff serve --hash-token`)", t.name)
+            })?;
+            let scope = if t.apps.iter().any(|a| a == "*") {
+                AppScope::All
+            } else {
+                for a in &t.apps {
+                    if !apps.contains_key(a) {
+                        bail!("token `{}` names app `{a}`, which is not configured", t.name);
+                    }
+                }
+                AppScope::Only(t.apps.clone())
+            };
+            tokens.insert(bytes, Token { name: t.name, scope });
+        }
+        let mut dispatch_key =
+            file.dispatch_key.as_deref().map(|v| open_value(v, key, "dispatch-key").map(Secret::new)).transpose()?;
+        if let Some(previous) = file.dispatch_key_previous.as_deref() {
+            let previous = open_value(previous, key, "dispatch-key-previous")?;
+            dispatch_key = Some(
+                dispatch_key
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("dispatch-key-previous is set without dispatch-key: set the new key too")
+                    })?
+                    .with_previous(previous),
+            );
+        }
+        Ok(ServeConfig {
+            listen: file.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
+            data_dir: base.join(file.data.unwrap_or_else(|| "skiff-data".into())),
+            dispatch_key,
+            dispatch_tolerance_secs: file
+                .dispatch_tolerance_secs
+                .unwrap_or(skiff_edge_core::DEFAULT_TIMESTAMP_TOLERANCE_SECS),
+            max_concurrent_runs: max,
+            log_bytes_per_step: file.log_bytes_per_step.unwrap_or(1 << 20),
+            recovery: file.recovery.unwrap_or_default(),
+            keep_workspaces: file.keep_workspaces.unwrap_or(false),
+            public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            conn: {
+                let d = super::conn::ConnLimits::default();
+                let max_connections = file.max_connections.unwrap_or(d.max_connections).max(1);
+                super::conn::ConnLimits {
+                    request_timeout: file.request_timeout_secs.map_or(d.request_timeout, secs),
+                    idle_timeout: file.idle_timeout_secs.map_or(d.idle_timeout, secs),
+                    max_connections,
+                    max_per_client: file
+                        .max_connections_per_client
+                        .unwrap_or(max_connections / 4)
+                        .clamp(1, max_connections),
+                }
+            },
+            tokens,
+            apps,
+        })
+    }
+
+    /// The token whose hash is `sha256(presented)`.
+    pub fn token(&self, presented: &str) -> Option<&Token> {
+        use sha2::Digest as _;
+        let hash: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        self.tokens.get(&hash)
+    }
+}
+
+fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) -> anyhow::Result<AppConfig> {
+    let on: Triggers = match def.on.clone() {
+        None => Triggers::default(),
+        Some(v) => {
+            let json = serde_json::to_value(v)?;
+            serde_json::from_value(json).context("`on`")?
+        }
+    };
+    for s in &on.schedule {
+        super::cron::parse(&s.cron).context("`on.schedule`")?;
+    }
+    let repository = def
+        .repository
+        .clone()
+        .map(|r| serde_json::from_value(serde_json::Value::String(r)))
+        .transpose()
+        .context("`repository`")?;
+    let edge = skiff_edge_core::App { name: def.name.clone(), environment: None, repository, on };
+    let mut secrets = BTreeMap::new();
+    for (k, v) in &def.secrets {
+        let plain = open_value(v, key, &format!("secret `{k}`"))?;
+        secrets.insert(k.clone(), plain);
+    }
+    let ca_bundle = def.ca_file.as_ref().map(|f| read_ca_bundle(&base.join(f))).transpose().context("`ca-file`")?;
+    let fetches = def.fetch.unwrap_or((def.repository.is_some() || def.clone_url.is_some()) && def.workspace.is_none());
+    if fetches && def.workspace.is_some() {
+        bail!("`fetch = true` and `workspace` exclude each other: the workspace is either the commit or a folder");
+    }
+    let status = status_settings(&def, &secrets)?;
+    let repo = if fetches { Some(repo_settings(&def, &secrets, ca_bundle.clone())?) } else { None };
+    let pipeline = match (def.pipeline, def.pipeline_yaml) {
+        (Some(_), Some(_)) => bail!("give `pipeline` (a file) or `pipeline-yaml` (inline), not both"),
+        (None, Some(y)) => PipelineSource::Inline(y),
+        (p, None) if repo.is_some() => PipelineSource::Commit(p),
+        (p, None) => {
+            let p = p.unwrap_or_else(|| ".skiff/pipeline.yaml".into());
+            // Without a workspace to copy, the pipeline file is read from beside the config.
+            match &def.workspace {
+                Some(_) => PipelineSource::Path(p),
+                None => PipelineSource::Path(base.join(p).display().to_string()),
+            }
+        }
+    };
+    let webhook_secret =
+        def.webhook_secret.as_deref().map(|v| open_value(v, key, "webhook-secret").map(Secret::new)).transpose()?;
+    Ok(AppConfig {
+        edge,
+        webhook_secret,
+        provider: def.provider,
+        workspace: def.workspace.map(|w| base.join(w)),
+        trust_fork_pull_requests: def.trust_fork_pull_requests.unwrap_or(false),
+        status,
+        repo,
+        pipeline,
+        secrets,
+        max_concurrent_runs: def.max_concurrent_runs.unwrap_or(max).max(1),
+        run_timeout: def.run_timeout_secs.map(std::time::Duration::from_secs),
+        ca_bundle,
+    })
+}
+
+fn status_settings(def: &AppDef, secrets: &BTreeMap<String, String>) -> anyhow::Result<Option<StatusSettings>> {
+    use crate::repository::status::Forge;
+    let Some(name) = &def.status_token else { return Ok(None) };
+    let token = secrets
+        .get(name)
+        .with_context(|| format!("`status-token` names the secret `{name}`, which is not in the app's `secrets`"))?
+        .clone();
+    let forge = match def.provider {
+        Some(Provider::Github) => Forge::GitHub,
+        Some(Provider::Gitlab) => Forge::GitLab,
+        Some(Provider::Gitea | Provider::Forgejo) => Forge::Gitea,
+        other => bail!(
+            "`status-token` is set, but statuses are reported to GitHub, GitLab, Gitea and Forgejo only, and the \
+             app's provider is {}",
+            other.map(|p| format!("{p:?}").to_lowercase()).unwrap_or_else(|| "not set".into())
+        ),
+    };
+    let api_url = match (&def.api_url, forge, &def.provider_url) {
+        (Some(u), _, _) => u.trim_end_matches('/').to_string(),
+        (None, Forge::GitHub, None) => "https://api.github.com".into(),
+        (None, Forge::GitLab, None) => "https://gitlab.com/api/v4".into(),
+        (None, Forge::GitHub, Some(p)) => format!("{}/api/v3", p.trim_end_matches('/')),
+        (None, Forge::GitLab, Some(p)) => format!("{}/api/v4", p.trim_end_matches('/')),
+        (None, Forge::Gitea, Some(p)) => format!("{}/api/v1", p.trim_end_matches('/')),
+        (None, Forge::Gitea, None) => {
+            bail!("a Gitea or Forgejo app reporting statuses needs `api-url` or `provider-url`")
+        }
+    };
+    let repository = def.repository.clone().filter(|r| !r.contains(['*', '?', '[', ',']));
+    let context = def.status_context.clone().unwrap_or_else(|| format!("skiff/{}", def.name));
+    // Checked now, with a stand-in commit, rather than at the first run.
+    crate::repository::status::StatusTarget {
+        forge,
+        api_url: api_url.clone(),
+        repository: repository.clone().unwrap_or_else(|| "owner/name".into()),
+        sha: "0".repeat(40),
+        context: context.clone(),
+        target_url: None,
+        token: token.clone(),
+    }
+    .validate()
+    .map_err(anyhow::Error::msg)
+    .context("commit statuses")?;
+    Ok(Some(StatusSettings { forge, api_url, repository, context, token }))
+}
+
+fn repo_settings(
+    def: &AppDef,
+    secrets: &BTreeMap<String, String>,
+    ca_bundle: Option<std::sync::Arc<str>>,
+) -> anyhow::Result<crate::repository::RepoSettings> {
+    use crate::repository::fetch::{Credential, Remote};
+    let clone_url =
+        def.clone_url.as_deref().map(Remote::parse).transpose().map_err(anyhow::Error::msg).context("`clone-url`")?;
+    let web_url = match &def.provider_url {
+        Some(u) => {
+            Remote::parse(&format!("{}/o/r.git", u.trim_end_matches('/')))
+                .map_err(anyhow::Error::msg)
+                .context("`provider-url`")?;
+            Some(u.trim_end_matches('/').to_string())
+        }
+        None => def.provider.and_then(crate::repository::provider_site).map(String::from),
+    };
+    let single = def.repository.as_ref().filter(|r| !r.contains(['*', '?', '[', ',']));
+    if clone_url.is_none() && web_url.is_none() {
+        bail!(
+            "to fetch the repository, set `provider` (github, gitlab, gitee, codeup, bitbucket), `provider-url` (a self-hosted forge) or `clone-url`"
+        );
+    }
+    let credential = match &def.clone_credential {
+        None => None,
+        Some(name) => {
+            let v = secrets.get(name).with_context(|| {
+                format!("`clone-credential` names the secret `{name}`, which is not in the app's `secrets`")
+            })?;
+            let user = def.clone_user.as_deref().unwrap_or(crate::repository::token_user(def.provider));
+            Some(Credential::from_secret(v, user))
+        }
+    };
+    let merge_ref = match def.pull_request_ref.as_deref() {
+        None | Some("head") => false,
+        Some("merge") => true,
+        Some(o) => bail!("`pull-request-ref = \"{o}\"`: write \"head\" or \"merge\""),
+    };
+    Ok(crate::repository::RepoSettings {
+        clone_url,
+        web_url,
+        repository: single.cloned(),
+        credential,
+        depth: def.fetch_depth.unwrap_or(1),
+        submodules: def.submodules.unwrap_or(false),
+        merge_ref,
+        ca_bundle,
+    })
+}
+
+/// A CA bundle file, read and checked (its certificates parse) now rather than at the first
+/// step that uses it.
+pub fn read_ca_bundle(path: &Path) -> anyhow::Result<std::sync::Arc<str>> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    skiff_runtime::capabilities::connect::tls_config(Some(&pem)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(pem.into())
+}
+
+/// Opens a secret value: `enc:v1:…` with the master key, `env:NAME` from the environment, or
+/// plain (with a warning that names the setting, never the value).
+pub fn open_value(v: &str, key: Option<&MasterKey>, what: &str) -> anyhow::Result<String> {
+    if v.starts_with(PREFIX) {
+        let key = key.with_context(|| format!("{what} is sealed but no master key is loaded"))?;
+        let plain = key.open(v).with_context(|| what.to_string())?;
+        return String::from_utf8(plain).with_context(|| format!("{what} is not UTF-8"));
+    }
+    if let Some(name) = v.strip_prefix("env:") {
+        return std::env::var(name)
+            .with_context(|| format!("{what} reads the environment variable `{name}`, which is not set"));
+    }
+    tracing::warn!("{what} is written in plain text; seal it with `skiff serve --encrypt`");
+    Ok(v.to_string())
+}

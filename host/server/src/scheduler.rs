@@ -1,0 +1,944 @@
+//! The scheduler: takes queued runs from the store in order and starts those that fit under
+//! the host's limit, their app's limit and their concurrency group.
+//!
+//! A run is prepared once before it can start: its pipeline is loaded and its
+//! `concurrency.group` evaluated. As on GitHub, a group holds one running and one pending run:
+//! a newer run cancels the older pending one, and with `cancel-in-progress` the running one too.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::task::AbortHandle;
+
+use super::Shared;
+use super::config::{AppConfig, PipelineSource};
+use super::logs::{LiveEvent, LogRecord};
+use super::store::{self, Run, Usage, now_ms, status};
+use skiff_pipeline::expr::Scope;
+use skiff_pipeline::{Plan, RunEvent, RunObserver, RunOptions, RunReport, Status, load_file, load_str, run_pipeline};
+
+/// A run in progress.
+pub(crate) struct Running {
+    app: String,
+    group: Option<String>,
+    abort: AbortHandle,
+    cancel_reason: Option<String>,
+}
+
+impl Running {
+    /// Stops the run's task.
+    pub(crate) fn abort(&self) {
+        self.abort.abort();
+    }
+}
+
+/// What [`Shared::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The run was queued and is now cancelled.
+    Queued,
+    /// The run was running and was stopped.
+    Running,
+    /// The run had already ended.
+    AlreadyOver,
+}
+
+/// Loads an app's pipeline, with `workspace` as the folder a relative pipeline path starts from.
+/// (A pipeline from the commit is read by [`Shared::commit_plan`].)
+pub fn load_plan(app: &AppConfig, workspace: &Path) -> Result<Plan, String> {
+    let r = match &app.pipeline {
+        PipelineSource::Inline(y) => load_str(y, &format!("{} (pipeline-yaml)", app.name()), workspace),
+        PipelineSource::Path(p) => load_file(&workspace.join(p)),
+        PipelineSource::Commit(p) => load_file(&workspace.join(p.as_deref().unwrap_or(DEFAULT_PIPELINES[0]))),
+    };
+    r.map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))
+}
+
+/// Where a commit's pipeline is looked for, in order (a folder ends in `/`).
+const DEFAULT_PIPELINES: [&str; 3] = [".skiff/pipeline.yaml", ".skiff/pipelines/", "serverless-pipeline.yaml"];
+
+/// A component path of a commit's pipeline must stay in the workspace (symlinks resolved), so
+/// a pushed pipeline cannot load files from elsewhere on the host.
+fn confine_components(plan: &Plan, workspace: &Path) -> Result<(), String> {
+    let root = workspace.canonicalize().map_err(|e| format!("the workspace: {e}"))?;
+    for job in &plan.jobs {
+        for step in &job.steps {
+            if let skiff_pipeline::plan::Uses::Path { written, path } = &step.uses {
+                let real = path.canonicalize().map_err(|e| format!("component `{written}`: {e}"))?;
+                if !real.starts_with(&root) {
+                    return Err(format!(
+                        "component `{written}` is outside the repository: a pipeline from a commit may only use \
+                         components inside it"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn source_dir(app: &AppConfig) -> PathBuf {
+    app.workspace.clone().unwrap_or_default()
+}
+
+fn scope_for(run: &Run) -> Scope {
+    let mut scope = Scope::default();
+    scope.set_json("event", &run.event);
+    scope.set_json("body", &run.body);
+    scope.set_json("inputs", &serde_json::to_value(&run.inputs).unwrap_or_default());
+    scope.set_json(
+        "run",
+        &serde_json::json!({"id": run.id.to_string(), "number": run.number, "attempt": run.attempt, "app": run.app}),
+    );
+    scope
+}
+
+impl Shared {
+    /// Asks the scheduler to look at the queue.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs the scheduler until the process ends.
+    pub async fn scheduler_loop(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.schedule() {
+                tracing::error!("scheduler: {e:#}");
+            }
+            self.wake.notified().await;
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many runs are in progress.
+    pub fn running_count(&self) -> usize {
+        self.running().len()
+    }
+
+    /// One pass over the queue; none while the host drains.
+    pub fn schedule(self: &Arc<Self>) -> anyhow::Result<()> {
+        if self.draining() {
+            return Ok(());
+        }
+        let mut queued = self.store.queued()?;
+        if queued.iter().any(|r| !r.prepared) {
+            for run in queued.iter().filter(|r| !r.prepared) {
+                match self.config.apps.get(&run.app) {
+                    // Fetching takes a while: it happens beside the scheduler, which comes back
+                    // when it is done.
+                    Some(app) if app.repo.is_some() => self.spawn_prepare_commit(run.clone()),
+                    _ => self.prepare(run)?,
+                }
+            }
+            queued = self.store.queued()?;
+        }
+        // An app's runs start in order: none passes one of the same app still being fetched.
+        let mut waiting: Vec<String> = Vec::new();
+        for run in queued {
+            if !run.prepared || waiting.contains(&run.app) {
+                waiting.push(run.app.clone());
+                continue;
+            }
+            let mut running = self.running();
+            if running.len() >= self.config.max_concurrent_runs {
+                break;
+            }
+            let Some(app) = self.config.apps.get(&run.app) else {
+                drop(running);
+                self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app))?;
+                continue;
+            };
+            if running.values().filter(|r| r.app == run.app).count() >= app.max_concurrent_runs {
+                continue;
+            }
+            if let Some(g) = &run.concurrency_group
+                && running.values().any(|r| r.group.as_ref() == Some(g))
+            {
+                continue;
+            }
+            if !self.store.start_run(run.id)? {
+                continue;
+            }
+            self.report_status(run.id, status::RUNNING, None);
+            let id = run.id;
+            let group = run.concurrency_group.clone();
+            let app_name = run.app.clone();
+            let timeout = app.run_timeout;
+            let this = self.clone();
+            let app = app.clone();
+            let task = tokio::spawn(async move { this.execute(run, app).await });
+            running.insert(id, Running { app: app_name, group, abort: task.abort_handle(), cancel_reason: None });
+            drop(running);
+            tokio::spawn(self.clone().supervise(id, task, timeout));
+        }
+        Ok(())
+    }
+
+    fn fail_queued(&self, id: i64, why: &str) -> anyhow::Result<()> {
+        if self.store.finish_run(id, status::FAILURE, Some(why))? {
+            self.ended(id, status::FAILURE, Some(why));
+        }
+        Ok(())
+    }
+
+    /// Loads a queued run's pipeline and settles its concurrency group.
+    fn prepare(self: &Arc<Self>, run: &Run) -> anyhow::Result<()> {
+        // Pending on the commit from here, before the run can start (and report running).
+        self.report_status(run.id, status::QUEUED, None);
+        let Some(app) = self.config.apps.get(&run.app) else {
+            return self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app));
+        };
+        let plan = match load_plan(app, &source_dir(app)) {
+            Ok(p) => p,
+            Err(e) => return self.fail_queued(run.id, &e),
+        };
+        match self.gate(run, &plan) {
+            Ok(true) => self.settle_group(run, &plan),
+            Ok(false) => Ok(()),
+            Err(e) => self.fail_queued(run.id, &e),
+        }
+    }
+
+    /// The pipeline's own `on:` decides whether the run goes ahead (the app's triggers were
+    /// the outer gate): a webhook event it does not take ends the run as skipped, with the
+    /// reason; a manual run's inputs are checked against `workflow_dispatch` and get its
+    /// defaults. `Ok(false)`: the run was skipped.
+    fn gate(&self, run: &Run, plan: &Plan) -> Result<bool, String> {
+        let Some(triggers) = &plan.triggers else { return Ok(true) };
+        match run.trigger.as_str() {
+            "manual" => {
+                if let Some(w) = &triggers.workflow_dispatch {
+                    let inputs = w.resolve(&run.inputs).map_err(|e| format!("the run's inputs: {e}"))?;
+                    self.store.set_inputs(run.id, &inputs).map_err(|e| format!("recording the inputs: {e:#}"))?;
+                }
+                Ok(true)
+            }
+            "push" | "pull_request" | "tag" | "release" | "custom" => {
+                let mut event = run.event.clone();
+                if let Some(o) = event.as_object_mut() {
+                    o.insert("body".into(), run.body.clone());
+                }
+                let Ok(event) = serde_json::from_value::<skiff_edge_core::Event>(event) else { return Ok(true) };
+                let app = skiff_edge_core::App {
+                    name: run.app.clone(),
+                    environment: None,
+                    repository: None,
+                    on: triggers.clone(),
+                };
+                let decision = skiff_edge_core::decide(&event, std::slice::from_ref(&app)).remove(0);
+                if decision.is_dispatch() {
+                    return Ok(true);
+                }
+                let why = format!("skipped: the pipeline's `on:` does not take this event ({})", decision.reason());
+                if self.store.finish_run(run.id, status::SKIPPED, Some(&why)).map_err(|e| format!("{e:#}"))? {
+                    self.ended(run.id, status::SKIPPED, Some(&why));
+                }
+                Ok(false)
+            }
+            // Schedules, reruns and the rest were decided by the host's own configuration.
+            _ => Ok(true),
+        }
+    }
+
+    fn spawn_prepare_commit(self: &Arc<Self>, run: Run) {
+        if !self.preparing().insert(run.id) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = run.id;
+            this.report_status(id, status::QUEUED, None);
+            let r = this.prepare_commit(&run).await;
+            let r = match r.and_then(|plan| this.gate(&run, &plan).map(|go| (plan, go))) {
+                Ok((plan, true)) => this.settle_group(&run, &plan).map_err(|e| format!("{e:#}")),
+                Ok((_, false)) => {
+                    let _ = tokio::fs::remove_dir_all(this.workspace_dir(id)).await;
+                    this.checked_out().remove(&id);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                let _ = tokio::fs::remove_dir_all(this.workspace_dir(id)).await;
+                this.checked_out().remove(&id);
+                if let Err(e) = this.fail_queued(id, &e) {
+                    tracing::error!(run = id, "recording a failed fetch: {e:#}");
+                }
+            }
+            this.preparing().remove(&id);
+            this.wake();
+        });
+    }
+
+    fn preparing(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.preparing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checked_out(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (String, Plan)>> {
+        self.checked_out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fetches a queued run's commit, checks it out into its workspace and reads its pipeline.
+    async fn prepare_commit(self: &Arc<Self>, run: &Run) -> Result<Plan, String> {
+        let app = self
+            .config
+            .apps
+            .get(&run.app)
+            .ok_or_else(|| format!("app `{}` is not configured on this host", run.app))?;
+        let ws = self.workspace_dir(run.id);
+        let sha = self.check_out(app, run, &ws).await?;
+        let (plan, several) = self.commit_plans(app, run, &sha, &ws).await?;
+        if let Some((mine, others)) = several {
+            // As GitHub's workflows folder: every pipeline file of the commit is a run of its own.
+            self.store.set_pipeline(run.id, &mine).map_err(|e| format!("{e:#}"))?;
+            for other in others {
+                let sibling = store::NewRun {
+                    app: run.app.clone(),
+                    trigger: run.trigger.clone(),
+                    reason: format!("{} ({other})", run.reason),
+                    git_ref: run.git_ref.clone(),
+                    sha: Some(sha.clone()),
+                    dispatch_id: run.dispatch_id.as_ref().map(|d| format!("{d}:{other}")),
+                    inputs: run.inputs.clone(),
+                    event: run.event.clone(),
+                    body: run.body.clone(),
+                    requested_by: run.requested_by.clone(),
+                    pipeline: Some(other),
+                    ..store::NewRun::default()
+                };
+                self.enqueue(sibling).await.map_err(|e| format!("queueing the commit's other pipelines: {e:#}"))?;
+            }
+        }
+        self.checked_out().insert(run.id, (sha, plan.clone()));
+        Ok(plan)
+    }
+
+    /// A fresh checkout of the run's commit in `ws`; the commit id.
+    async fn check_out(&self, app: &AppConfig, run: &Run, ws: &Path) -> Result<String, String> {
+        let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
+        let src = repo.source(&run.event)?;
+        let want = repo.want(&run.event, run.sha.as_deref(), run.git_ref.as_deref());
+        let w = ws.to_path_buf();
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&w) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("clearing {}: {e}", w.display())),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let at = want.sha.as_deref().or(want.git_ref.as_deref()).unwrap_or("its default branch").to_string();
+        let sha = self
+            .repos
+            .ensure(&src, &want)
+            .await
+            .map_err(|e| format!("the run's code could not be fetched ({} at {at}): {e}", src.remote.url()))?;
+        if run.sha.as_deref() != Some(sha.as_str()) {
+            match self.store.set_sha(run.id, &sha) {
+                // Now that the commit is known, it can show the run as pending.
+                Ok(()) if run.sha.is_none() => self.report_status(run.id, status::QUEUED, None),
+                Ok(()) => {}
+                Err(e) => tracing::error!(run = run.id, "recording its commit: {e:#}"),
+            }
+        }
+        let branch = want.branch();
+        self.repos
+            .checkout(&src, &sha, ws, branch)
+            .await
+            .map_err(|e| format!("checking out {} at {sha}: {e}", src.remote.url()))?;
+        Ok(sha)
+    }
+
+    /// With several jobs, each gets its own checkout of the run's commit (from the cache, so it
+    /// costs links, not a fetch): no job depends on another's folder.
+    fn job_checkouts(&self, app: &AppConfig, run: &Run, sha: &str) -> Result<skiff_pipeline::JobSetup, String> {
+        let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
+        let src = Arc::new(repo.source(&run.event)?);
+        let want = repo.want(&run.event, run.sha.as_deref(), run.git_ref.as_deref());
+        let branch = want.branch().map(String::from);
+        let repos = self.repos.clone();
+        let sha = sha.to_string();
+        Ok(skiff_pipeline::JobSetup(Arc::new(move |dir| {
+            let (repos, src, sha, branch) = (repos.clone(), src.clone(), sha.clone(), branch.clone());
+            Box::pin(async move { repos.checkout(&src, &sha, &dir, branch.as_deref()).await })
+        })))
+    }
+
+    /// The pipeline of the commit checked out in `ws`.
+    async fn commit_plan(&self, app: &AppConfig, run: &Run, sha: &str, ws: &Path) -> Result<Plan, String> {
+        Ok(self.commit_plans(app, run, sha, ws).await?.0)
+    }
+
+    /// [`Self::commit_plan`], and the commit's other pipelines when it has several
+    /// (`.skiff/pipelines/*`) and the run names none: the file it runs, and the others.
+    async fn commit_plans(
+        &self,
+        app: &AppConfig,
+        run: &Run,
+        sha: &str,
+        ws: &Path,
+    ) -> Result<(Plan, Option<(String, Vec<String>)>), String> {
+        let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
+        let src = repo.source(&run.event)?;
+        let named = match &app.pipeline {
+            PipelineSource::Commit(p) => p.clone(),
+            PipelineSource::Inline(y) => {
+                let plan = load_str(y, &format!("{} (pipeline-yaml)", app.name()), ws)
+                    .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
+                confine_components(&plan, ws)?;
+                return Ok((plan, None));
+            }
+            PipelineSource::Path(p) => Some(p.clone()),
+        };
+        let named = named.or_else(|| run.pipeline.clone());
+        let short = &sha[..12.min(sha.len())];
+        let (path, text, several) = self.find_pipeline(&src, sha, named).await?;
+        let dir = ws.join(Path::new(&path).parent().unwrap_or(Path::new("")));
+        let plan = load_str(&text, &format!("{path} (commit {short})"), &dir)
+            .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
+        confine_components(&plan, ws)?;
+        Ok((plan, several))
+    }
+
+    /// A commit's pipeline file: `named`, else the first of [`DEFAULT_PIPELINES`]; its path and
+    /// text, and, for a folder of several, the first file and the others.
+    async fn find_pipeline(
+        &self,
+        src: &crate::repository::fetch::Source,
+        sha: &str,
+        named: Option<String>,
+    ) -> Result<(String, String, Option<(String, Vec<String>)>), String> {
+        let candidates: Vec<String> = match named {
+            Some(p) => vec![p],
+            None => DEFAULT_PIPELINES.iter().map(|s| s.to_string()).collect(),
+        };
+        for c in &candidates {
+            if let Some(folder) = c.strip_suffix('/') {
+                let mut files: Vec<String> = self
+                    .repos
+                    .list_dir(src, sha, folder)
+                    .await?
+                    .into_iter()
+                    .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+                    .collect();
+                if !files.is_empty() {
+                    let first = files.remove(0);
+                    if let Some(t) = self.repos.read_file(src, sha, &first).await? {
+                        return Ok((first.clone(), t, Some((first, files))));
+                    }
+                }
+            } else if let Some(t) = self.repos.read_file(src, sha, c).await? {
+                return Ok((c.clone(), t, None));
+            }
+        }
+        let short = &sha[..12.min(sha.len())];
+        Err(format!("commit {short} has no pipeline: looked for {}", candidates.join(", ")))
+    }
+
+    /// For a manual run of a repository-driven app: the commit of `git_ref` (fetched now) and
+    /// its pipeline's `workflow_dispatch`, so the run's inputs can be checked before it is
+    /// accepted. `None` when that cannot be known now; the run then checks when it is prepared.
+    pub(crate) async fn manual_commit(
+        &self,
+        app: &AppConfig,
+        git_ref: Option<&str>,
+    ) -> Option<(String, Option<skiff_edge_core::WorkflowDispatch>)> {
+        let repo = app.repo.as_ref()?;
+        let src = repo.source(&serde_json::json!({})).ok()?;
+        let sha = self.repos.ensure(&src, &repo.want(&serde_json::json!({}), None, git_ref)).await.ok()?;
+        let named = match &app.pipeline {
+            PipelineSource::Commit(p) => p.clone(),
+            _ => return Some((sha, None)),
+        };
+        let (_, text, _) = self.find_pipeline(&src, &sha, named).await.ok()?;
+        let on = serde_norway::from_str::<serde_json::Value>(&text).ok()?.get("on").cloned();
+        let dispatch = on
+            .and_then(|on| serde_json::from_value::<skiff_edge_core::Triggers>(on).ok())
+            .and_then(|t| t.workflow_dispatch);
+        Some((sha, dispatch))
+    }
+
+    /// Evaluates a prepared run's `concurrency.group` and settles the group.
+    fn settle_group(self: &Arc<Self>, run: &Run, plan: &Plan) -> anyhow::Result<()> {
+        let (group, cancel) = match &plan.concurrency {
+            None => (None, false),
+            Some(c) => match c.group.tpl.render(&scope_for(run)) {
+                Ok(g) if !g.is_empty() => (Some(format!("{}/{g}", run.app)), c.cancel_in_progress),
+                Ok(_) => (None, false),
+                Err(e) => return self.fail_queued(run.id, &format!("`concurrency.group` of app `{}`: {e}", run.app)),
+            },
+        };
+        self.store.set_prepared(run.id, group.as_deref(), cancel)?;
+        if let Some(g) = &group {
+            let why = format!("superseded by run {} in concurrency group `{g}`", run.id);
+            for older in self.store.queued_in_group_before(g, run.id)? {
+                if self.store.finish_run(older, status::CANCELLED, Some(&why))? {
+                    self.ended(older, status::CANCELLED, Some(&why));
+                }
+            }
+            if cancel {
+                let mut running = self.running();
+                for (_, r) in running.iter_mut().filter(|(_, r)| r.group.as_ref() == Some(g)) {
+                    r.cancel_reason = Some(format!("{why} (cancel-in-progress)"));
+                    r.abort.abort();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels a queued or running run. For a running run this waits (up to 5 s) until it has
+    /// stopped.
+    pub async fn cancel(&self, id: i64, reason: &str) -> anyhow::Result<Cancelled> {
+        let mut rx = None;
+        {
+            let mut running = self.running();
+            if let Some(r) = running.get_mut(&id) {
+                rx = Some(self.hub.subscribe(id));
+                r.cancel_reason = Some(reason.to_string());
+                r.abort.abort();
+            }
+        }
+        if let Some(mut rx) = rx {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                loop {
+                    match rx.recv().await {
+                        Ok(LiveEvent::End { .. }) | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            return Ok(Cancelled::Running);
+        }
+        if self.store.finish_run(id, status::CANCELLED, Some(reason))? {
+            self.ended(id, status::CANCELLED, Some(reason));
+            self.wake();
+            return Ok(Cancelled::Queued);
+        }
+        Ok(Cancelled::AlreadyOver)
+    }
+
+    /// Waits for a run's task and records how it ended.
+    async fn supervise(
+        self: Arc<Self>,
+        id: i64,
+        task: tokio::task::JoinHandle<Result<RunReport, String>>,
+        timeout: Option<std::time::Duration>,
+    ) {
+        let abort = task.abort_handle();
+        let joined = match timeout {
+            None => Some(task.await),
+            Some(t) => tokio::time::timeout(t, task).await.ok(),
+        };
+        let (st, error): (&str, Option<String>) = match joined {
+            None => {
+                abort.abort();
+                (
+                    status::CANCELLED,
+                    Some(format!("the run took longer than its limit of {} s", timeout.unwrap_or_default().as_secs())),
+                )
+            }
+            Some(Ok(Ok(report))) => match report.status {
+                Status::Success | Status::Skipped => (status::SUCCESS, None),
+                Status::Failure => (status::FAILURE, Some(first_error(&report))),
+                Status::Cancelled => (status::CANCELLED, Some("a step or job was cancelled".into())),
+            },
+            Some(Ok(Err(e))) => (status::FAILURE, Some(e)),
+            Some(Err(e)) if e.is_cancelled() => {
+                let reason = self.running().get(&id).and_then(|r| r.cancel_reason.clone());
+                (status::CANCELLED, Some(reason.unwrap_or_else(|| "cancelled".into())))
+            }
+            Some(Err(e)) => (status::FAILURE, Some(format!("the run's task panicked: {e}"))),
+        };
+        if self.halted() {
+            // Like a killed process: the run stays `running` for the next start to recover.
+            return;
+        }
+        if let Err(e) = self.store.finish_run(id, st, error.as_deref()) {
+            tracing::error!(run = id, "recording its end: {e:#}");
+        }
+        self.logs.close(id);
+        // The workspace goes before anyone hears the run ended.
+        if !self.config.keep_workspaces {
+            let _ = tokio::fs::remove_dir_all(self.workspace_dir(id)).await;
+        }
+        self.running().remove(&id);
+        self.ended(id, st, error.as_deref());
+        self.wake();
+    }
+
+    /// A run ended: its live channel closes, and its commit's status says how.
+    fn ended(&self, id: i64, st: &str, why: Option<&str>) {
+        self.hub.end(id, st);
+        self.report_status(id, st, why);
+    }
+
+    /// Reports a run's state on its commit, for an app with `status-token`. Never fails the run:
+    /// the reporter retries and logs.
+    pub(crate) fn report_status(&self, id: i64, st: &str, why: Option<&str>) {
+        use crate::repository::status::{CommitState, StatusTarget};
+        if self.config.apps.values().all(|a| a.status.is_none()) {
+            return;
+        }
+        let Ok(Some(run)) = self.store.run(id) else { return };
+        let Some(app) = self.config.apps.get(&run.app) else { return };
+        let Some(cfg) = &app.status else { return };
+        let Some(sha) = run.sha.clone().filter(|s| s.len() >= 40 && s.bytes().any(|b| b != b'0')) else { return };
+        let repository = match &cfg.repository {
+            Some(r) => r.clone(),
+            None => match run.event.pointer("/repository/full_name").and_then(|v| v.as_str()) {
+                Some(r) => r.to_string(),
+                None => return,
+            },
+        };
+        let (state, text) = match st {
+            status::QUEUED => (CommitState::Pending, format!("run {} is queued", run.number)),
+            status::RUNNING => (CommitState::Running, format!("run {} is running", run.number)),
+            status::SUCCESS => (CommitState::Success, format!("run {} passed", run.number)),
+            status::CANCELLED => (CommitState::Cancelled, format!("run {} was cancelled", run.number)),
+            status::SKIPPED => {
+                (CommitState::Success, format!("run {} skipped: its pipeline does not take this event", run.number))
+            }
+            // A run that ended before any job started could not build: an error, not a failure.
+            _ if why.is_some() && self.store.jobs(id).map(|j| j.is_empty()).unwrap_or(false) => {
+                (CommitState::Error, format!("run {}: {}", run.number, why.unwrap_or_default()))
+            }
+            _ => (CommitState::Failure, format!("run {} failed: {}", run.number, why.unwrap_or("a job failed"))),
+        };
+        let target = StatusTarget {
+            forge: cfg.forge,
+            api_url: cfg.api_url.clone(),
+            repository,
+            sha,
+            context: cfg.context.clone(),
+            target_url: self.config.public_url.as_ref().map(|u| format!("{u}/v1/runs/{id}")),
+            token: cfg.token.clone(),
+        };
+        self.statuses.report(&target, state, &text);
+    }
+
+    /// A run's workspace.
+    pub fn workspace_dir(&self, id: i64) -> PathBuf {
+        self.config.data_dir.join("work").join(id.to_string())
+    }
+
+    /// A fresh workspace, holding a copy of the app's folder when it has one. A retried run
+    /// starts from nothing: no old workspace, no old logs.
+    async fn prepare_folder(&self, id: i64, source: Option<PathBuf>, ws: PathBuf) -> Result<(), String> {
+        let logs = self.logs.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            // A retried run starts from nothing: no old workspace, no old logs.
+            let _ = std::fs::remove_dir_all(&ws);
+            logs.remove(id).map_err(|e| format!("clearing old logs: {e}"))?;
+            std::fs::create_dir_all(&ws).map_err(|e| format!("creating the workspace {}: {e}", ws.display()))?;
+            if let Some(src) = source {
+                skiff_runtime::workspace::copy_tree(&src, &ws, &[])
+                    .map_err(|e| format!("copying the app's workspace {}: {e}", src.display()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Runs a run: fresh workspace, pipeline, engine.
+    async fn execute(self: Arc<Self>, run: Run, app: AppConfig) -> Result<RunReport, String> {
+        let ws = self.workspace_dir(run.id);
+        let source = app.workspace.clone();
+        let id = run.id;
+        let mut job_setup = None;
+        let plan = if app.repo.is_some() {
+            let logs = self.logs.clone();
+            tokio::task::spawn_blocking(move || logs.remove(id))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("clearing old logs: {e}"))?;
+            // Checked out and read when it was prepared, unless the host restarted since (or
+            // this is a retry): then afresh.
+            let prepared = self.checked_out().remove(&id);
+            let (sha, plan) = match prepared {
+                Some(p) => p,
+                None => {
+                    let sha = self.check_out(&app, &run, &ws).await?;
+                    let plan = self.commit_plan(&app, &run, &sha, &ws).await?;
+                    (sha, plan)
+                }
+            };
+            job_setup = Some(self.job_checkouts(&app, &run, &sha)?);
+            plan
+        } else {
+            self.prepare_folder(id, source, ws.clone()).await?;
+            load_plan(&app, &ws)?
+        };
+        let job_ids: HashMap<String, String> = plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect();
+        for j in run.job.iter().flat_map(|j| j.split(',')).map(str::trim).filter(|j| !j.is_empty()) {
+            if plan.instances(j).next().is_none() {
+                return Err(format!("the pipeline has no job `{j}` any more"));
+            }
+        }
+        // A rerun of failed jobs: what succeeded before and depends on nothing that failed is
+        // carried over with its outputs; the failed instances and everything downstream run.
+        let reuse = match (run.parent_id, &run.job) {
+            (Some(parent), Some(_)) => {
+                let before = self.store.jobs(parent).map_err(|e| format!("reading the earlier attempt: {e:#}"))?;
+                reusable(&plan, &before)
+            }
+            _ => BTreeMap::new(),
+        };
+        let job = if reuse.is_empty() { run.job.clone() } else { None };
+        let untrusted = from_fork(&run.body) && !app.trust_fork_pull_requests;
+        let opts = RunOptions {
+            run_id: run.id.to_string(),
+            run_number: run.number as u64,
+            run_attempt: run.attempt as u32,
+            event: run.event.clone(),
+            body: run.body.clone(),
+            // A fork's pull request runs code from anyone: it gets no secrets and may only read
+            // unless the app trusts forks (as on GitHub).
+            secrets: if untrusted { BTreeMap::new() } else { app.secrets.clone() },
+            read_only: untrusted,
+            inputs: run.inputs.clone(),
+            workspace: ws,
+            job,
+            reuse,
+            ca_bundle: app.ca_bundle.clone(),
+            job_setup,
+        };
+        let sink = Arc::new(Sink {
+            run: run.id,
+            shared: self.clone(),
+            seq: AtomicU64::new(0),
+            job_ids,
+            log_bytes: Mutex::new(HashMap::new()),
+            cap: self.config.log_bytes_per_step,
+        });
+        Ok(run_pipeline(&plan, opts, self.executor.clone(), sink).await)
+    }
+}
+
+/// Whether a webhook's payload is a pull request from another repository (a fork): GitHub's,
+/// Gitea's and Forgejo's `pull_request.head.repo` differs from `base.repo`; GitLab's
+/// `source_project_id` from `target_project_id`.
+pub fn from_fork(body: &serde_json::Value) -> bool {
+    let differ = |a: Option<&serde_json::Value>, b: Option<&serde_json::Value>| match (a, b) {
+        (Some(a), Some(b)) => !a.is_null() && a != b,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    if let Some(pr) = body.get("pull_request") {
+        // A head repository that is gone (deleted fork) is a fork too.
+        let head = pr.pointer("/head/repo/full_name").or_else(|| pr.pointer("/head/repo")).filter(|v| !v.is_null());
+        let base = pr.pointer("/base/repo/full_name");
+        return differ(head, base) || (pr.pointer("/head/repo").is_some_and(|v| v.is_null()) && base.is_some());
+    }
+    if let Some(attrs) = body.get("object_attributes") {
+        return differ(attrs.get("source_project_id"), attrs.get("target_project_id"));
+    }
+    false
+}
+
+fn first_error(report: &RunReport) -> String {
+    for j in &report.jobs {
+        for s in &j.steps {
+            if s.status == Status::Failure
+                && let Some(e) = &s.error
+            {
+                return format!("job `{}`, step `{}`: {e}", j.key, s.id);
+            }
+        }
+    }
+    let failed: Vec<&str> =
+        report.jobs.iter().filter(|j| j.status == Status::Failure).map(|j| j.key.as_str()).collect();
+    format!("failed jobs: {}", failed.join(", "))
+}
+
+/// Feeds a run's events into the store, the log store and the live channel.
+struct Sink {
+    run: i64,
+    shared: Arc<Shared>,
+    seq: AtomicU64,
+    job_ids: HashMap<String, String>,
+    log_bytes: Mutex<HashMap<(String, String), u64>>,
+    cap: u64,
+}
+
+const TRUNCATED: u64 = u64::MAX;
+
+impl Sink {
+    fn job_id<'a>(&'a self, key: &'a str) -> &'a str {
+        self.job_ids.get(key).map(String::as_str).unwrap_or(key)
+    }
+
+    fn check(&self, what: &str, r: anyhow::Result<()>) {
+        if let Err(e) = r {
+            tracing::error!(run = self.run, "recording {what}: {e:#}");
+        }
+    }
+
+    fn write_line(&self, job: &str, step: &str, level: &str, text: String) {
+        let rec = LogRecord {
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            ts: now_ms(),
+            job: job.to_string(),
+            step: step.to_string(),
+            level: level.to_string(),
+            text,
+        };
+        if let Err(e) = self.shared.logs.append(self.run, &rec) {
+            tracing::error!(run = self.run, "writing a log line: {e}");
+        }
+        self.shared.hub.send(self.run, LiveEvent::Log(rec));
+    }
+
+    fn log(&self, job: &str, step: &str, level: &str, text: &str) {
+        let n = text.len() as u64 + 1;
+        {
+            let mut used = self.log_bytes.lock().unwrap_or_else(|e| e.into_inner());
+            let u = used.entry((job.to_string(), step.to_string())).or_insert(0);
+            if *u == TRUNCATED {
+                return;
+            }
+            if *u + n > self.cap {
+                *u = TRUNCATED;
+                drop(used);
+                let note = format!(
+                    "[skiff] the log of this step is over the limit of {} bytes; later lines are not kept",
+                    self.cap
+                );
+                self.write_line(job, step, "warn", note);
+                return;
+            }
+            *u += n;
+        }
+        self.write_line(job, step, level, text.to_string());
+    }
+
+    fn kept(&self, job: &str, step: &str) -> i64 {
+        let used = self.log_bytes.lock().unwrap_or_else(|e| e.into_inner());
+        match used.get(&(job.to_string(), step.to_string())) {
+            Some(&TRUNCATED) => self.cap as i64,
+            Some(&n) => n as i64,
+            None => 0,
+        }
+    }
+
+    fn live(&self, job: &str, step: &str, name: &str, status: &str) {
+        let e = LiveEvent::Step { job: job.into(), step: step.into(), name: name.into(), status: status.into() };
+        self.shared.hub.send(self.run, e);
+    }
+}
+
+impl RunObserver for Sink {
+    fn event(&self, e: &RunEvent) {
+        let store = &self.shared.store;
+        match e {
+            RunEvent::JobStarted { job_id, name } => {
+                self.check("a job start", store.job_started(self.run, job_id, self.job_id(job_id), name));
+                self.live(job_id, "", name, status::RUNNING);
+            }
+            RunEvent::JobSkipped { job_id, name, reason } => {
+                let r = store.job_finished(
+                    self.run,
+                    job_id,
+                    self.job_id(job_id),
+                    name,
+                    "skipped",
+                    Some(reason),
+                    None,
+                    None,
+                );
+                self.check("a skipped job", r);
+                self.live(job_id, "", name, "skipped");
+            }
+            RunEvent::StepStarted { job_id, step_id, name } => {
+                self.check("a step start", store.step_started(self.run, job_id, step_id, name));
+                self.live(job_id, step_id, name, status::RUNNING);
+            }
+            RunEvent::Log(line) => self.log(&line.job_id, &line.step_id, &line.level, &line.text),
+            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, usage: measured, .. } => {
+                let usage = Usage {
+                    wall_ms: Some(*duration_ms as i64),
+                    log_bytes: self.kept(job_id, step_id),
+                    cpu_ms: measured.map(|u| u.cpu_ms as i64),
+                    peak_memory_bytes: measured.map(|u| u.peak_memory_bytes as i64),
+                    egress_bytes: measured.map(|u| u.egress_bytes as i64),
+                };
+                let r = store.step_finished(self.run, job_id, step_id, name, status.as_str(), error.as_deref(), &usage);
+                self.check("a step end", r);
+                self.live(job_id, step_id, name, status.as_str());
+            }
+            RunEvent::JobFinished { job_id, name, status, duration_ms, outputs } => {
+                let r = store.job_finished(
+                    self.run,
+                    job_id,
+                    self.job_id(job_id),
+                    name,
+                    status.as_str(),
+                    None,
+                    Some(*duration_ms),
+                    Some(outputs),
+                );
+                self.check("a job end", r);
+                self.live(job_id, "", name, status.as_str());
+            }
+            RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => {}
+        }
+    }
+}
+
+/// The job instances of an earlier attempt a rerun of its failed jobs carries over: those
+/// that succeeded (or were skipped) and need, directly or not, no job that failed. As on GitHub,
+/// only the failed combinations of a matrix run again, with every job downstream of them.
+pub fn reusable(plan: &Plan, before: &[store::Job]) -> BTreeMap<String, (Status, BTreeMap<String, String>)> {
+    let failed = |st: &str| st == status::FAILURE || st == status::CANCELLED;
+    let mut again: std::collections::BTreeSet<String> =
+        before.iter().filter(|j| failed(&j.status)).map(|j| j.job.clone()).collect();
+    // Downstream of a failed job: everything that needs it, transitively.
+    loop {
+        let more: Vec<String> = plan
+            .jobs
+            .iter()
+            .filter(|j| !again.contains(&j.job) && j.needs.iter().any(|n| again.contains(n)))
+            .map(|j| j.job.clone())
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        again.extend(more);
+    }
+    before
+        .iter()
+        .filter(|j| !failed(&j.status) && plan.jobs.iter().any(|p| p.key == j.key))
+        .filter(|j| {
+            let downstream = plan.jobs.iter().any(|p| p.key == j.key && p.needs.iter().any(|n| again.contains(n)));
+            !downstream
+        })
+        .filter_map(|j| {
+            let st = match j.status.as_str() {
+                status::SUCCESS => Status::Success,
+                "skipped" => Status::Skipped,
+                _ => return None,
+            };
+            Some((j.key.clone(), (st, j.outputs.clone())))
+        })
+        .collect()
+}
+
+/// Rerun: the jobs to run again for `failed_only`, as the engine's `job` option.
+pub fn rerun_job(jobs: &[store::Job]) -> Result<Option<String>, String> {
+    let failed: BTreeMap<&str, ()> = jobs
+        .iter()
+        .filter(|j| j.status == status::FAILURE || j.status == status::CANCELLED)
+        .map(|j| (j.job.as_str(), ()))
+        .collect();
+    if failed.is_empty() {
+        return Err("the run has no failed jobs to run again".into());
+    }
+    // The engine takes several jobs separated by commas, each with what it needs.
+    Ok(Some(failed.keys().copied().collect::<Vec<_>>().join(",")))
+}

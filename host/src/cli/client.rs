@@ -1,0 +1,323 @@
+//! `skiff trigger` and `skiff runs …`: command-line clients of the Open API.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use skiff_pipeline::inert;
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use skiff_server::sse::SseParser;
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The host's URL.
+    #[arg(long, env = "SKIFF_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// An API token.
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// `skiff trigger APP`.
+#[derive(Debug, Clone, Args)]
+pub struct TriggerArgs {
+    /// The app.
+    pub app: String,
+    /// The Git ref (`main`, `refs/tags/v1`).
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// An input, repeatable.
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    pub inputs: Vec<String>,
+    /// Follow the run's logs and exit with its result (0 only on success).
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `skiff runs …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a run with its jobs and steps.
+    Show {
+        /// The run id.
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a run's logs.
+    Logs {
+        /// The run id.
+        id: i64,
+        /// Keep printing until the run is over; exit with its result.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a queued or running run.
+    Cancel {
+        /// The run id.
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a finished run again.
+    Rerun {
+        /// The run id.
+        id: i64,
+        /// Only its failed jobs.
+        #[arg(long)]
+        failed: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(c: &ClientArgs) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().build()?;
+        Ok(Api { http, base: c.server.trim_end_matches('/').to_string(), token: c.token.clone() })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = r.send().await.with_context(|| format!("reaching {}", self.base))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body.get("error").and_then(Value::as_str).unwrap_or("no message");
+            bail!("{} answered {status}: {msg}", self.base);
+        }
+        Ok(body)
+    }
+}
+
+fn pair(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s.split_once('=').with_context(|| format!("input `{s}` is not KEY=VALUE"))?;
+    Ok((k.trim().to_string(), v.to_string()))
+}
+
+/// Runs `skiff trigger`.
+pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.client)?;
+    let inputs: BTreeMap<String, String> = args.inputs.iter().map(|s| pair(s.as_str())).collect::<Result<_, _>>()?;
+    let body = serde_json::json!({"ref": args.git_ref, "inputs": inputs});
+    let r = api.send(api.req(reqwest::Method::POST, &format!("/v1/apps/{}/runs", args.app)).json(&body)).await?;
+    let id = r["id"].as_i64().context("the answer has no run id")?;
+    eprintln!("run {id} ({} #{}) queued", args.app, r["number"]);
+    crate::outln!("{id}");
+    if args.follow {
+        return follow(&api, id).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `skiff runs …`.
+pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RunsCommand::List { app, status, limit, json, client } => {
+            let api = Api::new(&client)?;
+            let mut q = vec![("limit", limit.to_string())];
+            q.extend(app.map(|a| ("app", a)));
+            q.extend(status.map(|s| ("status", s)));
+            let r = api.send(api.req(reqwest::Method::GET, "/v1/runs").query(&q)).await?;
+            if json {
+                crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            crate::outln!(
+                "{:>6}  {:<16} {:>5}  {:<10} {:<12} {:<24} {:>9}",
+                "ID",
+                "APP",
+                "#",
+                "STATUS",
+                "TRIGGER",
+                "REF",
+                "DURATION"
+            );
+            for run in r["runs"].as_array().into_iter().flatten() {
+                crate::outln!(
+                    "{:>6}  {:<16} {:>5}  {:<10} {:<12} {:<24} {:>9}",
+                    run["id"],
+                    run["app"].as_str().unwrap_or(""),
+                    run["number"],
+                    run["status"].as_str().unwrap_or(""),
+                    run["trigger"].as_str().unwrap_or(""),
+                    run["ref"].as_str().unwrap_or("-"),
+                    duration(&run["duration_ms"]),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Show { id, json, client } => {
+            let api = Api::new(&client)?;
+            let r = api.send(api.req(reqwest::Method::GET, &format!("/v1/runs/{id}"))).await?;
+            if json {
+                crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_run(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Logs { id, follow: true, client } => follow(&Api::new(&client)?, id).await,
+        RunsCommand::Logs { id, follow: false, client } => {
+            let api = Api::new(&client)?;
+            let r = api.send(api.req(reqwest::Method::GET, &format!("/v1/runs/{id}/logs"))).await?;
+            for l in r["lines"].as_array().into_iter().flatten() {
+                print_line(l);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Cancel { id, client } => {
+            let api = Api::new(&client)?;
+            let r = api.send(api.req(reqwest::Method::POST, &format!("/v1/runs/{id}/cancel"))).await?;
+            crate::outln!("run {id}: {}", r["status"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Rerun { id, failed, client } => {
+            let api = Api::new(&client)?;
+            let body = serde_json::json!({"failed_only": failed});
+            let r = api.send(api.req(reqwest::Method::POST, &format!("/v1/runs/{id}/rerun")).json(&body)).await?;
+            eprintln!("run {} queued (run {id} again)", r["id"]);
+            crate::outln!("{}", r["id"]);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn duration(v: &Value) -> String {
+    match v.as_i64() {
+        Some(ms) if ms >= 60_000 => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
+        Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+/// A string field of the API's answer, made inert for the terminal (a run's name, reason,
+/// errors and logs come from the pipeline, the event and the steps).
+fn field(v: &Value) -> String {
+    let text = v.as_str().unwrap_or("");
+    let colours = inert::colours_on_stdout();
+    text.lines().map(|l| inert::terminal_text(l, colours)).collect::<Vec<_>>().join(" ")
+}
+
+fn print_run(r: &Value) {
+    crate::outln!(
+        "run {} — {} #{} (attempt {}): {}",
+        r["id"],
+        field(&r["app"]),
+        r["number"],
+        r["attempt"],
+        field(&r["status"])
+    );
+    crate::outln!("  trigger: {} — {}", field(&r["trigger"]), field(&r["reason"]));
+    if r["ref"].is_string() {
+        crate::outln!("  ref:     {}", field(&r["ref"]));
+    }
+    if r["error"].is_string() {
+        crate::outln!("  error:   {}", field(&r["error"]));
+    }
+    crate::outln!("  time:    {}", duration(&r["duration_ms"]));
+    for j in r["jobs"].as_array().into_iter().flatten() {
+        crate::outln!("  job {} [{}] {}", field(&j["key"]), field(&j["status"]), duration(&j["duration_ms"]));
+        for s in j["steps"].as_array().into_iter().flatten() {
+            let u = &s["usage"];
+            let mut extra = String::new();
+            if let Some(c) = u["cpu_ms"].as_i64() {
+                extra.push_str(&format!(" cpu {c} ms"));
+            }
+            if let Some(m) = u["peak_memory_bytes"].as_i64() {
+                extra.push_str(&format!(" mem {} KiB", m / 1024));
+            }
+            if let Some(b) = u["egress_bytes"].as_i64() {
+                extra.push_str(&format!(" egress {b} B"));
+            }
+            crate::outln!(
+                "    {:<24} {:<10} {:>7}{extra}",
+                field(&s["name"]),
+                field(&s["status"]),
+                duration(&u["wall_ms"])
+            );
+            if s["error"].is_string() {
+                crate::outln!("      {}", field(&s["error"]));
+            }
+        }
+    }
+}
+
+fn print_line(l: &Value) {
+    crate::outln!("[{}/{}] {}", field(&l["job"]), field(&l["step"]), field(&l["text"]));
+}
+
+/// Follows a run's SSE stream; exit 0 only if it succeeded.
+async fn follow(api: &Api, id: i64) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt as _;
+    let resp = api
+        .req(reqwest::Method::GET, &format!("/v1/runs/{id}/logs/stream"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .with_context(|| format!("reaching {}", api.base))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!("{} answered {status}: {}", api.base, body["error"].as_str().unwrap_or("no message"));
+    }
+    let mut stream = resp.bytes_stream();
+    let mut parser = SseParser::default();
+    while let Some(chunk) = stream.next().await {
+        for (event, data) in parser.feed(&chunk?) {
+            let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            match event.as_str() {
+                "log" => print_line(&v),
+                "end" => {
+                    let st = v["status"].as_str().unwrap_or("");
+                    eprintln!("run {id}: {st}");
+                    std::io::stdout().flush().ok();
+                    return Ok(if st == "success" { ExitCode::SUCCESS } else { ExitCode::from(1) });
+                }
+                _ => {}
+            }
+        }
+    }
+    bail!("the log stream of run {id} ended before the run did")
+}

@@ -1,0 +1,89 @@
+//! `skiff`: run pipelines and steps locally, or serve webhooks and runs. Every command and its
+//! arguments live in `cli/`; the work is done by the library crates (`skiff-runtime`,
+//! `skiff-server`, `skiff-spin-host`, `skiff-pipeline`, `skiff-sandbox`).
+
+mod cli;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use cli::step;
+use skiff_runtime::executor::LocalExecutor;
+use skiff_runtime::{EngineOptions, Runtime};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Serverless CI/CD where every step is a capability-limited WebAssembly component."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline locally, the way the host runs it for a webhook.
+    Run(cli::run::RunArgs),
+    /// Check a pipeline and report every problem at once.
+    Validate(cli::validate::ValidateArgs),
+    /// Write a skiff.toml for `skiff serve`, with an admin token and a webhook secret.
+    Init(cli::init::InitArgs),
+    /// Serve webhooks, dispatches, the Open API and runs.
+    Serve(Box<cli::serve::ServeArgs>),
+    /// Start a run of an app on a server.
+    Trigger(cli::client::TriggerArgs),
+    /// List, show, follow and cancel runs on a server.
+    Runs {
+        #[command(subcommand)]
+        cmd: cli::client::RunsCommand,
+    },
+    /// Run or inspect a single step component.
+    #[command(subcommand)]
+    Step(step::StepCommand),
+    /// Run the edge master's Spin component locally, as Fermyon would.
+    #[command(subcommand)]
+    Edge(EdgeCommand),
+}
+
+#[derive(Subcommand)]
+enum EdgeCommand {
+    /// Serve a Spin application (`spin.toml`) whose components are `wasi:http@0.3` handlers.
+    Up(cli::edge::EdgeUpArgs),
+}
+
+/// The executor for local runs: one shared runtime, components cached on disk.
+fn local_executor() -> anyhow::Result<Arc<LocalExecutor>> {
+    let runtime = Runtime::new(EngineOptions { pool_size: 64, ..Default::default() }, None)?;
+    Ok(Arc::new(LocalExecutor::new(Arc::new(runtime))))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Step(cmd) => step::run(cmd).await,
+        Command::Run(args) => match local_executor() {
+            Ok(executor) => cli::run::run(args, executor).await,
+            Err(e) => Err(e),
+        },
+        Command::Validate(args) => cli::validate::run(args),
+        Command::Init(args) => cli::init::run(args),
+        Command::Serve(args) => match local_executor() {
+            Ok(executor) => cli::serve::serve(*args, executor).await.map(|()| ExitCode::SUCCESS),
+            Err(e) => Err(e),
+        },
+        Command::Trigger(args) => cli::client::trigger(args).await,
+        Command::Runs { cmd } => cli::client::runs(cmd).await,
+        Command::Edge(EdgeCommand::Up(args)) => cli::edge::up(args).await.map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

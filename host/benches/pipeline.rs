@@ -13,9 +13,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use skiff_pipeline::engine::NoObserver;
 use skiff_pipeline::expr::{Scope, compile, parse_template};
-use skiff_pipeline::{
-    LogLine, RunOptions, StepExecutor, StepOutcome, StepRequest, StepResult, load_str, run_pipeline,
-};
+use skiff_pipeline::{LogLine, RunOptions, StepExecutor, StepOutcome, StepRequest, StepResult, load_str, run_pipeline};
 
 /// 10 jobs in a chain of needs, 20 steps each, with expressions in most values.
 fn generated(jobs: usize, steps: usize) -> String {

@@ -177,11 +177,8 @@ async fn main() {
     // Nothing lost: every accepted run is stored and reaches `success`.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let f = skiff_server::store::RunFilter {
-            status: Some("success".into()),
-            limit: Some(500),
-            ..Default::default()
-        };
+        let f =
+            skiff_server::store::RunFilter { status: Some("success".into()), limit: Some(500), ..Default::default() };
         let done = count_success(&server.shared.store, f);
         if done == before as usize + accepted {
             break;

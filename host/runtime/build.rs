@@ -20,7 +20,8 @@ const TEST_GUESTS: &[(&str, &str, &str)] = &[("skiff-test-guest-hostile", "skiff
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.ancestors().nth(2).expect("host/runtime/ sits two levels below the workspace root").to_path_buf();
+    let root =
+        manifest_dir.ancestors().nth(2).expect("host/runtime/ sits two levels below the workspace root").to_path_buf();
     for watched in ["steps", "step-sdk", "wit", "host/test-guests", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }

@@ -13,10 +13,10 @@ use crate::capabilities::connect::tls_config;
 use crate::capabilities::http::Allowlist;
 use crate::capabilities::log::LogRecord;
 use crate::capabilities::process::ProcessGrant;
+use crate::limits::Limits;
 use crate::pipeline::executor::{
     LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, StepUsage, caps,
 };
-use crate::limits::Limits;
 use crate::{Runtime, StepInvocation, StepStatus};
 
 /// Output keys the shell step uses to hand env, path and cleanup to the engine.

@@ -6,13 +6,13 @@
 
 pub mod bindings;
 pub mod builtin;
-pub mod capabilities;
-pub mod executor;
-pub mod workspace;
 pub mod cache;
+pub mod capabilities;
 pub mod engine;
+pub mod executor;
 pub mod limits;
 pub mod state;
+pub mod workspace;
 
 // The pipeline language and the process sandbox are crates of their own; the runtime's
 // modules name them as `crate::pipeline`, `crate::sandbox` and `crate::mask`.

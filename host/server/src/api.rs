@@ -17,8 +17,8 @@ use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use skiff_edge_core::{
-    Decision, Dispatch, Event, Headers, MAX_BODY_BYTES, MAX_DISPATCH_BODY_BYTES, VerifyError, VerifyOptions,
-    decide_with_headers, normalize, verify, verify_dispatch,
+    self as edge, Decision, Dispatch, Event, Headers, MAX_BODY_BYTES, MAX_DISPATCH_BODY_BYTES, VerifyError,
+    VerifyOptions, verify_dispatch,
 };
 use utoipa::ToSchema;
 
@@ -291,9 +291,24 @@ pub(crate) async fn hook(
     })?;
     let h = edge_headers(&headers);
     let opts = VerifyOptions { allowed: app.provider.map(|p| vec![p]), ..VerifyOptions::default() };
-    let provider = verify(&h, &bytes, secret, now_unix(), &opts)?;
-    let event = normalize(provider, &h, &bytes).map_err(|e| ApiError::Status(e.status(), e.to_string()))?;
-    let decisions = decide_with_headers(&event, &h, std::slice::from_ref(&app.edge));
+    // The same intake as the edge masters: a sender sees one answer whichever one it reaches.
+    let (event, decisions) = match edge::accept(secret, &opts, std::slice::from_ref(&app.edge), &h, &bytes, now_unix())
+    {
+        edge::Accepted::Rejected(e) => return Err(e.into()),
+        edge::Accepted::BadRequest { error, .. } => return Err(ApiError::Status(error.status(), error.to_string())),
+        ping @ edge::Accepted::Ping { .. } => {
+            let (message, event) = (ping.message(), ping.event().expect("a ping is an event"));
+            let body = HookResponse {
+                status: 200,
+                message,
+                delivery_id: event.delivery_id.clone(),
+                decisions: Vec::new(),
+                runs: Vec::new(),
+            };
+            return Ok((StatusCode::OK, Json(body)).into_response());
+        }
+        edge::Accepted::Decided { event, decisions } => (event, decisions),
+    };
     let mut runs = Vec::new();
     for d in &decisions {
         if let Some(dispatch) = Dispatch::new(&event, d) {

@@ -529,7 +529,8 @@ fn repo_settings(
 /// step that uses it.
 pub fn read_ca_bundle(path: &Path) -> anyhow::Result<std::sync::Arc<str>> {
     let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    skiff_runtime::capabilities::connect::tls_config(Some(&pem)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    skiff_runtime::capabilities::connect::tls_config(Some(&pem))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(pem.into())
 }
 

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use skiff_pipeline::inert;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
+use skiff_pipeline::inert;
 
 use skiff_server::sse::SseParser;
 

@@ -50,7 +50,6 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(t)
 }
 
-
 /// `skiff edge up`: serves the application until interrupted.
 pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
     let manifest = Manifest::load(&args.manifest)?;
@@ -84,4 +83,3 @@ pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
     };
     skiff_spin_host::serve(app, listener, shutdown).await
 }
-

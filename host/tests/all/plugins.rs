@@ -588,7 +588,9 @@ async fn checkout_over_https_checks_the_forge_s_certificate_against_the_app_s_ca
     assert!(report.status.succeeded(), "{:?}\n{log}", report.status);
     assert_eq!(std::fs::read_to_string(ws.path().join("README.md")).unwrap(), "# over TLS\n");
     assert_eq!(seen.lock().unwrap()[0].header("host"), Some(format!("127.0.0.1:{port}").as_str()));
-    assert!(skiff_runtime::capabilities::connect::tls_config(Some("not pem")).unwrap_err().contains("no PEM certificate"));
+    assert!(
+        skiff_runtime::capabilities::connect::tls_config(Some("not pem")).unwrap_err().contains("no PEM certificate")
+    );
 }
 
 #[tokio::test]

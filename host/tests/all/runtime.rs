@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use skiff_runtime::builtin;
+use skiff_runtime::cache::Source;
 use skiff_runtime::capabilities::http::Allowlist;
 use skiff_runtime::capabilities::log::{Level, LogRecord};
 use skiff_runtime::capabilities::process::ProcessGrant;
-use skiff_runtime::cache::Source;
 use skiff_runtime::limits::Limits;
 use skiff_runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation, StepReport, StepStatus};
 

@@ -344,6 +344,38 @@ async fn webhooks_are_verified_matched_and_deduplicated() {
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
 
+/// `/hooks/{app}` takes a webhook in through the edge core's `accept`, as both edge masters do:
+/// a ping gets the masters' own answer, and no run.
+#[tokio::test]
+async fn a_ping_is_answered_as_the_edge_masters_answer_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let body = br#"{"zen":"Design for failure.","hook_id":7}"#;
+    let mut req = github_hook("web", body, "ping-1", WEBHOOK_SECRET);
+    req.headers_mut().insert("x-github-event", "ping".parse().unwrap());
+    let (st, r) = call(&s, req).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let app: skiff_edge_core::App = serde_json::from_value(json!({"name": "web"})).unwrap();
+    let headers = skiff_edge_core::Headers::from_pairs([
+        ("x-github-event", "ping"),
+        ("x-github-delivery", "ping-1"),
+        ("x-hub-signature-256", &skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), body)),
+    ]);
+    let edge = skiff_edge_core::accept(
+        &skiff_edge_core::Secret::new(WEBHOOK_SECRET),
+        &Default::default(),
+        std::slice::from_ref(&app),
+        &headers,
+        body,
+        now(),
+    );
+    assert_eq!(r["message"].as_str(), Some(edge.message().as_str()), "{r}");
+    assert!(r["message"].as_str().unwrap().starts_with("pong"), "{r}");
+    assert_eq!(r["delivery_id"], "ping-1");
+    assert_eq!(r["runs"], json!([]));
+    assert_eq!(s.store.count_runs().unwrap(), 0);
+}
+
 #[tokio::test]
 async fn tokens_are_required_and_scoped_to_apps() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,8 +11,8 @@ use serde::Serialize;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::mask::Masker;
 use crate::bindings::skiff::step::log as wit;
+use crate::mask::Masker;
 use crate::state::StepState;
 
 /// Where a log line came from.
@@ -106,10 +106,7 @@ impl LogPipe {
         let total = self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         if total > self.limit {
             if !self.exceeded.swap(true, Ordering::Relaxed) {
-                self.system(format!(
-                    "log limit {} reached: the step is stopped",
-                    crate::limits::Bytes(self.limit)
-                ));
+                self.system(format!("log limit {} reached: the step is stopped", crate::limits::Bytes(self.limit)));
             }
             return false;
         }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::bindings::skiff::step::process as wit;
-use crate::state::StepState;
 use crate::sandbox::{self, Capture, Egress, Exit, SandboxError, SandboxSpec, Stream};
+use crate::state::StepState;
 
 use super::egress::{self, Destinations, EgressProxy};
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use cli::step;
+use skiff_runtime::artifact_store::ArtifactStore;
 use skiff_runtime::executor::LocalExecutor;
 use skiff_runtime::{EngineOptions, Runtime};
 
@@ -54,10 +55,13 @@ enum EdgeCommand {
     Up(cli::edge::EdgeUpArgs),
 }
 
-/// The executor for local runs: one shared runtime, components cached on disk.
-fn local_executor() -> anyhow::Result<Arc<LocalExecutor>> {
+/// The executor for `skiff run` and `skiff serve`: one shared runtime, components cached on
+/// disk, artifacts stored in `artifacts`.
+fn local_executor(artifacts: Arc<dyn ArtifactStore>) -> anyhow::Result<Arc<LocalExecutor>> {
     let runtime = Runtime::new(EngineOptions { pool_size: 64, ..Default::default() }, None)?;
-    Ok(Arc::new(LocalExecutor::new(Arc::new(runtime))))
+    let mut executor = LocalExecutor::new(Arc::new(runtime));
+    executor.artifacts = Some(artifacts);
+    Ok(Arc::new(executor))
 }
 
 #[tokio::main]
@@ -65,16 +69,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Step(cmd) => step::run(cmd).await,
-        Command::Run(args) => match local_executor() {
-            Ok(executor) => cli::run::run(args, executor).await,
-            Err(e) => Err(e),
-        },
+        Command::Run(args) => cli::run::run(args).await,
         Command::Validate(args) => cli::validate::run(args),
         Command::Init(args) => cli::init::run(args),
-        Command::Serve(args) => match local_executor() {
-            Ok(executor) => cli::serve::serve(*args, executor).await.map(|()| ExitCode::SUCCESS),
-            Err(e) => Err(e),
-        },
+        Command::Serve(args) => cli::serve::serve(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Trigger(args) => cli::client::trigger(args).await,
         Command::Runs { cmd } => cli::client::runs(cmd).await,
         Command::Edge(EdgeCommand::Up(args)) => cli::edge::up(args).await.map(|()| ExitCode::SUCCESS),

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +30,7 @@ pub struct LocalExecutor {
     /// Default limits; a step's `timeout-minutes` and memory override them.
     pub limits: Limits,
     /// Where `artifacts.upload` stores files, per run.
-    pub artifacts_root: Option<PathBuf>,
+    pub artifacts: Option<Arc<dyn crate::artifact_store::ArtifactStore>>,
     /// Run processes without bubblewrap (an explicit host flag; logged on every run).
     pub unsandboxed_processes: bool,
     /// The last CA bundle seen and its TLS settings: an app's steps share one bundle, parsed once.
@@ -48,7 +47,7 @@ impl LocalExecutor {
         Self {
             runtime,
             limits,
-            artifacts_root: None,
+            artifacts: None,
             unsandboxed_processes: false,
             tls_cache: Default::default(),
             builtins: Default::default(),
@@ -175,7 +174,7 @@ impl LocalExecutor {
             allow_hosts,
             process,
             limits,
-            artifacts_dir: self.artifacts_root.as_ref().map(|r| r.join(&req.run_id)),
+            artifacts: self.artifacts.clone(),
             tls: match req.ca_bundle.as_ref().map(|pem| self.tls_for(pem)) {
                 None => None,
                 Some(Ok(c)) => Some(c),

@@ -4,6 +4,7 @@
 //! (`capabilities`, one module each). `executor` runs a pipeline's steps on it,
 //! with the built-in steps (`builtin`) embedded.
 
+pub mod artifact_store;
 pub mod bindings;
 pub mod builtin;
 pub mod cache;
@@ -39,6 +40,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
 
+use self::artifact_store::ArtifactStore;
 use self::bindings::{Step, StepPre};
 use self::cache::{DiskCache, Source};
 pub use self::engine::EngineOptions;
@@ -84,7 +86,8 @@ pub struct StepInvocation {
     pub allow_hosts: Allowlist,
     pub process: ProcessGrant,
     pub limits: Limits,
-    pub artifacts_dir: Option<PathBuf>,
+    /// Where `artifacts.upload` stores files (under `run_id`); none refuses uploads.
+    pub artifacts: Option<Arc<dyn ArtifactStore>>,
     /// The roots HTTPS certificates are checked against, when an app or the host trusts more
     /// than the Web PKI (see [`crate::capabilities::connect::tls_config`]).
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -264,7 +267,9 @@ impl Runtime {
             secrets: inv.secrets.clone(),
             process: inv.process.clone(),
             workspace: inv.workspace.clone(),
-            artifacts_dir: inv.artifacts_dir.clone(),
+            artifacts: inv.artifacts.clone(),
+            run_id: inv.run_id.clone(),
+            step_id: inv.step_id.clone(),
             cpu_ticks: 0,
             cpu_limit_ticks,
             cpu_exceeded: false,

@@ -24,7 +24,10 @@ pub struct StepState {
     pub secrets: BTreeMap<String, String>,
     pub process: ProcessGrant,
     pub workspace: PathBuf,
-    pub artifacts_dir: Option<PathBuf>,
+    /// The run's artifact store, and the names an artifact is stored under.
+    pub artifacts: Option<Arc<dyn crate::artifact_store::ArtifactStore>>,
+    pub run_id: String,
+    pub step_id: String,
     /// Epoch ticks spent running WebAssembly.
     pub cpu_ticks: u64,
     pub cpu_limit_ticks: u64,

@@ -35,6 +35,7 @@ pub use api::app;
 pub use config::ServeConfig;
 
 use skiff_pipeline::StepExecutor;
+use skiff_runtime::artifact_store::{ArtifactStore, LocalArtifacts};
 
 /// Which routes a process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +45,12 @@ pub enum Role {
     All,
     /// Host routes only (`/v1/…`), behind a remote master.
     Host,
+}
+
+/// The artifact store of a host: `artifacts/` in its data directory. The executor that runs the
+/// steps and the API that lists and serves artifacts open the same one.
+pub fn artifact_store(config: &ServeConfig) -> Arc<dyn ArtifactStore> {
+    Arc::new(LocalArtifacts::new(config.data_dir.join("artifacts")))
 }
 
 /// Everything the routes, the scheduler and the cron loop share.
@@ -70,6 +77,8 @@ pub struct Shared {
     pub repos: Arc<crate::repository::fetch::RepoCache>,
     /// Commit statuses on their way to the forges.
     pub statuses: crate::repository::status::Reporter,
+    /// The runs' artifacts (see [`artifact_store`]).
+    pub artifacts: Arc<dyn ArtifactStore>,
     accept: std::sync::mpsc::Sender<Pending>,
     wake: Notify,
     halted: AtomicBool,
@@ -103,6 +112,7 @@ impl Shared {
         let repos = Arc::new(crate::repository::fetch::RepoCache::new(config.data_dir.join("repos")));
         let client = crate::repository::status::Reporter::http_client().map_err(anyhow::Error::msg)?;
         let statuses = crate::repository::status::Reporter::new(client, Default::default());
+        let artifacts = artifact_store(&config);
         Ok(Arc::new(Shared {
             accept,
             config: Arc::new(config),
@@ -116,6 +126,7 @@ impl Shared {
             checked_out: Mutex::default(),
             repos,
             statuses,
+            artifacts,
             wake: Notify::new(),
             halted: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -6,8 +6,8 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    self, Accepted, CreateRun, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail, RunList, RunStatus,
-    StreamEvent,
+    self, Accepted, ArtifactList, CreateRun, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail,
+    RunList, RunStatus, StreamEvent,
 };
 use super::logs::LogRecord;
 use super::store::{Job, Run, Step, Usage};
@@ -16,10 +16,10 @@ use super::store::{Job, Run, Step, Usage};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Skiff host API", description = "Runs, logs and webhooks of `skiff serve`. Routes under /v1 except /v1/dispatch and /v1/openapi.json take `Authorization: Bearer <token>`; a token sees only its apps."),
-    paths(api::health, api::openapi_json, api::hook, api::dispatch, api::create_run, api::list_runs, api::get_run, api::get_logs, api::stream_logs, api::cancel_run, api::rerun),
-    components(schemas(Accepted, CreateRun, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent, LogRecord, Job, Run, Step, Usage)),
+    paths(api::health, api::openapi_json, api::hook, api::dispatch, api::create_run, api::list_runs, api::get_run, api::get_logs, api::stream_logs, api::cancel_run, api::rerun, api::list_artifacts, api::download_artifact),
+    components(schemas(Accepted, ArtifactList, CreateRun, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent, LogRecord, Job, Run, Step, Usage)),
     modifiers(&Token),
-    tags((name = "runs"), (name = "logs"), (name = "webhooks"), (name = "host"))
+    tags((name = "runs"), (name = "logs"), (name = "artifacts"), (name = "webhooks"), (name = "host"))
 )]
 pub struct ApiDoc;
 

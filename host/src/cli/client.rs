@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -84,6 +85,22 @@ pub enum RunsCommand {
     Cancel {
         /// The run id.
         id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a run's artifacts, or download them.
+    Artifacts {
+        /// The run id.
+        id: i64,
+        /// Download them into this folder (created if missing), each checked against its SHA-256.
+        #[arg(long, value_name = "DIR")]
+        download: Option<PathBuf>,
+        /// Only this artifact (repeatable).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -213,6 +230,9 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             crate::outln!("run {id}: {}", r["status"].as_str().unwrap_or("?"));
             Ok(ExitCode::SUCCESS)
         }
+        RunsCommand::Artifacts { id, download, names, json, client } => {
+            artifacts(&Api::new(&client)?, id, download.as_deref(), &names, json).await
+        }
         RunsCommand::Rerun { id, failed, client } => {
             let api = Api::new(&client)?;
             let body = serde_json::json!({"failed_only": failed});
@@ -222,6 +242,99 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `skiff runs artifacts`: lists a run's artifacts, or downloads them into `into`.
+async fn artifacts(
+    api: &Api,
+    id: i64,
+    into: Option<&std::path::Path>,
+    names: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let r = api.send(api.req(reqwest::Method::GET, &format!("/v1/runs/{id}/artifacts"))).await?;
+    let all: Vec<Value> = r["artifacts"].as_array().cloned().unwrap_or_default();
+    for n in names {
+        if !all.iter().any(|a| a["name"].as_str() == Some(n)) {
+            let have: Vec<&str> = all.iter().filter_map(|a| a["name"].as_str()).collect();
+            bail!(
+                "run {id} has no artifact `{n}`; it has {}",
+                if have.is_empty() { "none".to_string() } else { have.join(", ") }
+            );
+        }
+    }
+    let chosen: Vec<&Value> =
+        all.iter().filter(|a| names.is_empty() || names.iter().any(|n| a["name"].as_str() == Some(n))).collect();
+    let Some(dir) = into else {
+        if json {
+            crate::outln!("{}", serde_json::to_string_pretty(&r)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if chosen.is_empty() {
+            eprintln!("run {id} stored no artifacts");
+        }
+        for a in chosen {
+            crate::outln!(
+                "{:<40} {:>12}  {}  {}",
+                a["name"].as_str().unwrap_or("?"),
+                a["size"],
+                a["step"].as_str().unwrap_or("?"),
+                a["sha256"].as_str().unwrap_or("?")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for a in chosen {
+        let name = a["name"].as_str().unwrap_or_default();
+        // The name comes from the server: it must not lead out of the folder.
+        anyhow::ensure!(
+            skiff_runtime::artifact_store::valid_name(name),
+            "the server named an artifact `{name}`, which is not a plain file name; nothing was written for it"
+        );
+        let want = a["sha256"].as_str().unwrap_or_default().to_string();
+        let size = download(api, &format!("/v1/runs/{id}/artifacts/{name}"), &dir.join(name), &want).await?;
+        eprintln!("downloaded {name} ({size} bytes)");
+        crate::outln!("{}", dir.join(name).display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams one artifact to `to` through a temporary file, checking its SHA-256 before the rename.
+async fn download(api: &Api, path: &str, to: &std::path::Path, sha256: &str) -> anyhow::Result<u64> {
+    use futures::StreamExt as _;
+    use sha2::Digest as _;
+    let resp = api.req(reqwest::Method::GET, path).send().await.with_context(|| format!("reaching {}", api.base))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        bail!("{} answered {status}: {}", api.base, body.get("error").and_then(Value::as_str).unwrap_or("no message"));
+    }
+    let tmp = to.with_file_name(format!(".{}.part", to.file_name().unwrap_or_default().display()));
+    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut hash = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut stream = resp.bytes_stream();
+    let result: anyhow::Result<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| format!("downloading {path}"))?;
+            hash.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        let got = hex::encode(hash.finalize());
+        anyhow::ensure!(
+            got == sha256,
+            "{path} arrived with SHA-256 {got}, not the {sha256} the server listed; the download was discarded"
+        );
+        file.sync_all()?;
+        std::fs::rename(&tmp, to).with_context(|| format!("moving the download to {}", to.display()))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| size)
 }
 
 fn duration(v: &Value) -> String {

@@ -12,6 +12,7 @@ use clap::Args;
 
 use skiff_pipeline::inert;
 use skiff_pipeline::{RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, load_file, run_pipeline};
+use skiff_runtime::artifact_store::{ArtifactStore as _, LocalArtifacts};
 
 /// Arguments of `skiff run`.
 #[derive(Debug, Clone, Default, Args)]
@@ -53,6 +54,10 @@ pub struct RunArgs {
     /// Print run events as JSON lines instead of the terminal view.
     #[arg(long)]
     pub json: bool,
+    /// Where the steps' artifacts (`upload` with `target: artifact`) are kept: `DIR/RUN-ID/NAME`
+    /// (default: `skiff-artifacts` under the temp dir). The run's folder is printed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
 }
 
 fn pair(s: &str, what: &str) -> anyhow::Result<(String, String)> {
@@ -133,7 +138,7 @@ fn repository(name: &str, body: &serde_json::Value) -> Option<serde_json::Value>
 }
 
 /// Runs `skiff run`.
-pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Result<ExitCode> {
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let path = super::validate::find_pipeline(args.pipeline.clone())?;
     let plan = match load_file(&path) {
         Ok(p) => p,
@@ -172,6 +177,9 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
 
     let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let run_id = format!("local-{millis}-{}", std::process::id());
+    let artifacts_root = args.artifacts.clone().unwrap_or_else(|| std::env::temp_dir().join("skiff-artifacts"));
+    let artifacts = Arc::new(LocalArtifacts::new(&artifacts_root));
+    let executor: Arc<dyn StepExecutor> = crate::local_executor(artifacts.clone())?;
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
         None => std::env::temp_dir().join(format!("skiff-{run_id}")),
@@ -183,6 +191,7 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
         skiff_runtime::workspace::copy_tree(&project, &workspace, NOT_COPIED)
             .with_context(|| format!("copying {} into the workspace {}", project.display(), workspace.display()))?;
     }
+    let this_run = run_id.clone();
     let opts = RunOptions {
         run_id,
         run_number: 1,
@@ -222,6 +231,13 @@ pub async fn run(args: RunArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Resu
         print_summary(&report);
         report
     };
+    match artifacts.list(&this_run) {
+        Ok(stored) if !stored.is_empty() && !args.json => {
+            eprintln!("artifacts: {} stored in {}", stored.len(), artifacts_root.join(&this_run).display())
+        }
+        Err(e) => eprintln!("the artifacts in {} could not be listed: {e}", artifacts_root.display()),
+        _ => {}
+    }
     if args.workspace.is_none() {
         if report.success() && !args.keep_workspace {
             if let Err(e) = std::fs::remove_dir_all(&workspace) {

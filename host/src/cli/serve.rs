@@ -3,11 +3,9 @@
 
 use std::io::Read as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use skiff_pipeline::StepExecutor;
 use skiff_server::{config, conn, crypto, start};
 
 /// Which routes a process serves.
@@ -87,7 +85,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Runs `skiff serve`.
-pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     if args.hash_token {
         let token = read_stdin("the API token")?;
@@ -124,6 +122,7 @@ pub async fn serve(args: ServeArgs, executor: Arc<dyn StepExecutor>) -> anyhow::
     let apps = config.apps.len();
     // Every socket is a file: take the whole allowance the host gives.
     conn::raise_open_file_limit();
+    let executor = crate::local_executor(skiff_server::artifact_store(&config))?;
     let server = start(config, executor, args.role.into()).await?;
     tracing::info!("listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
     shutdown_signal().await;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use skiff_runtime::artifact_store::ArtifactStore;
+
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use skiff_runtime::builtin;
@@ -60,7 +62,7 @@ pub struct RunArgs {
     /// The workspace directory (created if missing; default: the current directory).
     #[arg(long = "dir", value_name = "WORKSPACE")]
     dir: Option<PathBuf>,
-    /// Where `artifacts.upload` stores files.
+    /// Where `artifacts.upload` stores files: `DIR/RUN-ID/NAME`.
     #[arg(long, value_name = "DIR")]
     artifacts: Option<PathBuf>,
     /// Linear memory limit, like `256MiB`.
@@ -194,7 +196,10 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
             unsandboxed: args.unsandboxed_processes,
         },
         limits,
-        artifacts_dir: args.artifacts.clone(),
+        artifacts: args
+            .artifacts
+            .as_ref()
+            .map(|dir| Arc::new(skiff_runtime::artifact_store::LocalArtifacts::new(dir)) as Arc<dyn ArtifactStore>),
         tls: match &args.ca_file {
             None => None,
             Some(f) => Some(

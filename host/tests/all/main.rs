@@ -1,5 +1,6 @@
 //! The host's integration tests, one binary so linking happens once.
 
+mod artifacts;
 mod cli;
 mod connections;
 mod edge;

@@ -883,10 +883,15 @@ async fn upload_to_a_presigned_url_and_to_the_artifact_store() {
 
     let store = tempfile::tempdir().unwrap();
     let mut inv = invocation(ws.path(), port, &[("target", "artifact"), ("source", "*.json"), ("name", "report")]);
-    inv.artifacts_dir = Some(store.path().to_path_buf());
+    let artifacts = Arc::new(skiff_runtime::artifact_store::LocalArtifacts::new(store.path()));
+    inv.artifacts = Some(artifacts.clone());
+    let run_id = inv.run_id.clone();
     let (report, log) = run(&*step("upload").await, inv).await;
     assert!(report.status.succeeded(), "{:?}\n{log}", report.status);
     assert_eq!(report.outputs["keys"], "report");
+    use skiff_runtime::artifact_store::ArtifactStore as _;
+    let stored = artifacts.list(&run_id).unwrap();
+    assert_eq!((stored.len(), stored[0].name.as_str(), stored[0].size), (1, "report", 2), "{stored:?}");
 
     let inv = invocation(ws.path(), port, &[("target", "artifact"), ("source", "../etc/passwd")]);
     let (report, _) = run(&*step("upload").await, inv).await;

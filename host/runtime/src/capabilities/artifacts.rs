@@ -1,7 +1,9 @@
-//! The `artifacts` interface: copies a workspace file into the run's artifact store.
+//! The `artifacts` interface: copies a workspace file into the run's artifact store
+//! ([`crate::artifact_store`]).
 
 use std::path::{Component, Path, PathBuf};
 
+use crate::artifact_store::valid_name;
 use crate::bindings::skiff::step::artifacts as wit;
 use crate::state::StepState;
 
@@ -24,17 +26,9 @@ pub fn resolve_in_workspace(workspace: &Path, rel: &str) -> Result<PathBuf, Stri
     Ok(full)
 }
 
-/// An artifact name is one path segment of safe characters.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
 impl wit::Host for StepState {
     fn upload(&mut self, name: String, path: String) -> wasmtime::Result<Result<u64, String>> {
-        let Some(store) = self.artifacts_dir.clone() else {
+        let Some(store) = self.artifacts.clone() else {
             return Ok(Err("this run has no artifact store; `skiff step run` takes `--artifacts DIR`".into()));
         };
         if !valid_name(&name) {
@@ -52,7 +46,7 @@ impl wit::Host for StepState {
         if size > MAX_ARTIFACT {
             return Ok(Err(format!("`{path}` is larger than the 1 GiB artifact limit")));
         }
-        if let Err(e) = std::fs::create_dir_all(&store).and_then(|()| std::fs::copy(&src, store.join(&name))) {
+        if let Err(e) = store.put(&self.run_id, &self.step_id, &name, &src) {
             return Ok(Err(format!("storing artifact `{name}` failed: {e}")));
         }
         self.log.system(format!("stored artifact `{name}` ({size} bytes)"));

@@ -1,0 +1,198 @@
+//! A run's logs: stored lines (JSON or plain text) and a live Server-Sent Events stream.
+
+use super::*;
+
+/// Where to start reading logs.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Only lines with a larger `seq`.
+    pub after: Option<u64>,
+    /// `text`: plain text, a line each as `[job/step] text`, every control sequence removed
+    /// (also chosen by `Accept: text/plain`).
+    pub format: Option<LogFormat>,
+}
+
+/// Where to resume a log stream.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Only lines with a larger `seq`.
+    pub after: Option<u64>,
+}
+
+/// How stored logs are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// The JSON body (`Logs`).
+    Json,
+    /// Plain text, safe to print on a terminal.
+    Text,
+}
+
+/// Stored log lines.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Logs {
+    /// The run's status when read (`complete` once it is over).
+    pub status: String,
+    /// True when the run is over: no more lines will come.
+    pub complete: bool,
+    /// Lines in order, secrets masked.
+    pub lines: Vec<LogRecord>,
+}
+
+/// A run's stored logs.
+#[utoipa::path(get, path = "/v1/runs/{id}/logs", tag = "logs", params(("id" = i64, Path, description = "Run id"), LogQuery),
+    responses((status = 200, description = "The stored lines: JSON, or with `format=text` (or `Accept: text/plain`) plain text whose every control sequence is removed",
+               content((Logs = "application/json"), (String = "text/plain"))),
+              (status = 400, description = "The id or the query string is malformed", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody)),
+    security(("token" = [])))]
+pub(crate) async fn get_logs(
+    State(s): State<Arc<Shared>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let run = visible_run(&s, &caller, id)?;
+    let lines = s.logs.read(id, q.after.unwrap_or(0)).map_err(|e| anyhow::anyhow!("reading logs of run {id}: {e}"))?;
+    let accepts_text = || {
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(',').any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("text/plain")))
+        })
+    };
+    if q.format == Some(LogFormat::Text) || (q.format.is_none() && accepts_text()) {
+        // Logs are data: what a step printed cannot move a terminal's cursor or title.
+        let mut text = String::new();
+        for l in &lines {
+            let clean = |s: &str| skiff_pipeline::inert::terminal_text(s, false).into_owned();
+            for line in l.text.lines() {
+                text.push_str(&format!("[{}/{}] {}\n", clean(&l.job), clean(&l.step), clean(line)));
+            }
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    Ok(Json(Logs { complete: status::is_terminal(&run.status), status: run.status, lines }).into_response())
+}
+
+/// One Server-Sent Event of a log stream, as an OpenAPI 3.2 `itemSchema` describes events: its
+/// name (`event`), its `id` and its `data`, which is JSON. Only the document uses this type
+/// (`follow` writes the events); OpenAPI 3.1 tools, schemathesis among them, read the `schema`
+/// of `text/event-stream` as the schema of each event.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum StreamEvent {
+    /// A log line.
+    Log {
+        /// Its `seq`: reconnect with it as `Last-Event-ID` to resume after it.
+        id: String,
+        /// A `LogRecord`, as JSON.
+        data: String,
+    },
+    /// A step or job changed state.
+    Step {
+        /// `{"event": "step", "job", "step", "name", "status"}`, as JSON.
+        data: String,
+    },
+    /// The run is over; the last event of the stream.
+    End {
+        /// `{"status"}`: the run's final status, as JSON.
+        data: String,
+    },
+}
+
+/// Follows a run's logs as Server-Sent Events: `log` events (data: a log line, id: its `seq`),
+/// `step` events when a step or job changes state, and one `end` event when the run is over.
+/// Reconnect with `Last-Event-ID` (or `?after=`) to resume.
+#[utoipa::path(get, path = "/v1/runs/{id}/logs/stream", tag = "logs", params(("id" = i64, Path, description = "Run id"), StreamQuery),
+    responses((status = 200, description = "An event stream; each event is one `StreamEvent`",
+               content_type = "text/event-stream", body = StreamEvent),
+              (status = 400, description = "The id or the query string is malformed", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody)),
+    security(("token" = [])))]
+pub(crate) async fn stream_logs(
+    State(s): State<Arc<Shared>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    visible_run(&s, &caller, id)?;
+    let after = headers.get("last-event-id").and_then(|v| v.to_str().ok()?.parse().ok()).or(q.after).unwrap_or(0);
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
+    tokio::spawn(follow(s.clone(), id, after, tx));
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+pub(crate) fn log_event(r: &LogRecord) -> SseEvent {
+    SseEvent::default().event("log").id(r.seq.to_string()).data(serde_json::to_string(r).unwrap_or_default())
+}
+
+/// Feeds one follower: stored lines first, then live ones, without gaps or repeats.
+async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::Sender<SseEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    // Subscribe before reading what is stored, so nothing falls between the two.
+    let mut rx = s.hub.subscribe(id);
+    let catch_up = |last: &mut u64| -> Vec<SseEvent> {
+        let lines = s.logs.read(id, *last).unwrap_or_default();
+        if let Some(l) = lines.last() {
+            *last = l.seq;
+        }
+        lines.iter().map(log_event).collect()
+    };
+    for e in catch_up(&mut last) {
+        if tx.send(e).await.is_err() {
+            return;
+        }
+    }
+    let end = |st: &str| SseEvent::default().event("end").data(serde_json::json!({"status": st}).to_string());
+    if let Ok(Some(run)) = s.store.run(id)
+        && status::is_terminal(&run.status)
+    {
+        for e in catch_up(&mut last) {
+            let _ = tx.send(e).await;
+        }
+        s.hub.forget_if_idle(id);
+        let _ = tx.send(end(&run.status)).await;
+        return;
+    }
+    loop {
+        let e = match rx.recv().await {
+            Ok(LiveEvent::Log(r)) if r.seq <= last => continue,
+            Ok(LiveEvent::Log(r)) => {
+                last = r.seq;
+                log_event(&r)
+            }
+            Ok(e @ LiveEvent::Step { .. }) => {
+                SseEvent::default().event("step").data(serde_json::to_string(&e).unwrap_or_default())
+            }
+            Ok(LiveEvent::End { status }) => {
+                for e in catch_up(&mut last) {
+                    let _ = tx.send(e).await;
+                }
+                let _ = tx.send(end(&status)).await;
+                return;
+            }
+            Err(RecvError::Lagged(_)) => {
+                for e in catch_up(&mut last) {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Err(RecvError::Closed) => {
+                let st = s.store.run(id).ok().flatten().map(|r| r.status).unwrap_or_default();
+                let _ = tx.send(end(&st)).await;
+                return;
+            }
+        };
+        if tx.send(e).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Run artifacts: stored by steps (`upload` with `target: artifact`) in `skiff run` and in
+//! `skiff serve`, listed and downloaded through the API and the CLI, and only with a token that
+//! reaches the run's app.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+/// A pipeline that writes a file and keeps it as an artifact.
+const PIPELINE: &str = r#"
+steps:
+  - uses: diag
+    with:
+      message: built by the artifact test
+      file: report.txt
+  - uses: upload
+    with:
+      target: artifact
+      source: report.txt
+      name: report.txt
+"#;
+
+const TOKEN_ADMIN: &str = "admin-7c1f0b";
+const TOKEN_WEB: &str = "web-2b8d4e";
+const TOKEN_OTHER: &str = "other-91aa3c";
+
+#[test]
+fn skiff_run_keeps_the_artifacts_and_says_where() {
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir(project.path().join(".skiff")).unwrap();
+    std::fs::write(project.path().join(".skiff/pipeline.yaml"), PIPELINE).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["run", "--artifacts"])
+        .arg(store.path())
+        .current_dir(project.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    let runs: Vec<_> = std::fs::read_dir(store.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let text = std::fs::read_to_string(runs[0].join("report.txt")).unwrap();
+    assert!(text.contains("built by the artifact test"), "{text}");
+    assert!(stderr.contains(&format!("artifacts: 1 stored in {}", runs[0].display())), "{stderr}");
+}
+
+fn config(data: &Path, port: u16) -> String {
+    let pipeline = PIPELINE.replace('\n', "\n    ");
+    format!(
+        r#"
+listen = "127.0.0.1:{port}"
+data = "{data}"
+
+[[tokens]]
+name = "admin"
+sha256 = "{admin}"
+apps = ["*"]
+
+[[tokens]]
+name = "web-ci"
+sha256 = "{web}"
+apps = ["web"]
+
+[[tokens]]
+name = "other-ci"
+sha256 = "{other}"
+apps = ["other"]
+
+[[apps]]
+name = "web"
+pipeline-yaml = """
+    {pipeline}"""
+
+[[apps]]
+name = "other"
+pipeline-yaml = """
+steps:
+  - uses: diag
+"""
+"#,
+        data = data.display(),
+        admin = skiff_server::crypto::token_hash(TOKEN_ADMIN),
+        web = skiff_server::crypto::token_hash(TOKEN_WEB),
+        other = skiff_server::crypto::token_hash(TOKEN_OTHER),
+    )
+}
+
+/// The real `skiff serve`, stopped when dropped.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn finished(http: &reqwest::Client, base: &str, id: i64) -> Value {
+    for _ in 0..600 {
+        let run: Value =
+            http.get(format!("{base}/v1/runs/{id}")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();
+        if matches!(run["status"].as_str(), Some("success" | "failure" | "cancelled")) {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("run {id} did not finish");
+}
+
+#[tokio::test]
+async fn artifacts_are_listed_and_downloaded_through_the_api_and_the_cli_by_their_app_only() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = data.path().join("skiff.toml");
+    std::fs::write(&cfg, config(&data.path().join("data"), port)).unwrap();
+    let _serve = Serve(
+        Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started: Value = http
+        .post(format!("{base}/v1/apps/web/runs"))
+        .bearer_auth(TOKEN_ADMIN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["id"].as_i64().unwrap_or_else(|| panic!("{started}"));
+    let run = finished(&http, &base, id).await;
+    assert_eq!(run["status"], "success", "{run:#}");
+
+    // Listed, with what the download is checked against.
+    let list = http.get(format!("{base}/v1/runs/{id}/artifacts")).bearer_auth(TOKEN_WEB).send().await.unwrap();
+    assert_eq!(list.status(), 200);
+    let list: Value = list.json().await.unwrap();
+    let a = &list["artifacts"][0];
+    assert_eq!((a["name"].as_str(), list["artifacts"].as_array().unwrap().len()), (Some("report.txt"), 1), "{list}");
+
+    // Downloaded: the bytes the step stored, with their digest.
+    let resp =
+        http.get(format!("{base}/v1/runs/{id}/artifacts/report.txt")).bearer_auth(TOKEN_WEB).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+    let sum = resp.headers()["x-checksum-sha256"].to_str().unwrap().to_string();
+    let bytes = resp.bytes().await.unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains("built by the artifact test"));
+    assert_eq!(sum, hex::encode(sha2::Sha256::digest(&bytes)));
+    assert_eq!(a["sha256"].as_str(), Some(sum.as_str()));
+    assert_eq!(a["size"].as_u64(), Some(bytes.len() as u64));
+
+    // Another app's token sees neither the list nor the bytes; a missing name says what exists.
+    for path in [format!("/v1/runs/{id}/artifacts"), format!("/v1/runs/{id}/artifacts/report.txt")] {
+        let r = http.get(format!("{base}{path}")).bearer_auth(TOKEN_OTHER).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = http.get(format!("{base}/v1/runs/{id}/artifacts/nope.txt")).bearer_auth(TOKEN_WEB).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("/artifacts` lists"), "{body}");
+    let r =
+        http.get(format!("{base}/v1/runs/{id}/artifacts/..%2Fskiff.toml")).bearer_auth(TOKEN_WEB).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The CLI: listed, then downloaded into a folder and checked.
+    let cli = |args: &[&str], token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["runs", "artifacts", &id.to_string(), "--server", &base, "--token", token])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[], TOKEN_WEB);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("report.txt") && stdout.contains(&sum), "{stdout}");
+    let into = tempfile::tempdir().unwrap();
+    let dir = into.path().join("got");
+    let out = cli(&["--download", dir.to_str().unwrap()], TOKEN_WEB);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(dir.join("report.txt")).unwrap(), bytes.to_vec());
+    let out = cli(&["--download", dir.to_str().unwrap(), "--name", "missing.bin"], TOKEN_WEB);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no artifact `missing.bin`; it has report.txt"));
+    let out = cli(&[], TOKEN_OTHER);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
+}

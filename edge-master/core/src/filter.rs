@@ -336,9 +336,27 @@ fn prune(body: &serde_json::Value, paths: &[Vec<String>]) -> serde_json::Value {
     Value::Object(out)
 }
 
-/// Converts JSON straight into CEL values. Whole numbers become `int` where they fit, so
-/// `body.number == 128` holds as written.
-fn json_to_cel(value: &serde_json::Value) -> cel::Value {
+/// Converts JSON straight into CEL values: the one conversion webhook filters and pipeline
+/// expressions share, so a payload reads the same in both.
+///
+/// Whole numbers become `int` where they fit, so `body.number == 128` holds as written; whole
+/// numbers above `int`'s range become `uint` (`body.id == 18446744073709551615u`); anything
+/// else, fractions and whole numbers beyond `uint` or below `int`, is a `double`, as JSON
+/// parsing already made it. Going through `serde` instead (`cel::to_value`) would make every
+/// positive number a `uint`.
+///
+/// ```
+/// use skiff_edge_core::json_to_cel;
+///
+/// let body = serde_json::json!({"number": 128, "id": u64::MAX, "ratio": 0.5, "gone": null});
+/// let cel::Value::Map(map) = json_to_cel(&body) else { panic!("an object is a map") };
+/// let field = |name: &str| format!("{:?}", map.map[&cel::objects::Key::from(name)]);
+/// assert_eq!(field("number"), "Int(128)");
+/// assert_eq!(field("id"), "UInt(18446744073709551615)");
+/// assert_eq!(field("ratio"), "Float(0.5)");
+/// assert_eq!(field("gone"), "Null");
+/// ```
+pub fn json_to_cel(value: &serde_json::Value) -> cel::Value {
     use serde_json::Value as J;
     match value {
         J::Null => cel::Value::Null,
@@ -346,6 +364,9 @@ fn json_to_cel(value: &serde_json::Value) -> cel::Value {
         J::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => cel::Value::Int(i),
             (None, Some(u)) => cel::Value::UInt(u),
+            // `as_f64` fails only with serde_json's `arbitrary_precision` (which nothing here
+            // enables) for a number beyond `double`; NaN then equals nothing, where 0.0 would
+            // pass for a value the payload never held.
             _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         J::String(s) => cel::Value::String(Arc::new(s.clone())),
@@ -409,6 +430,36 @@ mod tests {
         let err = eval("body.ref", &e).unwrap_err();
         assert!(err.contains("not true or false"), "{err}");
         assert_eq!(eval(r#""authorization" in headers"#, &e), Ok(false));
+    }
+
+    /// The one JSON → CEL conversion, pipeline expressions' too: each number becomes the CEL
+    /// number that holds it, and filters compare them as written.
+    #[test]
+    fn json_numbers_become_the_cel_number_that_holds_them() {
+        let cel = |json: &str| format!("{:?}", json_to_cel(&serde_json::from_str(json).unwrap()));
+        assert_eq!(cel("128"), "Int(128)");
+        assert_eq!(cel("-9223372036854775808"), "Int(-9223372036854775808)");
+        assert_eq!(cel("9223372036854775807"), "Int(9223372036854775807)");
+        assert_eq!(cel("9223372036854775808"), "UInt(9223372036854775808)");
+        assert_eq!(cel("18446744073709551615"), "UInt(18446744073709551615)");
+        assert_eq!(cel("18446744073709551616"), "Float(1.8446744073709552e19)");
+        assert_eq!(cel("-9223372036854775809"), "Float(-9.223372036854776e18)");
+        assert_eq!(cel("1.0"), "Float(1.0)");
+        assert_eq!(cel("-0.5"), "Float(-0.5)");
+        assert_eq!(cel("null"), "Null");
+        assert_eq!(cel(r#"[1, "1"]"#), format!("{:?}", cel::Value::List(Arc::new(vec![1.into(), "1".into()]))));
+
+        let body = r#"{"n": 128, "id": 18446744073709551615, "big": 18446744073709551616, "ratio": 0.5, "gone": null}"#;
+        let e = event(serde_json::from_str(body).unwrap());
+        for src in [
+            "body.n == 128 && body.n > 100 && body.n == 128u && body.n == 128.0",
+            "body.id == 18446744073709551615u && body.id > 9223372036854775807u",
+            "body.big > 1.8e19 && body.big < 1.9e19",
+            "body.ratio > 0.25 && body.ratio < 1.0",
+            "body.gone == null",
+        ] {
+            assert_eq!(eval(src, &e), Ok(true), "{src}");
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub use accept::{Accepted, accept};
 pub use crypto::{github_signature, standard_webhooks_signature};
 pub use dispatch::{Dispatch, DispatchRequest, MAX_DISPATCH_BODY_BYTES, dispatch_id, sign_dispatch, verify_dispatch};
 pub use event::{Event, EventKind, PullRequest, Repository};
-pub use filter::{Filter, FilterError};
+pub use filter::{Filter, FilterError, json_to_cel};
 pub use forward::{Answer, Relay, RelayError, forward};
 pub use handle::{AppLookupError, MasterConfig, Outcome, app_variable_suffix, apps_named, handle_webhook};
 pub use headers::{Headers, Secret};

@@ -1,0 +1,282 @@
+//! The job graph: which job instances run (`--job` and what they need), each started once
+//! its needs are done, with the `needs` context, its `if:`, fail-fast and `max-parallel`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::RunOptions;
+use super::events::{Emit, JobReport, RunEvent, RunObserver, RunReport, Status, ms};
+use super::job::{JobRun, eval_map};
+use crate::executor::{LogLine, StepExecutor};
+use crate::expr::{Scope, strings_to_cel};
+use crate::mask::Masker;
+use crate::plan::Plan;
+
+/// The result of one job instance, for its dependents.
+#[derive(Debug, Clone)]
+struct Done {
+    status: Status,
+    outputs: BTreeMap<String, String>,
+}
+
+/// Runs a plan to the end.
+pub async fn run_pipeline(
+    plan: &Plan,
+    opts: RunOptions,
+    executor: Arc<dyn StepExecutor>,
+    observer: Arc<dyn RunObserver>,
+) -> RunReport {
+    let started = Instant::now();
+    let plan = Arc::new(plan.clone());
+    let masker = Arc::new(Masker::new(opts.secrets.values()));
+    let emit = Emit { obs: observer, masker };
+
+    // `--job`: that job and what it needs, transitively.
+    let selected: Vec<usize> = match &opts.job {
+        None => (0..plan.jobs.len()).collect(),
+        Some(j) => {
+            // One job, or several separated by commas (a rerun of failed jobs).
+            let mut want: Vec<String> =
+                j.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            let mut i = 0;
+            while i < want.len() {
+                for pj in plan.instances(&want[i].clone()) {
+                    for n in &pj.needs {
+                        if !want.contains(n) {
+                            want.push(n.clone());
+                        }
+                    }
+                }
+                i += 1;
+            }
+            (0..plan.jobs.len()).filter(|i| want.contains(&plan.jobs[*i].job)).collect()
+        }
+    };
+    emit.emit(RunEvent::RunStarted {
+        run_id: opts.run_id.clone(),
+        pipeline: plan.name.clone().unwrap_or_else(|| plan.file.clone()),
+        jobs: selected.iter().map(|i| plan.jobs[*i].key.clone()).collect(),
+    });
+
+    // The contexts every expression sees.
+    let mut base = Scope::default();
+    base.set_json("event", &opts.event);
+    base.set_json("body", &opts.body);
+    base.vars.insert("secrets", strings_to_cel(&opts.secrets));
+    base.vars.insert("inputs", strings_to_cel(&opts.inputs));
+    base.set_json(
+        "run",
+        &serde_json::json!({"id": opts.run_id, "number": opts.run_number, "attempt": opts.run_attempt.max(1)}),
+    );
+    let mut reports: Vec<Option<JobReport>> = vec![None; plan.jobs.len()];
+    let pipeline_env = match eval_map(&plan, &plan.env, &base) {
+        Ok(e) => e,
+        Err(err) => {
+            // Nothing can run without the pipeline's env: every job fails with the reason.
+            for i in &selected {
+                let j = &plan.jobs[*i];
+                emit.emit(RunEvent::JobSkipped { job_id: j.key.clone(), name: j.name.clone(), reason: err.clone() });
+                reports[*i] = Some(JobReport {
+                    key: j.key.clone(),
+                    name: j.name.clone(),
+                    status: Status::Failure,
+                    duration: Duration::ZERO,
+                    steps: Vec::new(),
+                    outputs: BTreeMap::new(),
+                });
+            }
+            return finish(&opts, &emit, started, reports);
+        }
+    };
+    base.vars.insert("env", strings_to_cel(&pipeline_env));
+
+    let single = selected.len() == 1;
+    let base = Arc::new(base);
+    let pipeline_env = Arc::new(pipeline_env);
+    let opts = Arc::new(opts);
+    let mut done: HashMap<usize, Done> = HashMap::new();
+    let mut started_set: Vec<bool> = vec![false; plan.jobs.len()];
+    let mut running_per_job: HashMap<String, u32> = HashMap::new();
+    let cancel_flags: HashMap<String, Arc<AtomicBool>> =
+        plan.jobs.iter().map(|j| (j.job.clone(), Arc::new(AtomicBool::new(false)))).collect();
+    let mut set: tokio::task::JoinSet<(usize, JobReport)> = tokio::task::JoinSet::new();
+
+    loop {
+        // Start every job whose needs are all done.
+        for &i in &selected {
+            if started_set[i] {
+                continue;
+            }
+            let j = &plan.jobs[i];
+            let need_idx: Vec<usize> =
+                selected.iter().copied().filter(|k| j.needs.contains(&plan.jobs[*k].job)).collect();
+            if !need_idx.iter().all(|k| done.contains_key(k)) {
+                continue;
+            }
+            if let Some((status, outputs)) = opts.reuse.get(&j.key) {
+                started_set[i] = true;
+                emit.emit(RunEvent::JobStarted { job_id: j.key.clone(), name: j.name.clone() });
+                emit.emit(RunEvent::JobFinished {
+                    job_id: j.key.clone(),
+                    name: j.name.clone(),
+                    status: *status,
+                    duration_ms: 0,
+                    outputs: outputs.clone(),
+                });
+                let r = JobReport {
+                    key: j.key.clone(),
+                    name: j.name.clone(),
+                    status: *status,
+                    duration: Duration::ZERO,
+                    steps: Vec::new(),
+                    outputs: outputs.clone(),
+                };
+                done.insert(i, Done { status: *status, outputs: outputs.clone() });
+                reports[i] = Some(r);
+                continue;
+            }
+            let flag = cancel_flags[&j.job].clone();
+            if flag.load(Ordering::SeqCst) {
+                started_set[i] = true;
+                let reason = "cancelled: another combination of the matrix failed (fail-fast)".to_string();
+                emit.emit(RunEvent::JobSkipped { job_id: j.key.clone(), name: j.name.clone(), reason });
+                let r = JobReport {
+                    key: j.key.clone(),
+                    name: j.name.clone(),
+                    status: Status::Cancelled,
+                    duration: Duration::ZERO,
+                    steps: Vec::new(),
+                    outputs: BTreeMap::new(),
+                };
+                done.insert(i, Done { status: r.status, outputs: BTreeMap::new() });
+                reports[i] = Some(r);
+                continue;
+            }
+            if let Some(max) = j.max_parallel
+                && running_per_job.get(&j.job).copied().unwrap_or(0) >= max
+            {
+                continue;
+            }
+            // needs context: outputs merged over the combinations, result the worst.
+            let mut needs = serde_json::Map::new();
+            let (mut failed, mut cancelled) = (false, false);
+            for n in &j.needs {
+                let inst: Vec<&Done> =
+                    need_idx.iter().filter(|k| plan.jobs[**k].job == *n).filter_map(|k| done.get(k)).collect();
+                let mut outputs = serde_json::Map::new();
+                let mut result = Status::Success;
+                for d in &inst {
+                    for (k, v) in &d.outputs {
+                        outputs.insert(k.clone(), serde_json::Value::String(v.clone()));
+                    }
+                    match d.status {
+                        Status::Failure => result = Status::Failure,
+                        Status::Cancelled if result != Status::Failure => result = Status::Cancelled,
+                        Status::Skipped if result == Status::Success => result = Status::Skipped,
+                        _ => {}
+                    }
+                }
+                match result {
+                    Status::Failure | Status::Skipped => failed = true,
+                    Status::Cancelled => cancelled = true,
+                    Status::Success => {}
+                }
+                needs.insert(n.clone(), serde_json::json!({"outputs": outputs, "result": result.as_str()}));
+            }
+            let mut scope = (*base).clone();
+            scope.set_json("needs", &serde_json::Value::Object(needs));
+            scope.set_json("matrix", &serde_json::to_value(&j.matrix).unwrap_or_default());
+            scope.failed = failed;
+            scope.cancelled = cancelled;
+            started_set[i] = true;
+            let run = match &j.if_ {
+                None => Ok(!failed && !cancelled),
+                Some(c) => c
+                    .expr
+                    .eval_bool(&scope)
+                    .map(|b| b && (c.expr.has_status_call() || (!failed && !cancelled)))
+                    .map_err(|e| format!("{}:{}:{}: {e}", plan.file, c.pos.line, c.pos.column)),
+            };
+            match run {
+                Ok(true) => {}
+                Ok(false) | Err(_) => {
+                    let (status, reason) = match run {
+                        Err(e) => (Status::Failure, e),
+                        _ if failed || cancelled => (Status::Skipped, "a job it needs did not succeed".to_string()),
+                        _ => (Status::Skipped, "its `if:` condition is false".to_string()),
+                    };
+                    emit.emit(RunEvent::JobSkipped { job_id: j.key.clone(), name: j.name.clone(), reason });
+                    let r = JobReport {
+                        key: j.key.clone(),
+                        name: j.name.clone(),
+                        status,
+                        duration: Duration::ZERO,
+                        steps: Vec::new(),
+                        outputs: BTreeMap::new(),
+                    };
+                    done.insert(i, Done { status, outputs: BTreeMap::new() });
+                    reports[i] = Some(r);
+                    continue;
+                }
+            }
+            *running_per_job.entry(j.job.clone()).or_default() += 1;
+            let workspace = if single { opts.workspace.clone() } else { opts.workspace.join(&j.key) };
+            let job = JobRun {
+                plan: plan.clone(),
+                index: i,
+                opts: opts.clone(),
+                scope,
+                pipeline_env: pipeline_env.clone(),
+                workspace,
+                executor: executor.clone(),
+                emit: emit.clone(),
+                cancel: flag,
+            };
+            set.spawn(async move { (i, job.run().await) });
+        }
+        let Some(joined) = set.join_next().await else { break };
+        let (i, report) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                // A panic in a job task is a bug; the run fails rather than hangs.
+                tracing_panic(&emit, &e.to_string());
+                break;
+            }
+        };
+        let j = &plan.jobs[i];
+        if let Some(n) = running_per_job.get_mut(&j.job) {
+            *n = n.saturating_sub(1);
+        }
+        if report.status == Status::Failure && j.fail_fast && !j.matrix.is_empty() {
+            cancel_flags[&j.job].store(true, Ordering::SeqCst);
+        }
+        done.insert(i, Done { status: report.status, outputs: report.outputs.clone() });
+        reports[i] = Some(report);
+    }
+    finish(&opts, &emit, started, reports)
+}
+
+fn tracing_panic(emit: &Emit, msg: &str) {
+    emit.emit(RunEvent::Log(LogLine {
+        job_id: String::new(),
+        step_id: String::new(),
+        level: "error".into(),
+        text: format!("internal error: a job task panicked: {msg}"),
+    }));
+}
+
+fn finish(opts: &RunOptions, emit: &Emit, started: Instant, reports: Vec<Option<JobReport>>) -> RunReport {
+    let jobs: Vec<JobReport> = reports.into_iter().flatten().collect();
+    let status = if jobs.iter().any(|j| j.status == Status::Failure) {
+        Status::Failure
+    } else if jobs.iter().any(|j| j.status == Status::Cancelled) {
+        Status::Cancelled
+    } else {
+        Status::Success
+    };
+    let duration = started.elapsed();
+    emit.emit(RunEvent::RunFinished { run_id: opts.run_id.clone(), status, duration_ms: ms(duration) });
+    RunReport { run_id: opts.run_id.clone(), status, duration, jobs }
+}

@@ -1,0 +1,74 @@
+//! The engine: runs a [`Plan`] through a [`StepExecutor`], jobs in parallel
+//! as their `needs` allow, and reports [`RunEvent`]s (masked) to an observer.
+//!
+//! `graph` starts each job instance once what it needs has finished (its `if:`, fail-fast,
+//! `max-parallel`, the `needs` context); `job` runs one job's steps and post scripts;
+//! `events` holds what a run reports and masks it on the way out.
+//!
+//! [`Plan`]: crate::Plan
+//! [`StepExecutor`]: crate::StepExecutor
+
+mod events;
+mod graph;
+mod job;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use events::{JobReport, NoObserver, RunEvent, RunObserver, RunReport, Status, StepReport};
+pub use graph::run_pipeline;
+
+/// The `PATH` a process gets when its environment names none (as the process sandbox,
+/// `skiff-sandbox`, sets it); `$SKIFF_PATH` entries go in front of it.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// What a run is started with.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The run's id (`run.id`).
+    pub run_id: String,
+    /// `run.number`.
+    pub run_number: u64,
+    /// `run.attempt`, from 1.
+    pub run_attempt: u32,
+    /// The normalized event (`event` context): name, ref, sha, …
+    pub event: serde_json::Value,
+    /// The raw webhook payload (`body` context).
+    pub body: serde_json::Value,
+    /// Every secret the run may grant, by name.
+    pub secrets: BTreeMap<String, String>,
+    /// `inputs` context (manual runs, `--input`).
+    pub inputs: BTreeMap<String, String>,
+    /// The run's workspace. One job runs in it directly; with several, each job runs in `<workspace>/<job key>`.
+    pub workspace: PathBuf,
+    /// Run only this job, or these comma-separated jobs, and the jobs they need.
+    pub job: Option<String>,
+    /// PEM certificates the app trusts for HTTPS besides the Web PKI roots (`ca-file`).
+    pub ca_bundle: Option<Arc<str>>,
+    /// Steps may only read (a pull request from a fork): see [`Permissions::read_only`](crate::Permissions::read_only).
+    pub read_only: bool,
+    /// Job instances not run again (a rerun of failed jobs): how they ended in the earlier
+    /// attempt, and their outputs, which their dependents see as if they had just run.
+    pub reuse: BTreeMap<String, (Status, BTreeMap<String, String>)>,
+    /// Fills each job's own folder before its steps run (the host's checkout of the run's
+    /// commit), when the run has several jobs.
+    pub job_setup: Option<JobSetup>,
+}
+
+/// What prepares a job's folder: called with the folder, which exists and is empty.
+#[derive(Clone)]
+pub struct JobSetup(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<
+        dyn Fn(PathBuf) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for JobSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobSetup")
+    }
+}

@@ -1,0 +1,433 @@
+//! The model → plan pass: jobs in `needs` order, one per matrix combination, and their steps,
+//! with every value's expressions compiled and checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::matrix::expand_matrix;
+use super::references::{Refs, check_expr, cond, expr_error, job_needs, value, values};
+use super::triggers::triggers;
+use super::{Cx, did_you_mean};
+use crate::compat::{BUILTINS, map_plugin};
+use crate::executor::Permissions;
+use crate::expr;
+use crate::model::{ConcurrencyDef, JobDef, PipelineDef, StepDef};
+use crate::plan::{Concurrency, Plan, PlanJob, PlanStep, Uses};
+use crate::script;
+use crate::source::{Seg, YPath};
+use crate::ypath;
+
+pub(super) fn build(cx: &mut Cx, def: &PipelineDef, dir: &Path) -> Plan {
+    let mut pipeline_secrets = BTreeSet::new();
+    let no_matrix = BTreeSet::new();
+    let mut top = Refs { needs: &[], steps: None, matrix: &no_matrix, secrets: &mut pipeline_secrets };
+    let env = values(cx, &ypath!["env"], &def.env, &mut top);
+    let concurrency = def.concurrency.as_ref().map(|c| {
+        let (group, cancel, path) = match c {
+            ConcurrencyDef::Group(g) => (g.clone(), false, ypath!["concurrency"]),
+            ConcurrencyDef::Full(f) => (f.group.clone(), f.cancel_in_progress, ypath!["concurrency", "group"]),
+        };
+        Concurrency { group: value(cx, &path, &group, &mut top), cancel_in_progress: cancel }
+    });
+
+    // `steps:` at the top is a single job called `main`.
+    let mut jobs: Vec<(String, JobDef, YPath)> = Vec::new();
+    match (&def.steps, def.jobs.is_empty()) {
+        (Some(_), false) => {
+            cx.at_key(&ypath!["steps"], "a pipeline has either `steps:` (one job) or `jobs:`, not both")
+        }
+        (None, true) => cx.at_value(&[], "the pipeline has no `steps:` and no `jobs:`"),
+        _ => {}
+    }
+    if let Some(steps) = &def.steps {
+        jobs.push(("main".into(), JobDef { steps: steps.clone(), ..Default::default() }, vec![]));
+    }
+    for (id, j) in &def.jobs {
+        let p = ypath!["jobs", id];
+        if !is_id(id) {
+            cx.at_key(
+                &p,
+                format!("job id \"{id}\" must start with a letter or `_` and hold only letters, digits, `-` and `_`"),
+            );
+        }
+        jobs.push((id.clone(), j.clone(), p));
+    }
+
+    let (deps, order) = job_needs(cx, &jobs);
+
+    let mut out_jobs = Vec::new();
+    for id in &order {
+        let Some((_, j, p)) = jobs.iter().find(|(x, ..)| x == id) else { continue };
+        out_jobs.extend(build_job(cx, id, j, p, &deps[id], dir));
+    }
+    let triggers = def.on.as_ref().and_then(|on| triggers(cx, on));
+    Plan {
+        file: cx.file.clone(),
+        dir: dir.to_path_buf(),
+        name: def.name.clone(),
+        on: def.on.clone(),
+        triggers,
+        concurrency,
+        env,
+        jobs: out_jobs,
+    }
+}
+
+fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir: &Path) -> Vec<PlanJob> {
+    let combos = expand_matrix(cx, j, p);
+    let matrix_keys: BTreeSet<String> = combos.iter().flat_map(|c| c.keys().cloned()).collect();
+    let sub = |k: &str| {
+        let mut q = p.clone();
+        q.push(Seg::Key(k.into()));
+        q
+    };
+    let mut unused = BTreeSet::new();
+    let mut job_refs = Refs { needs, steps: None, matrix: &matrix_keys, secrets: &mut unused };
+    let if_ = j.if_.as_ref().and_then(|c| cond(cx, &sub("if"), c.as_str(), &mut job_refs));
+    let mut job_env_secrets = BTreeSet::new();
+    let env = values(cx, &sub("env"), &j.env, &mut Refs { secrets: &mut job_env_secrets, ..job_refs });
+    let timeout = minutes(cx, &sub("timeout-minutes"), j.timeout_minutes);
+    if j.steps.is_empty() {
+        cx.at_key(p, format!("job \"{id}\" has no steps"));
+    }
+    let mut steps = Vec::new();
+    let mut seen_ids: Vec<String> = Vec::new();
+    let steps_path = if p.is_empty() { ypath!["steps"] } else { sub("steps") };
+    for (i, s) in j.steps.iter().enumerate() {
+        let mut sp = steps_path.clone();
+        sp.push(Seg::Index(i));
+        let step = build_step(cx, s, i, &sp, &seen_ids, needs, &matrix_keys, &job_env_secrets, dir);
+        if step.has_id {
+            if seen_ids.contains(&step.id) {
+                let mut ip = sp.clone();
+                ip.push(Seg::Key("id".into()));
+                cx.at_value(&ip, format!("step id \"{}\" is used twice in job \"{id}\"", step.id));
+            }
+            seen_ids.push(step.id.clone());
+        }
+        steps.push(step);
+    }
+    let mut unused2 = BTreeSet::new();
+    let outputs = values(
+        cx,
+        &sub("outputs"),
+        &j.outputs,
+        &mut Refs { needs, steps: Some(&seen_ids), matrix: &matrix_keys, secrets: &mut unused2 },
+    );
+    if !unused2.is_empty() {
+        cx.at_value(&sub("outputs"), "job outputs cannot read secrets: they are passed to other jobs in the clear");
+    }
+    let strategy = j.strategy.clone().unwrap_or_default();
+    let many = j.strategy.is_some();
+    combos
+        .into_iter()
+        .enumerate()
+        .map(|(n, matrix)| {
+            let key = if many { format!("{id}-{}", n + 1) } else { id.to_string() };
+            let base = j.name.clone().unwrap_or_else(|| id.to_string());
+            let name = if many {
+                format!("{base} ({})", matrix.values().map(json_text).collect::<Vec<_>>().join(", "))
+            } else {
+                base
+            };
+            PlanJob {
+                key,
+                job: id.to_string(),
+                name,
+                needs: needs.to_vec(),
+                matrix,
+                if_: if_.clone(),
+                env: env.clone(),
+                outputs: outputs.clone(),
+                timeout,
+                fail_fast: strategy.fail_fast.unwrap_or(true),
+                max_parallel: strategy.max_parallel,
+                steps: steps.clone(),
+            }
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_step(
+    cx: &mut Cx,
+    s: &StepDef,
+    i: usize,
+    sp: &YPath,
+    earlier: &[String],
+    needs: &[String],
+    matrix: &BTreeSet<String>,
+    inherited_secrets: &BTreeSet<String>,
+    dir: &Path,
+) -> PlanStep {
+    let sub = |k: &str| {
+        let mut q = sp.clone();
+        q.push(Seg::Key(k.into()));
+        q
+    };
+    let mut secrets = inherited_secrets.clone();
+    let mut refs = Refs { needs, steps: Some(earlier), matrix, secrets: &mut secrets };
+
+    let (has_id, id) = match &s.id {
+        Some(id) => {
+            if !is_id(id) {
+                cx.at_value(
+                    &sub("id"),
+                    format!(
+                        "step id \"{id}\" must start with a letter or `_` and hold only letters, digits, `-` and `_`"
+                    ),
+                );
+            }
+            (true, id.clone())
+        }
+        None => (false, format!("step-{}", i + 1)),
+    };
+
+    let mut plugin_hosts: Vec<String> = Vec::new();
+    let kinds: Vec<&str> = [("run", s.run.is_some()), ("uses", s.uses.is_some()), ("plugin", s.plugin.is_some())]
+        .into_iter()
+        .filter_map(|(k, b)| b.then_some(k))
+        .collect();
+    if kinds.len() > 1 {
+        cx.at_key(
+            &sub(kinds[1]),
+            format!("a step has one of `run`, `uses` or `plugin`, not both `{}` and `{}`", kinds[0], kinds[1]),
+        );
+    }
+    if s.with.is_some() && s.inputs.is_some() {
+        cx.at_key(&sub("inputs"), "`inputs` is the Serverless-cd spelling of `with`; use one of them");
+    }
+    if s.shell.is_some() && s.run.is_none() {
+        cx.at_key(&sub("shell"), "`shell` only applies to a `run:` step");
+    }
+
+    let mut with_defs: BTreeMap<String, String> =
+        s.with.iter().chain(s.inputs.iter()).flatten().map(|(k, v)| (k.clone(), json_text(v))).collect();
+    let with_key = if s.inputs.is_some() && s.with.is_none() { "inputs" } else { "with" };
+    let mut uses = Uses::Builtin("shell".into());
+    let mut default_name = String::new();
+    if let Some(run) = &s.run {
+        let shell = s.shell.clone().unwrap_or_else(|| "bash".into());
+        if shell.contains("${{") {
+            cx.at_value(&sub("shell"), "`shell` is the program that runs the script and cannot hold `${{ }}`");
+        }
+        default_name = format!("Run {}", run.lines().next().unwrap_or("").trim());
+        uses = script_uses(cx, &sub("run"), run, shell, &mut refs);
+    } else if let Some(plugin) = &s.plugin {
+        match map_plugin(plugin) {
+            Ok(m) => {
+                plugin_hosts.extend(m.hosts.iter().map(|h| h.to_string()));
+                for (k, v) in m.inputs {
+                    with_defs.entry(k.to_string()).or_insert_with(|| v.to_string());
+                }
+                uses = Uses::Builtin(m.builtin.to_string());
+            }
+            Err(msg) => cx.at_value(&sub("plugin"), msg),
+        }
+        default_name = plugin.clone();
+    } else if let Some(u) = &s.uses {
+        default_name = u.clone();
+        match resolve_uses(u, dir) {
+            Ok(x) => uses = x,
+            Err(msg) => cx.at_value(&sub("uses"), msg),
+        }
+    } else if kinds.is_empty() {
+        cx.at_value(sp, "a step needs `run:`, `uses:` or `plugin:`");
+    }
+
+    if matches!(&uses, Uses::Builtin(b) if b == "shell") {
+        // `uses: shell` runs its `script` input as code: it gets `run:`'s treatment, so an
+        // expression reaches it as a variable and never as source.
+        if let Some(script) = with_defs.remove("script") {
+            let shell = with_defs.remove("shell").unwrap_or_else(|| "bash".into());
+            if shell.contains("${{") {
+                cx.at_value(
+                    &ypath_push(&sub(with_key), "shell"),
+                    "`shell` is the program that runs the script and cannot hold `${{ }}`",
+                );
+            }
+            uses = script_uses(cx, &ypath_push(&sub(with_key), "script"), &script, shell, &mut refs);
+        }
+    }
+    let with =
+        with_defs.iter().map(|(k, v)| (k.clone(), value(cx, &ypath_push(&sub(with_key), k), v, &mut refs))).collect();
+    let env = values(cx, &sub("env"), &s.env, &mut refs);
+    let if_ = s.if_.as_ref().and_then(|c| cond(cx, &sub("if"), c.as_str(), &mut refs));
+    let working_directory = s.working_directory.as_ref().map(|w| value(cx, &sub("working-directory"), w, &mut refs));
+    let post = s.post.as_ref().map(|w| {
+        let mut none = BTreeSet::new();
+        let v = value(cx, &sub("post"), w, &mut Refs { needs, steps: Some(earlier), matrix, secrets: &mut none });
+        if !v.tpl.is_literal() {
+            cx.at_value(&sub("post"), "a `post:` script cannot hold `${{ }}` expressions; use the step's `env:`");
+        }
+        v
+    });
+    let mut perms = s.permissions.clone().unwrap_or_default();
+    perms.hosts.extend(plugin_hosts);
+    // Serverless-cd ran every script with the network (`npm install`, `s deploy`) and has
+    // no `permissions`; its file keeps that for `run:` steps that do not say otherwise.
+    if s.run.is_some() && s.permissions.is_none() && is_serverless_cd_file(&cx.file) {
+        perms.network = true;
+    }
+    secrets.extend(perms.secrets.iter().cloned());
+    PlanStep {
+        id,
+        has_id,
+        name: s.name.clone().unwrap_or(default_name),
+        uses,
+        plugin: s.plugin.clone(),
+        with,
+        env,
+        if_,
+        continue_on_error: s.continue_on_error.unwrap_or(false),
+        timeout: minutes(cx, &sub("timeout-minutes"), s.timeout_minutes),
+        working_directory,
+        permissions: Permissions {
+            hosts: perms.hosts,
+            secrets: secrets.into_iter().collect(),
+            process: perms.process,
+            network: perms.network,
+            read_only: false,
+        },
+        post,
+        memory: s.memory_mb.map(|m| m * 1024 * 1024),
+    }
+}
+
+/// A Serverless-cd pipeline, by its file name.
+fn is_serverless_cd_file(file: &str) -> bool {
+    Path::new(file).file_name().is_some_and(|n| n == "serverless-pipeline.yaml" || n == "serverless-pipeline.yml")
+}
+
+fn ypath_push(p: &YPath, k: &str) -> YPath {
+    let mut q = p.clone();
+    q.push(Seg::Key(k.into()));
+    q
+}
+
+/// A script that runs as code: each `${{ }}` becomes a variable `SKIFF_EXPR_n`, referenced
+/// in the script's language where the expression stood (see [`crate::script`]).
+fn script_uses(cx: &mut Cx, path: &[Seg], text: &str, shell: String, refs: &mut Refs) -> Uses {
+    let pos = cx.map.value(path);
+    let tpl = match expr::parse_template(text) {
+        Ok(tpl) => tpl,
+        Err(e) => {
+            expr_error(cx, path, text, e);
+            return Uses::Shell { script: text.to_string(), shell, exprs: Vec::new(), pos };
+        }
+    };
+    let mut exprs = Vec::new();
+    let mut vars = Vec::new();
+    for e in tpl.exprs() {
+        let p = cx.map.inside(path, text, e.offset);
+        check_expr(cx, e, p, refs);
+        vars.push(format!("SKIFF_EXPR_{}", vars.len() + 1));
+        exprs.push(e.clone());
+    }
+    let mut n = 0;
+    let pieces: Vec<script::Piece> = tpl
+        .segments
+        .iter()
+        .map(|seg| match seg {
+            expr::Segment::Lit(t) => script::Piece::Text(t),
+            expr::Segment::Expr(_) => {
+                n += 1;
+                script::Piece::Var(&vars[n - 1])
+            }
+        })
+        .collect();
+    let script = if exprs.is_empty() {
+        text.to_string()
+    } else {
+        let rendered = match script::Lang::of_shell(&shell) {
+            Some(lang) => script::render(lang, &pieces).map_err(|m| {
+                let at = pieces[..m.piece].iter().filter(|p| matches!(p, script::Piece::Var(_))).count();
+                (at, m.message)
+            }),
+            None => Err((
+                0,
+                format!(
+                    "`${{{{ }}}}` in a script for `{shell}` would be pasted into its code; Skiff knows how to \
+                     pass values to bash, sh, python, node and pwsh scripts. Set the value in the step's \
+                     `env:` and read it from the environment"
+                ),
+            )),
+        };
+        match rendered {
+            Ok(s) => s,
+            Err((at, message)) => {
+                let p = cx.map.inside(path, text, exprs[at].offset);
+                cx.err(p, message);
+                text.to_string()
+            }
+        }
+    };
+    Uses::Shell { script, shell, exprs: vars.into_iter().zip(exprs).collect(), pos }
+}
+
+fn resolve_uses(u: &str, dir: &Path) -> Result<Uses, String> {
+    let u = u.trim();
+    let name = u.strip_prefix("builtin://");
+    if let Some(n) = name.or(Some(u)).filter(|n| BUILTINS.contains(n)) {
+        return Ok(Uses::Builtin(n.to_string()));
+    }
+    if name.is_none() && (u.ends_with(".wasm") || u.contains('/') || u.starts_with('.')) {
+        let path: PathBuf = dir.join(u);
+        if !u.ends_with(".wasm") {
+            return Err(format!("`uses: {u}` is not a built-in step; a component path must end in `.wasm`"));
+        }
+        if !path.is_file() {
+            return Err(format!("component `{u}` not found (paths are relative to the pipeline file)"));
+        }
+        return Ok(Uses::Path { written: u.to_string(), path });
+    }
+    let n = name.unwrap_or(u);
+    let hint =
+        did_you_mean(n, BUILTINS.iter().copied()).map(|s| format!(", did you mean \"{s}\"?")).unwrap_or_else(|| {
+            format!("; the built-in steps are {}, or give a path to a `.wasm` component", BUILTINS.join(", "))
+        });
+    Err(format!("unknown built-in step \"{n}\"{hint}"))
+}
+
+fn is_id(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+}
+
+fn minutes(cx: &mut Cx, path: &[Seg], m: Option<f64>) -> Option<Duration> {
+    let m = m?;
+    if !(m > 0.0 && m.is_finite()) {
+        cx.at_value(path, "timeout-minutes must be a positive number");
+        return None;
+    }
+    let d = Duration::try_from_secs_f64(m * 60.0);
+    if d.is_err() {
+        cx.at_value(path, "timeout-minutes is too large");
+    }
+    d.ok()
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::load_str;
+    use super::*;
+
+    /// Found by fuzzing the loader (fuzz/seeds/pipeline/timeout-huge.yaml): a timeout too large
+    /// for a `Duration` panicked.
+    #[test]
+    fn a_timeout_too_large_for_a_duration_is_explained() {
+        let text = "steps:\n  - run: echo hi\n    timeout-minutes: 1e300\n";
+        let err = load_str(text, "pipeline.yaml", Path::new(".")).unwrap_err().to_string();
+        assert_eq!(err, "pipeline.yaml:3:22: timeout-minutes is too large");
+    }
+}

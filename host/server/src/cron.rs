@@ -15,7 +15,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 
 use super::Shared;
-use super::store::NewRun;
+use crate::request::RunRequest;
 
 /// Parses a schedule.
 pub fn parse(expr: &str) -> anyhow::Result<Cron> {
@@ -42,16 +42,8 @@ pub fn fire_due(shared: &Shared, now: DateTime<Utc>) -> anyhow::Result<Vec<i64>>
                 continue;
             }
             let at = prev.timestamp();
-            let run = NewRun {
-                app: name.clone(),
-                trigger: "schedule".into(),
-                reason: format!("schedule `{}` at {}", s.cron, prev.to_rfc3339()),
-                dispatch_id: Some(format!("cron:{name}:{}:{at}", s.cron)),
-                event: serde_json::json!({"name": "schedule", "schedule": s.cron, "time": prev.to_rfc3339()}),
-                body: serde_json::Value::Null,
-                requested_by: Some("cron".into()),
-                ..NewRun::default()
-            };
+            let repository = app.repo.as_ref().and_then(|r| r.repository.clone());
+            let run = RunRequest::schedule(name, &s.cron, &prev.to_rfc3339(), at, repository).into_new_run();
             let inserted = shared.store.insert_run(&run)?;
             shared.store.set_cron_last_fired(name, &s.cron, at)?;
             if !inserted.duplicate {

@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod logs;
 pub mod openapi;
 pub mod repository;
+pub mod request;
 pub mod scheduler;
 pub mod sse;
 pub mod store;

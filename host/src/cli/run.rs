@@ -13,6 +13,7 @@ use clap::Args;
 use skiff_pipeline::inert;
 use skiff_pipeline::{RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, load_file, run_pipeline};
 use skiff_runtime::artifact_store::{ArtifactStore as _, LocalArtifacts};
+use skiff_server::request::RunRequest;
 
 /// Arguments of `skiff run`.
 #[derive(Debug, Clone, Default, Args)]
@@ -90,53 +91,6 @@ pub fn parse_dotenv(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// The `event` context for a local run.
-fn event_context(name: &str, git_ref: Option<&str>, body: &serde_json::Value) -> serde_json::Value {
-    let r = git_ref
-        .map(|r| if r.starts_with("refs/") { r.to_string() } else { format!("refs/heads/{r}") })
-        .or_else(|| body.get("ref").and_then(|v| v.as_str()).map(String::from))
-        .unwrap_or_default();
-    let sha = body
-        .get("after")
-        .or_else(|| body.pointer("/head_commit/id"))
-        .or_else(|| body.pointer("/pull_request/head/sha"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
-    let mut e = serde_json::json!({"name": name, "ref": r, "sha": sha});
-    if let Some(repo) = repository(name, body) {
-        e["repository"] = repo;
-    }
-    if let Some(b) = r.strip_prefix("refs/heads/") {
-        e["branch"] = b.into();
-    }
-    if let Some(t) = r.strip_prefix("refs/tags/") {
-        e["tag"] = t.into();
-    }
-    e
-}
-
-/// The `repository` of a payload, in the shape a webhook run's `event.repository` has: as the
-/// edge core normalizes a GitHub-style payload, else from GitLab's `project`.
-fn repository(name: &str, body: &serde_json::Value) -> Option<serde_json::Value> {
-    use skiff_edge_core::{Headers, Provider, normalize};
-    let bytes = serde_json::to_vec(body).ok()?;
-    let headers = Headers::from_pairs([("x-github-event", name)]);
-    if let Ok(event) = normalize(Provider::Github, &headers, &bytes)
-        && let Some(repo) = event.repository
-    {
-        return serde_json::to_value(repo).ok();
-    }
-    let project = body.get("project")?;
-    let full_name = project.get("path_with_namespace")?.as_str()?;
-    let mut repo = serde_json::json!({ "full_name": full_name });
-    for (key, from) in [("clone_url", "git_http_url"), ("ssh_url", "git_ssh_url"), ("html_url", "web_url")] {
-        if let Some(v) = project.get(from).and_then(|v| v.as_str()) {
-            repo[key] = v.into();
-        }
-    }
-    Some(repo)
-}
-
 /// Runs `skiff run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let path = super::validate::find_pipeline(args.pipeline.clone())?;
@@ -173,7 +127,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => serde_json::json!({}),
     };
     let default_name = if args.event.is_some() { "push" } else { "manual" };
-    let event = event_context(args.event_name.as_deref().unwrap_or(default_name), args.git_ref.as_deref(), &body);
+    // The same constructor as a webhook's, a manual or a scheduled run's: one `event` shape.
+    let request = RunRequest::local(args.event_name.as_deref().unwrap_or(default_name), args.git_ref.as_deref(), body);
+    let event = request.event_json();
+    let body = request.body;
 
     let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let run_id = format!("local-{millis}-{}", std::process::id());
@@ -437,7 +394,7 @@ mod tests {
 
     #[test]
     fn event_from_ref() {
-        let e = event_context("push", Some("main"), &serde_json::json!({"after": "abc"}));
+        let e = RunRequest::local("push", Some("main"), serde_json::json!({"after": "abc"})).event_json();
         assert_eq!(e["ref"], "refs/heads/main");
         assert_eq!(e["branch"], "main");
         assert_eq!(e["sha"], "abc");

@@ -2,6 +2,7 @@
 //! core's `accept` as the masters do, and signed dispatches from a master (`/v1/dispatch`).
 
 use super::*;
+use crate::request::RunRequest;
 
 pub(crate) fn edge_headers(h: &HeaderMap) -> Headers {
     Headers::from_pairs(h.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap_or(""))))
@@ -9,37 +10,6 @@ pub(crate) fn edge_headers(h: &HeaderMap) -> Headers {
 
 pub(crate) fn now_unix() -> i64 {
     crate::store::now_ms() / 1000
-}
-
-/// The run for a dispatch (from a master, or from this host's own `/hooks`).
-pub fn run_for_dispatch(d: &Dispatch, requested_by: &str) -> NewRun {
-    let e: &Event = &d.event;
-    let mut event = serde_json::to_value(e).unwrap_or_default();
-    let body = event.as_object_mut().and_then(|o| o.remove("body")).unwrap_or_default();
-    let trigger = serde_json::to_value(&e.kind)
-        .ok()
-        .and_then(|k| k.get("type").and_then(|t| t.as_str()).map(String::from))
-        .unwrap_or_else(|| "custom".into());
-    if let Some(o) = event.as_object_mut() {
-        o.insert("sha".into(), e.after.clone().into());
-        o.insert("app".into(), d.app.clone().into());
-        // The environment the master dispatched to (`event.environment`, `SKIFF_ENVIRONMENT`).
-        if let Some(env) = &d.environment {
-            o.insert("environment".into(), env.clone().into());
-        }
-    }
-    NewRun {
-        app: d.app.clone(),
-        trigger,
-        reason: d.reason.clone(),
-        git_ref: e.git_ref.clone(),
-        sha: e.after.clone(),
-        dispatch_id: Some(d.id.clone()),
-        event,
-        body,
-        requested_by: Some(requested_by.to_string()),
-        ..NewRun::default()
-    }
 }
 
 /// The answer to a webhook.
@@ -110,7 +80,7 @@ pub(crate) async fn hook(
     let mut runs = Vec::new();
     for d in &decisions {
         if let Some(dispatch) = Dispatch::new(&event, d) {
-            let inserted = s.enqueue(run_for_dispatch(&dispatch, "webhook")).await?;
+            let inserted = s.enqueue(RunRequest::from_dispatch(&dispatch, "webhook").into_new_run()).await?;
             runs.push(accepted(&app_name, inserted));
         }
     }
@@ -154,7 +124,7 @@ pub(crate) async fn dispatch(State(s): State<Arc<Shared>>, headers: HeaderMap, b
     if !s.config.apps.contains_key(&d.app) {
         return Err(ApiError::Unprocessable(format!("app `{}` is not configured on this host", d.app)));
     }
-    let inserted = s.enqueue(run_for_dispatch(&d, "dispatch")).await?;
+    let inserted = s.enqueue(RunRequest::from_dispatch(&d, "dispatch").into_new_run()).await?;
     let code = if inserted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((code, Json(accepted(&d.app, inserted))).into_response())
 }

@@ -32,8 +32,8 @@ use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use skiff_edge_core::{
-    self as edge, Decision, Dispatch, Event, Headers, MAX_BODY_BYTES, MAX_DISPATCH_BODY_BYTES, VerifyError,
-    VerifyOptions, verify_dispatch,
+    self as edge, Decision, Dispatch, Headers, MAX_BODY_BYTES, MAX_DISPATCH_BODY_BYTES, VerifyError, VerifyOptions,
+    verify_dispatch,
 };
 use utoipa::ToSchema;
 

@@ -1,6 +1,7 @@
 //! Runs through the API: started by hand, listed, shown, cancelled and run again.
 
 use super::*;
+use crate::request::RunRequest;
 
 /// A manual run.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -71,34 +72,10 @@ pub(crate) async fn create_run(
         }
         sha = Some(commit);
     }
-    let mut event = serde_json::json!({"name": "manual", "ref": git_ref, "sender": caller.name, "app": app});
-    if let Some(b) = git_ref.as_deref().and_then(|r| r.strip_prefix("refs/heads/")) {
-        event["branch"] = b.into();
-    }
-    if let Some(t) = git_ref.as_deref().and_then(|r| r.strip_prefix("refs/tags/")) {
-        event["tag"] = t.into();
-    }
-    if let Some(c) = &sha {
-        event["sha"] = c.clone().into();
-    }
     // The repository the app builds, as a webhook's event would name it.
-    if let Some(r) = s.config.apps.get(&app).and_then(|a| a.repo.as_ref()).and_then(|r| r.repository.clone()) {
-        event["repository"] = serde_json::json!({ "full_name": r });
-    }
+    let repository = s.config.apps.get(&app).and_then(|a| a.repo.as_ref()).and_then(|r| r.repository.clone());
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty());
-    let run = NewRun {
-        app: app.clone(),
-        trigger: "manual".into(),
-        reason: format!("started by `{}` through the API", caller.name),
-        git_ref,
-        sha,
-        dispatch_id: key.map(|k| format!("manual:{app}:{k}")),
-        body: serde_json::json!({"inputs": req.inputs}),
-        inputs: req.inputs,
-        event,
-        requested_by: Some(caller.name.clone()),
-        ..NewRun::default()
-    };
+    let run = RunRequest::manual(&app, &caller.name, git_ref, sha, repository, req.inputs, key).into_new_run();
     let inserted = s.enqueue(run).await?;
     let code = if inserted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((code, Json(accepted(&app, inserted))).into_response())

@@ -1,19 +1,22 @@
 //! Pipeline benchmarks: parse + validate + plan of a generated 200-step
 //! pipeline, CEL evaluation per expression (against a plain Rust baseline of
-//! the same check), and the engine's overhead per step with a no-op executor
-//! (against calling the executor directly).
+//! the same check), and the engine's overhead per step with a scripted executor whose
+//! steps only set an output (against calling the executor directly).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hint::black_box;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+// The tests' scripted executor; the benchmarks use only part of it.
+#[allow(dead_code)]
+#[path = "../tests/all/support/executor.rs"]
+mod executor;
 use skiff_pipeline::engine::NoObserver;
 use skiff_pipeline::expr::{Scope, compile, parse_template};
-use skiff_pipeline::{LogLine, RunOptions, StepExecutor, StepOutcome, StepRequest, StepResult, load_str, run_pipeline};
+use skiff_pipeline::{LogLine, RunOptions, StepExecutor, StepRequest, load_str, run_pipeline};
 
 /// 10 jobs in a chain of needs, 20 steps each, with expressions in most values.
 fn generated(jobs: usize, steps: usize) -> String {
@@ -85,22 +88,6 @@ fn expressions(c: &mut Criterion) {
     });
 }
 
-struct Noop;
-
-impl StepExecutor for Noop {
-    fn run_step<'a>(
-        &'a self,
-        req: StepRequest,
-        _log: &'a (dyn Fn(LogLine) + Send + Sync),
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
-        Box::pin(async move {
-            let mut r = StepResult::outcome(StepOutcome::Success);
-            r.outputs.insert("v".into(), req.step_id);
-            r
-        })
-    }
-}
-
 fn engine(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let y = generated(1, 200);
@@ -112,7 +99,8 @@ fn engine(c: &mut Criterion) {
         workspace: ws.clone(),
         ..Default::default()
     };
-    let exec: Arc<dyn StepExecutor> = Arc::new(Noop);
+    // Every step only sets the output that the next one's `if:` reads, so that none is skipped.
+    let exec: Arc<dyn StepExecutor> = Arc::new(executor::Scripted::new().every("out v=bench").without_recording());
     c.bench_function("engine/run 200 steps, no-op executor", |b| {
         b.iter(|| {
             rt.block_on(run_pipeline(&plan, opts.clone(), exec.clone(), Arc::new(NoObserver)));

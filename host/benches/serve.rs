@@ -3,30 +3,18 @@
 //!
 //! `cargo bench -p skiff --bench serve` prints a table (see docs/BENCHMARKS.md).
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skiff_pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
 use skiff_server::config::ServeConfig;
 use skiff_server::{Role, start};
 use tokio::sync::mpsc;
 
-/// Tells the bench when each step starts, and succeeds at once.
-struct Recorder(mpsc::UnboundedSender<(String, Instant)>);
-
-impl StepExecutor for Recorder {
-    fn run_step<'a>(
-        &'a self,
-        req: StepRequest,
-        _log: &'a (dyn Fn(LogLine) + Send + Sync),
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
-        let _ = self.0.send((req.run_id.clone(), Instant::now()));
-        Box::pin(async { StepResult::outcome(StepOutcome::Success) })
-    }
-}
+// The tests' scripted executor; the benchmark uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/all/support/executor.rs"]
+mod executor;
 
 const SECRET: &str = "bench-secret";
 
@@ -110,7 +98,14 @@ async fn main() {
     // Webhook → first step started, one at a time over a kept-alive connection.
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let server = start(config(dir.path(), 64), Arc::new(Recorder(tx)), Role::All).await.unwrap();
+    // Tells the bench when each step starts; every step succeeds at once.
+    let exec = executor::Scripted::new()
+        .every("")
+        .on_start(move |req| {
+            let _ = tx.send((req.run_id.clone(), Instant::now()));
+        })
+        .without_recording();
+    let server = start(config(dir.path(), 64), Arc::new(exec), Role::All).await.unwrap();
     let url = format!("http://{}/hooks/web", server.addr);
     let http = reqwest::Client::new();
     let mut lat = Vec::with_capacity(n_latency);

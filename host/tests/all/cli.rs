@@ -1,6 +1,9 @@
 //! The `skiff` command line, run as a user runs it.
 
+use std::path::Path;
 use std::process::Command;
+
+use crate::support::{output_of, snapshot};
 
 const HOSTILE: &str = skiff_runtime::test_guests::HOSTILE;
 
@@ -94,6 +97,56 @@ fn the_bundled_example_pipeline_runs_end_to_end() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Hello, world!"), "{out}");
     assert!(ws.path().join("greeting.txt").exists(), "{out}");
+}
+
+/// `skiff ARGS` in `dir`, not yet started.
+fn skiff_at(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    c.args(args).current_dir(dir).env("SKIFF_CACHE_DIR", crate::shared_cache_dir());
+    c
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+#[test]
+fn snapshot_of_validate_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = r#"name: broken
+on:
+  push:
+    branchs: [main]
+jobs:
+  build:
+    stpes:
+      - run: echo hi
+  test:
+    needs: [biuld]
+    steps:
+      - id: a
+        uses: diag
+        with:
+          message: ${{ steps.a.outputs. }}
+      - id: a
+        run: echo again
+        timeout-minutes: soon
+"#;
+    std::fs::write(dir.path().join("pipeline.yaml"), broken).unwrap();
+    snapshot!("validate_errors", output_of(&mut skiff_at(dir.path(), &["validate", "pipeline.yaml"])));
+}
+
+#[test]
+fn snapshot_of_validate_plan_of_the_bundled_example() {
+    let args = ["validate", "--plan", "examples/hello/.skiff/pipeline.yaml"];
+    snapshot!("validate_plan_hello", output_of(&mut skiff_at(repo_root(), &args)));
+}
+
+#[test]
+fn snapshot_of_run_of_the_bundled_example() {
+    let ws = tempfile::tempdir().unwrap();
+    let args = ["run", "examples/hello/.skiff/pipeline.yaml", "--workspace", ws.path().to_str().unwrap()];
+    snapshot!("run_hello", output_of(&mut skiff_at(repo_root(), &args)));
 }
 
 /// A Serverless-cd pipeline, unchanged: `run:` steps, `inputs:`, and the DingTalk

@@ -1,28 +1,15 @@
 //! Connections cannot exhaust `skiff serve`: thousands of sockets that never send a byte, and
 //! clients that trickle a request a byte a second, while real requests are still answered.
 
-use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skiff_pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
 use skiff_server::{Role, ServeConfig};
 
-struct Succeed;
-
-impl StepExecutor for Succeed {
-    fn run_step<'a>(
-        &'a self,
-        _req: StepRequest,
-        _log: &'a (dyn Fn(LogLine) + Send + Sync),
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
-        Box::pin(async { StepResult::outcome(StepOutcome::Success) })
-    }
-}
+use crate::support::Scripted;
 
 fn config(data: &Path, top: &str) -> ServeConfig {
     ServeConfig::from_toml(&crate::serve::config_text(data, "", top), Path::new("/"), None).unwrap()
@@ -46,7 +33,8 @@ async fn idle_and_trickling_sockets_cannot_starve_real_requests() {
     let idle = ((limit as usize).saturating_sub(2000) / 3).min(3000);
     let cap = idle / 2;
     let extra = format!("max-connections = {cap}\nmax-connections-per-client = {cap}\nrequest-timeout-secs = 3\n");
-    let server = skiff_server::start(config(dir.path(), &extra), Arc::new(Succeed), Role::All).await.unwrap();
+    let server =
+        skiff_server::start(config(dir.path(), &extra), Arc::new(Scripted::new().every("")), Role::All).await.unwrap();
     let (secret, token) = (crate::serve::WEBHOOK_SECRET, crate::serve::TOKEN_ALL);
     let addr = server.addr;
 

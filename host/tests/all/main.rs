@@ -11,6 +11,7 @@ mod repository;
 mod runtime;
 mod sandbox;
 mod serve;
+mod support;
 
 /// The compiled-component cache that every test process shares (nextest runs each test in its
 /// own process): entries are written atomically and keyed by content, and it lives under

@@ -1,18 +1,18 @@
 //! Tests of the pipeline: golden files for parsing and planning
 //! (`tests/pipelines/{valid,invalid}`; `SKIFF_BLESS=1` rewrites them), the
-//! JSON Schema, and the engine with an in-test executor.
+//! JSON Schema, and the engine with the scripted executor (`support::Scripted`), whose `run:`
+//! scripts are in a language of its own (`log`, `out K=V`, `fail`, …).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skiff_pipeline::{
-    LogLine, RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, StepOutcome, StepRef, StepRequest,
-    StepResult, load_file, load_str, run_pipeline,
+    RunEvent, RunObserver, RunOptions, RunReport, Status, StepRef, StepRequest, load_file, load_str, run_pipeline,
 };
+
+use crate::support::Scripted;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -108,90 +108,6 @@ fn pipeline_examples_are_valid() {
 
 // ------------------------------------------------------------------ engine
 
-/// Runs scripts in a tiny language of its own, one command a line:
-/// `fail MSG`, `out K=V`, `env K=V`, `path P`, `post SCRIPT`, `log TEXT` (with `${VAR}` from the env),
-/// `sleep MS`, `cancel`, `summary TEXT`. A built-in step logs its inputs and fails when `fail` is set.
-#[derive(Default)]
-struct Fake {
-    requests: Mutex<Vec<StepRequest>>,
-}
-
-/// Expands `${NAME}` as a shell would, and `"${NAME}"` (how an expression stands in a script)
-/// to the bare value, as the shell's word would be.
-fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
-    let mut out = s.to_string();
-    for (k, v) in env {
-        out = out.replace(&format!("\"${{{k}}}\""), v).replace(&format!("${{{k}}}"), v);
-    }
-    out
-}
-
-impl StepExecutor for Fake {
-    fn run_step<'a>(
-        &'a self,
-        req: StepRequest,
-        log: &'a (dyn Fn(LogLine) + Send + Sync),
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
-        Box::pin(async move {
-            self.requests.lock().unwrap().push(req.clone());
-            let say = |t: String| {
-                log(LogLine {
-                    job_id: req.job_id.clone(),
-                    step_id: req.step_id.clone(),
-                    level: "stdout".into(),
-                    text: t,
-                })
-            };
-            let mut r = StepResult::outcome(StepOutcome::Success);
-            match &req.uses {
-                StepRef::Shell { script, .. } => {
-                    for line in script.lines() {
-                        let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
-                        let kv = || {
-                            let (k, v) = arg.split_once('=').unwrap_or((arg, ""));
-                            (k.to_string(), expand(v, &req.env))
-                        };
-                        match cmd {
-                            "fail" => {
-                                r.outcome = StepOutcome::Failure(arg.to_string());
-                                break;
-                            }
-                            "cancel" => {
-                                r.outcome = StepOutcome::Cancelled;
-                                break;
-                            }
-                            "out" => {
-                                let (k, v) = kv();
-                                r.outputs.insert(k, v);
-                            }
-                            "env" => {
-                                let (k, v) = kv();
-                                r.env.insert(k, v);
-                            }
-                            "path" => r.path.push(arg.to_string()),
-                            "post" => r.post = Some(arg.to_string()),
-                            "summary" => r.summary = Some(arg.to_string()),
-                            "log" => say(expand(arg, &req.env)),
-                            "sleep" => tokio::time::sleep(Duration::from_millis(arg.parse().unwrap())).await,
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {
-                    for (k, v) in &req.inputs {
-                        say(format!("{k}={v}"));
-                    }
-                    if req.inputs.get("fail").is_some_and(|f| f == "true") {
-                        r.outcome = StepOutcome::Failure("asked to fail".into());
-                    }
-                    r.outputs.insert("message".into(), req.inputs.get("message").cloned().unwrap_or_default());
-                }
-            }
-            r
-        })
-    }
-}
-
 #[derive(Default)]
 struct Events(Mutex<Vec<RunEvent>>);
 
@@ -220,7 +136,7 @@ impl Events {
 
 struct Run {
     report: RunReport,
-    fake: Arc<Fake>,
+    exec: Arc<Scripted>,
     events: Arc<Events>,
     _ws: tempfile::TempDir,
 }
@@ -233,11 +149,16 @@ impl Run {
         self.job(key).steps.iter().map(|s| (s.id.clone(), s.status)).collect()
     }
     fn request(&self, step_id: &str) -> StepRequest {
-        self.fake.requests.lock().unwrap().iter().find(|r| r.step_id == step_id).cloned().expect("step ran")
+        self.exec.call(step_id)
     }
 }
 
 async fn run_with(yaml: &str, f: impl FnOnce(&mut RunOptions)) -> Run {
+    run_on(Scripted::new(), yaml, f).await
+}
+
+/// Runs `yaml` with `exec`, scripted for the test.
+async fn run_on(exec: Scripted, yaml: &str, f: impl FnOnce(&mut RunOptions)) -> Run {
     let plan = match load_str(yaml, "test.yaml", Path::new(".")) {
         Ok(p) => p,
         Err(d) => panic!("{d}"),
@@ -252,10 +173,10 @@ async fn run_with(yaml: &str, f: impl FnOnce(&mut RunOptions)) -> Run {
         ..Default::default()
     };
     f(&mut opts);
-    let fake = Arc::new(Fake::default());
+    let exec = Arc::new(exec);
     let events = Arc::new(Events::default());
-    let report = run_pipeline(&plan, opts, fake.clone(), events.clone()).await;
-    Run { report, fake, events, _ws: ws }
+    let report = run_pipeline(&plan, opts, exec.clone(), events.clone()).await;
+    Run { report, exec, events, _ws: ws }
 }
 
 async fn run(yaml: &str) -> Run {
@@ -289,6 +210,54 @@ steps:
     assert!(r.events.logs().contains(&"hi /opt/tool/bin:/usr/local/bin:/usr/bin:/bin".to_string()));
     // A single job runs in the workspace itself.
     assert_eq!(r.request("a").workspace, r._ws.path());
+}
+
+/// `uses:` steps scripted for the test: a built-in's outputs reach later steps, and when one
+/// fails the job stops there, but for what runs on failure.
+#[tokio::test]
+async fn pipeline_engine_builtin_outputs_and_failures_shape_the_job() {
+    let exec = Scripted::new().step("version", "out v=2.0.1\nlog computed").uses("checkout", "fail no such ref");
+    let yaml = r#"
+steps:
+  - id: version
+    uses: diag
+  - id: fetch
+    uses: checkout
+    with:
+      ref: v${{ steps.version.outputs.v }}
+  - id: after
+    run: log never
+  - id: report
+    if: failure()
+    uses: diag
+    with:
+      message: fetch ended in ${{ steps.fetch.outcome }}
+"#;
+    let r = run_on(exec, yaml, |_| {}).await;
+    assert_eq!(r.report.status, Failure);
+    assert_eq!(r.request("fetch").inputs["ref"], "v2.0.1");
+    assert_eq!(
+        r.steps("main"),
+        vec![
+            ("version".into(), Success),
+            ("fetch".into(), Failure),
+            ("after".into(), Skipped),
+            ("report".into(), Success)
+        ]
+    );
+    assert_eq!(r.job("main").steps[1].error.as_deref(), Some("no such ref"));
+    assert_eq!(r.events.logs(), vec!["computed", "fetch ended in failure"]);
+}
+
+/// The scripted executor runs no shell: a line it does not know fails the step, so a test
+/// whose script has a typo fails instead of passing with a step that did nothing.
+#[tokio::test]
+async fn the_scripted_executor_fails_a_step_it_cannot_read() {
+    let r = run("steps:\n  - run: |\n      log fine\n      ehco hi\n").await;
+    assert_eq!(r.report.status, Failure);
+    let err = r.job("main").steps[0].error.clone().unwrap();
+    assert!(err.contains("line 2 of the script") && err.contains("no command `ehco`"), "{err}");
+    assert!(r.events.logs().is_empty(), "nothing of a script it cannot read runs: {:?}", r.events.logs());
 }
 
 #[tokio::test]
@@ -389,7 +358,7 @@ jobs:
     // Several jobs: each in its own folder.
     assert!(r.request("use").workspace.ends_with("b"));
     // Order: a before b before d.
-    let order: Vec<String> = r.fake.requests.lock().unwrap().iter().map(|q| q.job_id.clone()).collect();
+    let order: Vec<String> = r.exec.calls().iter().map(|q| q.job_id.clone()).collect();
     let pos = |j: &str| order.iter().position(|x| x == j).unwrap();
     assert!(pos("a") < pos("b") && pos("b") < pos("d"));
 }
@@ -557,7 +526,7 @@ steps:
     assert_eq!(r.report.status, Failure);
     let err = r.job("main").steps[0].error.clone().unwrap();
     assert!(err.starts_with("test.yaml:6:16: expression `fromJSON('not json')` failed"), "{err}");
-    assert!(r.fake.requests.lock().unwrap().is_empty(), "the step must not run");
+    assert!(r.exec.calls().is_empty(), "the step must not run");
 }
 
 #[tokio::test]
@@ -610,7 +579,7 @@ steps:
 "#)
     .await;
     assert!(r.report.success());
-    let reqs = r.fake.requests.lock().unwrap().clone();
+    let reqs = r.exec.calls();
     assert_eq!(reqs[0].uses, StepRef::Builtin("checkout".into()));
     assert_eq!(reqs[1].uses, StepRef::Builtin("notify".into()));
     assert_eq!(reqs[1].inputs["provider"], "dingtalk");

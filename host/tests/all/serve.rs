@@ -1,8 +1,6 @@
 //! `skiff serve`: the API with `oneshot`, and end-to-end runs over a real socket.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,57 +8,20 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use serde_json::{Value, json};
 use skiff_edge_core::{Dispatch, Event, EventKind, Provider, Secret, sign_dispatch};
-use skiff_pipeline::{LogLine, StepExecutor, StepOutcome, StepRequest, StepResult};
 use skiff_server::config::ServeConfig;
 use skiff_server::store::{NewRun, Store};
 use skiff_server::{Role, Shared, app, start};
 use tower::ServiceExt as _;
 
-/// Stands in for the wasmtime runtime: logs its inputs, sleeps on `sleep_ms`, fails on
-/// `fail: "true"`, prints `lines` lines, and hangs forever on `hang: "true"`.
-struct FakeExecutor;
-
-impl StepExecutor for FakeExecutor {
-    fn run_step<'a>(
-        &'a self,
-        req: StepRequest,
-        log: &'a (dyn Fn(LogLine) + Send + Sync),
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let line = |text: String| {
-                log(LogLine { job_id: req.job_id.clone(), step_id: req.step_id.clone(), level: "info".into(), text })
-            };
-            line(format!("step {} of run {}", req.step_id, req.run_id));
-            if let Some(m) = req.inputs.get("message") {
-                line(m.clone());
-            }
-            let n: usize = req.inputs.get("lines").and_then(|n| n.parse().ok()).unwrap_or(0);
-            for i in 0..n {
-                line(format!("line {i} of many, padded to be long enough to matter"));
-            }
-            if let Some(ms) = req.inputs.get("sleep_ms").and_then(|m| m.parse().ok()) {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-            if req.inputs.get("hang").map(String::as_str) == Some("true") {
-                std::future::pending::<()>().await;
-            }
-            let mut r = if req.inputs.get("fail").map(String::as_str) == Some("true") {
-                StepResult::outcome(StepOutcome::Failure("failing on purpose".into()))
-            } else {
-                StepResult::outcome(StepOutcome::Success)
-            };
-            r.duration = started.elapsed();
-            r
-        })
-    }
-}
+use crate::support::{Scripted, json_snapshot};
 
 pub(crate) const TOKEN_ALL: &str = "admin-token";
 const TOKEN_WEB: &str = "web-token";
 pub(crate) const WEBHOOK_SECRET: &str = "webhook-s3cret";
 pub(crate) const DISPATCH_KEY: &str = "whsec_c2tpZmYtZGlzcGF0Y2gta2V5";
 
+/// The web app's pipeline: one `diag` step, which `Scripted` drives by its inputs (it logs
+/// `message`, and reads `sleep_ms`, `fail`, `hang` and `lines`), and the real executor runs.
 const PIPELINE: &str = r#"
 name: web
 steps:
@@ -126,7 +87,7 @@ fn config(data: &Path, extra_app: &str, top: &str) -> ServeConfig {
 }
 
 fn shared(data: &Path, extra_app: &str) -> Arc<Shared> {
-    Shared::open(config(data, extra_app, ""), Arc::new(FakeExecutor), Role::All).unwrap()
+    Shared::open(config(data, extra_app, ""), Arc::new(Scripted::new()), Role::All).unwrap()
 }
 
 async fn call(s: &Arc<Shared>, req: Request<Body>) -> (StatusCode, Value) {
@@ -292,7 +253,7 @@ async fn the_previous_dispatch_key_verifies_during_a_rotation() {
     let old = "whsec_b2xkLWRpc3BhdGNoLWtleQ==";
     let s = Shared::open(
         config(dir.path(), "", &format!("dispatch-key-previous = \"{old}\"")),
-        Arc::new(FakeExecutor),
+        Arc::new(Scripted::new()),
         Role::All,
     )
     .unwrap();
@@ -338,7 +299,7 @@ async fn webhooks_are_verified_matched_and_deduplicated() {
 
     // `--role host` serves no webhooks.
     let host =
-        Shared::new(config(dir.path(), "", ""), s.store.clone(), s.logs.clone(), Arc::new(FakeExecutor), Role::Host)
+        Shared::new(config(dir.path(), "", ""), s.store.clone(), s.logs.clone(), Arc::new(Scripted::new()), Role::Host)
             .unwrap();
     let (st, _) = call(&host, github_hook("web", &body, "gh-6", WEBHOOK_SECRET)).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
@@ -440,6 +401,49 @@ async fn tokens_are_required_and_scoped_to_apps() {
     let (st2, b) = call(&s, req()).await;
     assert_eq!((st1, st2), (StatusCode::ACCEPTED, StatusCode::OK));
     assert_eq!(a["id"], b["id"]);
+}
+
+/// What the API answers about a webhook's run that finished, as `skiff runs` shows it: the
+/// webhook's answer, the run with its jobs and steps, its logs, and the list of runs.
+#[tokio::test]
+async fn snapshot_of_the_api_bodies_of_a_finished_webhook_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let _sched = spawn_scheduler(&s);
+    let (st, accepted) = call(&s, github_hook("web", &push_body("main", "a"), "gh-1", WEBHOOK_SECRET)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{accepted}");
+    let id = accepted["runs"][0]["id"].as_i64().unwrap();
+    wait_for(&s, id, &["success"]).await;
+    json_snapshot!("api_webhook_accepted", accepted);
+    for (name, path) in [
+        ("api_run", format!("/v1/runs/{id}")),
+        ("api_run_logs", format!("/v1/runs/{id}/logs")),
+        ("api_runs", "/v1/runs".to_string()),
+    ] {
+        let (st, body) = call(&s, get(&path, Some(TOKEN_WEB))).await;
+        assert_eq!(st, StatusCode::OK, "{path}: {body}");
+        json_snapshot!(name, body);
+    }
+}
+
+/// Bad requests are answered with a JSON body that says what to fix.
+#[tokio::test]
+async fn snapshot_of_the_error_bodies_of_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    for (name, req, want) in [
+        (
+            "api_error_unknown_field",
+            post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"reff": "main"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("api_error_bad_id", get("/v1/runs/x", Some(TOKEN_WEB)), StatusCode::BAD_REQUEST),
+        ("api_error_no_token", get("/v1/runs", None), StatusCode::UNAUTHORIZED),
+    ] {
+        let (st, body) = call(&s, req).await;
+        assert_eq!(st, want, "{name}: {body}");
+        json_snapshot!(name, body);
+    }
 }
 
 #[tokio::test]
@@ -547,7 +551,7 @@ async fn push_over_socket(http: &reqwest::Client, base: &str, tag: &str) -> i64 
 #[tokio::test]
 async fn webhook_to_run_to_live_logs_over_a_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(dir.path(), "", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+    let server = start(config(dir.path(), "", ""), Arc::new(Scripted::new()), Role::All).await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
 
@@ -614,9 +618,12 @@ async fn concurrency_group_cancels_the_run_in_progress() {
         "name: web\n",
         "name: web\n    concurrency:\n      group: deploy-${{ event.ref }}\n      cancel-in-progress: true\n",
     );
-    let s =
-        Shared::open(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(FakeExecutor), Role::All)
-            .unwrap();
+    let s = Shared::open(
+        ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(),
+        Arc::new(Scripted::new()),
+        Role::All,
+    )
+    .unwrap();
     let _sched = spawn_scheduler(&s);
     let (_, a) =
         call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"ref": "main", "inputs": {"hang": "true"}}))).await;
@@ -694,7 +701,7 @@ async fn limits_queue_runs_and_cancel_and_rerun_work() {
 async fn logs_are_capped_per_step_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let top = "log-bytes-per-step = 600";
-    let s = Shared::open(config(dir.path(), "", top), Arc::new(FakeExecutor), Role::All).unwrap();
+    let s = Shared::open(config(dir.path(), "", top), Arc::new(Scripted::new()), Role::All).unwrap();
     let _sched = spawn_scheduler(&s);
     let (_, r) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"lines": "100"}}))).await;
     let id = r["id"].as_i64().unwrap();
@@ -717,7 +724,7 @@ async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() 
     let dir = tempfile::tempdir().unwrap();
     // First life: one run hangs, one waits behind it (limit 1); then the host "dies".
     let server =
-        start(config(dir.path(), "max-concurrent-runs = 1", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+        start(config(dir.path(), "max-concurrent-runs = 1", ""), Arc::new(Scripted::new()), Role::All).await.unwrap();
     let s = server.shared.clone();
     let (_, a) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"sleep_ms": "60000"}}))).await;
     let (_, b) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({}))).await;
@@ -732,9 +739,10 @@ async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() 
     // Second life: the running run is retried (attempt 2) and the queued one starts. The
     // retried run hangs again, and the host dies again.
     let text = config_text(dir.path(), "max-concurrent-runs = 1", "");
-    let server = start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(FakeExecutor), Role::All)
-        .await
-        .unwrap();
+    let server =
+        start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(Scripted::new()), Role::All)
+            .await
+            .unwrap();
     let s = server.shared.clone();
     let ra = wait_for(&s, a, &["running"]).await;
     assert_eq!((ra.attempt, ra.interruptions), (2, 1));
@@ -742,9 +750,10 @@ async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() 
     drop(s);
 
     // Third life: retried once already, so it fails with the reason; the queued run runs.
-    let server = start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(FakeExecutor), Role::All)
-        .await
-        .unwrap();
+    let server =
+        start(ServeConfig::from_toml(&text, Path::new("/"), None).unwrap(), Arc::new(Scripted::new()), Role::All)
+            .await
+            .unwrap();
     let s = server.shared.clone();
     let ra = wait_for(&s, a, &["failure"]).await;
     assert!(ra.error.as_deref().unwrap().contains("second time"), "{:?}", ra.error);
@@ -757,7 +766,7 @@ async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_lets_runs_in_progress_finish_and_starts_no_more() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(dir.path(), "", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+    let server = start(config(dir.path(), "", ""), Arc::new(Scripted::new()), Role::All).await.unwrap();
     let s = server.shared.clone();
     let (_, a) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"sleep_ms": "1500"}}))).await;
     let a = a["id"].as_i64().unwrap();
@@ -778,7 +787,7 @@ async fn draining_lets_runs_in_progress_finish_and_starts_no_more() {
     drop(s);
 
     // A run that outlasts the drain is left for the next start, as after a crash.
-    let server = start(config(dir.path(), "", ""), Arc::new(FakeExecutor), Role::All).await.unwrap();
+    let server = start(config(dir.path(), "", ""), Arc::new(Scripted::new()), Role::All).await.unwrap();
     let s = server.shared.clone();
     wait_for(&s, b, &["success"]).await;
     let (_, c) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({"inputs": {"hang": "true"}}))).await;
@@ -808,7 +817,7 @@ fn cron_schedules_fire_once_per_instant() {
         r#"on = { push = {}, schedule = [{ cron = "0 3 * * *" }] }"#,
     );
     let cfg = ServeConfig::from_toml(&text, Path::new("/"), None).unwrap();
-    let s = Shared::open(cfg, Arc::new(FakeExecutor), Role::All).unwrap();
+    let s = Shared::open(cfg, Arc::new(Scripted::new()), Role::All).unwrap();
     let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap();
     let fire = |t| skiff_server::cron::fire_due(&s, t).unwrap();
     assert!(fire(t0).is_empty(), "the first sight only starts the clock");

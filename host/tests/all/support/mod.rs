@@ -1,0 +1,110 @@
+//! What the host's tests share: the scripted step executor ([`Scripted`]) and the snapshot
+//! settings, with every filter defined here, once.
+//!
+//! # Snapshots
+//!
+//! [`snapshot!`] and [`json_snapshot!`] compare CLI output and API bodies with files under
+//! `tests/all/snapshots/`, after [`filters`] replaced what changes from run to run (times,
+//! durations, run ids, temporary and repository paths). A mismatch, or a snapshot that does
+//! not exist yet, fails the test. Locally insta also writes the new value beside the old one
+//! as `*.snap.new`; under `CI=true` (as `.ci/run` runs) it writes nothing, as with
+//! `INSTA_UPDATE=no`.
+//!
+//! To update them after a deliberate change, rerun the tests that failed with
+//! `INSTA_UPDATE=always` (it rewrites the `.snap` files in place), then read the diff before
+//! committing it:
+//!
+//! ```text
+//! INSTA_UPDATE=always cargo nextest run -p skiff -E 'test(/snapshot/)'
+//! git diff host/tests/all/snapshots/
+//! ```
+//!
+//! (`cargo insta review` does the same interactively where cargo-insta is installed.)
+
+use std::path::Path;
+use std::process::Command;
+
+mod executor;
+
+pub use executor::Scripted;
+
+/// The filters every snapshot goes through, in order: a regex and what replaces each match.
+pub fn filters() -> Vec<(String, String)> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut f = vec![(escape(&repo.display().to_string()), "[REPO]".to_string())];
+    // A temporary folder's name is random: the folder and its name become `[TEMP]`.
+    let tmp = std::env::temp_dir();
+    let mut tmps = vec![tmp.clone()];
+    tmps.extend(tmp.canonicalize().ok().filter(|c| *c != tmp));
+    for t in tmps {
+        let t = t.display().to_string();
+        f.push((format!(r"{}/[^\s/:\x22']+", escape(t.trim_end_matches('/'))), "[TEMP]".into()));
+    }
+    for (re, with) in [
+        // RFC 3339 times, as logs and JSON write them.
+        (r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})?", "[TIME]"),
+        // Times and durations in JSON: `started_at` and a log line's `ts` (unix time), `duration_ms`,
+        // `wall_ms`, `cpu_ms`.
+        (r#""(ts|\w+_at)": \d+"#, r#""$1": "[TIME]""#),
+        (r#""(\w+_ms)": \d+"#, r#""$1": "[DURATION]""#),
+        // Durations as people read them: `173ms`, `1.2s`.
+        (r"\b\d+(\.\d+)?(ms|s)\b", "[DURATION]"),
+        // A local run's id is its start time and the process id.
+        (r"\blocal-\d+-\d+\b", "local-[ID]"),
+        // Sizes of what holds a run id (`diag` writes it into its file), whose length varies.
+        (r"\b\d+ bytes\b", "[SIZE] bytes"),
+    ] {
+        f.push((re.into(), with.into()));
+    }
+    f
+}
+
+/// `s` as a regex that matches it literally.
+fn escape(s: &str) -> String {
+    s.chars().fold(String::new(), |mut out, c| {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+/// insta's settings with [`filters`]; the snapshots stay beside the test file, in `snapshots/`.
+pub fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    for (re, with) in filters() {
+        s.add_filter(&re, with);
+    }
+    s.set_omit_expression(true);
+    s
+}
+
+/// What a command did, as a snapshot shows it: whether it succeeded, its exit code, then its
+/// standard output and standard error, each whole.
+pub fn output_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("running the command");
+    format!(
+        "success: {}\nexit_code: {}\n----- stdout -----\n{}\n----- stderr -----\n{}",
+        out.status.success(),
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `insta::assert_snapshot!(name, text)` with [`settings`].
+macro_rules! snapshot {
+    ($name:expr, $value:expr $(,)?) => {
+        $crate::support::settings().bind(|| insta::assert_snapshot!($name, $value))
+    };
+}
+
+/// `insta::assert_json_snapshot!(name, value)` with [`settings`].
+macro_rules! json_snapshot {
+    ($name:expr, $value:expr $(,)?) => {
+        $crate::support::settings().bind(|| insta::assert_json_snapshot!($name, $value))
+    };
+}
+
+pub(crate) use {json_snapshot, snapshot};

@@ -41,14 +41,16 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use self::artifact_store::ArtifactStore;
-use self::bindings::{Step, StepPre};
+use self::bindings::StepPre;
 use self::cache::{DiskCache, Source};
 pub use self::engine::EngineOptions;
 use self::limits::{Bytes, Limits, MemoryLimiter, Secs};
 use self::state::StepState;
+use crate::capabilities::artifacts::ArtifactsHost;
 use crate::capabilities::http::{Allowlist, HttpPolicy};
-use crate::capabilities::log::{LogPipe, LogSink};
-use crate::capabilities::process::ProcessGrant;
+use crate::capabilities::log::{LogHost, LogPipe, LogSink};
+use crate::capabilities::process::{ProcessGrant, ProcessHost};
+use crate::capabilities::secrets::SecretsHost;
 use crate::mask::Masker;
 
 /// A compiled step, ready to instantiate.
@@ -171,7 +173,13 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(to_anyhow)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(to_anyhow)?;
-        Step::add_to_linker::<_, wasmtime::component::HasSelf<StepState>>(&mut linker, |s| s).map_err(to_anyhow)?;
+        // Each of Skiff's interfaces is added with the part of the store data it owns.
+        bindings::skiff::step::types::add_to_linker::<_, wasmtime::component::HasSelf<StepState>>(&mut linker, |s| s)
+            .map_err(to_anyhow)?;
+        LogHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.log).map_err(to_anyhow)?;
+        SecretsHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.secrets).map_err(to_anyhow)?;
+        ProcessHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.process).map_err(to_anyhow)?;
+        ArtifactsHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.artifacts).map_err(to_anyhow)?;
         let disk = DiskCache::new(&engine, cache_dir.unwrap_or_else(cache::default_dir));
         Ok(Self { engine, linker, options, disk, loaded: Mutex::new(HashMap::new()) })
     }
@@ -263,18 +271,26 @@ impl Runtime {
                 traffic: traffic.clone(),
             },
             limiter: MemoryLimiter::new(inv.limits.memory),
-            log,
-            secrets: inv.secrets.clone(),
-            process: inv.process.clone(),
-            workspace: inv.workspace.clone(),
-            artifacts: inv.artifacts.clone(),
-            run_id: inv.run_id.clone(),
-            step_id: inv.step_id.clone(),
+            log: LogHost { log: log.clone() },
+            secrets: SecretsHost { secrets: inv.secrets.clone(), log: log.clone() },
+            process: ProcessHost {
+                grant: inv.process.clone(),
+                allow: inv.allow_hosts.clone(),
+                workspace: inv.workspace.clone(),
+                deadline: Instant::now() + inv.limits.timeout,
+                traffic,
+                log: log.clone(),
+            },
+            artifacts: ArtifactsHost {
+                store: inv.artifacts.clone(),
+                run_id: inv.run_id.clone(),
+                step_id: inv.step_id.clone(),
+                workspace: inv.workspace.clone(),
+                log,
+            },
             cpu_ticks: 0,
             cpu_limit_ticks,
             cpu_exceeded: false,
-            traffic,
-            deadline: Instant::now() + inv.limits.timeout,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -353,7 +369,7 @@ impl Runtime {
         let data = store.data();
         usage.cpu_ms = data.cpu_ticks * engine::TICK.as_millis() as u64;
         usage.peak_memory = data.limiter.peak;
-        usage.http_bytes = data.traffic.load(Ordering::Relaxed);
+        usage.http_bytes = data.process.traffic.load(Ordering::Relaxed);
         let limits = inv.limits;
         let (status, outputs) = match result {
             Err(_) => (StepStatus::TimedOut(format!("timed out after {}", Secs(timeout))), BTreeMap::new()),

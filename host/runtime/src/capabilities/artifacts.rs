@@ -3,9 +3,13 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::artifact_store::valid_name;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::log::LogPipe;
+use crate::artifact_store::{ArtifactStore, valid_name};
 use crate::bindings::skiff::step::artifacts as wit;
-use crate::state::StepState;
 
 /// Largest single artifact.
 pub const MAX_ARTIFACT: u64 = 1 << 30;
@@ -26,9 +30,29 @@ pub fn resolve_in_workspace(workspace: &Path, rel: &str) -> Result<PathBuf, Stri
     Ok(full)
 }
 
-impl wit::Host for StepState {
+/// What the `artifacts` interface of one step holds: the run's store, and where files come from.
+pub struct ArtifactsHost {
+    /// The run's artifact store; none refuses uploads.
+    pub store: Option<Arc<dyn ArtifactStore>>,
+    /// The run and step an artifact is stored under.
+    pub run_id: String,
+    pub step_id: String,
+    /// The step's workspace: the only place files are taken from.
+    pub workspace: PathBuf,
+    /// Where what was stored is said.
+    pub log: Arc<LogPipe>,
+}
+
+impl ArtifactsHost {
+    /// Adds the interface to a linker whose store data holds an `ArtifactsHost`.
+    pub fn add_to_linker<T: 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut Self) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
+}
+
+impl wit::Host for ArtifactsHost {
     fn upload(&mut self, name: String, path: String) -> wasmtime::Result<Result<u64, String>> {
-        let Some(store) = self.artifacts.clone() else {
+        let Some(store) = self.store.clone() else {
             return Ok(Err("this run has no artifact store; `skiff step run` takes `--artifacts DIR`".into()));
         };
         if !valid_name(&name) {

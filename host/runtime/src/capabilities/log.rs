@@ -13,7 +13,6 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::bindings::skiff::step::log as wit;
 use crate::mask::Masker;
-use crate::state::StepState;
 
 /// Where a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -256,7 +255,23 @@ impl tokio::io::AsyncWrite for GuestOutput {
     }
 }
 
-impl wit::Host for StepState {
+/// What the `log` interface of one step holds: its log.
+pub struct LogHost {
+    /// The step's log.
+    pub log: Arc<LogPipe>,
+}
+
+impl LogHost {
+    /// Adds the interface to a linker whose store data holds a `LogHost`.
+    pub fn add_to_linker<T: 'static>(
+        linker: &mut wasmtime::component::Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, wasmtime::component::HasSelf<Self>>(linker, get)
+    }
+}
+
+impl wit::Host for LogHost {
     fn write(&mut self, level: wit::Level, message: String) -> wasmtime::Result<()> {
         let level = match level {
             wit::Level::Trace => Level::Trace,

@@ -2,18 +2,19 @@
 //! (`crate::sandbox`), for steps granted `process`. Output streams into the
 //! step log, masked like everything else, and counts against its log limit.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-
-use crate::bindings::skiff::step::process as wit;
-use crate::sandbox::{self, Capture, Egress, Exit, SandboxError, SandboxSpec, Stream};
-use crate::state::StepState;
+use wasmtime::component::{HasSelf, Linker};
 
 use super::egress::{self, Destinations, EgressProxy};
-
-use super::log::Level;
+use super::http::Allowlist;
+use super::log::{Level, LogPipe};
+use crate::bindings::skiff::step::process as wit;
+use crate::sandbox::{self, Capture, Egress, Exit, SandboxError, SandboxSpec, Stream};
 
 /// What a step may do with processes.
 #[derive(Debug, Clone, Default)]
@@ -27,9 +28,35 @@ pub struct ProcessGrant {
     pub unsandboxed: bool,
 }
 
-impl wit::Host for StepState {
+/// What the `process` interface of one step holds.
+pub struct ProcessHost {
+    /// What the step may do with processes.
+    pub grant: ProcessGrant,
+    /// The hosts granted to the step: its processes' network reaches only these, when any.
+    pub allow: Allowlist,
+    /// The step's workspace, bound into the sandbox.
+    pub workspace: PathBuf,
+    /// When the step's time is up: no process outlives it.
+    pub deadline: Instant,
+    /// Bytes the step sent and received, processes included.
+    pub traffic: Arc<AtomicU64>,
+    /// The step's log: processes' output goes there.
+    pub log: Arc<LogPipe>,
+}
+
+impl ProcessHost {
+    /// Adds the interface to a linker whose store data holds a `ProcessHost`.
+    pub fn add_to_linker<T: Send + 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> &mut Self,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<Self>>(linker, get)
+    }
+}
+
+impl wit::Host for ProcessHost {
     async fn run(&mut self, cmd: wit::Command) -> wasmtime::Result<Result<wit::Outcome, wit::Error>> {
-        if !self.process.allowed {
+        if !self.grant.allowed {
             let msg = format!(
                 "the step tried to run `{}`, but it was not granted `process`: add `permissions: {{ process: true }}` to the step",
                 cmd.program
@@ -46,18 +73,18 @@ impl wit::Host for StepState {
         spec.cwd = cmd.cwd;
         spec.stdin = cmd.stdin;
         spec.timeout = timeout;
-        spec.unsandboxed = self.process.unsandboxed;
+        spec.unsandboxed = self.grant.unsandboxed;
         // The network of a process is the host's egress proxy, with the step's allowlist when it
         // has one (hosts granted to a step apply to its processes too), else any public host.
-        let allow = &self.http_policy.allow;
-        let destinations = match (self.process.network, allow.is_empty()) {
+        let allow = &self.allow;
+        let destinations = match (self.grant.network, allow.is_empty()) {
             (true, true) => Some(Destinations::Public),
             (_, false) => Some(Destinations::Only(allow.clone())),
             (false, true) => None,
         };
         let _proxy = match destinations {
             _ if spec.unsandboxed => {
-                spec.network = self.process.network;
+                spec.network = self.grant.network;
                 None
             }
             None => None,

@@ -172,9 +172,12 @@ async fn main() {
     // Nothing lost: every accepted run is stored and reaches `success`.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let f =
-            skiff_server::store::RunFilter { status: Some("success".into()), limit: Some(500), ..Default::default() };
-        let done = count_success(&server.shared.store, f);
+        let f = skiff_server::store::RunFilter {
+            status: Some(skiff_server::store::RunStatus::Success),
+            limit: Some(500),
+            ..Default::default()
+        };
+        let done = count_success(server.shared.store.as_ref(), f);
         if done == before as usize + accepted {
             break;
         }
@@ -190,7 +193,7 @@ async fn main() {
     server.halt();
 }
 
-fn count_success(store: &skiff_server::store::Store, mut f: skiff_server::store::RunFilter) -> usize {
+fn count_success(store: &dyn skiff_server::store::RunStore, mut f: skiff_server::store::RunFilter) -> usize {
     let mut n = 0;
     loop {
         let page = store.list_runs(&f).unwrap();

@@ -52,7 +52,7 @@ pub fn fire_due(shared: &Shared, now: DateTime<Utc>) -> anyhow::Result<Vec<i64>>
         }
     }
     if !ids.is_empty() {
-        shared.wake();
+        shared.scheduler.wake();
     }
     Ok(ids)
 }

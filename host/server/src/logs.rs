@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+use crate::store::RunStatus;
+
 /// One stored log line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogRecord {
@@ -146,12 +148,12 @@ pub enum LiveEvent {
         /// Display name.
         name: String,
         /// `running`, `success`, …
-        status: String,
+        status: RunStatus,
     },
     /// The run ended.
     End {
         /// Its final status.
-        status: String,
+        status: RunStatus,
     },
 }
 
@@ -177,10 +179,10 @@ impl Hub {
     }
 
     /// The run ended: tells followers and drops the channel.
-    pub fn end(&self, run: i64, status: &str) {
+    pub fn end(&self, run: i64, status: RunStatus) {
         let tx = self.runs.lock().unwrap_or_else(|e| e.into_inner()).remove(&run);
         if let Some(tx) = tx {
-            let _ = tx.send(LiveEvent::End { status: status.to_string() });
+            let _ = tx.send(LiveEvent::End { status });
         }
     }
 

@@ -6,11 +6,10 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    self, Accepted, ArtifactList, CreateRun, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail,
-    RunList, RunStatus, StreamEvent,
+    self, Accepted, ArtifactList, CreateRun, ErrorBody, HookResponse, Job, LogFormat, Logs, RerunRequest, Run,
+    RunDetail, RunList, RunStatus, Step, StreamEvent, Usage,
 };
 use super::logs::LogRecord;
-use super::store::{Job, Run, Step, Usage};
 
 /// The document.
 #[derive(OpenApi)]

@@ -1,41 +1,59 @@
-//! The scheduler: takes queued runs from the store in order and starts those that fit under
-//! the host's limit, their app's limit and their concurrency group.
+//! The scheduler: takes available runs from the [`RunQueue`] in order and starts those that fit
+//! under the host's limit, their app's limit and their concurrency group.
 //!
 //! A run is prepared once before it can start: its pipeline is loaded and its
 //! `concurrency.group` evaluated. As on GitHub, a group holds one running and one pending run:
 //! a newer run cancels the older pending one, and with `cancel-in-progress` the running one too.
+//!
+//! A run starts by leasing it from the queue, as this host ([`Scheduler::owner`]); the lease is
+//! renewed while it runs, and completing it records how it ended. A run whose lease expired
+//! (another host stopped renewing it) is taken over as at a restart: run again once with
+//! `recovery = "retry"`, else failed with the reason.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
+use anyhow::Context as _;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use super::Shared;
-use super::config::{AppConfig, PipelineSource};
-use super::logs::{LiveEvent, LogRecord};
-use super::store::{self, Run, Usage, now_ms, status};
+use super::config::{AppConfig, PipelineSource, Recovery, ServeConfig};
+use super::logs::{Hub, LiveEvent, LogRecord, LogStore};
+use super::queue::RunQueue;
+use super::repository::fetch::RepoCache;
+use super::repository::status::Reporter;
+use super::store::{self, Inserted, NewRun, Run, RunStatus, RunStore, Usage, now_ms};
 use skiff_pipeline::expr::Scope;
-use skiff_pipeline::{Plan, RunEvent, RunObserver, RunOptions, RunReport, Status, load_file, load_str, run_pipeline};
+use skiff_pipeline::{
+    Plan, RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, load_file, load_str, run_pipeline,
+};
+
+/// How long a lease holds without renewal: a host that stops renewing its runs' leases (it
+/// died) leaves them for another to take after this long.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// How often the leases of the runs in progress are renewed.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// How many available runs one pass looks at.
+const PASS: usize = 256;
 
 /// A run in progress.
-pub(crate) struct Running {
+struct Running {
     app: String,
     group: Option<String>,
     abort: AbortHandle,
     cancel_reason: Option<String>,
+    /// Its lease is no longer this host's: it runs elsewhere now, and its end is not this
+    /// host's to tell.
+    lost: bool,
 }
 
-impl Running {
-    /// Stops the run's task.
-    pub(crate) fn abort(&self) {
-        self.abort.abort();
-    }
-}
-
-/// What [`Shared::cancel`] did.
+/// What [`Scheduler::cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {
     /// The run was queued and is now cancelled.
@@ -46,8 +64,81 @@ pub enum Cancelled {
     AlreadyOver,
 }
 
+/// What the scheduler works with: the host's stores and services, shared with the routes.
+pub(crate) struct Handles {
+    pub config: Arc<ServeConfig>,
+    pub store: Arc<dyn RunStore>,
+    pub queue: Arc<dyn RunQueue>,
+    pub logs: Arc<dyn LogStore>,
+    pub hub: Arc<Hub>,
+    pub executor: Arc<dyn StepExecutor>,
+    pub repos: Arc<RepoCache>,
+    pub statuses: Reporter,
+}
+
+/// The scheduler of a host: accepts runs into the store, prepares them, starts them under the
+/// limits, supervises them, and keeps what is in progress (runs, fetches, checkouts).
+pub struct Scheduler {
+    config: Arc<ServeConfig>,
+    store: Arc<dyn RunStore>,
+    queue: Arc<dyn RunQueue>,
+    logs: Arc<dyn LogStore>,
+    hub: Arc<Hub>,
+    executor: Arc<dyn StepExecutor>,
+    repos: Arc<RepoCache>,
+    statuses: Reporter,
+    /// Who this host is, as the owner of its leases.
+    owner: String,
+    accept: std::sync::mpsc::Sender<Pending>,
+    /// Runs in progress.
+    running: Mutex<HashMap<i64, Running>>,
+    /// Runs whose commit is being fetched.
+    preparing: Mutex<HashSet<i64>>,
+    /// Runs whose workspace holds a fresh checkout made when they were prepared: its commit
+    /// and the pipeline read from it.
+    checked_out: Mutex<HashMap<i64, (String, Plan)>>,
+    wake: Notify,
+    halted: AtomicBool,
+    draining: AtomicBool,
+}
+
+type Pending = (NewRun, tokio::sync::oneshot::Sender<anyhow::Result<Inserted>>);
+
+/// Group commit: takes every run waiting to be accepted, stores them in one transaction, and
+/// answers each. One sync serves a whole burst.
+fn group_commit(store: &dyn RunStore, rx: std::sync::mpsc::Receiver<Pending>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (runs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match store.insert_runs(&runs) {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(anyhow::anyhow!("storing the run: {e:#}")));
+                }
+            }
+        }
+    }
+}
+
+/// A lease owner unique to this scheduler: its process and when it started.
+fn new_owner() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("pid {} at {} #{}", std::process::id(), now_ms(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Loads an app's pipeline, with `workspace` as the folder a relative pipeline path starts from.
-/// (A pipeline from the commit is read by [`Shared::commit_plan`].)
+/// (A pipeline from the commit is read by [`Scheduler::commit_plan`].)
 pub fn load_plan(app: &AppConfig, workspace: &Path) -> Result<Plan, String> {
     let r = match &app.pipeline {
         PipelineSource::Inline(y) => load_str(y, &format!("{} (pipeline-yaml)", app.name()), workspace),
@@ -96,19 +187,120 @@ fn scope_for(run: &Run) -> Scope {
     scope
 }
 
-impl Shared {
+impl Scheduler {
+    /// A scheduler over the host's stores, with its writer thread (see [`Self::enqueue`]).
+    pub(crate) fn new(h: Handles) -> anyhow::Result<Self> {
+        let (accept, rx) = std::sync::mpsc::channel();
+        let writer = h.store.clone();
+        std::thread::Builder::new()
+            .name("skiff-accept".into())
+            .spawn(move || group_commit(writer.as_ref(), rx))
+            .context("starting the run store's writer")?;
+        Ok(Scheduler {
+            config: h.config,
+            store: h.store,
+            queue: h.queue,
+            logs: h.logs,
+            hub: h.hub,
+            executor: h.executor,
+            repos: h.repos,
+            statuses: h.statuses,
+            owner: new_owner(),
+            accept,
+            running: Mutex::default(),
+            preparing: Mutex::default(),
+            checked_out: Mutex::default(),
+            wake: Notify::new(),
+            halted: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Who this host is, as the owner of the leases of the runs it runs.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Stores a run durably (committed and synced) and wakes the scheduler. Runs accepted at
+    /// the same time share one commit.
+    pub async fn enqueue(&self, run: NewRun) -> anyhow::Result<Inserted> {
+        let stopped = || anyhow::anyhow!("the run store's writer has stopped");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.accept.send((run, tx)).map_err(|_| stopped())?;
+        let inserted = rx.await.map_err(|_| stopped())??;
+        if !inserted.duplicate {
+            self.wake();
+        }
+        Ok(inserted)
+    }
+
     /// Asks the scheduler to look at the queue.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
 
-    /// Runs the scheduler until the process ends.
-    pub async fn scheduler_loop(self: Arc<Self>) {
+    /// Runs the scheduler until the process ends: a pass over the queue whenever woken, and
+    /// the leases of the runs in progress renewed every [`HEARTBEAT`] (with a pass, which
+    /// finds runs whose lease expired elsewhere).
+    pub async fn run(self: Arc<Self>) {
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(e) = self.schedule() {
                 tracing::error!("scheduler: {e:#}");
             }
-            self.wake.notified().await;
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = beat.tick() => self.heartbeat(),
+            }
+        }
+    }
+
+    /// Renews the lease of every run in progress; a run whose lease is no longer this host's
+    /// is stopped.
+    fn heartbeat(&self) {
+        let ids: Vec<i64> = self.running().keys().copied().collect();
+        for id in ids {
+            match self.queue.extend(id, &self.owner, LEASE_TTL) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let mut running = self.running();
+                    if let Some(r) = running.get_mut(&id) {
+                        tracing::warn!(
+                            run = id,
+                            "run {id} is no longer this host's to run (its lease was lost); stopping it"
+                        );
+                        r.lost = true;
+                        r.cancel_reason = Some("this host lost the run's lease".into());
+                        r.abort.abort();
+                    }
+                }
+                Err(e) => tracing::error!(run = id, "renewing its lease: {e:#}"),
+            }
+        }
+    }
+
+    /// Whether [`Self::halt`] was called.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    /// Whether [`Self::drain`] was called: no run starts any more.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Starts no more runs.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops every run in progress at once, as a killed process would: they stay `running`
+    /// (and leased) in the store, for the next start to recover.
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::SeqCst);
+        for r in self.running().values() {
+            r.abort.abort();
         }
     }
 
@@ -126,9 +318,9 @@ impl Shared {
         if self.draining() {
             return Ok(());
         }
-        let mut queued = self.store.queued()?;
-        if queued.iter().any(|r| !r.prepared) {
-            for run in queued.iter().filter(|r| !r.prepared) {
+        let mut available = self.queue.available(PASS)?;
+        if available.iter().any(|r| !r.prepared) {
+            for run in available.iter().filter(|r| !r.prepared) {
                 match self.config.apps.get(&run.app) {
                     // Fetching takes a while: it happens beside the scheduler, which comes back
                     // when it is done.
@@ -136,13 +328,16 @@ impl Shared {
                     _ => self.prepare(run)?,
                 }
             }
-            queued = self.store.queued()?;
+            available = self.queue.available(PASS)?;
         }
         // An app's runs start in order: none passes one of the same app still being fetched.
         let mut waiting: Vec<String> = Vec::new();
-        for run in queued {
+        for run in available {
             if !run.prepared || waiting.contains(&run.app) {
                 waiting.push(run.app.clone());
+                continue;
+            }
+            if run.status == RunStatus::Running && !self.may_take_over(&run)? {
                 continue;
             }
             let mut running = self.running();
@@ -162,10 +357,17 @@ impl Shared {
             {
                 continue;
             }
-            if !self.store.start_run(run.id)? {
+            let Some(lease) = self.queue.lease(run.id, &self.owner, LEASE_TTL)? else {
                 continue;
-            }
-            self.report_status(run.id, status::RUNNING, None);
+            };
+            // Taken over: a new attempt, so the row has changed.
+            let run = if lease.taken_over {
+                let Some(r) = self.store.run(run.id)? else { continue };
+                r
+            } else {
+                run
+            };
+            self.report_status(run.id, RunStatus::Running, None);
             let id = run.id;
             let group = run.concurrency_group.clone();
             let app_name = run.app.clone();
@@ -173,16 +375,40 @@ impl Shared {
             let this = self.clone();
             let app = app.clone();
             let task = tokio::spawn(async move { this.execute(run, app).await });
-            running.insert(id, Running { app: app_name, group, abort: task.abort_handle(), cancel_reason: None });
+            let r = Running { app: app_name, group, abort: task.abort_handle(), cancel_reason: None, lost: false };
+            running.insert(id, r);
             drop(running);
             tokio::spawn(self.clone().supervise(id, task, timeout));
         }
         Ok(())
     }
 
+    /// A running run whose lease expired (its host stopped renewing it) is taken over as at a
+    /// restart: it runs again once with `recovery = "retry"`; otherwise it fails with the reason.
+    /// One of this host's own is not: the heartbeat renews it.
+    fn may_take_over(&self, run: &Run) -> anyhow::Result<bool> {
+        if self.running().contains_key(&run.id) {
+            return Ok(false);
+        }
+        let retry = self.config.recovery == Recovery::Retry;
+        if retry && run.interruptions == 0 {
+            tracing::warn!(run = run.id, "run {} was running on a host that stopped; it runs again here", run.id);
+            return Ok(true);
+        }
+        let why = if retry {
+            "the host running this run stopped, for the second time; it was not retried again"
+        } else {
+            "the host running this run stopped (recovery = \"fail\" in the config)"
+        };
+        if self.store.finish_run(run.id, RunStatus::Failure, Some(why))? {
+            self.ended(run.id, RunStatus::Failure, Some(why));
+        }
+        Ok(false)
+    }
+
     fn fail_queued(&self, id: i64, why: &str) -> anyhow::Result<()> {
-        if self.store.finish_run(id, status::FAILURE, Some(why))? {
-            self.ended(id, status::FAILURE, Some(why));
+        if self.store.finish_run(id, RunStatus::Failure, Some(why))? {
+            self.ended(id, RunStatus::Failure, Some(why));
         }
         Ok(())
     }
@@ -190,7 +416,7 @@ impl Shared {
     /// Loads a queued run's pipeline and settles its concurrency group.
     fn prepare(self: &Arc<Self>, run: &Run) -> anyhow::Result<()> {
         // Pending on the commit from here, before the run can start (and report running).
-        self.report_status(run.id, status::QUEUED, None);
+        self.report_status(run.id, RunStatus::Queued, None);
         let Some(app) = self.config.apps.get(&run.app) else {
             return self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app));
         };
@@ -236,8 +462,8 @@ impl Shared {
                     return Ok(true);
                 }
                 let why = format!("skipped: the pipeline's `on:` does not take this event ({})", decision.reason());
-                if self.store.finish_run(run.id, status::SKIPPED, Some(&why)).map_err(|e| format!("{e:#}"))? {
-                    self.ended(run.id, status::SKIPPED, Some(&why));
+                if self.store.finish_run(run.id, RunStatus::Skipped, Some(&why)).map_err(|e| format!("{e:#}"))? {
+                    self.ended(run.id, RunStatus::Skipped, Some(&why));
                 }
                 Ok(false)
             }
@@ -253,7 +479,7 @@ impl Shared {
         let this = self.clone();
         tokio::spawn(async move {
             let id = run.id;
-            this.report_status(id, status::QUEUED, None);
+            this.report_status(id, RunStatus::Queued, None);
             let r = this.prepare_commit(&run).await;
             let r = match r.and_then(|plan| this.gate(&run, &plan).map(|go| (plan, go))) {
                 Ok((plan, true)) => this.settle_group(&run, &plan).map_err(|e| format!("{e:#}")),
@@ -340,7 +566,7 @@ impl Shared {
         if run.sha.as_deref() != Some(sha.as_str()) {
             match self.store.set_sha(run.id, &sha) {
                 // Now that the commit is known, it can show the run as pending.
-                Ok(()) if run.sha.is_none() => self.report_status(run.id, status::QUEUED, None),
+                Ok(()) if run.sha.is_none() => self.report_status(run.id, RunStatus::Queued, None),
                 Ok(()) => {}
                 Err(e) => tracing::error!(run = run.id, "recording its commit: {e:#}"),
             }
@@ -476,8 +702,8 @@ impl Shared {
         if let Some(g) = &group {
             let why = format!("superseded by run {} in concurrency group `{g}`", run.id);
             for older in self.store.queued_in_group_before(g, run.id)? {
-                if self.store.finish_run(older, status::CANCELLED, Some(&why))? {
-                    self.ended(older, status::CANCELLED, Some(&why));
+                if self.store.finish_run(older, RunStatus::Cancelled, Some(&why))? {
+                    self.ended(older, RunStatus::Cancelled, Some(&why));
                 }
             }
             if cancel {
@@ -515,8 +741,8 @@ impl Shared {
             .await;
             return Ok(Cancelled::Running);
         }
-        if self.store.finish_run(id, status::CANCELLED, Some(reason))? {
-            self.ended(id, status::CANCELLED, Some(reason));
+        if self.store.finish_run(id, RunStatus::Cancelled, Some(reason))? {
+            self.ended(id, RunStatus::Cancelled, Some(reason));
             self.wake();
             return Ok(Cancelled::Queued);
         }
@@ -535,52 +761,56 @@ impl Shared {
             None => Some(task.await),
             Some(t) => tokio::time::timeout(t, task).await.ok(),
         };
-        let (st, error): (&str, Option<String>) = match joined {
+        let (st, error): (RunStatus, Option<String>) = match joined {
             None => {
                 abort.abort();
                 (
-                    status::CANCELLED,
+                    RunStatus::Cancelled,
                     Some(format!("the run took longer than its limit of {} s", timeout.unwrap_or_default().as_secs())),
                 )
             }
             Some(Ok(Ok(report))) => match report.status {
-                Status::Success | Status::Skipped => (status::SUCCESS, None),
-                Status::Failure => (status::FAILURE, Some(first_error(&report))),
-                Status::Cancelled => (status::CANCELLED, Some("a step or job was cancelled".into())),
+                Status::Success | Status::Skipped => (RunStatus::Success, None),
+                Status::Failure => (RunStatus::Failure, Some(first_error(&report))),
+                Status::Cancelled => (RunStatus::Cancelled, Some("a step or job was cancelled".into())),
             },
-            Some(Ok(Err(e))) => (status::FAILURE, Some(e)),
+            Some(Ok(Err(e))) => (RunStatus::Failure, Some(e)),
             Some(Err(e)) if e.is_cancelled() => {
                 let reason = self.running().get(&id).and_then(|r| r.cancel_reason.clone());
-                (status::CANCELLED, Some(reason.unwrap_or_else(|| "cancelled".into())))
+                (RunStatus::Cancelled, Some(reason.unwrap_or_else(|| "cancelled".into())))
             }
-            Some(Err(e)) => (status::FAILURE, Some(format!("the run's task panicked: {e}"))),
+            Some(Err(e)) => (RunStatus::Failure, Some(format!("the run's task panicked: {e}"))),
         };
         if self.halted() {
             // Like a killed process: the run stays `running` for the next start to recover.
             return;
         }
-        if let Err(e) = self.store.finish_run(id, st, error.as_deref()) {
+        let recorded = self.queue.complete(id, &self.owner, st, error.as_deref()).unwrap_or_else(|e| {
             tracing::error!(run = id, "recording its end: {e:#}");
-        }
+            true
+        });
         self.logs.close(id);
         // The workspace goes before anyone hears the run ended.
         if !self.config.keep_workspaces {
             let _ = tokio::fs::remove_dir_all(self.workspace_dir(id)).await;
         }
-        self.running().remove(&id);
-        self.ended(id, st, error.as_deref());
+        let lost = self.running().remove(&id).is_some_and(|r| r.lost);
+        // A run whose lease another host took goes on there: its end is not this one.
+        if recorded || !lost {
+            self.ended(id, st, error.as_deref());
+        }
         self.wake();
     }
 
     /// A run ended: its live channel closes, and its commit's status says how.
-    fn ended(&self, id: i64, st: &str, why: Option<&str>) {
+    fn ended(&self, id: i64, st: RunStatus, why: Option<&str>) {
         self.hub.end(id, st);
         self.report_status(id, st, why);
     }
 
     /// Reports a run's state on its commit, for an app with `status-token`. Never fails the run:
     /// the reporter retries and logs.
-    pub(crate) fn report_status(&self, id: i64, st: &str, why: Option<&str>) {
+    pub(crate) fn report_status(&self, id: i64, st: RunStatus, why: Option<&str>) {
         use crate::repository::status::{CommitState, StatusTarget};
         if self.config.apps.values().all(|a| a.status.is_none()) {
             return;
@@ -597,11 +827,11 @@ impl Shared {
             },
         };
         let (state, text) = match st {
-            status::QUEUED => (CommitState::Pending, format!("run {} is queued", run.number)),
-            status::RUNNING => (CommitState::Running, format!("run {} is running", run.number)),
-            status::SUCCESS => (CommitState::Success, format!("run {} passed", run.number)),
-            status::CANCELLED => (CommitState::Cancelled, format!("run {} was cancelled", run.number)),
-            status::SKIPPED => {
+            RunStatus::Queued => (CommitState::Pending, format!("run {} is queued", run.number)),
+            RunStatus::Running => (CommitState::Running, format!("run {} is running", run.number)),
+            RunStatus::Success => (CommitState::Success, format!("run {} passed", run.number)),
+            RunStatus::Cancelled => (CommitState::Cancelled, format!("run {} was cancelled", run.number)),
+            RunStatus::Skipped => {
                 (CommitState::Success, format!("run {} skipped: its pipeline does not take this event", run.number))
             }
             // A run that ended before any job started could not build: an error, not a failure.
@@ -711,7 +941,7 @@ impl Shared {
         };
         let sink = Arc::new(Sink {
             run: run.id,
-            shared: self.clone(),
+            scheduler: self.clone(),
             seq: AtomicU64::new(0),
             job_ids,
             log_bytes: Mutex::new(HashMap::new()),
@@ -760,7 +990,7 @@ fn first_error(report: &RunReport) -> String {
 /// Feeds a run's events into the store, the log store and the live channel.
 struct Sink {
     run: i64,
-    shared: Arc<Shared>,
+    scheduler: Arc<Scheduler>,
     seq: AtomicU64,
     job_ids: HashMap<String, String>,
     log_bytes: Mutex<HashMap<(String, String), u64>>,
@@ -789,10 +1019,10 @@ impl Sink {
             level: level.to_string(),
             text,
         };
-        if let Err(e) = self.shared.logs.append(self.run, &rec) {
+        if let Err(e) = self.scheduler.logs.append(self.run, &rec) {
             tracing::error!(run = self.run, "writing a log line: {e}");
         }
-        self.shared.hub.send(self.run, LiveEvent::Log(rec));
+        self.scheduler.hub.send(self.run, LiveEvent::Log(rec));
     }
 
     fn log(&self, job: &str, step: &str, level: &str, text: &str) {
@@ -827,19 +1057,19 @@ impl Sink {
         }
     }
 
-    fn live(&self, job: &str, step: &str, name: &str, status: &str) {
-        let e = LiveEvent::Step { job: job.into(), step: step.into(), name: name.into(), status: status.into() };
-        self.shared.hub.send(self.run, e);
+    fn live(&self, job: &str, step: &str, name: &str, status: RunStatus) {
+        let e = LiveEvent::Step { job: job.into(), step: step.into(), name: name.into(), status };
+        self.scheduler.hub.send(self.run, e);
     }
 }
 
 impl RunObserver for Sink {
     fn event(&self, e: &RunEvent) {
-        let store = &self.shared.store;
+        let store = &self.scheduler.store;
         match e {
             RunEvent::JobStarted { job_id, name } => {
                 self.check("a job start", store.job_started(self.run, job_id, self.job_id(job_id), name));
-                self.live(job_id, "", name, status::RUNNING);
+                self.live(job_id, "", name, RunStatus::Running);
             }
             RunEvent::JobSkipped { job_id, name, reason } => {
                 let r = store.job_finished(
@@ -847,17 +1077,17 @@ impl RunObserver for Sink {
                     job_id,
                     self.job_id(job_id),
                     name,
-                    "skipped",
+                    RunStatus::Skipped,
                     Some(reason),
                     None,
                     None,
                 );
                 self.check("a skipped job", r);
-                self.live(job_id, "", name, "skipped");
+                self.live(job_id, "", name, RunStatus::Skipped);
             }
             RunEvent::StepStarted { job_id, step_id, name } => {
                 self.check("a step start", store.step_started(self.run, job_id, step_id, name));
-                self.live(job_id, step_id, name, status::RUNNING);
+                self.live(job_id, step_id, name, RunStatus::Running);
             }
             RunEvent::Log(line) => self.log(&line.job_id, &line.step_id, &line.level, &line.text),
             RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, usage: measured, .. } => {
@@ -868,23 +1098,25 @@ impl RunObserver for Sink {
                     peak_memory_bytes: measured.map(|u| u.peak_memory_bytes as i64),
                     egress_bytes: measured.map(|u| u.egress_bytes as i64),
                 };
-                let r = store.step_finished(self.run, job_id, step_id, name, status.as_str(), error.as_deref(), &usage);
+                let status = RunStatus::from(*status);
+                let r = store.step_finished(self.run, job_id, step_id, name, status, error.as_deref(), &usage);
                 self.check("a step end", r);
-                self.live(job_id, step_id, name, status.as_str());
+                self.live(job_id, step_id, name, status);
             }
             RunEvent::JobFinished { job_id, name, status, duration_ms, outputs } => {
+                let status = RunStatus::from(*status);
                 let r = store.job_finished(
                     self.run,
                     job_id,
                     self.job_id(job_id),
                     name,
-                    status.as_str(),
+                    status,
                     None,
                     Some(*duration_ms),
                     Some(outputs),
                 );
                 self.check("a job end", r);
-                self.live(job_id, "", name, status.as_str());
+                self.live(job_id, "", name, status);
             }
             RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => {}
         }
@@ -895,9 +1127,8 @@ impl RunObserver for Sink {
 /// that succeeded (or were skipped) and need, directly or not, no job that failed. As on GitHub,
 /// only the failed combinations of a matrix run again, with every job downstream of them.
 pub fn reusable(plan: &Plan, before: &[store::Job]) -> BTreeMap<String, (Status, BTreeMap<String, String>)> {
-    let failed = |st: &str| st == status::FAILURE || st == status::CANCELLED;
     let mut again: std::collections::BTreeSet<String> =
-        before.iter().filter(|j| failed(&j.status)).map(|j| j.job.clone()).collect();
+        before.iter().filter(|j| j.status.is_failed()).map(|j| j.job.clone()).collect();
     // Downstream of a failed job: everything that needs it, transitively.
     loop {
         let more: Vec<String> = plan
@@ -913,15 +1144,15 @@ pub fn reusable(plan: &Plan, before: &[store::Job]) -> BTreeMap<String, (Status,
     }
     before
         .iter()
-        .filter(|j| !failed(&j.status) && plan.jobs.iter().any(|p| p.key == j.key))
+        .filter(|j| !j.status.is_failed() && plan.jobs.iter().any(|p| p.key == j.key))
         .filter(|j| {
             let downstream = plan.jobs.iter().any(|p| p.key == j.key && p.needs.iter().any(|n| again.contains(n)));
             !downstream
         })
         .filter_map(|j| {
-            let st = match j.status.as_str() {
-                status::SUCCESS => Status::Success,
-                "skipped" => Status::Skipped,
+            let st = match j.status {
+                RunStatus::Success => Status::Success,
+                RunStatus::Skipped => Status::Skipped,
                 _ => return None,
             };
             Some((j.key.clone(), (st, j.outputs.clone())))
@@ -931,11 +1162,8 @@ pub fn reusable(plan: &Plan, before: &[store::Job]) -> BTreeMap<String, (Status,
 
 /// Rerun: the jobs to run again for `failed_only`, as the engine's `job` option.
 pub fn rerun_job(jobs: &[store::Job]) -> Result<Option<String>, String> {
-    let failed: BTreeMap<&str, ()> = jobs
-        .iter()
-        .filter(|j| j.status == status::FAILURE || j.status == status::CANCELLED)
-        .map(|j| (j.job.as_str(), ()))
-        .collect();
+    let failed: BTreeMap<&str, ()> =
+        jobs.iter().filter(|j| j.status.is_failed()).map(|j| (j.job.as_str(), ())).collect();
     if failed.is_empty() {
         return Err("the run has no failed jobs to run again".into());
     }

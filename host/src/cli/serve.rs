@@ -126,7 +126,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = start(config, executor, args.role.into()).await?;
     tracing::info!("listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
     shutdown_signal().await;
-    let running = server.shared.running_count();
+    let running = server.shared.scheduler.running_count();
     tracing::info!(
         "draining: {running} run(s) in progress may take up to {} to finish; no new run starts \
          (dispatches are queued for the next start); Ctrl-C or SIGTERM again stops at once",

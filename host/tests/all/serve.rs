@@ -9,7 +9,7 @@ use http::{Request, StatusCode};
 use serde_json::{Value, json};
 use skiff_edge_core::{Dispatch, Event, EventKind, Provider, Secret, sign_dispatch};
 use skiff_server::config::ServeConfig;
-use skiff_server::store::{NewRun, Store};
+use skiff_server::store::{NewRun, RunStatus, RunStore as _, SqliteStore};
 use skiff_server::{Role, Shared, app, start};
 use tower::ServiceExt as _;
 
@@ -180,14 +180,14 @@ async fn wait_for(s: &Shared, id: i64, want: &[&str]) -> skiff_server::store::Ru
 
 /// Starts the scheduler for state built with `shared` (the `oneshot` tests use no socket).
 fn spawn_scheduler(s: &Arc<Shared>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(s.clone().scheduler_loop())
+    tokio::spawn(s.scheduler.clone().run())
 }
 
 #[test]
 fn store_migrates_and_dedupes_dispatch_ids() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("skiff.db");
-    let store = Store::open(&path).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), skiff_server::store::MIGRATIONS.len() as i64);
     let run =
         NewRun { app: "web".into(), trigger: "push".into(), dispatch_id: Some("d-1:web".into()), ..NewRun::default() };
@@ -197,7 +197,7 @@ fn store_migrates_and_dedupes_dispatch_ids() {
     assert_eq!(a.id, b.id);
     drop(store);
     // Reopening migrates nothing and keeps the run.
-    let store = Store::open(&path).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.count_runs().unwrap(), 1);
     let mode: String = rusqlite_journal_mode(&path);
     assert_eq!(mode, "wal");
@@ -218,8 +218,8 @@ async fn dispatch_is_verified_stored_and_deduplicated() {
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
     let id = body["id"].as_i64().unwrap();
     // Committed before the answer: a second connection sees it.
-    let other = Store::open(&dir.path().join("skiff.db")).unwrap();
-    assert_eq!(other.run(id).unwrap().unwrap().status, "queued");
+    let other = SqliteStore::open(&dir.path().join("skiff.db")).unwrap();
+    assert_eq!(other.run(id).unwrap().unwrap().status, RunStatus::Queued);
 
     let (st, again) = call(&s, signed(&d, DISPATCH_KEY, now())).await;
     assert_eq!(st, StatusCode::OK);
@@ -298,9 +298,15 @@ async fn webhooks_are_verified_matched_and_deduplicated() {
     assert_eq!(s.store.count_runs().unwrap(), 1);
 
     // `--role host` serves no webhooks.
-    let host =
-        Shared::new(config(dir.path(), "", ""), s.store.clone(), s.logs.clone(), Arc::new(Scripted::new()), Role::Host)
-            .unwrap();
+    let host = Shared::new(
+        config(dir.path(), "", ""),
+        s.store.clone(),
+        s.queue.clone(),
+        s.logs.clone(),
+        Arc::new(Scripted::new()),
+        Role::Host,
+    )
+    .unwrap();
     let (st, _) = call(&host, github_hook("web", &body, "gh-6", WEBHOOK_SECRET)).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
@@ -655,7 +661,7 @@ async fn limits_queue_runs_and_cancel_and_rerun_work() {
     }
     // One at a time: while the first runs, the others wait.
     wait_for(&s, ids[0], &["running"]).await;
-    assert_eq!(s.store.run(ids[1]).unwrap().unwrap().status, "queued");
+    assert_eq!(s.store.run(ids[1]).unwrap().unwrap().status, RunStatus::Queued);
     // Cancel a queued run.
     let (st, r) = call(&s, post(&format!("/v1/runs/{}/cancel", ids[2]), Some(TOKEN_WEB), json!({}))).await;
     assert_eq!(st, StatusCode::OK);
@@ -697,6 +703,39 @@ async fn limits_queue_runs_and_cancel_and_rerun_work() {
     assert_eq!(st, StatusCode::ACCEPTED);
 }
 
+/// The scheduler takes runs through the queue's leases: a run left running under a lease that
+/// expired (its host died) is taken over and run again as its next attempt, once; one
+/// interrupted twice fails with the reason; a completed one stays as it ended.
+#[tokio::test]
+async fn runs_whose_lease_expired_are_taken_over_once_and_completed_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shared(dir.path(), "");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (_, r) = call(&s, post("/v1/apps/web/runs", Some(TOKEN_WEB), json!({}))).await;
+        let id = r["id"].as_i64().unwrap();
+        s.store.set_prepared(id, None, false).unwrap();
+        ids.push(id);
+    }
+    let (died, twice, done) = (ids[0], ids[1], ids[2]);
+    // Hosts that took a run and died at once: their leases have expired.
+    s.queue.lease(died, "a host that died", Duration::ZERO).unwrap().unwrap();
+    s.queue.lease(twice, "a host that died", Duration::ZERO).unwrap().unwrap();
+    s.queue.lease(twice, "another that died", Duration::ZERO).unwrap().unwrap();
+    s.queue.lease(done, "a host that finished", Duration::ZERO).unwrap().unwrap();
+    assert!(s.queue.complete(done, "a host that finished", RunStatus::Failure, Some("it failed there")).unwrap());
+
+    let _sched = spawn_scheduler(&s);
+    let run = wait_for(&s, died, &["success"]).await;
+    assert_eq!((run.attempt, run.interruptions), (2, 1));
+    let run = wait_for(&s, twice, &["failure"]).await;
+    assert!(run.error.as_deref().unwrap().contains("second time"), "{:?}", run.error);
+    let run = s.store.run(done).unwrap().unwrap();
+    assert_eq!((run.status, run.attempt, run.error.as_deref()), (RunStatus::Failure, 1, Some("it failed there")));
+    // This host completed the run it took over: the lease is gone with it.
+    assert!(!s.queue.extend(died, s.scheduler.owner(), Duration::from_secs(60)).unwrap());
+}
+
 #[tokio::test]
 async fn logs_are_capped_per_step_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -732,8 +771,8 @@ async fn a_crash_leaves_runs_that_are_retried_once_and_queued_runs_that_start() 
     wait_for(&s, a, &["running"]).await;
     server.halt();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(s.store.run(a).unwrap().unwrap().status, "running");
-    assert_eq!(s.store.run(b).unwrap().unwrap().status, "queued");
+    assert_eq!(s.store.run(a).unwrap().unwrap().status, RunStatus::Running);
+    assert_eq!(s.store.run(b).unwrap().unwrap().status, RunStatus::Queued);
     drop(s);
 
     // Second life: the running run is retried (attempt 2) and the queued one starts. The
@@ -781,8 +820,8 @@ async fn draining_lets_runs_in_progress_finish_and_starts_no_more() {
     let (left, (health, b)) = tokio::join!(server.drain(Duration::from_secs(60)), meanwhile);
     assert_eq!(left, 0);
     assert_eq!(health, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(s.store.run(a).unwrap().unwrap().status, "success");
-    assert_eq!(s.store.run(b).unwrap().unwrap().status, "queued");
+    assert_eq!(s.store.run(a).unwrap().unwrap().status, RunStatus::Success);
+    assert_eq!(s.store.run(b).unwrap().unwrap().status, RunStatus::Queued);
     server.stop().await;
     drop(s);
 
@@ -796,7 +835,7 @@ async fn draining_lets_runs_in_progress_finish_and_starts_no_more() {
     assert_eq!(server.drain(Duration::from_millis(300)).await, 1);
     server.stop().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(s.store.run(c).unwrap().unwrap().status, "running");
+    assert_eq!(s.store.run(c).unwrap().unwrap().status, RunStatus::Running);
 }
 
 /// The real binary on SIGTERM: drains (nothing runs here), says so, and exits 0.

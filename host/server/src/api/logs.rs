@@ -35,7 +35,8 @@ pub enum LogFormat {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Logs {
     /// The run's status when read (`complete` once it is over).
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: RunStatus,
     /// True when the run is over: no more lines will come.
     pub complete: bool,
     /// Lines in order, secrets masked.
@@ -74,7 +75,7 @@ pub(crate) async fn get_logs(
         }
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
-    Ok(Json(Logs { complete: status::is_terminal(&run.status), status: run.status, lines }).into_response())
+    Ok(Json(Logs { complete: run.status.is_terminal(), status: run.status, lines }).into_response())
 }
 
 /// One Server-Sent Event of a log stream, as an OpenAPI 3.2 `itemSchema` describes events: its
@@ -151,13 +152,13 @@ async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::S
     }
     let end = |st: &str| SseEvent::default().event("end").data(serde_json::json!({"status": st}).to_string());
     if let Ok(Some(run)) = s.store.run(id)
-        && status::is_terminal(&run.status)
+        && run.status.is_terminal()
     {
         for e in catch_up(&mut last) {
             let _ = tx.send(e).await;
         }
         s.hub.forget_if_idle(id);
-        let _ = tx.send(end(&run.status)).await;
+        let _ = tx.send(end(run.status.as_str())).await;
         return;
     }
     loop {
@@ -174,7 +175,7 @@ async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::S
                 for e in catch_up(&mut last) {
                     let _ = tx.send(e).await;
                 }
-                let _ = tx.send(end(&status)).await;
+                let _ = tx.send(end(status.as_str())).await;
                 return;
             }
             Err(RecvError::Lagged(_)) => {
@@ -186,8 +187,8 @@ async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::S
                 continue;
             }
             Err(RecvError::Closed) => {
-                let st = s.store.run(id).ok().flatten().map(|r| r.status).unwrap_or_default();
-                let _ = tx.send(end(&st)).await;
+                let st = s.store.run(id).ok().flatten().map(|r| r.status.as_str()).unwrap_or_default();
+                let _ = tx.send(end(st)).await;
                 return;
             }
         };

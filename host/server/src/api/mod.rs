@@ -1,20 +1,24 @@
 //! The HTTP routes: webhooks (`/hooks/{app}`), dispatches from a master (`/v1/dispatch`) and
 //! the Open API (`/v1/…`, token-authenticated, scoped to apps). [`app`] builds the router; one
 //! module per group of routes: `hooks` (webhooks and dispatches in), `runs` (start, list, show,
-//! cancel, rerun), `logs` (stored and live), `artifacts` (list and download); `errors` is the
-//! error type every route answers with.
+//! cancel, rerun), `logs` (stored and live), `artifacts` (list and download); `types` holds the
+//! bodies about runs, made from the store's rows; `errors` is the error type every route
+//! answers with.
 
 mod artifacts;
 mod errors;
 mod hooks;
 mod logs;
 mod runs;
+mod types;
 
 pub use self::artifacts::*;
 pub use self::errors::*;
 pub use self::hooks::*;
 pub use self::logs::*;
 pub use self::runs::*;
+pub use self::types::*;
+pub use crate::store::RunStatus;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,7 +44,7 @@ use utoipa::ToSchema;
 use super::{Role, Shared};
 use crate::auth::Caller;
 use crate::logs::{LiveEvent, LogRecord};
-use crate::store::{Inserted, Job, NewRun, Run, RunFilter, Usage, status};
+use crate::store::{Inserted, NewRun, RunFilter};
 
 /// JSON request bodies of the API are small.
 const MAX_API_BODY_BYTES: usize = 64 * 1024;
@@ -145,7 +149,7 @@ fn accepted(app: &str, i: Inserted) -> Accepted {
     (status = 503, description = "The host is draining before it stops: send new work elsewhere", body = String),
 ))]
 pub(crate) async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if s.draining() { (StatusCode::SERVICE_UNAVAILABLE, "draining") } else { (StatusCode::OK, "ok") }
+    if s.scheduler.draining() { (StatusCode::SERVICE_UNAVAILABLE, "draining") } else { (StatusCode::OK, "ok") }
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "host", responses((status = 200, description = "This document")))]

@@ -19,7 +19,7 @@ pub(crate) fn not_found_run(id: i64) -> ApiError {
     ApiError::NotFound(format!("no run {id} (or your token does not reach its app)"))
 }
 
-pub(crate) fn visible_run(s: &Shared, caller: &Caller, id: i64) -> ApiResult<Run> {
+pub(crate) fn visible_run(s: &Shared, caller: &Caller, id: i64) -> ApiResult<crate::store::Run> {
     match s.store.run(id)? {
         Some(r) if caller.scope.allows(&r.app) => Ok(r),
         _ => Err(not_found_run(id)),
@@ -65,7 +65,7 @@ pub(crate) async fn create_run(
     // against that commit's pipeline and the run builds exactly that commit.
     let mut sha = None;
     if let Some(a) = s.config.apps.get(&app)
-        && let Some((commit, dispatch)) = s.manual_commit(a, git_ref.as_deref()).await
+        && let Some((commit, dispatch)) = s.scheduler.manual_commit(a, git_ref.as_deref()).await
     {
         if let Some(w) = dispatch {
             req.inputs = w.resolve(&req.inputs).map_err(ApiError::BadRequest)?;
@@ -79,24 +79,6 @@ pub(crate) async fn create_run(
     let inserted = s.enqueue(run).await?;
     let code = if inserted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((code, Json(accepted(&app, inserted))).into_response())
-}
-
-/// A run's state, as the run list filters it (the document's name for `store::status`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    /// Waiting for a slot.
-    Queued,
-    /// Running.
-    Running,
-    /// Succeeded.
-    Success,
-    /// Failed.
-    Failure,
-    /// Cancelled.
-    Cancelled,
-    /// Not run: the pipeline's `on:` does not take the event.
-    Skipped,
 }
 
 /// Filters for the run list.
@@ -131,20 +113,23 @@ pub(crate) async fn list_runs(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<RunList>> {
-    if let Some(st) = &q.status
-        && ![status::QUEUED, status::RUNNING, status::SUCCESS, status::FAILURE, status::CANCELLED]
-            .contains(&st.as_str())
-    {
-        return Err(ApiError::BadRequest(format!(
-            "unknown status `{st}`: use queued, running, success, failure or cancelled"
-        )));
-    }
+    let status = match q.status.as_deref().map(str::parse::<RunStatus>) {
+        None => None,
+        // `skipped` has never been a filter here, although the document lists it.
+        Some(Ok(st)) if st != RunStatus::Skipped => Some(st),
+        Some(_) => {
+            let st = q.status.unwrap_or_default();
+            return Err(ApiError::BadRequest(format!(
+                "unknown status `{st}`: use queued, running, success, failure or cancelled"
+            )));
+        }
+    };
     let apps = match &caller.scope {
         crate::config::AppScope::All => None,
         crate::config::AppScope::Only(a) => Some(a.clone()),
     };
-    let f = RunFilter { apps, app: q.app, status: q.status, before: q.before, limit: q.limit };
-    Ok(Json(RunList { runs: s.store.list_runs(&f)? }))
+    let f = RunFilter { apps, app: q.app, status, before: q.before, limit: q.limit };
+    Ok(Json(RunList { runs: s.store.list_runs(&f)?.into_iter().map(Run::from).collect() }))
 }
 
 /// A run with its jobs, steps, timings and usage.
@@ -159,25 +144,6 @@ pub struct RunDetail {
     pub usage: Usage,
 }
 
-pub(crate) fn total(jobs: &[Job]) -> Usage {
-    let add = |a: Option<i64>, b: Option<i64>| match (a, b) {
-        (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-    };
-    let mut u = Usage::default();
-    for s in jobs.iter().flat_map(|j| &j.steps) {
-        u.wall_ms = add(u.wall_ms, s.usage.wall_ms);
-        u.cpu_ms = add(u.cpu_ms, s.usage.cpu_ms);
-        u.peak_memory_bytes = match (u.peak_memory_bytes, s.usage.peak_memory_bytes) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        u.egress_bytes = add(u.egress_bytes, s.usage.egress_bytes);
-        u.log_bytes += s.usage.log_bytes;
-    }
-    u
-}
-
 /// One run.
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = i64, Path, description = "Run id")),
     responses((status = 200, description = "The run", body = RunDetail),
@@ -189,9 +155,9 @@ pub(crate) async fn get_run(
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<RunDetail>> {
-    let run = visible_run(&s, &caller, id)?;
-    let jobs = s.store.jobs(id)?;
-    Ok(Json(RunDetail { usage: total(&jobs), run, jobs }))
+    let run = visible_run(&s, &caller, id)?.into();
+    let jobs: Vec<Job> = s.store.jobs(id)?.into_iter().map(Job::from).collect();
+    Ok(Json(RunDetail { usage: Usage::total(&jobs), run, jobs }))
 }
 
 /// Cancels a queued or running run; answers with the run once it has stopped.
@@ -207,11 +173,11 @@ pub(crate) async fn cancel_run(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<Run>> {
     let run = visible_run(&s, &caller, id)?;
-    let outcome = s.cancel(id, &format!("cancelled by `{}`", caller.name)).await?;
+    let outcome = s.scheduler.cancel(id, &format!("cancelled by `{}`", caller.name)).await?;
     if outcome == crate::scheduler::Cancelled::AlreadyOver {
         return Err(ApiError::Conflict(format!("run {id} is already over ({}); nothing to cancel", run.status)));
     }
-    Ok(Json(s.store.run(id)?.ok_or_else(|| not_found_run(id))?))
+    Ok(Json(s.store.run(id)?.ok_or_else(|| not_found_run(id))?.into()))
 }
 
 /// What to run again.
@@ -242,7 +208,7 @@ pub(crate) async fn rerun(
     let run = visible_run(&s, &caller, id)?;
     let bytes = read_body(&headers, body, MAX_API_BODY_BYTES).await?;
     let req: RerunRequest = parse_json(&bytes)?;
-    if !status::is_terminal(&run.status) {
+    if !run.status.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "run {id} is still {}; cancel it or wait before running it again",
             run.status

@@ -1,6 +1,6 @@
-//! The run store: SQLite in WAL mode; accepting a run commits with `synchronous=FULL`, so a
-//! run answered 202 survives a crash, even a power cut. The schema is migrated with
-//! `PRAGMA user_version` and the [`MIGRATIONS`] list.
+//! [`SqliteStore`]: the runs of a single host in SQLite, in WAL mode. Accepting a run commits
+//! with `synchronous=FULL`, so a run answered 202 survives a crash, even a power cut. The
+//! schema is migrated with `PRAGMA user_version` and the [`MIGRATIONS`] list.
 //!
 //! One connection behind a mutex: every statement here is short, and SQLite serializes
 //! writers anyway.
@@ -8,11 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
-use serde::Serialize;
-use utoipa::ToSchema;
+
+use super::{Inserted, Job, NewRun, Recovered, Run, RunFilter, RunStatus, RunStore, Step, Usage, now_ms};
+use crate::queue::{Lease, RunQueue};
 
 /// The schema, one step per entry; entry `n` moves `user_version` from `n` to `n + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -85,220 +88,25 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN pipeline TEXT;",
     // 4: a job's outputs, which a rerun of the failed jobs hands on from the jobs it reuses.
     "ALTER TABLE jobs ADD COLUMN outputs TEXT;",
+    // 5: the lease of a running run: who runs it, and until when unless renewed.
+    "ALTER TABLE runs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE runs ADD COLUMN lease_expires_at INTEGER;",
 ];
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// A run's state.
-pub mod status {
-    /// Waiting for a slot.
-    pub const QUEUED: &str = "queued";
-    /// Running.
-    pub const RUNNING: &str = "running";
-    /// Succeeded.
-    pub const SUCCESS: &str = "success";
-    /// Failed.
-    pub const FAILURE: &str = "failure";
-    /// Cancelled.
-    pub const CANCELLED: &str = "cancelled";
-    /// Not run: its pipeline's `on:` does not take the event (the reason is its error).
-    pub const SKIPPED: &str = "skipped";
-
-    /// Whether a run in `s` is over.
-    pub fn is_terminal(s: &str) -> bool {
-        matches!(s, SUCCESS | FAILURE | CANCELLED | SKIPPED)
+impl ToSql for RunStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
     }
 }
 
-/// A run to store.
-#[derive(Debug, Clone, Default)]
-pub struct NewRun {
-    /// The app.
-    pub app: String,
-    /// `push`, `pull_request`, `manual`, `schedule`, `rerun`, …
-    pub trigger: String,
-    /// Why it runs.
-    pub reason: String,
-    /// The Git ref.
-    pub git_ref: Option<String>,
-    /// The commit.
-    pub sha: Option<String>,
-    /// Dedupe key (the dispatch id); a second run with the same key is not created.
-    pub dispatch_id: Option<String>,
-    /// `inputs` context.
-    pub inputs: BTreeMap<String, String>,
-    /// `event` context.
-    pub event: serde_json::Value,
-    /// `body` context.
-    pub body: serde_json::Value,
-    /// Run only this job (and what it needs).
-    pub job: Option<String>,
-    /// For a rerun: the run it repeats (same number, next attempt).
-    pub parent: Option<(i64, i64, i64)>,
-    /// The token (or `webhook`, `cron`) that asked for it.
-    pub requested_by: Option<String>,
-    /// The pipeline file of the commit it runs, when the commit has several.
-    pub pipeline: Option<String>,
+impl FromSql for RunStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
 }
 
-/// What [`Store::insert_run`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Inserted {
-    /// The run's id.
-    pub id: i64,
-    /// Its number within the app.
-    pub number: i64,
-    /// True when the dispatch id was already known: no new run was created.
-    pub duplicate: bool,
-}
-
-/// A run as stored.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Run {
-    /// Id, unique on this host.
-    pub id: i64,
-    /// The app.
-    pub app: String,
-    /// Number within the app (a rerun keeps it).
-    pub number: i64,
-    /// 1 for the first attempt; a rerun or a retry after a crash adds one.
-    pub attempt: i64,
-    /// `queued`, `running`, `success`, `failure`, `cancelled` or `skipped` (its pipeline's `on:` did not take the event).
-    pub status: String,
-    /// What started it: `push`, `pull_request`, `manual`, `schedule`, `rerun`, …
-    pub trigger: String,
-    /// Why it runs.
-    pub reason: String,
-    /// The Git ref.
-    #[serde(rename = "ref")]
-    pub git_ref: Option<String>,
-    /// The commit.
-    pub sha: Option<String>,
-    /// The dispatch id it was created for (redeliveries of it create no run).
-    pub dispatch_id: Option<String>,
-    /// Inputs.
-    pub inputs: BTreeMap<String, String>,
-    /// Only this job (and what it needs) runs.
-    pub job: Option<String>,
-    /// The run this one repeats.
-    pub parent_id: Option<i64>,
-    /// Who asked for it.
-    pub requested_by: Option<String>,
-    /// The pipeline file of the commit it runs (`.skiff/pipelines/deploy.yaml`), when the
-    /// commit has several: each runs as a run of its own.
-    pub pipeline: Option<String>,
-    /// The evaluated `concurrency.group`.
-    pub concurrency_group: Option<String>,
-    /// How often the host stopped while this run was running.
-    pub interruptions: i64,
-    /// Why it failed or was cancelled.
-    pub error: Option<String>,
-    /// Unix ms.
-    pub created_at: i64,
-    /// Unix ms.
-    pub started_at: Option<i64>,
-    /// Unix ms.
-    pub finished_at: Option<i64>,
-    /// Wall time of the run so far, in ms.
-    pub duration_ms: Option<i64>,
-    #[serde(skip)]
-    pub(crate) event: serde_json::Value,
-    #[serde(skip)]
-    pub(crate) body: serde_json::Value,
-    #[serde(skip)]
-    pub(crate) prepared: bool,
-    /// Whether a newer run of its group cancels it while it runs.
-    pub cancel_in_progress: bool,
-}
-
-/// A job of a run.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Job {
-    /// The job instance (`build`, or `build-2` for a matrix combination).
-    pub key: String,
-    /// The job id in the pipeline.
-    pub job: String,
-    /// Display name.
-    pub name: String,
-    /// `running`, `success`, `failure`, `cancelled`, `skipped`.
-    pub status: String,
-    /// Why it was skipped or failed.
-    pub reason: Option<String>,
-    /// Unix ms.
-    pub started_at: Option<i64>,
-    /// Unix ms.
-    pub finished_at: Option<i64>,
-    /// Wall time in ms.
-    pub duration_ms: Option<i64>,
-    /// Its outputs (masked).
-    pub outputs: BTreeMap<String, String>,
-    /// Its steps in order.
-    pub steps: Vec<Step>,
-}
-
-/// A step of a job, with its usage.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Step {
-    /// Step id.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// `running`, `success`, `failure`, `cancelled`, `skipped`.
-    pub status: String,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// Unix ms.
-    pub started_at: Option<i64>,
-    /// Unix ms.
-    pub finished_at: Option<i64>,
-    /// Usage.
-    pub usage: Usage,
-}
-
-/// What a step (or run) used. Fields the executor does not report are null.
-#[derive(Debug, Clone, Default, Serialize, ToSchema)]
-pub struct Usage {
-    /// Wall time in ms.
-    pub wall_ms: Option<i64>,
-    /// CPU time in ms.
-    pub cpu_ms: Option<i64>,
-    /// Peak memory in bytes.
-    pub peak_memory_bytes: Option<i64>,
-    /// Bytes sent and received over HTTP.
-    pub egress_bytes: Option<i64>,
-    /// Log bytes kept.
-    pub log_bytes: i64,
-}
-
-/// Filters for [`Store::list_runs`].
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    /// Only these apps (`None`: all).
-    pub apps: Option<Vec<String>>,
-    /// Only this app.
-    pub app: Option<String>,
-    /// Only this status.
-    pub status: Option<String>,
-    /// Ids below this (paging).
-    pub before: Option<i64>,
-    /// At most this many (default 50, at most 500).
-    pub limit: Option<i64>,
-}
-
-/// What startup recovery did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Runs put back in the queue.
-    pub retried: Vec<i64>,
-    /// Runs failed.
-    pub failed: Vec<i64>,
-}
-
-/// The run store.
-pub struct Store {
+/// The run store and run queue of a single host, in one SQLite database.
+pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
@@ -340,7 +148,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<Run> {
     })
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (or creates) the store at `path` and migrates it.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
@@ -356,7 +164,7 @@ impl Store {
     }
 
     fn with_connection(mut conn: Connection) -> anyhow::Result<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL for progress (steps, jobs): in WAL mode it survives a killed process, and a
         // run whose progress is lost to a power cut is recovered anyway. Accepting a run
@@ -364,7 +172,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -376,17 +184,10 @@ impl Store {
     pub fn schema_version(&self) -> anyhow::Result<i64> {
         Ok(self.conn().query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
+}
 
-    /// Stores a queued run, committed (and synced) before this returns. With a known
-    /// `dispatch_id` nothing is written and the existing run is returned.
-    pub fn insert_run(&self, run: &NewRun) -> anyhow::Result<Inserted> {
-        let mut out = self.insert_runs(std::slice::from_ref(run))?;
-        out.pop().context("no run inserted")?
-    }
-
-    /// Stores several runs in one transaction and one sync (group commit); one result per run,
-    /// in order. A run that cannot be stored gets its error without failing the others.
-    pub fn insert_runs(&self, runs: &[NewRun]) -> anyhow::Result<Vec<anyhow::Result<Inserted>>> {
+impl RunStore for SqliteStore {
+    fn insert_runs(&self, runs: &[NewRun]) -> anyhow::Result<Vec<anyhow::Result<Inserted>>> {
         let mut conn = self.conn();
         conn.pragma_update(None, "synchronous", "FULL")?;
         let result = (|| {
@@ -405,14 +206,12 @@ impl Store {
         result
     }
 
-    /// One run.
-    pub fn run(&self, id: i64) -> anyhow::Result<Option<Run>> {
+    fn run(&self, id: i64) -> anyhow::Result<Option<Run>> {
         let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1");
         Ok(self.conn().query_row(&sql, [id], run_row).optional()?)
     }
 
-    /// Runs, newest first.
-    pub fn list_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<Run>> {
+    fn list_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<Run>> {
         let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(apps) = &f.apps {
@@ -433,7 +232,7 @@ impl Store {
             sql.push_str(&format!(" AND app = ?{}", args.len()));
         }
         if let Some(s) = &f.status {
-            args.push(s.clone().into());
+            args.push(s.as_str().to_string().into());
             sql.push_str(&format!(" AND status = ?{}", args.len()));
         }
         if let Some(b) = f.before {
@@ -448,17 +247,7 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The oldest queued runs (at most 256: the scheduler looks no further in one pass).
-    pub fn queued(&self) -> anyhow::Result<Vec<Run>> {
-        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE status = 'queued' ORDER BY id LIMIT 256");
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map([], run_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Records a queued run's concurrency group.
-    pub fn set_prepared(&self, id: i64, group: Option<&str>, cancel_in_progress: bool) -> anyhow::Result<()> {
+    fn set_prepared(&self, id: i64, group: Option<&str>, cancel_in_progress: bool) -> anyhow::Result<()> {
         self.conn().execute(
             "UPDATE runs SET prepared = 1, concurrency_group = ?2, cancel_in_progress = ?3 WHERE id = ?1",
             params![id, group, cancel_in_progress],
@@ -466,23 +255,18 @@ impl Store {
         Ok(())
     }
 
-    /// Which of its commit's pipelines a run runs.
-    pub fn set_pipeline(&self, id: i64, pipeline: &str) -> anyhow::Result<()> {
+    fn set_pipeline(&self, id: i64, pipeline: &str) -> anyhow::Result<()> {
         self.conn().execute("UPDATE runs SET pipeline = ?2 WHERE id = ?1", params![id, pipeline])?;
         Ok(())
     }
 
-    /// A manual run's inputs, checked against the pipeline's `workflow_dispatch` and with its
-    /// defaults.
-    pub fn set_inputs(&self, id: i64, inputs: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    fn set_inputs(&self, id: i64, inputs: &BTreeMap<String, String>) -> anyhow::Result<()> {
         let json = serde_json::to_string(inputs)?;
         self.conn().execute("UPDATE runs SET inputs = ?2 WHERE id = ?1", params![id, json])?;
         Ok(())
     }
 
-    /// Records the commit a run builds, once it is known (a manual run names only a ref), in
-    /// its `sha` and in its `event.sha`.
-    pub fn set_sha(&self, id: i64, sha: &str) -> anyhow::Result<()> {
+    fn set_sha(&self, id: i64, sha: &str) -> anyhow::Result<()> {
         self.conn().execute(
             "UPDATE runs SET sha = ?2, event = json_set(event, '$.sha', ?2) WHERE id = ?1",
             params![id, sha],
@@ -490,8 +274,7 @@ impl Store {
         Ok(())
     }
 
-    /// Queued runs of `group` older than `id`.
-    pub fn queued_in_group_before(&self, group: &str, id: i64) -> anyhow::Result<Vec<i64>> {
+    fn queued_in_group_before(&self, group: &str, id: i64) -> anyhow::Result<Vec<i64>> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare_cached("SELECT id FROM runs WHERE status = 'queued' AND concurrency_group = ?1 AND id < ?2")?;
@@ -499,41 +282,16 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Marks a queued run as running. False if it was no longer queued.
-    pub fn start_run(&self, id: i64) -> anyhow::Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE runs SET status = 'running', started_at = ?2, error = NULL WHERE id = ?1 AND status = 'queued'",
-            params![id, now_ms()],
-        )?;
-        Ok(n == 1)
-    }
-
-    /// Ends a run (unless it already ended) and closes its open jobs and steps with the same
-    /// status. False if it had already ended.
-    pub fn finish_run(&self, id: i64, status: &str, error: Option<&str>) -> anyhow::Result<bool> {
+    fn finish_run(&self, id: i64, status: RunStatus, error: Option<&str>) -> anyhow::Result<bool> {
         // NORMAL: a killed process keeps it (WAL); after a power cut the run is recovered.
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let now = now_ms();
-        let n = tx.execute(
-            "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4 WHERE id = ?1 AND status IN ('queued', 'running')",
-            params![id, status, error, now],
-        )?;
-        let open = if status == status::SUCCESS { status::CANCELLED } else { status };
-        tx.execute(
-            "UPDATE steps SET status = ?2, finished_at = ?3, wall_ms = ?3 - started_at WHERE run_id = ?1 AND status = 'running'",
-            params![id, open, now],
-        )?;
-        tx.execute(
-            "UPDATE jobs SET status = ?2, finished_at = ?3, duration_ms = ?3 - started_at WHERE run_id = ?1 AND status = 'running'",
-            params![id, open, now],
-        )?;
+        let ended = end_run(&tx, id, status, error, None)?;
         tx.commit()?;
-        Ok(n == 1)
+        Ok(ended)
     }
 
-    /// A job began.
-    pub fn job_started(&self, run: i64, key: &str, job: &str, name: &str) -> anyhow::Result<()> {
+    fn job_started(&self, run: i64, key: &str, job: &str, name: &str) -> anyhow::Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO jobs (run_id, job_key, job, name, status, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
             params![run, key, job, name, now_ms()],
@@ -541,15 +299,13 @@ impl Store {
         Ok(())
     }
 
-    /// A job ended or was skipped.
-    #[allow(clippy::too_many_arguments)]
-    pub fn job_finished(
+    fn job_finished(
         &self,
         run: i64,
         key: &str,
         job: &str,
         name: &str,
-        status: &str,
+        status: RunStatus,
         reason: Option<&str>,
         duration_ms: Option<u64>,
         outputs: Option<&BTreeMap<String, String>>,
@@ -564,8 +320,7 @@ impl Store {
         Ok(())
     }
 
-    /// A step began.
-    pub fn step_started(&self, run: i64, job: &str, step: &str, name: &str) -> anyhow::Result<()> {
+    fn step_started(&self, run: i64, job: &str, step: &str, name: &str) -> anyhow::Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO steps (run_id, job_key, step_id, seq, name, status, started_at)
              VALUES (?1, ?2, ?3, (SELECT COUNT(*) FROM steps WHERE run_id = ?1 AND job_key = ?2), ?4, 'running', ?5)",
@@ -574,15 +329,13 @@ impl Store {
         Ok(())
     }
 
-    /// A step ended (or was skipped, and so never started).
-    #[allow(clippy::too_many_arguments)]
-    pub fn step_finished(
+    fn step_finished(
         &self,
         run: i64,
         job: &str,
         step: &str,
         name: &str,
-        status: &str,
+        status: RunStatus,
         error: Option<&str>,
         usage: &Usage,
     ) -> anyhow::Result<()> {
@@ -609,8 +362,7 @@ impl Store {
         Ok(())
     }
 
-    /// A run's jobs with their steps, in order.
-    pub fn jobs(&self, run: i64) -> anyhow::Result<Vec<Job>> {
+    fn jobs(&self, run: i64) -> anyhow::Result<Vec<Job>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT job_key, job, name, status, reason, started_at, finished_at, duration_ms, outputs FROM jobs WHERE run_id = ?1
@@ -668,9 +420,7 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Startup: runs left `running` by a stopped host are queued again (once, with
-    /// `retry`) or failed with the reason.
-    pub fn recover(&self, retry: bool) -> anyhow::Result<Recovered> {
+    fn recover(&self, retry: bool) -> anyhow::Result<Recovered> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let running: Vec<(i64, i64)> = {
@@ -683,7 +433,8 @@ impl Store {
             if retry && interruptions == 0 {
                 tx.execute(
                     "UPDATE runs SET status = 'queued', interruptions = interruptions + 1, attempt = attempt + 1, started_at = NULL,
-                        error = 'the host stopped while this run was running; it was queued again' WHERE id = ?1",
+                        error = 'the host stopped while this run was running; it was queued again',
+                        lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1",
                     [id],
                 )?;
                 tx.execute("DELETE FROM steps WHERE run_id = ?1", [id])?;
@@ -696,7 +447,8 @@ impl Store {
                     "the host stopped while this run was running (recovery = \"fail\" in the config)"
                 };
                 tx.execute(
-                    "UPDATE runs SET status = 'failure', interruptions = interruptions + 1, error = ?2, finished_at = ?3 WHERE id = ?1",
+                    "UPDATE runs SET status = 'failure', interruptions = interruptions + 1, error = ?2, finished_at = ?3,
+                        lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1",
                     params![id, why, now],
                 )?;
                 tx.execute(
@@ -714,8 +466,7 @@ impl Store {
         Ok(out)
     }
 
-    /// When a cron schedule last fired (Unix seconds).
-    pub fn cron_last_fired(&self, app: &str, cron: &str) -> anyhow::Result<Option<i64>> {
+    fn cron_last_fired(&self, app: &str, cron: &str) -> anyhow::Result<Option<i64>> {
         Ok(self
             .conn()
             .query_row("SELECT last_fired FROM cron_state WHERE app = ?1 AND cron = ?2", params![app, cron], |r| {
@@ -724,8 +475,7 @@ impl Store {
             .optional()?)
     }
 
-    /// Records when a cron schedule fired.
-    pub fn set_cron_last_fired(&self, app: &str, cron: &str, at: i64) -> anyhow::Result<()> {
+    fn set_cron_last_fired(&self, app: &str, cron: &str, at: i64) -> anyhow::Result<()> {
         self.conn().execute(
             "INSERT INTO cron_state (app, cron, last_fired) VALUES (?1, ?2, ?3)
              ON CONFLICT (app, cron) DO UPDATE SET last_fired = ?3",
@@ -734,8 +484,7 @@ impl Store {
         Ok(())
     }
 
-    /// The highest attempt of run `number` of `app` (for a rerun's attempt).
-    pub fn max_attempt(&self, app: &str, number: i64) -> anyhow::Result<i64> {
+    fn max_attempt(&self, app: &str, number: i64) -> anyhow::Result<i64> {
         Ok(self.conn().query_row(
             "SELECT COALESCE(MAX(attempt), 1) FROM runs WHERE app = ?1 AND number = ?2",
             params![app, number],
@@ -743,10 +492,111 @@ impl Store {
         )?)
     }
 
-    /// How many runs there are (all statuses).
-    pub fn count_runs(&self) -> anyhow::Result<i64> {
+    fn count_runs(&self) -> anyhow::Result<i64> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?)
     }
+}
+
+impl RunQueue for SqliteStore {
+    fn available(&self, limit: usize) -> anyhow::Result<Vec<Run>> {
+        // Two scans, each along the `(status, id)` index: the queued runs are the many, and
+        // an `OR` would sort them all on every pass.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.conn();
+        let queued = format!("SELECT {RUN_COLS} FROM runs WHERE status = 'queued' ORDER BY id LIMIT ?1");
+        let mut runs: Vec<Run> =
+            conn.prepare_cached(&queued)?.query_map([limit], run_row)?.collect::<Result<_, _>>()?;
+        let expired = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE status = 'running' AND lease_expires_at <= ?1 ORDER BY id LIMIT ?2"
+        );
+        let mut stmt = conn.prepare_cached(&expired)?;
+        for run in stmt.query_map(params![now_ms(), limit], run_row)? {
+            runs.push(run?);
+        }
+        runs.sort_by_key(|r| r.id);
+        runs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(runs)
+    }
+
+    fn lease(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<Option<Lease>> {
+        let mut conn = self.conn();
+        // IMMEDIATE: the write lock from the start, so two processes on one file cannot both
+        // see the run available.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let queued = tx.execute(
+            "UPDATE runs SET status = 'running', started_at = ?2, error = NULL, lease_owner = ?3, lease_expires_at = ?4
+             WHERE id = ?1 AND status = 'queued'",
+            params![id, now, owner, expires_at],
+        )?;
+        let taken_over = queued == 0;
+        if taken_over {
+            // Its owner stopped renewing the lease: the run starts over here, as its next attempt.
+            let n = tx.execute(
+                "UPDATE runs SET attempt = attempt + 1, interruptions = interruptions + 1, started_at = ?2, error = NULL,
+                    lease_owner = ?3, lease_expires_at = ?4
+                 WHERE id = ?1 AND status = 'running' AND lease_expires_at <= ?2",
+                params![id, now, owner, expires_at],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            tx.execute("DELETE FROM steps WHERE run_id = ?1", [id])?;
+            tx.execute("DELETE FROM jobs WHERE run_id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(Some(Lease { run: id, owner: owner.to_string(), expires_at, taken_over }))
+    }
+
+    fn extend(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<bool> {
+        let expires_at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let n = self.conn().execute(
+            "UPDATE runs SET lease_expires_at = ?3 WHERE id = ?1 AND lease_owner = ?2 AND status = 'running'",
+            params![id, owner, expires_at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn complete(&self, id: i64, owner: &str, status: RunStatus, error: Option<&str>) -> anyhow::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ended = end_run(&tx, id, status, error, Some(owner))?;
+        tx.commit()?;
+        Ok(ended)
+    }
+}
+
+/// Ends run `id` with `status` unless it is over (with `owner`: only while `owner` holds its
+/// lease) and releases its lease; its open jobs and steps end with it, as `cancelled` when the
+/// run succeeded. False when the run was not ended here; without `owner`, its open jobs and
+/// steps are closed anyway.
+fn end_run(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    status: RunStatus,
+    error: Option<&str>,
+    owner: Option<&str>,
+) -> rusqlite::Result<bool> {
+    let now = now_ms();
+    let n = tx.execute(
+        "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4, lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = ?1 AND status IN ('queued', 'running') AND (?5 IS NULL OR (status = 'running' AND lease_owner = ?5))",
+        params![id, status, error, now, owner],
+    )?;
+    if n == 0 && owner.is_some() {
+        return Ok(false);
+    }
+    let open = if status == RunStatus::Success { RunStatus::Cancelled } else { status };
+    tx.execute(
+        "UPDATE steps SET status = ?2, finished_at = ?3, wall_ms = ?3 - started_at WHERE run_id = ?1 AND status = 'running'",
+        params![id, open, now],
+    )?;
+    tx.execute(
+        "UPDATE jobs SET status = ?2, finished_at = ?3, duration_ms = ?3 - started_at WHERE run_id = ?1 AND status = 'running'",
+        params![id, open, now],
+    )?;
+    Ok(n == 1)
 }
 
 fn insert_one(tx: &rusqlite::Transaction<'_>, run: &NewRun) -> anyhow::Result<Inserted> {
@@ -808,4 +658,103 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(store: &SqliteStore, app: &str) -> i64 {
+        let run = NewRun { app: app.into(), trigger: "manual".into(), ..NewRun::default() };
+        store.insert_run(&run).unwrap().id
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn an_expired_lease_is_taken_by_a_second_owner_and_a_completed_one_is_not() {
+        let store = SqliteStore::in_memory().unwrap();
+        let (a, b) = (queued(&store, "web"), queued(&store, "web"));
+        assert_eq!(store.available(10).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![a, b]);
+
+        // A lease of no length has expired at once, as a host that died right after taking it.
+        let first = store.lease(a, "host-1", Duration::ZERO).unwrap().unwrap();
+        assert!(!first.taken_over);
+        store.job_started(a, "build", "build", "build").unwrap();
+        let run = store.run(a).unwrap().unwrap();
+        assert_eq!((run.status, run.attempt), (RunStatus::Running, 1));
+        // Held by nobody alive: available again, and a second owner takes it as a new attempt.
+        assert!(store.available(10).unwrap().iter().any(|r| r.id == a));
+        let second = store.lease(a, "host-2", MINUTE).unwrap().unwrap();
+        assert!(second.taken_over);
+        let run = store.run(a).unwrap().unwrap();
+        assert_eq!((run.status, run.attempt, run.interruptions), (RunStatus::Running, 2, 1));
+        assert!(store.jobs(a).unwrap().is_empty(), "the new attempt starts with no jobs");
+        // The first owner has lost it: it can neither renew nor complete it.
+        assert!(!store.extend(a, "host-1", MINUTE).unwrap());
+        assert!(!store.complete(a, "host-1", RunStatus::Failure, Some("late")).unwrap());
+        assert_eq!(store.run(a).unwrap().unwrap().status, RunStatus::Running);
+        // A live lease is not available, nor taken.
+        assert!(!store.available(10).unwrap().iter().any(|r| r.id == a));
+        assert!(store.lease(a, "host-3", MINUTE).unwrap().is_none());
+        assert!(store.extend(a, "host-2", MINUTE).unwrap());
+
+        // Completed: over, and nobody takes it again, even once its lease would have expired.
+        assert!(store.complete(a, "host-2", RunStatus::Success, None).unwrap());
+        let run = store.run(a).unwrap().unwrap();
+        assert_eq!((run.status, run.error), (RunStatus::Success, None));
+        assert!(store.lease(a, "host-3", MINUTE).unwrap().is_none());
+        assert!(!store.extend(a, "host-2", MINUTE).unwrap());
+        assert!(!store.complete(a, "host-2", RunStatus::Failure, None).unwrap());
+        let short = store.lease(b, "host-2", Duration::ZERO).unwrap().unwrap();
+        assert!(store.complete(b, &short.owner, RunStatus::Failure, Some("failed")).unwrap());
+        assert!(store.lease(b, "host-3", MINUTE).unwrap().is_none());
+        assert!(store.available(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn completing_closes_the_open_jobs_and_steps_and_recovery_drops_leases() {
+        let store = SqliteStore::in_memory().unwrap();
+        let a = queued(&store, "web");
+        store.lease(a, "host-1", MINUTE).unwrap().unwrap();
+        store.job_started(a, "build", "build", "build").unwrap();
+        store.step_started(a, "build", "compile", "compile").unwrap();
+        assert!(store.complete(a, "host-1", RunStatus::Success, None).unwrap());
+        let jobs = store.jobs(a).unwrap();
+        assert_eq!((jobs[0].status, jobs[0].steps[0].status), (RunStatus::Cancelled, RunStatus::Cancelled));
+
+        // A host that stops leaves its run running; its next start queues it again, unleased.
+        let b = queued(&store, "web");
+        store.lease(b, "host-1", MINUTE).unwrap().unwrap();
+        assert_eq!(store.recover(true).unwrap().retried, vec![b]);
+        assert!(!store.extend(b, "host-1", MINUTE).unwrap());
+        let again = store.lease(b, "host-2", MINUTE).unwrap().unwrap();
+        assert!(!again.taken_over, "queued again by recovery, not taken over");
+    }
+
+    #[test]
+    fn a_store_from_before_leases_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skiff.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", (i + 1) as i64).unwrap();
+                tx.commit().unwrap();
+            }
+            conn.execute(
+                "INSERT INTO runs (app, number, status, trigger, created_at, started_at) VALUES ('web', 1, 'running', 'push', 1, 2)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        // Running with no lease: not available until recovery queues it again.
+        assert!(store.available(10).unwrap().is_empty());
+        assert_eq!(store.recover(true).unwrap().retried, vec![1]);
+        assert_eq!(store.available(10).unwrap()[0].id, 1);
+    }
 }

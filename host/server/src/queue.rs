@@ -1,0 +1,50 @@
+//! The run queue: which queued runs a host takes, and the lease by which it holds one while it
+//! runs it. Modelled on Woodpecker's `server/queue` (`Poll`, `Extend`, `Done`): a host leases a
+//! run for a while, renews the lease while the run goes on (its heartbeat), and completes it
+//! with how it ended. A lease that expires (the host died, or stalled) makes the run available
+//! again, for any host, as a new attempt.
+//!
+//! The scheduler decides *which* available run to lease under its limits (the host's, the
+//! app's, the concurrency group's); the queue makes taking it atomic, so that two owners never
+//! hold the same run. The single-host SQLite store also recovers, at start, every run its own
+//! previous life left running (see [`RunStore::recover`](crate::store::RunStore::recover)).
+
+use std::time::Duration;
+
+use crate::store::{Run, RunStatus};
+
+/// A run held by an owner until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The run.
+    pub run: i64,
+    /// Who holds it (a host).
+    pub owner: String,
+    /// Unix ms; renewed by [`RunQueue::extend`].
+    pub expires_at: i64,
+    /// The run was running under an expired lease of another owner: it starts over as its
+    /// next attempt (its jobs and steps so far are dropped).
+    pub taken_over: bool,
+}
+
+/// Runs waiting to run, and the leases of those that run.
+pub trait RunQueue: Send + Sync + 'static {
+    /// The runs that can be leased, oldest first, at most `limit`: queued runs, and running
+    /// runs whose lease has expired.
+    fn available(&self, limit: usize) -> anyhow::Result<Vec<Run>>;
+
+    /// Takes run `id` for `owner` until `ttl` from now: the run is `running` from here. `None`
+    /// when it cannot be taken: it is not queued, and not running under an expired lease
+    /// (another owner holds it, or it is over).
+    fn lease(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<Option<Lease>>;
+
+    /// The heartbeat: `owner` still runs `id`, until `ttl` from now. A lease that expired but
+    /// that nobody took is still `owner`'s (a host that stalled resumes). False when the lease
+    /// is no longer `owner`'s (another owner took it, or the run ended): the owner should stop
+    /// running it.
+    fn extend(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<bool>;
+
+    /// `owner` finished running `id`: the run ends with `status` (its open jobs and steps too)
+    /// and the lease is released. False, and nothing changes, when the lease is not `owner`'s.
+    fn complete(&self, id: i64, owner: &str, status: RunStatus, error: Option<&str>) -> anyhow::Result<bool>;
+}

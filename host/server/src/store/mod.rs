@@ -1,0 +1,305 @@
+//! The run store: runs, their jobs and steps, cron bookkeeping and recovery, behind
+//! [`RunStore`]. The rows here are the store's own types; the API shows them through its own
+//! (`api::Run`, …), so a column can change without changing a response.
+//!
+//! [`SqliteStore`] is the store of a single host: SQLite in WAL mode; accepting a run commits
+//! with `synchronous=FULL`, so a run answered 202 survives a crash, even a power cut. It also
+//! implements the host's [`RunQueue`](crate::queue::RunQueue).
+
+mod sqlite;
+mod status;
+
+pub use self::sqlite::{MIGRATIONS, SqliteStore};
+pub use self::status::{RunStatus, UnknownStatus};
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A run to store.
+#[derive(Debug, Clone, Default)]
+pub struct NewRun {
+    /// The app.
+    pub app: String,
+    /// `push`, `pull_request`, `manual`, `schedule`, `rerun`, …
+    pub trigger: String,
+    /// Why it runs.
+    pub reason: String,
+    /// The Git ref.
+    pub git_ref: Option<String>,
+    /// The commit.
+    pub sha: Option<String>,
+    /// Dedupe key (the dispatch id); a second run with the same key is not created.
+    pub dispatch_id: Option<String>,
+    /// `inputs` context.
+    pub inputs: BTreeMap<String, String>,
+    /// `event` context.
+    pub event: serde_json::Value,
+    /// `body` context.
+    pub body: serde_json::Value,
+    /// Run only this job (and what it needs).
+    pub job: Option<String>,
+    /// For a rerun: the run it repeats (same number, next attempt).
+    pub parent: Option<(i64, i64, i64)>,
+    /// The token (or `webhook`, `cron`) that asked for it.
+    pub requested_by: Option<String>,
+    /// The pipeline file of the commit it runs, when the commit has several.
+    pub pipeline: Option<String>,
+}
+
+/// What [`RunStore::insert_run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// The run's id.
+    pub id: i64,
+    /// Its number within the app.
+    pub number: i64,
+    /// True when the dispatch id was already known: no new run was created.
+    pub duplicate: bool,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Id, unique on this host.
+    pub id: i64,
+    /// The app.
+    pub app: String,
+    /// Number within the app (a rerun keeps it).
+    pub number: i64,
+    /// 1 for the first attempt; a rerun or a retry after a crash adds one.
+    pub attempt: i64,
+    /// Its state (`skipped`: its pipeline's `on:` did not take the event).
+    pub status: RunStatus,
+    /// What started it: `push`, `pull_request`, `manual`, `schedule`, `rerun`, …
+    pub trigger: String,
+    /// Why it runs.
+    pub reason: String,
+    /// The Git ref.
+    pub git_ref: Option<String>,
+    /// The commit.
+    pub sha: Option<String>,
+    /// The dispatch id it was created for (redeliveries of it create no run).
+    pub dispatch_id: Option<String>,
+    /// Inputs.
+    pub inputs: BTreeMap<String, String>,
+    /// Only this job (and what it needs) runs.
+    pub job: Option<String>,
+    /// The run this one repeats.
+    pub parent_id: Option<i64>,
+    /// Who asked for it.
+    pub requested_by: Option<String>,
+    /// The pipeline file of the commit it runs (`.skiff/pipelines/deploy.yaml`), when the
+    /// commit has several: each runs as a run of its own.
+    pub pipeline: Option<String>,
+    /// The evaluated `concurrency.group`.
+    pub concurrency_group: Option<String>,
+    /// How often the host stopped while this run was running.
+    pub interruptions: i64,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+    /// Wall time of the run so far, in ms.
+    pub duration_ms: Option<i64>,
+    /// `event` context.
+    pub event: serde_json::Value,
+    /// `body` context.
+    pub body: serde_json::Value,
+    /// Whether its pipeline was loaded and its concurrency group settled.
+    pub prepared: bool,
+    /// Whether a newer run of its group cancels it while it runs.
+    pub cancel_in_progress: bool,
+}
+
+/// A job of a run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job instance (`build`, or `build-2` for a matrix combination).
+    pub key: String,
+    /// The job id in the pipeline.
+    pub job: String,
+    /// Display name.
+    pub name: String,
+    /// `running`, or how it ended.
+    pub status: RunStatus,
+    /// Why it was skipped or failed.
+    pub reason: Option<String>,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+    /// Wall time in ms.
+    pub duration_ms: Option<i64>,
+    /// Its outputs (masked).
+    pub outputs: BTreeMap<String, String>,
+    /// Its steps in order.
+    pub steps: Vec<Step>,
+}
+
+/// A step of a job, with its usage.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Step id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `running`, or how it ended.
+    pub status: RunStatus,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+    /// Usage.
+    pub usage: Usage,
+}
+
+/// What a step used. Fields the executor does not report are `None`.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Wall time in ms.
+    pub wall_ms: Option<i64>,
+    /// CPU time in ms.
+    pub cpu_ms: Option<i64>,
+    /// Peak memory in bytes.
+    pub peak_memory_bytes: Option<i64>,
+    /// Bytes sent and received over HTTP.
+    pub egress_bytes: Option<i64>,
+    /// Log bytes kept.
+    pub log_bytes: i64,
+}
+
+/// Filters for [`RunStore::list_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only these apps (`None`: all).
+    pub apps: Option<Vec<String>>,
+    /// Only this app.
+    pub app: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// Ids below this (paging).
+    pub before: Option<i64>,
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<i64>,
+}
+
+/// What startup recovery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Runs put back in the queue.
+    pub retried: Vec<i64>,
+    /// Runs failed.
+    pub failed: Vec<i64>,
+}
+
+/// Where runs are kept: what the API reads and the scheduler writes as a run goes from
+/// accepted to ended. Starting a queued run (taking it) is the [`RunQueue`](crate::queue::RunQueue)'s.
+///
+/// The methods are synchronous: the step engine reports progress through a synchronous
+/// observer, and SQLite answers in microseconds. A store over the network would answer from a
+/// blocking pool.
+pub trait RunStore: Send + Sync + 'static {
+    /// Stores several queued runs in one transaction, durably (committed and synced) before it
+    /// returns; one result per run, in order. A run whose `dispatch_id` is known is not stored
+    /// again: the existing run is returned, marked `duplicate`. A run that cannot be stored
+    /// gets its error without failing the others.
+    fn insert_runs(&self, runs: &[NewRun]) -> anyhow::Result<Vec<anyhow::Result<Inserted>>>;
+
+    /// [`Self::insert_runs`] for one run.
+    fn insert_run(&self, run: &NewRun) -> anyhow::Result<Inserted> {
+        let mut out = self.insert_runs(std::slice::from_ref(run))?;
+        out.pop().context("no run inserted")?
+    }
+
+    /// One run.
+    fn run(&self, id: i64) -> anyhow::Result<Option<Run>>;
+
+    /// Runs, newest first.
+    fn list_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<Run>>;
+
+    /// How many runs there are (all statuses).
+    fn count_runs(&self) -> anyhow::Result<i64>;
+
+    /// The highest attempt of run `number` of `app` (for a rerun's attempt).
+    fn max_attempt(&self, app: &str, number: i64) -> anyhow::Result<i64>;
+
+    /// Records a queued run's concurrency group: it is prepared.
+    fn set_prepared(&self, id: i64, group: Option<&str>, cancel_in_progress: bool) -> anyhow::Result<()>;
+
+    /// Which of its commit's pipelines a run runs.
+    fn set_pipeline(&self, id: i64, pipeline: &str) -> anyhow::Result<()>;
+
+    /// A manual run's inputs, checked against the pipeline's `workflow_dispatch` and with its
+    /// defaults.
+    fn set_inputs(&self, id: i64, inputs: &BTreeMap<String, String>) -> anyhow::Result<()>;
+
+    /// Records the commit a run builds, once it is known (a manual run names only a ref), in
+    /// its `sha` and in its `event.sha`.
+    fn set_sha(&self, id: i64, sha: &str) -> anyhow::Result<()>;
+
+    /// Queued runs of `group` older than `id`.
+    fn queued_in_group_before(&self, group: &str, id: i64) -> anyhow::Result<Vec<i64>>;
+
+    /// Ends a run (unless it already ended), whoever holds it, and closes its open jobs and
+    /// steps with the same status (`cancelled` when the run succeeded). False if it had already
+    /// ended. A run this host is running ends with [`RunQueue::complete`](crate::queue::RunQueue::complete).
+    fn finish_run(&self, id: i64, status: RunStatus, error: Option<&str>) -> anyhow::Result<bool>;
+
+    /// A job began.
+    fn job_started(&self, run: i64, key: &str, job: &str, name: &str) -> anyhow::Result<()>;
+
+    /// A job ended or was skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn job_finished(
+        &self,
+        run: i64,
+        key: &str,
+        job: &str,
+        name: &str,
+        status: RunStatus,
+        reason: Option<&str>,
+        duration_ms: Option<u64>,
+        outputs: Option<&BTreeMap<String, String>>,
+    ) -> anyhow::Result<()>;
+
+    /// A step began.
+    fn step_started(&self, run: i64, job: &str, step: &str, name: &str) -> anyhow::Result<()>;
+
+    /// A step ended (or was skipped, and so never started).
+    #[allow(clippy::too_many_arguments)]
+    fn step_finished(
+        &self,
+        run: i64,
+        job: &str,
+        step: &str,
+        name: &str,
+        status: RunStatus,
+        error: Option<&str>,
+        usage: &Usage,
+    ) -> anyhow::Result<()>;
+
+    /// A run's jobs with their steps, in order.
+    fn jobs(&self, run: i64) -> anyhow::Result<Vec<Job>>;
+
+    /// Startup of a single host: runs left `running` by a stopped host are queued again (once,
+    /// with `retry`) or failed with the reason.
+    fn recover(&self, retry: bool) -> anyhow::Result<Recovered>;
+
+    /// When a cron schedule last fired (Unix seconds).
+    fn cron_last_fired(&self, app: &str, cron: &str) -> anyhow::Result<Option<i64>>;
+
+    /// Records when a cron schedule fired.
+    fn set_cron_last_fired(&self, app: &str, cron: &str, at: i64) -> anyhow::Result<()>;
+}

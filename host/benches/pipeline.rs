@@ -120,7 +120,7 @@ fn engine(c: &mut Criterion) {
                         inputs: Default::default(),
                         env: Default::default(),
                         secrets: Default::default(),
-                        permissions: Default::default(),
+                        grants: Default::default(),
                         workspace: ws.clone(),
                         working_directory: None,
                         timeout: None,

@@ -70,7 +70,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Step(cmd) => step::run(cmd).await,
         Command::Run(args) => cli::run::run(args).await,
-        Command::Validate(args) => cli::validate::run(args),
+        Command::Validate(args) => cli::validate::run(args).await,
         Command::Init(args) => cli::init::run(args),
         Command::Serve(args) => cli::serve::serve(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Trigger(args) => cli::client::trigger(args).await,

@@ -1,4 +1,48 @@
-//! Serverless-cd compatibility: its npm plugins mapped to Skiff's built-in steps.
+//! Serverless-cd compatibility: its npm plugins mapped to Skiff's built-in steps, and the
+//! compatibility mode that keeps its network default.
+
+use std::path::Path;
+
+use crate::model::CompatDef;
+
+/// A compatibility mode: what a pipeline written for another CI is given that a Skiff
+/// pipeline is not. Shown at the top of the plan, and beside every grant it implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compat {
+    /// Serverless-cd: `run:` steps without `permissions:` have the network.
+    ServerlessCd,
+}
+
+impl Compat {
+    /// The mode of a pipeline: its `compat:`, else `serverless-cd` for a file named
+    /// `serverless-pipeline.yaml` (or `.yml`).
+    pub fn of(file: &str, written: Option<CompatDef>) -> Option<Compat> {
+        match written {
+            Some(CompatDef::ServerlessCd) => Some(Compat::ServerlessCd),
+            Some(CompatDef::None) => None,
+            None => Path::new(file)
+                .file_name()
+                .is_some_and(|n| n == "serverless-pipeline.yaml" || n == "serverless-pipeline.yml")
+                .then_some(Compat::ServerlessCd),
+        }
+    }
+
+    /// Its name, as `compat:` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compat::ServerlessCd => "serverless-cd",
+        }
+    }
+
+    /// What the mode grants, in a sentence.
+    pub fn network_default(self) -> &'static str {
+        match self {
+            Compat::ServerlessCd => {
+                "Serverless-cd compatibility runs `run:` steps without `permissions:` with the network"
+            }
+        }
+    }
+}
 
 /// The built-in step names, and what `uses:` may name without a path.
 pub const BUILTINS: &[&str] = &["diag", "shell", "checkout", "notify", "upload"];

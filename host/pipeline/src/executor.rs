@@ -27,9 +27,12 @@ pub enum StepRef {
     },
 }
 
-/// Capabilities granted to a step. Nothing else is allowed.
+/// Capabilities granted to a step, decided once when the pipeline is read (what its
+/// `permissions:` say, the secrets its values reference, and what the kind of step implies) and
+/// shown by `skiff validate --plan`. Nothing else is allowed. The runtime checks the
+/// component's own request against them before the step starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Permissions {
+pub struct Grants {
     /// Hosts the step may reach over HTTP.
     pub hosts: Vec<String>,
     /// Secret names granted (their values are in [`StepRequest::secrets`]).
@@ -41,6 +44,10 @@ pub struct Permissions {
     /// Only reading is allowed (a fork's pull request): HTTP to `hosts` with GET and HEAD,
     /// and processes without network.
     pub read_only: bool,
+    /// Grants the pipeline did not write, each with why it was given (a `run:` step's process,
+    /// Serverless-cd's network default), so the plan shows them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub implied: Vec<String>,
 }
 
 /// One step to run.
@@ -63,7 +70,7 @@ pub struct StepRequest {
     /// Only the secrets granted to this step.
     pub secrets: BTreeMap<String, String>,
     /// The capabilities granted.
-    pub permissions: Permissions,
+    pub grants: Grants,
     /// The job's workspace root.
     pub workspace: PathBuf,
     /// Relative to `workspace`.
@@ -108,18 +115,22 @@ pub struct StepResult {
     /// How long it ran.
     pub duration: Duration,
     /// What the step consumed, when the executor measures it (the basis for metering).
-    pub usage: Option<StepUsage>,
+    pub usage: Option<Usage>,
 }
 
-/// Resources one step consumed beyond its wall time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct StepUsage {
+/// What a step used: one type from the runtime that meters it to the run store and the API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// Wall-clock time, in milliseconds.
+    pub wall_ms: u64,
     /// CPU time spent executing the step's code, in milliseconds.
     pub cpu_ms: u64,
     /// Peak linear memory, in bytes.
     pub peak_memory_bytes: u64,
-    /// Bytes sent and received over HTTP.
+    /// Bytes sent and received over the network (HTTP and processes' connections).
     pub egress_bytes: u64,
+    /// Bytes written to the step's log.
+    pub log_bytes: u64,
 }
 
 impl StepResult {

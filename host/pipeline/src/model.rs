@@ -94,6 +94,21 @@ pub struct PipelineDef {
     /// Shorthand for a single job named `main` with these steps (Serverless-cd style).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepDef>>,
+    /// A compatibility mode: `serverless-cd` runs `run:` steps without `permissions:` with the
+    /// network, as Serverless-cd did (the default of a `serverless-pipeline.yaml`); `none` turns
+    /// it off there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compat: Option<CompatDef>,
+}
+
+/// `compat:` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompatDef {
+    /// Serverless-cd's defaults.
+    ServerlessCd,
+    /// No compatibility mode.
+    None,
 }
 
 /// `concurrency: group` or `concurrency: { group, cancel-in-progress }`.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::executor::Permissions;
+use super::executor::Grants;
 use super::expr::{Expr, Template};
 use super::source::Pos;
 
@@ -61,6 +61,8 @@ pub struct Plan {
     pub env: BTreeMap<String, Value>,
     /// Job instances in dependency order (a job's needs come before it).
     pub jobs: Vec<PlanJob>,
+    /// The compatibility mode (`compat:`, or Serverless-cd's by the file name).
+    pub compat: Option<crate::compat::Compat>,
 }
 
 /// One job instance (one per matrix combination).
@@ -143,7 +145,7 @@ pub struct PlanStep {
     /// `working-directory:`.
     pub working_directory: Option<Value>,
     /// Grants: explicit permissions plus every secret the step's values reference.
-    pub permissions: Permissions,
+    pub grants: Grants,
     /// `post:` cleanup script.
     pub post: Option<Value>,
     /// Memory limit in bytes.
@@ -173,6 +175,9 @@ impl Plan {
     pub fn render(&self) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "pipeline {}", quote(self.name.as_deref().unwrap_or("")));
+        if let Some(c) = self.compat {
+            let _ = writeln!(o, "compat: {} ({})", c.name(), c.network_default());
+        }
         if let Some(on) = &self.on {
             let _ = writeln!(o, "on: {on}");
         }
@@ -237,7 +242,7 @@ impl Plan {
                 if let Some(m) = s.memory {
                     let _ = writeln!(o, "    memory: {m}");
                 }
-                let p = &s.permissions;
+                let p = &s.grants;
                 let _ = writeln!(
                     o,
                     "    grants: secrets [{}] hosts [{}] process={} network={}",
@@ -246,6 +251,9 @@ impl Plan {
                     p.process,
                     p.network
                 );
+                for why in &p.implied {
+                    let _ = writeln!(o, "      implied: {why}");
+                }
                 if let Some(post) = &s.post {
                     let _ = writeln!(o, "    post: {}", quote(&post.raw));
                 }

@@ -9,13 +9,9 @@ use std::time::Instant;
 
 use crate::builtin;
 use crate::capabilities::connect::tls_config;
-use crate::capabilities::http::Allowlist;
 use crate::capabilities::log::LogRecord;
-use crate::capabilities::process::ProcessGrant;
 use crate::limits::Limits;
-use crate::pipeline::executor::{
-    LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, StepUsage, caps,
-};
+use crate::pipeline::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, caps};
 use crate::{Runtime, StepInvocation, StepStatus};
 
 /// Output keys the shell step uses to hand env, path and cleanup to the engine.
@@ -79,10 +75,10 @@ impl LocalExecutor {
             StepResult { duration: started.elapsed(), ..StepResult::outcome(StepOutcome::Failure(msg)) }
         };
         let mut inputs = req.inputs.clone();
-        let mut process = ProcessGrant {
-            allowed: req.permissions.process,
-            network: req.permissions.network && !req.permissions.read_only,
-            unsandboxed: self.unsandboxed_processes,
+        // Decided once, here, from what the pipeline granted (a `run:` step's process included).
+        let enforced = match crate::grants::enforce(&req.grants, &req.inputs, self.unsandboxed_processes) {
+            Ok(e) => e,
+            Err(e) => return fail(e.to_string()),
         };
         // A built-in step is looked up by name: no copy and no hash of its bytes per step.
         let builtin_name: &str;
@@ -115,8 +111,6 @@ impl LocalExecutor {
                 if let Some(dir) = &req.working_directory {
                     inputs.insert("working-directory".into(), dir.clone());
                 }
-                // A `run:` step is the user asking for a process; the OS sandbox confines it.
-                process.allowed = true;
                 builtin_name = "shell";
                 builtin::get("shell").unwrap_or_default()
             }
@@ -139,21 +133,6 @@ impl LocalExecutor {
                 Err(e) => return fail(format!("{e:#}")),
             },
         };
-        // `${inputs.NAME}` grants the host of the URL the pipeline put in that input.
-        let hosts: Vec<String> = req
-            .permissions
-            .hosts
-            .iter()
-            .filter_map(|h| match h.strip_prefix("${inputs.").and_then(|r| r.strip_suffix('}')) {
-                Some(name) => req.inputs.get(name).filter(|v| !v.trim().is_empty()).cloned(),
-                None => Some(h.clone()),
-            })
-            .collect();
-        let allow_hosts = match Allowlist::parse(&hosts) {
-            Ok(a) if req.permissions.read_only => a.read_only(),
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        };
         let mut limits = self.limits;
         if let Some(t) = req.timeout {
             limits.timeout = t;
@@ -171,8 +150,8 @@ impl LocalExecutor {
             env: req.env.clone(),
             secrets: req.secrets.clone(),
             mask_also: Vec::new(),
-            allow_hosts,
-            process,
+            allow_hosts: enforced.allow,
+            process: enforced.process,
             limits,
             artifacts: self.artifacts.clone(),
             tls: match req.ca_bundle.as_ref().map(|pem| self.tls_for(pem)) {
@@ -211,7 +190,7 @@ impl LocalExecutor {
         let mut post = None;
         // Environment, `PATH` and cleanup scripts steer later processes (`BASH_ENV` runs a file
         // in every later `run:`): only a step that may run processes itself may hand them on.
-        let may_steer = matches!(req.uses, StepRef::Shell { .. }) || req.permissions.process;
+        let may_steer = matches!(req.uses, StepRef::Shell { .. }) || req.grants.process;
         let mut refused = None;
         for (k, v) in report.outputs {
             if k.starts_with(RESERVED_PREFIX) && !may_steer {
@@ -247,11 +226,7 @@ impl LocalExecutor {
             StepStatus::TimedOut(_) => StepOutcome::Failure(report.status.to_string()),
             other => StepOutcome::Failure(other.to_string()),
         };
-        let usage = StepUsage {
-            cpu_ms: report.usage.cpu_ms,
-            peak_memory_bytes: report.usage.peak_memory,
-            egress_bytes: report.usage.http_bytes,
-        };
+        let usage = report.usage;
         StepResult {
             outcome,
             outputs,

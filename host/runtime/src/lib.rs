@@ -11,6 +11,7 @@ pub mod cache;
 pub mod capabilities;
 pub mod engine;
 pub mod executor;
+pub mod grants;
 pub mod limits;
 pub mod state;
 pub mod workspace;
@@ -18,6 +19,7 @@ pub mod workspace;
 // The pipeline language and the process sandbox are crates of their own; the runtime's
 // modules name them as `crate::pipeline`, `crate::sandbox` and `crate::mask`.
 pub use skiff_pipeline as pipeline;
+pub use skiff_pipeline::Usage;
 pub use skiff_pipeline::mask;
 pub use skiff_sandbox as sandbox;
 
@@ -133,16 +135,6 @@ impl std::fmt::Display for StepStatus {
     }
 }
 
-/// Resources a step used: the basis for metering.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Usage {
-    pub wall_ms: u64,
-    pub cpu_ms: u64,
-    pub peak_memory: u64,
-    pub http_bytes: u64,
-    pub log_bytes: u64,
-}
-
 /// The result of one step run.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
@@ -151,6 +143,26 @@ pub struct StepReport {
     pub outputs: BTreeMap<String, String>,
     pub summary: Option<String>,
     pub usage: Usage,
+}
+
+/// Why bytes are not a step Skiff can run: callers tell a file that is not a component at all
+/// from a component of another world (`skiff step publish`, `skiff validate --plan`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// Not a WebAssembly component (or not one this engine compiles).
+    #[error("this is not a valid step component: {0}")]
+    NotAComponent(String),
+    /// A component that imports what Skiff does not provide.
+    #[error(
+        "the component imports something Skiff does not provide (is it built for wasm32-wasip2 against skiff:step@0.1.0?): {0}"
+    )]
+    UnknownImports(String),
+    /// A component of another world.
+    #[error("the component does not export the `skiff:step/step` world (`describe` and `run`): {0}")]
+    NotAStep(String),
+    /// Its `describe` failed or did not return.
+    #[error("{0}")]
+    Describe(String),
 }
 
 /// The shared runtime: one engine, one linker, compiled components cached.
@@ -197,7 +209,7 @@ impl Runtime {
     }
 
     /// Compiles (or loads from cache) a component and reads its manifest.
-    pub async fn load(&self, bytes: &[u8]) -> anyhow::Result<Arc<LoadedStep>> {
+    pub async fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedStep>, LoadError> {
         let digest = cache::sha256(bytes);
         if let Some(step) = self.loaded.lock().expect("cache poisoned").get(&digest) {
             return Ok(step.clone());
@@ -207,16 +219,13 @@ impl Runtime {
             let disk = self.disk.clone();
             let bytes = bytes.to_vec();
             tokio::task::spawn_blocking(move || disk.load_or_compile(&engine, &digest, &bytes))
-                .await?
-                .map_err(|e| anyhow::anyhow!("this is not a valid step component: {e:?}"))?
+                .await
+                .map_err(|e| LoadError::NotAComponent(e.to_string()))?
+                .map_err(|e| LoadError::NotAComponent(format!("{e:?}")))?
         };
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow::anyhow!("the component imports something Skiff does not provide (is it built for wasm32-wasip2 against skiff:step@0.1.0?): {e:?}")
-        })?;
-        let pre = StepPre::new(pre).map_err(|e| {
-            anyhow::anyhow!("the component does not export the `skiff:step/step` world (`describe` and `run`): {e:?}")
-        })?;
-        let manifest = self.describe(&pre).await?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::UnknownImports(format!("{e:?}")))?;
+        let pre = StepPre::new(pre).map_err(|e| LoadError::NotAStep(format!("{e:?}")))?;
+        let manifest = self.describe(&pre).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
         let step = Arc::new(LoadedStep { digest, source, manifest, pre });
         self.loaded.lock().expect("cache poisoned").insert(digest, step.clone());
         Ok(step)
@@ -312,24 +321,9 @@ impl Runtime {
         Ok(store)
     }
 
-    /// Checks what the step asks for against what it was granted.
-    pub fn check_grants(&self, step: &LoadedStep, inv: &StepInvocation) -> Result<(), String> {
-        let caps = &step.manifest.capabilities;
-        let name = &step.manifest.name;
-        if caps.process && !inv.process.allowed {
-            return Err(format!(
-                "step `{name}` asks for the `process` capability, which is not granted: add `permissions: {{ process: true }}`"
-            ));
-        }
-        for host in &caps.hosts {
-            let Some(need) = resolve_need(host, &inv.inputs) else { continue };
-            if !inv.allow_hosts.covers(&need) {
-                return Err(format!(
-                    "step `{name}` asks for network access to `{need}`, which is not granted: add it to `permissions.hosts` (or pass --allow-host)"
-                ));
-            }
-        }
-        Ok(())
+    /// Checks what the step asks for against what it was granted ([`grants::check`]).
+    pub fn check_grants(&self, step: &LoadedStep, inv: &StepInvocation) -> Result<(), grants::GrantError> {
+        grants::check(&step.manifest.name, &step.manifest.capabilities, &inv.allow_hosts, &inv.process, &inv.inputs)
     }
 
     /// Runs a step once in a fresh store. Never panics on guest behaviour: every
@@ -345,7 +339,8 @@ impl Runtime {
             summary: log.summary(),
             usage: Usage { wall_ms: started.elapsed().as_millis() as u64, log_bytes: log.bytes(), ..usage },
         };
-        if let Err(msg) = self.check_grants(step, &inv) {
+        if let Err(e) = self.check_grants(step, &inv) {
+            let msg = e.to_string();
             log.system(msg.clone());
             return report(StepStatus::Denied(msg), BTreeMap::new(), &log, usage);
         }
@@ -368,8 +363,8 @@ impl Runtime {
         log.flush();
         let data = store.data();
         usage.cpu_ms = data.cpu_ticks * engine::TICK.as_millis() as u64;
-        usage.peak_memory = data.limiter.peak;
-        usage.http_bytes = data.process.traffic.load(Ordering::Relaxed);
+        usage.peak_memory_bytes = data.limiter.peak;
+        usage.egress_bytes = data.process.traffic.load(Ordering::Relaxed);
         let limits = inv.limits;
         let (status, outputs) = match result {
             Err(_) => (StepStatus::TimedOut(format!("timed out after {}", Secs(timeout))), BTreeMap::new()),
@@ -419,15 +414,6 @@ impl Runtime {
 fn first_line(e: &wasmtime::Error) -> String {
     let s = format!("{e}");
     s.lines().next().unwrap_or("").to_string()
-}
-
-/// A declared host need, with `${inputs.NAME}` replaced by the host of that input.
-fn resolve_need(pattern: &str, inputs: &BTreeMap<String, String>) -> Option<String> {
-    if let Some(name) = pattern.strip_prefix("${inputs.").and_then(|r| r.strip_suffix('}')) {
-        let v = inputs.get(name)?.trim();
-        return (!v.is_empty()).then(|| v.to_string());
-    }
-    Some(pattern.to_string())
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

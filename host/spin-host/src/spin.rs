@@ -104,7 +104,7 @@ impl WasiHttpHooks for Outbound {
             request,
             options,
             None,
-            move |msg| eprintln!("component `{component}`: {msg}"),
+            move |msg| tracing::warn!(component = %component, "component `{component}`: {msg}"),
             |shown| format!("add `http://{shown}` or `https://{shown}` to `allowed_outbound_hosts` in spin.toml"),
         )
     }
@@ -219,7 +219,7 @@ impl SpinApp {
         // Waiting for an instance has its own budget; the run then gets the whole timeout.
         let Ok(Ok(_instance)) = tokio::time::timeout(self.timeout, self.instances.acquire()).await else {
             let n = self.max_instances;
-            eprintln!("all {n} instances stayed busy for {:?}; answered 503", self.timeout);
+            tracing::warn!("all {n} instances stayed busy for {:?}; answered 503", self.timeout);
             let text = format!("all {n} instances are busy; try again shortly (--max-concurrency raises the limit)");
             let mut resp = plain(503, text);
             resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
@@ -228,11 +228,11 @@ impl SpinApp {
         match tokio::time::timeout(self.timeout, self.call(&component.id, loaded, req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
-                eprintln!("component `{}` failed: {e:#}", component.id);
+                tracing::error!(component = %component.id, "component `{}` failed: {e:#}", component.id);
                 plain(500, format!("component `{}` failed; see the host's log", component.id))
             }
             Err(_) => {
-                eprintln!("component `{}` stopped after {:?}", component.id, self.timeout);
+                tracing::warn!(component = %component.id, "component `{}` stopped after {:?}", component.id, self.timeout);
                 plain(504, format!("component `{}` took longer than {:?}", component.id, self.timeout))
             }
         }

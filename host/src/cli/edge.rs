@@ -33,6 +33,9 @@ pub struct EdgeUpArgs {
     /// to end, then get 503.
     #[arg(long, value_name = "N", default_value_t = skiff_spin_host::spin::MAX_CONCURRENCY, value_parser = parse_concurrency)]
     pub max_concurrency: usize,
+    /// How the host logs to standard error: `text` or `json`. Which events: `RUST_LOG`.
+    #[arg(long, env = "SKIFF_LOG_FORMAT", value_enum, default_value_t = super::LogFormat::Text)]
+    pub log_format: super::LogFormat,
 }
 
 fn parse_concurrency(s: &str) -> Result<usize, String> {
@@ -52,6 +55,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 /// `skiff edge up`: serves the application until interrupted.
 pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
+    super::init_logging(args.log_format);
     let manifest = Manifest::load(&args.manifest)?;
     let given = given_variables(&args.variables, &manifest)?;
     let kv_path = match &args.key_value_file {

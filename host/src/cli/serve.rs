@@ -58,35 +58,13 @@ pub struct ServeArgs {
     pub drain_timeout: std::time::Duration,
     /// How the server logs to standard error: `text` (one line per event) or `json` (one
     /// object per line, for log collectors). Which events: `RUST_LOG` (default `info`).
-    #[arg(long, env = "SKIFF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-/// The server's log format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Sends the server's `tracing` events to standard error, filtered by `RUST_LOG`.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
-    // A second call (tests start several servers) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    #[arg(long, env = "SKIFF_LOG_FORMAT", value_enum, default_value_t = super::LogFormat::Text)]
+    pub log_format: super::LogFormat,
 }
 
 /// Runs `skiff serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    super::init_logging(args.log_format);
     if args.hash_token {
         let token = read_stdin("the API token")?;
         crate::outln!("{}", crypto::token_hash(&token));

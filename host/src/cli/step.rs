@@ -227,8 +227,8 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
             report.status,
             u.wall_ms,
             u.cpu_ms,
-            u.peak_memory / 1024,
-            u.http_bytes,
+            u.peak_memory_bytes / 1024,
+            u.egress_bytes,
             u.log_bytes
         );
     }

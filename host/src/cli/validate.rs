@@ -1,18 +1,22 @@
 //! `skiff validate [PIPELINE]`: every problem of a pipeline file at once.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
-
-use skiff_pipeline::load_file;
+use skiff_pipeline::plan::Uses;
+use skiff_pipeline::{Plan, load_file};
+use skiff_runtime::{EngineOptions, LoadedStep, Runtime, builtin, grants};
 
 /// Arguments of `skiff validate`.
 #[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {
     /// The pipeline file (default: `.skiff/pipeline.yaml`, then `serverless-pipeline.yaml`).
     pub pipeline: Option<PathBuf>,
-    /// Also print the plan: jobs in order, steps, resolved `uses`, grants.
+    /// Also print the plan: jobs in order, steps, resolved `uses`, grants, and what each
+    /// step's component asks for; a step whose component would be refused is a problem.
     #[arg(long)]
     pub plan: bool,
 }
@@ -32,16 +36,25 @@ pub fn find_pipeline(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs `skiff validate`: exit 0 when the pipeline is valid, 1 with every problem listed otherwise.
-pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let path = find_pipeline(args.pipeline)?;
     match load_file(&path) {
         Ok(plan) => {
             let steps: usize = plan.jobs.iter().map(|j| j.steps.len()).sum();
             crate::outln!("{}: ok ({} job(s), {} step(s))", path.display(), plan.jobs.len(), steps);
-            if args.plan {
-                print!("{}", plan.render());
+            if !args.plan {
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(ExitCode::SUCCESS)
+            print!("{}", plan.render());
+            let problems = components(&plan).await?;
+            if problems.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for p in &problems {
+                eprintln!("{}: {p}", path.display());
+            }
+            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            Ok(ExitCode::from(1))
         }
         Err(d) => {
             eprintln!("{d}");
@@ -49,4 +62,62 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Prints what each step's component asks for, checked against what the step is granted the
+/// way the runtime checks it before the step starts; returns the steps that would be refused.
+/// A host asked for through an input that holds an expression is known only when the run
+/// starts, so it is not checked here.
+async fn components(plan: &Plan) -> anyhow::Result<Vec<String>> {
+    let runtime = Runtime::new(EngineOptions { pool_size: 1, ..Default::default() }, None)?;
+    let mut loaded: HashMap<String, Arc<LoadedStep>> = HashMap::new();
+    let mut problems = Vec::new();
+    crate::outln!("components:");
+    for job in &plan.jobs {
+        for step in &job.steps {
+            let (key, bytes) = match &step.uses {
+                Uses::Builtin(name) => (name.clone(), builtin::get(name).map(<[u8]>::to_vec)),
+                Uses::Shell { .. } => ("shell".to_string(), builtin::get("shell").map(<[u8]>::to_vec)),
+                Uses::Path { written, path } => (written.clone(), std::fs::read(path).ok()),
+            };
+            let component = match loaded.get(&key) {
+                Some(c) => c.clone(),
+                None => {
+                    let Some(bytes) = bytes else {
+                        problems
+                            .push(format!("job `{}` step `{}`: cannot read the component `{key}`", job.key, step.id));
+                        continue;
+                    };
+                    match runtime.load(&bytes).await {
+                        Ok(c) => loaded.entry(key.clone()).or_insert(c).clone(),
+                        Err(e) => {
+                            problems.push(format!(
+                                "job `{}` step `{}`: `{key}` is not a step component: {e:#}",
+                                job.key, step.id
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let asks = &component.manifest.capabilities;
+            crate::outln!(
+                "  {}/{} ({key}) asks: secrets [{}] hosts [{}] process={}",
+                job.key,
+                step.id,
+                asks.secrets.join(", "),
+                asks.hosts.join(", "),
+                asks.process
+            );
+            // Inputs whose value is known now; one holding `${{ }}` is known only at run time.
+            let inputs: BTreeMap<String, String> =
+                step.with.iter().filter(|(_, v)| v.tpl.is_literal()).map(|(k, v)| (k.clone(), v.raw.clone())).collect();
+            let checked = grants::enforce(&step.grants, &inputs, false)
+                .and_then(|e| grants::check(&component.manifest.name, asks, &e.allow, &e.process, &inputs));
+            if let Err(e) = checked {
+                problems.push(format!("job `{}` step `{}` would be refused: {e}", job.key, step.id));
+            }
+        }
+    }
+    Ok(problems)
 }

@@ -136,6 +136,32 @@ jobs:
     snapshot!("validate_errors", output_of(&mut skiff_at(dir.path(), &["validate", "pipeline.yaml"])));
 }
 
+/// `skiff validate --plan` asks each step's component what it needs, as the runtime does before
+/// the step starts: a step that would be refused is a problem now, not in a run.
+#[test]
+fn validate_plan_refuses_a_step_whose_component_asks_for_more_than_it_is_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |text: &str| std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
+    let notify = "steps:\n  - uses: notify\n    with:\n      provider: generic\n      webhook: https://hooks.example.com/x\n      message: hi\n";
+    write(notify);
+    let out = skiff_at(dir.path(), &["validate", "--plan", "pipeline.yaml"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("main/step-1 (notify) asks: secrets [] hosts [${inputs.webhook}]"), "{stdout}");
+    assert!(
+        stderr.contains("step `step-1` would be refused") && stderr.contains("`https://hooks.example.com/x`"),
+        "{stderr}"
+    );
+    // Granted: valid. Without --plan nothing is loaded, so nothing is checked.
+    write(&notify.replace("  - uses: notify\n", "  - uses: notify\n    permissions: { hosts: [hooks.example.com] }\n"));
+    let out = skiff_at(dir.path(), &["validate", "--plan", "pipeline.yaml"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A webhook held in a secret is known only when the run starts: not refused now.
+    write(&notify.replace("https://hooks.example.com/x", "${{ secrets.HOOK }}"));
+    let out = skiff_at(dir.path(), &["validate", "--plan", "pipeline.yaml"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn snapshot_of_validate_plan_of_the_bundled_example() {
     let args = ["validate", "--plan", "examples/hello/.skiff/pipeline.yaml"];

@@ -106,6 +106,49 @@ fn pipeline_examples_are_valid() {
     }
 }
 
+/// A step's grants are decided once, when the pipeline is read, and what the pipeline did not
+/// write is said: a `run:` step's process, and the network of Serverless-cd's compatibility
+/// mode, which a `serverless-pipeline.yaml` has unless it says `compat: none`, and any pipeline
+/// may ask for with `compat: serverless-cd`.
+#[test]
+fn grants_are_decided_with_the_pipeline_and_compat_is_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "steps:\n  - run: npm i\n  - run: curl x\n    permissions: { process: true }\n  - uses: diag\n";
+    let load = |name: &str, text: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        load_file(&f).unwrap_or_else(|d| panic!("{d}"))
+    };
+    let g = |p: &skiff_pipeline::Plan, i: usize| p.jobs[0].steps[i].grants.clone();
+
+    let sp = load("serverless-pipeline.yaml", text);
+    assert_eq!(sp.compat.map(|c| c.name()), Some("serverless-cd"));
+    assert!(g(&sp, 0).process && g(&sp, 0).network, "{:?}", g(&sp, 0));
+    assert_eq!(g(&sp, 0).implied.len(), 2, "{:?}", g(&sp, 0).implied);
+    // A step that says what it needs gets that, and no more.
+    assert!(g(&sp, 1).process && !g(&sp, 1).network && g(&sp, 1).implied.is_empty());
+    assert!(!g(&sp, 2).process && !g(&sp, 2).network);
+    let shown = sp.render();
+    assert!(shown.contains("compat: serverless-cd"), "{shown}");
+    assert!(shown.contains("implied: network: Serverless-cd compatibility"), "{shown}");
+
+    let off = load("serverless-pipeline.yml", &format!("compat: none\n{text}"));
+    assert_eq!(off.compat, None);
+    assert!(g(&off, 0).process && !g(&off, 0).network);
+    assert!(!off.render().contains("compat:"));
+
+    let on = load("pipeline.yaml", &format!("compat: serverless-cd\n{text}"));
+    assert!(g(&on, 0).network);
+    let plain = load("other.yaml", text);
+    assert!(plain.compat.is_none() && !g(&plain, 0).network && g(&plain, 0).process);
+    assert!(plain.render().contains("implied: process: a `run:` step's script runs as a process"));
+
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, format!("compat: gitlab\n{text}")).unwrap();
+    let err = load_file(&f).unwrap_err().to_string();
+    assert!(err.contains("compat") && err.contains("serverless-cd"), "{err}");
+}
+
 // ------------------------------------------------------------------ engine
 
 #[derive(Default)]

@@ -136,7 +136,7 @@ async fn unbounded_allocation_hits_the_memory_limit() {
     inv.limits.memory = 64 << 20;
     let (report, _) = run(&*hostile().await, inv).await;
     assert_eq!(report.status, StepStatus::MemoryLimit("memory limit 64 MiB exceeded".into()));
-    assert!(report.usage.peak_memory <= 64 << 20);
+    assert!(report.usage.peak_memory_bytes <= 64 << 20);
 }
 
 #[tokio::test]
@@ -240,7 +240,7 @@ async fn http_reaches_only_allowlisted_hosts_and_no_connection_is_made_otherwise
     assert_eq!(report.outputs["status"], "200");
     assert_eq!(report.outputs["body"], "hello");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    assert!(report.usage.http_bytes >= 5);
+    assert!(report.usage.egress_bytes >= 5);
 }
 
 #[tokio::test]

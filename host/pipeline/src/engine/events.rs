@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::executor::{LogLine, StepUsage};
+use crate::executor::{LogLine, Usage};
 use crate::mask::Masker;
 
 /// How a step, job or run ended.
@@ -92,7 +92,7 @@ pub enum RunEvent {
         outputs: BTreeMap<String, String>,
         /// CPU, memory and egress, when the executor measured them.
         #[serde(skip_serializing_if = "Option::is_none")]
-        usage: Option<StepUsage>,
+        usage: Option<Usage>,
         /// Why it failed.
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::events::{Emit, JobReport, RunEvent, Status, StepReport, ms};
 use super::{DEFAULT_PATH, RunOptions};
-use crate::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, StepUsage};
+use crate::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, Usage};
 use crate::expr::{Scope, json_to_cel, strings_to_cel};
 use crate::plan::{Plan, PlanJob, PlanStep, Uses, Value};
 
@@ -96,7 +96,11 @@ impl JobRun {
         for (n, (of, script, env)) in posts.into_iter().rev().enumerate() {
             let id = format!("post-{}", n + 1);
             let name = format!("Post {of}");
-            let req = self.request(&id, &name, StepRef::Shell { script, shell: "bash".into() }, BTreeMap::new(), env);
+            let mut req =
+                self.request(&id, &name, StepRef::Shell { script, shell: "bash".into() }, BTreeMap::new(), env);
+            // A cleanup script is a process, and nothing more: no network, no secrets.
+            req.grants.process = true;
+            req.grants.read_only = self.opts.read_only;
             let r = self.execute(req, None).await;
             let status = match r.outcome {
                 StepOutcome::Success => Status::Success,
@@ -164,7 +168,7 @@ impl JobRun {
         outputs: &BTreeMap<String, String>,
         error: Option<String>,
         summary: Option<String>,
-        usage: Option<StepUsage>,
+        usage: Option<Usage>,
     ) -> StepReport {
         self.emit.emit(RunEvent::StepFinished {
             job_id: self.job().key.clone(),
@@ -206,7 +210,7 @@ impl JobRun {
             inputs,
             env: all,
             secrets: BTreeMap::new(),
-            permissions: Default::default(),
+            grants: Default::default(),
             workspace: self.workspace.clone(),
             working_directory: None,
             timeout: None,
@@ -331,13 +335,13 @@ impl JobRun {
         }
         let mut req = self.request(&step.id, &step.name, uses, inputs, env.clone());
         req.secrets = step
-            .permissions
+            .grants
             .secrets
             .iter()
             .filter_map(|n| self.opts.secrets.get(n).map(|v| (n.clone(), v.clone())))
             .collect();
-        req.permissions = step.permissions.clone();
-        req.permissions.read_only = self.opts.read_only;
+        req.grants = step.grants.clone();
+        req.grants.read_only = self.opts.read_only;
         req.working_directory = wd;
         req.memory = step.memory;
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));

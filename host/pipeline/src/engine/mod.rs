@@ -46,7 +46,7 @@ pub struct RunOptions {
     pub job: Option<String>,
     /// PEM certificates the app trusts for HTTPS besides the Web PKI roots (`ca-file`).
     pub ca_bundle: Option<Arc<str>>,
-    /// Steps may only read (a pull request from a fork): see [`Permissions::read_only`](crate::Permissions::read_only).
+    /// Steps may only read (a pull request from a fork): see [`Grants::read_only`](crate::Grants::read_only).
     pub read_only: bool,
     /// Job instances not run again (a rerun of failed jobs): how they ended in the earlier
     /// attempt, and their outputs, which their dependents see as if they had just run.

@@ -9,8 +9,8 @@ use super::matrix::expand_matrix;
 use super::references::{Refs, check_expr, cond, expr_error, job_needs, value, values};
 use super::triggers::triggers;
 use super::{Cx, did_you_mean};
-use crate::compat::{BUILTINS, map_plugin};
-use crate::executor::Permissions;
+use crate::compat::{BUILTINS, Compat, map_plugin};
+use crate::executor::Grants;
 use crate::expr;
 use crate::model::{ConcurrencyDef, JobDef, PipelineDef, StepDef};
 use crate::plan::{Concurrency, Plan, PlanJob, PlanStep, Uses};
@@ -19,6 +19,7 @@ use crate::source::{Seg, YPath};
 use crate::ypath;
 
 pub(super) fn build(cx: &mut Cx, def: &PipelineDef, dir: &Path) -> Plan {
+    cx.compat = Compat::of(&cx.file, def.compat);
     let mut pipeline_secrets = BTreeSet::new();
     let no_matrix = BTreeSet::new();
     let mut top = Refs { needs: &[], steps: None, matrix: &no_matrix, secrets: &mut pipeline_secrets };
@@ -71,6 +72,7 @@ pub(super) fn build(cx: &mut Cx, def: &PipelineDef, dir: &Path) -> Plan {
         concurrency,
         env,
         jobs: out_jobs,
+        compat: cx.compat,
     }
 }
 
@@ -265,10 +267,22 @@ fn build_step(
     });
     let mut perms = s.permissions.clone().unwrap_or_default();
     perms.hosts.extend(plugin_hosts);
+    let mut implied = Vec::new();
+    // A script step (`run:`, or `uses: shell`) is the user asking for a process: its script runs
+    // in the OS sandbox.
+    if matches!(uses, Uses::Shell { .. }) && !perms.process {
+        perms.process = true;
+        implied.push("process: a `run:` step's script runs as a process (in the OS sandbox)".to_string());
+    }
     // Serverless-cd ran every script with the network (`npm install`, `s deploy`) and has
-    // no `permissions`; its file keeps that for `run:` steps that do not say otherwise.
-    if s.run.is_some() && s.permissions.is_none() && is_serverless_cd_file(&cx.file) {
+    // no `permissions`; its compatibility mode keeps that for `run:` steps that do not say
+    // otherwise.
+    if s.run.is_some() && s.permissions.is_none() && cx.compat == Some(Compat::ServerlessCd) {
         perms.network = true;
+        implied.push(format!(
+            "network: {} (give the step `permissions:` to narrow it)",
+            Compat::ServerlessCd.network_default()
+        ));
     }
     secrets.extend(perms.secrets.iter().cloned());
     PlanStep {
@@ -283,21 +297,17 @@ fn build_step(
         continue_on_error: s.continue_on_error.unwrap_or(false),
         timeout: minutes(cx, &sub("timeout-minutes"), s.timeout_minutes),
         working_directory,
-        permissions: Permissions {
+        grants: Grants {
             hosts: perms.hosts,
             secrets: secrets.into_iter().collect(),
             process: perms.process,
             network: perms.network,
             read_only: false,
+            implied,
         },
         post,
         memory: s.memory_mb.map(|m| m * 1024 * 1024),
     }
-}
-
-/// A Serverless-cd pipeline, by its file name.
-fn is_serverless_cd_file(file: &str) -> bool {
-    Path::new(file).file_name().is_some_and(|n| n == "serverless-pipeline.yaml" || n == "serverless-pipeline.yml")
 }
 
 fn ypath_push(p: &YPath, k: &str) -> YPath {

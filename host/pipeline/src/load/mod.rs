@@ -70,7 +70,7 @@ pub fn load_file(path: &Path) -> Result<Plan, Diagnostics> {
 
 /// Plans a pipeline from its text. `file` names it in messages; `dir` is where relative `uses:` paths start.
 pub fn load_str(text: &str, file: &str, dir: &Path) -> Result<Plan, Diagnostics> {
-    let mut cx = Cx { file: file.to_string(), map: SourceMap::new(text), diags: Vec::new() };
+    let mut cx = Cx { file: file.to_string(), compat: None, map: SourceMap::new(text), diags: Vec::new() };
     let mut value: Y = match serde_norway::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -97,6 +97,8 @@ pub fn load_str(text: &str, file: &str, dir: &Path) -> Result<Plan, Diagnostics>
 
 struct Cx {
     file: String,
+    /// The compatibility mode, once the pipeline's `compat:` is read.
+    compat: Option<crate::compat::Compat>,
     map: SourceMap,
     diags: Vec<Diagnostic>,
 }

@@ -109,6 +109,11 @@ impl Allowlist {
         self.0.is_empty()
     }
 
+    /// Whether only reading methods are allowed.
+    pub fn is_read_only(&self) -> bool {
+        self.1
+    }
+
     /// The pattern allowing `host:port`, if any.
     pub fn find(&self, host: &str, port: u16, default_port: u16) -> Option<&HostPattern> {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();

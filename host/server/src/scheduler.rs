@@ -97,6 +97,9 @@ pub struct Scheduler {
     /// Runs whose workspace holds a fresh checkout made when they were prepared: its commit
     /// and the pipeline read from it.
     checked_out: Mutex<HashMap<i64, (String, Plan)>>,
+    /// The pipelines read when runs of apps without a repository were prepared: a run reads
+    /// its pipeline once.
+    planned: Mutex<HashMap<i64, Plan>>,
     wake: Notify,
     halted: AtomicBool,
     draining: AtomicBool,
@@ -175,16 +178,31 @@ fn source_dir(app: &AppConfig) -> PathBuf {
     app.workspace.clone().unwrap_or_default()
 }
 
+/// Points a plan read in `from` at the same files copied into `to`.
+fn rebase(plan: &mut Plan, from: &Path, to: &Path) {
+    let moved = |p: &Path| p.strip_prefix(from).map(|rel| to.join(rel)).unwrap_or_else(|_| p.to_path_buf());
+    plan.dir = moved(&plan.dir);
+    for job in &mut plan.jobs {
+        for step in &mut job.steps {
+            if let skiff_pipeline::plan::Uses::Path { path, .. } = &mut step.uses {
+                *path = moved(path);
+            }
+        }
+    }
+}
+
 fn scope_for(run: &Run) -> Scope {
-    let mut scope = Scope::default();
-    scope.set_json("event", &run.event);
-    scope.set_json("body", &run.body);
-    scope.set_json("inputs", &serde_json::to_value(&run.inputs).unwrap_or_default());
-    scope.set_json(
-        "run",
-        &serde_json::json!({"id": run.id.to_string(), "number": run.number, "attempt": run.attempt, "app": run.app}),
-    );
-    scope
+    // The engine's own constructor, so `concurrency.group` sees the `run` the steps see.
+    RunOptions {
+        run_id: run.id.to_string(),
+        run_number: run.number.max(0) as u64,
+        run_attempt: run.attempt.clamp(1, u32::MAX as i64) as u32,
+        event: run.event.clone(),
+        body: run.body.clone(),
+        inputs: run.inputs.clone(),
+        ..RunOptions::default()
+    }
+    .scope()
 }
 
 impl Scheduler {
@@ -210,6 +228,7 @@ impl Scheduler {
             running: Mutex::default(),
             preparing: Mutex::default(),
             checked_out: Mutex::default(),
+            planned: Mutex::default(),
             wake: Notify::new(),
             halted: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -425,7 +444,11 @@ impl Scheduler {
             Err(e) => return self.fail_queued(run.id, &e),
         };
         match self.gate(run, &plan) {
-            Ok(true) => self.settle_group(run, &plan),
+            Ok(true) => {
+                self.settle_group(run, &plan)?;
+                self.planned.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, plan);
+                Ok(())
+            }
             Ok(false) => Ok(()),
             Err(e) => self.fail_queued(run.id, &e),
         }
@@ -804,6 +827,8 @@ impl Scheduler {
 
     /// A run ended: its live channel closes, and its commit's status says how.
     fn ended(&self, id: i64, st: RunStatus, why: Option<&str>) {
+        // A run cancelled while queued never takes the pipeline it was prepared with.
+        self.planned.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         self.hub.end(id, st);
         self.report_status(id, st, why);
     }
@@ -902,8 +927,16 @@ impl Scheduler {
             job_setup = Some(self.job_checkouts(&app, &run, &sha)?);
             plan
         } else {
-            self.prepare_folder(id, source, ws.clone()).await?;
-            load_plan(&app, &ws)?
+            self.prepare_folder(id, source.clone(), ws.clone()).await?;
+            // Read when the run was prepared, unless the host restarted since: its component
+            // paths then point into the copy in the workspace, as if read from there.
+            match self.planned.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                Some(mut plan) => {
+                    rebase(&mut plan, &source.unwrap_or_default(), &ws);
+                    plan
+                }
+                None => load_plan(&app, &ws)?,
+            }
         };
         let job_ids: HashMap<String, String> = plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect();
         for j in run.job.iter().flat_map(|j| j.split(',')).map(str::trim).filter(|j| !j.is_empty()) {
@@ -1169,4 +1202,40 @@ pub fn rerun_job(jobs: &[store::Job]) -> Result<Option<String>, String> {
     }
     // The engine takes several jobs separated by commas, each with what it needs.
     Ok(Some(failed.keys().copied().collect::<Vec<_>>().join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_read_in_the_source_points_into_the_workspace_copy() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("p.yaml"), "steps:\n  - uses: ./steps/x.wasm\n  - uses: diag\n").unwrap();
+        std::fs::create_dir(src.path().join("steps")).unwrap();
+        std::fs::write(src.path().join("steps/x.wasm"), b"\0asm").unwrap();
+        let mut plan = skiff_pipeline::load_file(&src.path().join("p.yaml")).unwrap();
+        let ws = Path::new("/data/workspaces/7");
+        rebase(&mut plan, src.path(), ws);
+        let skiff_pipeline::plan::Uses::Path { path, .. } = &plan.jobs[0].steps[0].uses else { panic!() };
+        assert_eq!(path, &ws.join("steps/x.wasm"));
+        assert_eq!(plan.dir, ws);
+        assert!(matches!(plan.jobs[0].steps[1].uses, skiff_pipeline::plan::Uses::Builtin(_)));
+    }
+
+    #[test]
+    fn the_host_and_the_engine_see_the_same_run() {
+        let run = Run {
+            id: 7,
+            app: "web".into(),
+            number: 3,
+            attempt: 2,
+            event: serde_json::json!({"name": "push", "app": "web"}),
+            ..Run::default()
+        };
+        let group =
+            skiff_pipeline::expr::parse_template("${{ run.app }}-${{ run.number }}-${{ run.attempt }}-${{ run.id }}")
+                .unwrap();
+        assert_eq!(group.render(&scope_for(&run)).unwrap(), "web-3-2-7");
+    }
 }

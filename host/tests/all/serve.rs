@@ -385,6 +385,9 @@ async fn tokens_are_required_and_scoped_to_apps() {
     let (st, err) = call(&s, get("/v1/runs?status=bogus", Some(TOKEN_ALL))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(err["error"].as_str().unwrap().contains("unknown status"));
+    // Every status the document lists filters, `skipped` included.
+    let (st, list) = call(&s, get("/v1/runs?status=skipped", Some(TOKEN_ALL))).await;
+    assert_eq!((st, list["runs"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{list}");
 
     let (_, run) = call(&s, get(&format!("/v1/runs/{web_id}"), Some(TOKEN_WEB))).await;
     assert_eq!(run["ref"], "refs/heads/main");

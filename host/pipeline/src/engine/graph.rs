@@ -10,7 +10,7 @@ use super::RunOptions;
 use super::events::{Emit, JobReport, RunEvent, RunObserver, RunReport, Status, ms};
 use super::job::{JobRun, eval_map};
 use crate::executor::{LogLine, StepExecutor};
-use crate::expr::{Scope, strings_to_cel};
+use crate::expr::strings_to_cel;
 use crate::mask::Masker;
 use crate::plan::Plan;
 
@@ -61,15 +61,7 @@ pub async fn run_pipeline(
     });
 
     // The contexts every expression sees.
-    let mut base = Scope::default();
-    base.set_json("event", &opts.event);
-    base.set_json("body", &opts.body);
-    base.vars.insert("secrets", strings_to_cel(&opts.secrets));
-    base.vars.insert("inputs", strings_to_cel(&opts.inputs));
-    base.set_json(
-        "run",
-        &serde_json::json!({"id": opts.run_id, "number": opts.run_number, "attempt": opts.run_attempt.max(1)}),
-    );
+    let mut base = opts.scope();
     let mut reports: Vec<Option<JobReport>> = vec![None; plan.jobs.len()];
     let pipeline_env = match eval_map(&plan, &plan.env, &base) {
         Ok(e) => e,

@@ -23,6 +23,27 @@ pub use graph::run_pipeline;
 /// `skiff-sandbox`, sets it); `$SKIFF_PATH` entries go in front of it.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+impl RunOptions {
+    /// The contexts every expression of the run sees: `event`, `body`, `inputs`, `secrets` and
+    /// `run` (`id`, `number`, `attempt`, and `app` when the event names one). The one place they
+    /// are built: the engine uses it for the run, and the host for what it evaluates before the
+    /// run starts (`concurrency.group`), so both see the same `run`.
+    pub fn scope(&self) -> crate::expr::Scope {
+        let mut scope = crate::expr::Scope::default();
+        scope.set_json("event", &self.event);
+        scope.set_json("body", &self.body);
+        scope.vars.insert("secrets", crate::expr::strings_to_cel(&self.secrets));
+        scope.vars.insert("inputs", crate::expr::strings_to_cel(&self.inputs));
+        let mut run =
+            serde_json::json!({"id": self.run_id, "number": self.run_number, "attempt": self.run_attempt.max(1)});
+        if let Some(app) = self.event.get("app").filter(|a| a.is_string()) {
+            run["app"] = app.clone();
+        }
+        scope.set_json("run", &run);
+        scope
+    }
+}
+
 /// What a run is started with.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {

@@ -115,12 +115,11 @@ pub(crate) async fn list_runs(
 ) -> ApiResult<Json<RunList>> {
     let status = match q.status.as_deref().map(str::parse::<RunStatus>) {
         None => None,
-        // `skipped` has never been a filter here, although the document lists it.
-        Some(Ok(st)) if st != RunStatus::Skipped => Some(st),
-        Some(_) => {
+        Some(Ok(st)) => Some(st),
+        Some(Err(_)) => {
             let st = q.status.unwrap_or_default();
             return Err(ApiError::BadRequest(format!(
-                "unknown status `{st}`: use queued, running, success, failure or cancelled"
+                "unknown status `{st}`: use queued, running, success, failure, cancelled or skipped"
             )));
         }
     };

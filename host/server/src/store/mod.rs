@@ -64,7 +64,7 @@ pub struct Inserted {
 }
 
 /// A run as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Run {
     /// Id, unique on this host.
     pub id: i64,

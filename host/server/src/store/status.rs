@@ -10,11 +10,12 @@ use utoipa::ToSchema;
 ///
 /// A run goes `queued` → `running` → one of the four ends; jobs and steps are stored from
 /// `running` on (or straight as `skipped`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-#[schema(description = "A run's state, as the run list filters it (the document's name for `store::status`).")]
+#[schema(description = "A run's state, as the run list filters it.")]
 pub enum RunStatus {
     /// Waiting for a slot.
+    #[default]
     Queued,
     /// Running.
     Running,

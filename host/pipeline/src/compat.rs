@@ -45,7 +45,7 @@ impl Compat {
 }
 
 /// The built-in step names, and what `uses:` may name without a path.
-pub const BUILTINS: &[&str] = &["diag", "shell", "checkout", "notify", "upload"];
+pub const BUILTINS: &[&str] = &["diag", "shell", "checkout", "notify", "upload", "script"];
 
 /// A Serverless-cd plugin resolved to a built-in step and inputs it implies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,9 @@ pub fn map_plugin(plugin: &str) -> Result<Mapped, String> {
                 "${inputs.server}",
             ],
         }),
-        "@serverless-cd/ding-talk" | "@serverless-cd/dingtalk" => notify(&[("provider", "dingtalk")]),
+        "@serverless-cd/ding-talk" | "@serverless-cd/dingtalk" | "@serverless-cd/dingding" => {
+            notify(&[("provider", "dingtalk")])
+        }
         "@serverless-cd/wechat" | "@serverless-cd/wecom" | "@serverless-cd/wechat-work" => {
             notify(&[("provider", "wecom")])
         }

@@ -224,9 +224,13 @@ pub struct StepDef {
     /// A shell script, run by the built-in `shell` step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
-    /// The shell for `run:` (default `bash`).
+    /// The shell for `run:` (default `bash`); `js` runs the script as `script:` does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<String>,
+    /// JavaScript in the style of google/zx (`` await $`ls -la` ``, `fs`, `fetch`, `core`), run
+    /// by the built-in `script` step in a WebAssembly sandbox with the step's grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
     /// A built-in step (`diag`, `builtin://checkout`) or a path to a `.wasm` component, relative to the pipeline file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses: Option<String>,

@@ -214,7 +214,11 @@ impl Plan {
                         let _ = write!(o, "    uses: component {written}");
                     }
                     Uses::Shell { script, shell, exprs, .. } => {
-                        let _ = writeln!(o, "    uses: shell {shell}");
+                        if shell == crate::load::JS {
+                            let _ = writeln!(o, "    uses: builtin script (JavaScript in the WebAssembly sandbox)");
+                        } else {
+                            let _ = writeln!(o, "    uses: shell {shell}");
+                        }
                         let _ = write!(o, "    script: {}", quote(script));
                         for (k, e) in exprs {
                             let _ = write!(o, "\n    {k} = ${{{{ {} }}}}", e.source);

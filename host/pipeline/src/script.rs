@@ -32,7 +32,8 @@ impl Lang {
         match name {
             "bash" | "sh" | "dash" | "zsh" | "ksh" => Some(Lang::Posix),
             "python" => Some(Lang::Python),
-            "node" | "nodejs" => Some(Lang::Node),
+            // `js`: the sandboxed JavaScript engine of `script:` reads values as node does.
+            "node" | "nodejs" | "js" => Some(Lang::Node),
             "pwsh" | "powershell" => Some(Lang::Pwsh),
             _ => None,
         }

@@ -77,7 +77,11 @@ async fn components(plan: &Plan) -> anyhow::Result<Vec<String>> {
         for step in &job.steps {
             let (key, bytes) = match &step.uses {
                 Uses::Builtin(name) => (name.clone(), builtin::get(name).map(<[u8]>::to_vec)),
-                Uses::Shell { .. } => ("shell".to_string(), builtin::get("shell").map(<[u8]>::to_vec)),
+                // A `script:` step runs in the built-in `script` component, a `run:` in `shell`.
+                Uses::Shell { shell, .. } => {
+                    let name = if shell == skiff_pipeline::load::JS { "script" } else { "shell" };
+                    (name.to_string(), builtin::get(name).map(<[u8]>::to_vec))
+                }
                 Uses::Path { written, path } => (written.clone(), std::fs::read(path).ok()),
             };
             let component = match loaded.get(&key) {

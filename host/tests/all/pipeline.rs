@@ -228,6 +228,65 @@ async fn run(yaml: &str) -> Run {
 
 use Status::{Failure, Skipped, Success};
 
+/// `script:` (and `run:` with `shell: js`) becomes the built-in `script` step: its source as
+/// the `script` input, every `${{ }}` a `process.env` reference whose value travels in the
+/// environment, the position of its first character as `origin`, and no process granted
+/// unless the step asks (its `$` needs `permissions: { process: true }` like any component's).
+#[tokio::test]
+async fn script_steps_run_javascript_in_the_script_component_with_values_never_in_code() {
+    let yaml = r#"
+steps:
+  - id: a
+    script: |
+      const v = `${{ event.ref }}`;
+      console.log(v)
+  - id: b
+    run: console.log('${{ run.number }}')
+    shell: js
+    permissions: { process: true }
+"#;
+    let r = run(yaml).await;
+    let a = r.request("a");
+    assert!(matches!(&a.uses, StepRef::Builtin(b) if b == "script"), "{:?}", a.uses);
+    assert_eq!(a.inputs["script"], "const v = `${process.env.SKIFF_EXPR_1}`;\nconsole.log(v)\n");
+    assert_eq!(a.inputs["origin"], "test.yaml:5:7");
+    assert_eq!(a.env["SKIFF_EXPR_1"], "refs/heads/main");
+    assert!(!a.grants.process && !a.grants.network, "{:?}", a.grants);
+    let b = r.request("b");
+    assert!(matches!(&b.uses, StepRef::Builtin(n) if n == "script"));
+    assert!(!b.inputs["script"].contains('7') && b.env.values().any(|v| v == "7"), "{:?}", b.inputs);
+    assert!(b.grants.process);
+    let plan = load_str(yaml, "test.yaml", Path::new(".")).unwrap();
+    assert!(plan.render().contains("uses: builtin script (JavaScript"), "{}", plan.render());
+    for (bad, why) in [
+        ("steps:\n  - script: x\n    run: y\n", "one of `run`, `script`, `uses` or `plugin`"),
+        ("steps:\n  - script: 'await $`${{ event.ref }}`'\n    shell: bash\n", "`shell` only applies to a `run:` step"),
+    ] {
+        let err = load_str(bad, "t.yaml", Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+/// Serverless-cd documented `run: "@serverless-cd/dingding"` as a plugin call: its
+/// compatibility mode maps it like `plugin:`; elsewhere it is refused with the fix, not run
+/// as a shell command.
+#[test]
+fn a_serverless_cd_plugin_named_in_run_is_the_plugin() {
+    let steps = "steps:\n  - run: '@serverless-cd/dingding'\n    with:\n      webhook: https://oapi.dingtalk.com/robot/send?access_token=x\n";
+    let plan =
+        load_str(&format!("compat: serverless-cd\n{steps}"), "serverless-pipeline.yaml", Path::new(".")).unwrap();
+    let step = &plan.jobs[0].steps[0];
+    assert!(matches!(&step.uses, skiff_pipeline::plan::Uses::Builtin(b) if b == "notify"), "{:?}", step.uses);
+    assert_eq!(step.with["provider"].raw, "dingtalk");
+    assert_eq!(step.grants.hosts, vec!["${inputs.webhook}".to_string()]);
+    assert!(!step.grants.network && !step.grants.process);
+    let err = load_str(steps, "pipeline.yaml", Path::new(".")).unwrap_err().to_string();
+    assert!(
+        err.contains("is a Serverless-cd plugin, not a command: write `plugin: '@serverless-cd/dingding'`"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn pipeline_engine_runs_steps_and_passes_outputs_env_and_path() {
     let r = run(r#"

@@ -308,7 +308,7 @@ impl JobRun {
             let step_env = eval_map(&self.plan, &step.env, &scope)?;
             env.extend(step_env);
             scope.vars.insert("env", strings_to_cel(&env));
-            let inputs = eval_map(&self.plan, &step.with, &scope)?;
+            let mut inputs = eval_map(&self.plan, &step.with, &scope)?;
             let wd = step.working_directory.as_ref().map(|w| eval_value(&self.plan, w, &scope)).transpose()?;
             let uses = match &step.uses {
                 Uses::Builtin(b) => StepRef::Builtin(b.clone()),
@@ -318,7 +318,15 @@ impl JobRun {
                         let v = e.eval(&scope).map_err(|e| fail_at(*pos, e.to_string()))?;
                         env.insert(var.clone(), crate::expr::to_text(&v));
                     }
-                    StepRef::Shell { script: script.clone(), shell: shell.clone() }
+                    if shell == crate::load::JS {
+                        // JavaScript runs in the built-in `script` component; its errors point
+                        // into the pipeline file.
+                        inputs.insert("script".into(), script.clone());
+                        inputs.insert("origin".into(), format!("{}:{}:{}", self.plan.file, pos.line, pos.column));
+                        StepRef::Builtin("script".into())
+                    } else {
+                        StepRef::Shell { script: script.clone(), shell: shell.clone() }
+                    }
                 }
             };
             Ok((inputs, wd, uses))

@@ -187,14 +187,37 @@ fn build_step(
     };
 
     let mut plugin_hosts: Vec<String> = Vec::new();
-    let kinds: Vec<&str> = [("run", s.run.is_some()), ("uses", s.uses.is_some()), ("plugin", s.plugin.is_some())]
-        .into_iter()
-        .filter_map(|(k, b)| b.then_some(k))
-        .collect();
+    // Serverless-cd documented `run: "@serverless-cd/dingding"` as a way to call a plugin: in
+    // its compatibility mode that is `plugin:`; elsewhere it would run as a shell command.
+    let run_plugin = s
+        .run
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| r.starts_with("@serverless-cd/") && !r.contains(char::is_whitespace));
+    if let Some(name) = run_plugin
+        && cx.compat != Some(Compat::ServerlessCd)
+    {
+        cx.at_value(
+            &sub("run"),
+            format!("`{name}` is a Serverless-cd plugin, not a command: write `plugin: '{name}'`"),
+        );
+    }
+    let kinds: Vec<&str> = [
+        ("run", s.run.is_some()),
+        ("script", s.script.is_some()),
+        ("uses", s.uses.is_some()),
+        ("plugin", s.plugin.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, b)| b.then_some(k))
+    .collect();
     if kinds.len() > 1 {
         cx.at_key(
             &sub(kinds[1]),
-            format!("a step has one of `run`, `uses` or `plugin`, not both `{}` and `{}`", kinds[0], kinds[1]),
+            format!(
+                "a step has one of `run`, `script`, `uses` or `plugin`, not both `{}` and `{}`",
+                kinds[0], kinds[1]
+            ),
         );
     }
     if s.with.is_some() && s.inputs.is_some() {
@@ -209,14 +232,18 @@ fn build_step(
     let with_key = if s.inputs.is_some() && s.with.is_none() { "inputs" } else { "with" };
     let mut uses = Uses::Builtin("shell".into());
     let mut default_name = String::new();
-    if let Some(run) = &s.run {
+    let plugin = s.plugin.as_deref().or(run_plugin.filter(|_| cx.compat == Some(Compat::ServerlessCd)));
+    if let Some(script) = &s.script {
+        default_name = format!("Script {}", script.lines().next().unwrap_or("").trim());
+        uses = script_uses(cx, &sub("script"), script, JS.into(), &mut refs);
+    } else if let (Some(run), None) = (&s.run, run_plugin) {
         let shell = s.shell.clone().unwrap_or_else(|| "bash".into());
         if shell.contains("${{") {
             cx.at_value(&sub("shell"), "`shell` is the program that runs the script and cannot hold `${{ }}`");
         }
         default_name = format!("Run {}", run.lines().next().unwrap_or("").trim());
         uses = script_uses(cx, &sub("run"), run, shell, &mut refs);
-    } else if let Some(plugin) = &s.plugin {
+    } else if let Some(plugin) = plugin {
         match map_plugin(plugin) {
             Ok(m) => {
                 plugin_hosts.extend(m.hosts.iter().map(|h| h.to_string()));
@@ -225,9 +252,9 @@ fn build_step(
                 }
                 uses = Uses::Builtin(m.builtin.to_string());
             }
-            Err(msg) => cx.at_value(&sub("plugin"), msg),
+            Err(msg) => cx.at_value(&sub(if s.plugin.is_some() { "plugin" } else { "run" }), msg),
         }
-        default_name = plugin.clone();
+        default_name = plugin.to_string();
     } else if let Some(u) = &s.uses {
         default_name = u.clone();
         match resolve_uses(u, dir) {
@@ -235,7 +262,7 @@ fn build_step(
             Err(msg) => cx.at_value(&sub("uses"), msg),
         }
     } else if kinds.is_empty() {
-        cx.at_value(sp, "a step needs `run:`, `uses:` or `plugin:`");
+        cx.at_value(sp, "a step needs `run:`, `script:`, `uses:` or `plugin:`");
     }
 
     if matches!(&uses, Uses::Builtin(b) if b == "shell") {
@@ -270,14 +297,17 @@ fn build_step(
     let mut implied = Vec::new();
     // A script step (`run:`, or `uses: shell`) is the user asking for a process: its script runs
     // in the OS sandbox.
-    if matches!(uses, Uses::Shell { .. }) && !perms.process {
+    // A JavaScript step (`script:`) runs in the WebAssembly sandbox: its `$` needs `process`
+    // granted like any component's.
+    if matches!(&uses, Uses::Shell { shell, .. } if shell != JS) && !perms.process {
         perms.process = true;
         implied.push("process: a `run:` step's script runs as a process (in the OS sandbox)".to_string());
     }
     // Serverless-cd ran every script with the network (`npm install`, `s deploy`) and has
     // no `permissions`; its compatibility mode keeps that for `run:` steps that do not say
     // otherwise.
-    if s.run.is_some() && s.permissions.is_none() && cx.compat == Some(Compat::ServerlessCd) {
+    let shell_step = matches!(&uses, Uses::Shell { shell, .. } if shell != JS);
+    if s.run.is_some() && shell_step && s.permissions.is_none() && cx.compat == Some(Compat::ServerlessCd) {
         perms.network = true;
         implied.push(format!(
             "network: {} (give the step `permissions:` to narrow it)",
@@ -318,8 +348,14 @@ fn ypath_push(p: &YPath, k: &str) -> YPath {
 
 /// A script that runs as code: each `${{ }}` becomes a variable `SKIFF_EXPR_n`, referenced
 /// in the script's language where the expression stood (see [`crate::script`]).
+/// The `shell` of a `script:` step (or `run:` with `shell: js`): the built-in `script` step's
+/// JavaScript engine.
+pub const JS: &str = "js";
+
 fn script_uses(cx: &mut Cx, path: &[Seg], text: &str, shell: String, refs: &mut Refs) -> Uses {
-    let pos = cx.map.value(path);
+    // JavaScript reports its errors by line and column of the script: where its first
+    // character is in the file (the line after `|` for a block).
+    let pos = if shell == JS { cx.map.inside(path, text, 0) } else { cx.map.value(path) };
     let tpl = match expr::parse_template(text) {
         Ok(tpl) => tpl,
         Err(e) => {

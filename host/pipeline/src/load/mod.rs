@@ -19,6 +19,7 @@ use std::path::Path;
 
 use serde_norway::Value as Y;
 
+pub use compile::JS;
 use compile::build;
 use lint::{check_keys, typed};
 

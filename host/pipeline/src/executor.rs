@@ -149,16 +149,54 @@ impl StepResult {
     }
 }
 
-/// One line of a step's log.
+/// How important a log line is, or where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Stdout,
+    Stderr,
+    /// Written by the host about the step (denials, limits).
+    System,
+}
+
+impl Level {
+    /// `info`, `stdout`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+            Level::Stdout => "stdout",
+            Level::Stderr => "stderr",
+            Level::System => "system",
+        }
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One log line of a step, masked: the one line type from the runtime's log pipe through
+/// the engine to the host's log store (which adds its order and time).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogLine {
-    /// The job instance.
+    /// The job instance (empty outside a pipeline: `skiff step run`).
     pub job_id: String,
     /// The step.
     pub step_id: String,
-    /// `trace|debug|info|warn|error|stdout|stderr`.
-    pub level: String,
-    /// The text (masked by the engine before anyone sees it).
+    /// What kind of line.
+    pub level: Level,
+    /// The text (masked before anyone sees it).
     pub text: String,
 }
 

@@ -9,9 +9,8 @@ use std::time::Instant;
 
 use crate::builtin;
 use crate::capabilities::connect::tls_config;
-use crate::capabilities::log::LogRecord;
 use crate::limits::Limits;
-use crate::pipeline::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, caps};
+use crate::pipeline::executor::{Level, LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, caps};
 use crate::{Runtime, StepInvocation, StepStatus};
 
 /// Output keys the shell step uses to hand env, path and cleanup to the engine.
@@ -69,7 +68,7 @@ impl LocalExecutor {
             log(LogLine {
                 job_id: req.job_id.clone(),
                 step_id: req.step_id.clone(),
-                level: "system".into(),
+                level: Level::System,
                 text: msg.clone(),
             });
             StepResult { duration: started.elapsed(), ..StepResult::outcome(StepOutcome::Failure(msg)) }
@@ -143,6 +142,7 @@ impl LocalExecutor {
         }
         let inv = StepInvocation {
             run_id: req.run_id.clone(),
+            job_id: req.job_id.clone(),
             step_id: req.step_id.clone(),
             inputs,
             event_json: req.event_json.clone(),
@@ -160,29 +160,22 @@ impl LocalExecutor {
                 Some(Err(e)) => return fail(format!("the app's CA bundle (`ca-file`): {e}")),
             },
         };
-        let (job_id, step_id) = (req.job_id.clone(), req.step_id.clone());
-        // The runtime's sink must be 'static; forward through a channel-free shim
-        // by collecting into the caller's callback synchronously.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogRecord>();
-        let sink = Arc::new(move |rec: LogRecord| {
-            let _ = tx.send(rec);
+        // The runtime's sink must be 'static: lines reach the caller's callback through a channel.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+        let sink = Arc::new(move |line: LogLine| {
+            let _ = tx.send(line);
         });
         let run = self.runtime.run(&step, inv, sink);
         tokio::pin!(run);
         let report = loop {
             tokio::select! {
                 biased;
-                Some(rec) = rx.recv() => log(LogLine { job_id: job_id.clone(), step_id: step_id.clone(), level: rec.level.as_str().into(), text: rec.text }),
+                Some(line) = rx.recv() => log(line),
                 report = &mut run => break report,
             }
         };
-        while let Ok(rec) = rx.try_recv() {
-            log(LogLine {
-                job_id: job_id.clone(),
-                step_id: step_id.clone(),
-                level: rec.level.as_str().into(),
-                text: rec.text,
-            });
+        while let Ok(line) = rx.try_recv() {
+            log(line);
         }
         let mut outputs = BTreeMap::new();
         let mut env = BTreeMap::new();

@@ -76,6 +76,8 @@ impl std::fmt::Debug for LoadedStep {
 #[derive(Debug, Clone, Default)]
 pub struct StepInvocation {
     pub run_id: String,
+    /// The job instance, for log lines (empty outside a pipeline).
+    pub job_id: String,
     pub step_id: String,
     pub inputs: BTreeMap<String, String>,
     pub event_json: String,
@@ -238,7 +240,7 @@ impl Runtime {
             limits: Limits { timeout: Duration::from_secs(10), ..Limits::default() },
             ..Default::default()
         };
-        let pipe = LogPipe::new(Masker::default(), Arc::new(|_| {}), 1 << 20);
+        let pipe = LogPipe::new(Masker::default(), Arc::new(|_| {}), 1 << 20, "", "describe");
         let mut store = self.store(&inv, pipe)?;
         let res = tokio::time::timeout(inv.limits.timeout, async {
             let step = pre.instantiate_async(&mut store).await?;
@@ -331,7 +333,7 @@ impl Runtime {
     pub async fn run(&self, step: &LoadedStep, inv: StepInvocation, sink: LogSink) -> StepReport {
         let started = Instant::now();
         let masker = Masker::new(inv.secrets.values().chain(inv.mask_also.iter()));
-        let log = LogPipe::new(masker, sink, inv.limits.log_bytes);
+        let log = LogPipe::new(masker, sink, inv.limits.log_bytes, &inv.job_id, &inv.step_id);
         let mut usage = Usage::default();
         let report = |status, outputs, log: &LogPipe, usage: Usage| StepReport {
             status,

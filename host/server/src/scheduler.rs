@@ -1122,7 +1122,7 @@ impl RunObserver for Sink {
                 self.check("a step start", store.step_started(self.run, job_id, step_id, name));
                 self.live(job_id, step_id, name, RunStatus::Running);
             }
-            RunEvent::Log(line) => self.log(&line.job_id, &line.step_id, &line.level, &line.text),
+            RunEvent::Log(line) => self.log(&line.job_id, &line.step_id, line.level.as_str(), &line.text),
             RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, usage: measured, .. } => {
                 let usage = Usage {
                     wall_ms: Some(*duration_ms as i64),

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use skiff_runtime::builtin;
 use skiff_runtime::capabilities::http::Allowlist;
-use skiff_runtime::capabilities::log::{Level, LogRecord};
+use skiff_runtime::capabilities::log::{Level, LogLine};
 use skiff_runtime::capabilities::process::ProcessGrant;
 use skiff_runtime::limits::{Limits, parse_duration, parse_size};
 use skiff_runtime::{EngineOptions, Runtime, StepInvocation};
@@ -182,6 +182,7 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
     let loaded = runtime.load(&component_bytes(&args.step)?).await?;
     let inv = StepInvocation {
         run_id: format!("local-{}", std::process::id()),
+        job_id: String::new(),
         step_id: loaded.manifest.name.clone(),
         inputs: pairs(&args.with, "--with")?,
         event_json: "{}".into(),
@@ -209,7 +210,7 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let masker = skiff_pipeline::mask::Masker::new(inv.secrets.values());
-    let sink = Arc::new(|rec: LogRecord| print_log(&rec));
+    let sink = Arc::new(|rec: LogLine| print_log(&rec));
     let report = runtime.run(&loaded, inv, sink).await;
     if args.json {
         crate::outln!("{}", masker.mask(&serde_json::to_string_pretty(&report)?));
@@ -236,7 +237,7 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One log line on the terminal: stdout plain, everything else tagged.
-pub fn print_log(rec: &LogRecord) {
+pub fn print_log(rec: &LogLine) {
     let mut out = std::io::stdout().lock();
     let _ = match rec.level {
         Level::Stdout | Level::Info => writeln!(out, "  {}", rec.text),

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use skiff_runtime::builtin;
 use skiff_runtime::capabilities::http::Allowlist;
-use skiff_runtime::capabilities::log::LogRecord;
+use skiff_runtime::capabilities::log::LogLine;
 use skiff_runtime::limits::Limits;
 use skiff_runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation, StepReport, StepStatus};
 
@@ -45,7 +45,7 @@ fn invocation(ws: &Path, port: u16, inputs: &[(&str, &str)]) -> StepInvocation {
 }
 
 async fn run(step: &LoadedStep, inv: StepInvocation) -> (StepReport, String) {
-    let lines: Arc<Mutex<Vec<LogRecord>>> = Arc::new(Mutex::new(Vec::new()));
+    let lines: Arc<Mutex<Vec<LogLine>>> = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     let report = runtime().run(step, inv, Arc::new(move |r| sink.lock().unwrap().push(r))).await;
     let log = lines.lock().unwrap().iter().map(|l| format!("{}: {}\n", l.level.as_str(), l.text)).collect();

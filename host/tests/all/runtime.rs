@@ -12,7 +12,7 @@ use std::time::Duration;
 use skiff_runtime::builtin;
 use skiff_runtime::cache::Source;
 use skiff_runtime::capabilities::http::Allowlist;
-use skiff_runtime::capabilities::log::{Level, LogRecord};
+use skiff_runtime::capabilities::log::{Level, LogLine};
 use skiff_runtime::capabilities::process::ProcessGrant;
 use skiff_runtime::limits::Limits;
 use skiff_runtime::{EngineOptions, LoadedStep, Runtime, StepInvocation, StepReport, StepStatus};
@@ -46,7 +46,7 @@ fn invocation(ws: &Path, inputs: &[(&str, &str)]) -> StepInvocation {
 }
 
 /// Runs a step and collects its log.
-async fn run(step: &LoadedStep, inv: StepInvocation) -> (StepReport, Vec<LogRecord>) {
+async fn run(step: &LoadedStep, inv: StepInvocation) -> (StepReport, Vec<LogLine>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     let report = runtime().run(step, inv, Arc::new(move |r| sink.lock().unwrap().push(r))).await;
@@ -54,11 +54,11 @@ async fn run(step: &LoadedStep, inv: StepInvocation) -> (StepReport, Vec<LogReco
     (report, lines)
 }
 
-async fn attack(ws: &Path, name: &str, arg: &str) -> (StepReport, Vec<LogRecord>) {
+async fn attack(ws: &Path, name: &str, arg: &str) -> (StepReport, Vec<LogLine>) {
     run(&*hostile().await, invocation(ws, &[("attack", name), ("arg", arg)])).await
 }
 
-fn joined(lines: &[LogRecord]) -> String {
+fn joined(lines: &[LogLine]) -> String {
     lines.iter().map(|l| format!("{}: {}\n", l.level.as_str(), l.text)).collect()
 }
 

@@ -254,7 +254,7 @@ fn tracing_panic(emit: &Emit, msg: &str) {
     emit.emit(RunEvent::Log(LogLine {
         job_id: String::new(),
         step_id: String::new(),
-        level: "error".into(),
+        level: crate::executor::Level::Error,
         text: format!("internal error: a job task panicked: {msg}"),
     }));
 }

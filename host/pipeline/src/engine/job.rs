@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::events::{Emit, JobReport, RunEvent, Status, StepReport, ms};
 use super::{DEFAULT_PATH, RunOptions};
-use crate::executor::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, Usage};
+use crate::executor::{Level, LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, Usage};
 use crate::expr::{Scope, json_to_cel, strings_to_cel};
 use crate::plan::{Plan, PlanJob, PlanStep, Uses, Value};
 
@@ -67,19 +67,24 @@ impl JobRun {
         let mut job_env = (*self.pipeline_env).clone();
         if let Err(e) = std::fs::create_dir_all(&self.workspace) {
             self.scope.failed = true;
-            self.log(&job.key, "", "error", &format!("cannot create the workspace {}: {e}", self.workspace.display()));
+            self.log(
+                &job.key,
+                "",
+                Level::Error,
+                &format!("cannot create the workspace {}: {e}", self.workspace.display()),
+            );
         } else if self.workspace != self.opts.workspace
             && let Some(setup) = self.opts.job_setup.clone()
             && let Err(e) = (setup.0)(self.workspace.clone()).await
         {
             // No job depends on another's folder: without its own, it does not start.
             self.scope.failed = true;
-            self.log(&job.key, "", "error", &format!("preparing the job's workspace: {e}"));
+            self.log(&job.key, "", Level::Error, &format!("preparing the job's workspace: {e}"));
         }
         match eval_map(&self.plan, &job.env, &self.scope) {
             Ok(e) => job_env.extend(e),
             Err(e) => {
-                self.log(&job.key, "", "error", &e);
+                self.log(&job.key, "", Level::Error, &e);
                 self.scope.failed = true;
             }
         }
@@ -126,7 +131,7 @@ impl JobRun {
         let outputs = match eval_map(&self.plan, &job.outputs, &scope) {
             Ok(o) => o,
             Err(e) => {
-                self.log(&job.key, "", "error", &e);
+                self.log(&job.key, "", Level::Error, &e);
                 self.scope.failed = true;
                 BTreeMap::new()
             }
@@ -149,13 +154,8 @@ impl JobRun {
         JobReport { key: job.key, name: job.name, status, duration, steps: reports, outputs }
     }
 
-    fn log(&self, job: &str, step: &str, level: &str, text: &str) {
-        self.emit.emit(RunEvent::Log(LogLine {
-            job_id: job.into(),
-            step_id: step.into(),
-            level: level.into(),
-            text: text.into(),
-        }));
+    fn log(&self, job: &str, step: &str, level: Level, text: &str) {
+        self.emit.emit(RunEvent::Log(LogLine { job_id: job.into(), step_id: step.into(), level, text: text.into() }));
     }
 
     #[allow(clippy::too_many_arguments)]

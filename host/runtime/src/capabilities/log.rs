@@ -7,52 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use serde::Serialize;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::bindings::skiff::step::log as wit;
 use crate::mask::Masker;
 
-/// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Trace,
-    Debug,
-    Info,
-    Warn,
-    Error,
-    Stdout,
-    Stderr,
-    /// Written by the host about the step (denials, limits).
-    System,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Trace => "trace",
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-            Level::Stdout => "stdout",
-            Level::Stderr => "stderr",
-            Level::System => "system",
-        }
-    }
-}
-
-/// One masked log line.
-#[derive(Debug, Clone, Serialize)]
-pub struct LogRecord {
-    pub level: Level,
-    pub text: String,
-}
+pub use skiff_pipeline::{Level, LogLine};
 
 /// Receives a step's log lines as they are written.
-pub type LogSink = Arc<dyn Fn(LogRecord) + Send + Sync>;
+pub type LogSink = Arc<dyn Fn(LogLine) + Send + Sync>;
 
 /// Longest line kept whole; a longer one is cut (masking still sees it whole first).
 const MAX_LINE: usize = 64 * 1024;
@@ -60,6 +24,8 @@ const MAX_LINE: usize = 64 * 1024;
 /// The step's log: masks, counts and forwards lines. Shared by the `log`
 /// interface and the stdout/stderr streams.
 pub struct LogPipe {
+    job_id: String,
+    step_id: String,
     masker: Masker,
     sink: LogSink,
     limit: u64,
@@ -70,8 +36,11 @@ pub struct LogPipe {
 }
 
 impl LogPipe {
-    pub fn new(masker: Masker, sink: LogSink, limit: u64) -> Arc<Self> {
+    /// The log of step `step_id` of job `job_id` (empty outside a pipeline).
+    pub fn new(masker: Masker, sink: LogSink, limit: u64, job_id: &str, step_id: &str) -> Arc<Self> {
         Arc::new(Self {
+            job_id: job_id.to_string(),
+            step_id: step_id.to_string(),
             masker,
             sink,
             limit,
@@ -80,6 +49,10 @@ impl LogPipe {
             partial: Mutex::new([Vec::new(), Vec::new()]),
             summary: Mutex::new(String::new()),
         })
+    }
+
+    fn line(&self, level: Level, text: String) -> LogLine {
+        LogLine { job_id: self.job_id.clone(), step_id: self.step_id.clone(), level, text }
     }
 
     /// True once the step wrote more than its limit.
@@ -94,7 +67,7 @@ impl LogPipe {
     /// A line from the host about the step; not counted against the step's limit.
     pub fn system(&self, text: impl Into<String>) {
         let text = text.into();
-        (self.sink)(LogRecord { level: Level::System, text: self.masker.mask(&text).into_owned() });
+        (self.sink)(self.line(Level::System, self.masker.mask(&text).into_owned()));
     }
 
     /// Counts `n` bytes; false (and one notice) once the limit is passed.
@@ -128,7 +101,7 @@ impl LogPipe {
                 text.truncate(cut);
                 text.push_str(" …[line cut]");
             }
-            (self.sink)(LogRecord { level, text });
+            (self.sink)(self.line(level, text));
         }
         Ok(())
     }

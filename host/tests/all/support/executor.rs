@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use skiff_pipeline::{LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult};
+use skiff_pipeline::{Level, LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult};
 
 /// Runs steps from scripts in a language of its own, one command a line:
 ///
@@ -236,19 +236,16 @@ impl StepExecutor for Scripted {
             if !self.unrecorded {
                 self.calls.lock().unwrap().push(req.clone());
             }
-            let level = if matches!(req.uses, StepRef::Shell { .. }) { "stdout" } else { "info" };
+            let level = if matches!(req.uses, StepRef::Shell { .. }) { Level::Stdout } else { Level::Info };
             let mut r = StepResult::outcome(StepOutcome::Success);
             match self.acts(&req) {
                 Err(e) => r.outcome = StepOutcome::Failure(format!("step `{}`: {e}", req.step_id)),
                 Ok(acts) => {
                     for act in acts {
                         match act {
-                            Act::Log(text) => log(LogLine {
-                                job_id: req.job_id.clone(),
-                                step_id: req.step_id.clone(),
-                                level: level.into(),
-                                text,
-                            }),
+                            Act::Log(text) => {
+                                log(LogLine { job_id: req.job_id.clone(), step_id: req.step_id.clone(), level, text })
+                            }
                             Act::Out(k, v) => {
                                 r.outputs.insert(k, v);
                             }

@@ -15,6 +15,7 @@ const BUILTIN: &[(&str, &str, &str)] = &[
     ("skiff-step-notify", "skiff_step_notify", "notify"),
     ("skiff-step-checkout", "skiff_step_checkout", "checkout"),
     ("skiff-step-upload", "skiff_step_upload", "upload"),
+    ("skiff-step-script", "skiff_step_script", "script"),
 ];
 const TEST_GUESTS: &[(&str, &str, &str)] = &[("skiff-test-guest-hostile", "skiff_test_guest_hostile", "HOSTILE")];
 

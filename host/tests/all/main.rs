@@ -10,6 +10,7 @@ mod plugins;
 mod repository;
 mod runtime;
 mod sandbox;
+mod script;
 mod serve;
 mod support;
 

@@ -89,16 +89,6 @@ steps:
     )
 }
 
-/// The real `skiff serve`, stopped when dropped.
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn finished(http: &reqwest::Client, base: &str, id: i64) -> Value {
     for _ in 0..600 {
         let run: Value =
@@ -114,26 +104,10 @@ async fn finished(http: &reqwest::Client, base: &str, id: i64) -> Value {
 #[tokio::test]
 async fn artifacts_are_listed_and_downloaded_through_the_api_and_the_cli_by_their_app_only() {
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cfg = data.path().join("skiff.toml");
-    std::fs::write(&cfg, config(&data.path().join("data"), port)).unwrap();
-    let _serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let dir = data.path().to_path_buf();
+    let serve = crate::serve::ServeProcess::start_with(data.path(), |port| config(&dir.join("data"), port)).await;
+    let base = serve.base.clone();
     let http = reqwest::Client::new();
-    for _ in 0..600 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let started: Value = http
         .post(format!("{base}/v1/apps/web/runs"))
         .bearer_auth(TOKEN_ADMIN)

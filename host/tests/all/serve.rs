@@ -967,9 +967,16 @@ pub(crate) struct ServeProcess {
 
 impl ServeProcess {
     pub async fn start(data: &Path, top: &str) -> Self {
+        Self::start_with(data, |port| {
+            config_text(data, "", top).replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+        })
+        .await
+    }
+
+    /// The server with the config `config(port)` gives for a free port.
+    pub async fn start_with(data: &Path, config: impl FnOnce(u16) -> String) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let text =
-            config_text(data, "", top).replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+        let text = config(port);
         std::fs::create_dir_all(data).unwrap();
         let cfg = data.join("skiff.toml");
         std::fs::write(&cfg, text).unwrap();

@@ -143,14 +143,14 @@ mod tests {
         let o = origin();
         assert_eq!(
             o.rewrite("SyntaxError: expected token ';', got 'x' at line 2, col 5"),
-            "SyntaxError: expected token ';', got 'x' at .skiff.yaml:13:5"
+            "SyntaxError: expected token ';', got 'x' at .skiff.yaml:13:19"
         );
         let trace = "Error: boom\n    at f (<script>:1:20)\n    at run (<skiff>:80:3)\n    at <main> (<script>:3:1)\n    at  (native)";
-        assert_eq!(o.rewrite(trace), "Error: boom\n    at f (.skiff.yaml:12:34)\n    at <main> (.skiff.yaml:14:1)");
+        assert_eq!(o.rewrite(trace), "Error: boom\n    at f (.skiff.yaml:12:34)\n    at <main> (.skiff.yaml:14:15)");
         let deep = "RangeError: too deep\n    at r (<script>:2:3)\n    at r (<script>:2:3)\n    at r (<script>:2:3)\n    at <main> (<script>:3:1)";
         assert_eq!(
             o.rewrite(deep),
-            "RangeError: too deep\n    at r (.skiff.yaml:13:3)\n    ... the frame above 2 more time(s)\n    at <main> (.skiff.yaml:14:1)"
+            "RangeError: too deep\n    at r (.skiff.yaml:13:17)\n    ... the frame above 2 more time(s)\n    at <main> (.skiff.yaml:14:15)"
         );
         // Text that only looks like a position is left alone.
         assert_eq!(o.rewrite("at line x, col 1 and <script>:a"), "at line x, col 1 and <script>:a");

@@ -356,7 +356,9 @@ fn script_steps_run_in_a_pipeline_through_skiff_run() {
 
     let broken = "steps:\n  - script: |\n      const a = 1;\n      let x = ;\n";
     std::fs::write(project.path().join(".skiff/pipeline.yaml"), broken).unwrap();
-    let (code, text) = run(&[]);
+    // A failed run keeps its workspace: give it one that the test removes.
+    let ws = tempfile::tempdir().unwrap();
+    let (code, text) = run(&["--workspace", ws.path().to_str().unwrap()]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("SyntaxError") && text.contains(".skiff/pipeline.yaml:4:15"), "{text}");
 }

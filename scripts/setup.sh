@@ -21,6 +21,9 @@ command -v git >/dev/null || missing+=(git)
 command -v python3 >/dev/null || missing+=(python3)
 # sshd: the tests' SSH git server (a repository fetched with a deploy key).
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# The CNCF Distribution registry (published steps) and htpasswd (its authentication).
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -42,6 +45,9 @@ fi
 if [ ! -x "$tools/bin/cargo-fuzz" ]; then
   cargo install cargo-fuzz --version 0.13.2 --locked "${tool_build[@]}"
 fi
+
+# componentize-js and componentize-py for step authors' JavaScript and Python projects.
+"$root/scripts/authoring-tools.sh"
 
 [ "$edge" -eq 1 ] || exit 0
 

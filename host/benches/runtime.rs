@@ -173,11 +173,11 @@ async fn main() {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskCache::new(engine, dir.path().into());
         let t = Instant::now();
-        disk.load_or_compile(engine, &digest, &bytes).unwrap();
+        disk.load_or_compile(engine, &digest, || Ok(bytes.clone())).unwrap();
         cold.push(t.elapsed());
         for _ in 0..20 {
             let t = Instant::now();
-            disk.load_or_compile(engine, &digest, &bytes).unwrap();
+            disk.load_or_compile(engine, &digest, || Ok(bytes.clone())).unwrap();
             warm.push(t.elapsed());
         }
     }

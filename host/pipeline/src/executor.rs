@@ -18,6 +18,13 @@ pub enum StepRef {
     Builtin(String),
     /// A component file, already resolved against the pipeline file's folder.
     Path(PathBuf),
+    /// A shared component, by the digest its host fetched and checked before the run.
+    Component {
+        /// The reference, for messages.
+        reference: String,
+        /// What runs: the bytes with this sha256, nothing else.
+        digest: crate::component_ref::Digest,
+    },
     /// A `run:` script for the built-in `shell` step.
     Shell {
         /// The script, with every `${{ }}` replaced by `${SKIFF_EXPR_n}` (set in `env`).

@@ -6,11 +6,13 @@
 //! [`run_pipeline`] → [`RunReport`], with [`RunEvent`]s to a [`RunObserver`].
 
 pub mod compat;
+pub mod component_ref;
 pub mod engine;
 pub mod executor;
 pub mod expr;
 pub mod inert;
 pub mod load;
+pub mod lock;
 pub mod mask;
 pub mod model;
 pub mod plan;

@@ -106,6 +106,19 @@ pub enum Uses {
         /// Resolved.
         path: PathBuf,
     },
+    /// A shared component in a registry or at a URL; pinned when written with a digest or
+    /// locked in `.skiff/lock.yaml` (a host fills in the rest before the run, or refuses).
+    Component {
+        /// As written.
+        written: String,
+        /// Parsed, with the lock's digest.
+        reference: crate::component_ref::ComponentRef,
+        /// The digest came from the lock file.
+        locked: bool,
+        /// The sha256 of the component's bytes, once a host fetched and checked it
+        /// (`skiff_registry::Resolver::prepare`); the step runs exactly these bytes.
+        content: Option<crate::component_ref::Digest>,
+    },
     /// A `run:` script.
     Shell {
         /// The script with `${{ }}` replaced by environment variable references.
@@ -212,6 +225,14 @@ impl Plan {
                     }
                     Uses::Path { written, .. } => {
                         let _ = write!(o, "    uses: component {written}");
+                    }
+                    Uses::Component { reference, locked, .. } => {
+                        let how = match (reference.digest().is_some(), locked) {
+                            (true, true) => " (pinned by .skiff/lock.yaml)",
+                            (true, false) => "",
+                            (false, _) => " (NOT pinned: run `skiff lock`)",
+                        };
+                        let _ = write!(o, "    uses: shared component {reference}{how}");
                     }
                     Uses::Shell { script, shell, exprs, .. } => {
                         if shell == crate::load::JS {

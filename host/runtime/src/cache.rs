@@ -59,12 +59,14 @@ impl DiskCache {
     }
 
     /// Loads the component from the cache, or compiles and stores it.
+    /// `bytes` is asked for only when nothing compiled is cached: a shared component whose
+    /// compiled form is cached runs without its bytes being read again.
     pub fn load_or_compile(
         &self,
         engine: &Engine,
         digest: &[u8; 32],
-        bytes: &[u8],
-    ) -> wasmtime::Result<(Component, Source)> {
+        bytes: impl FnOnce() -> Result<Vec<u8>, crate::LoadError>,
+    ) -> Result<(Component, Source), crate::LoadError> {
         let path = self.path(digest);
         if path.exists() {
             // SAFETY: the file was written by `precompile_component` of an
@@ -78,9 +80,10 @@ impl DiskCache {
                 }
             }
         }
-        let compiled = engine.precompile_component(bytes)?;
+        let not_a_component = |e: wasmtime::Error| crate::LoadError::NotAComponent(format!("{e:?}"));
+        let compiled = engine.precompile_component(&bytes()?).map_err(not_a_component)?;
         // SAFETY: these bytes were produced by this engine a moment ago.
-        let component = unsafe { Component::deserialize(engine, &compiled)? };
+        let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(not_a_component)?;
         if std::fs::create_dir_all(&self.dir).is_ok() {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             if std::fs::write(&tmp, &compiled).is_ok() {

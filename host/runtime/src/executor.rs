@@ -62,6 +62,20 @@ impl LocalExecutor {
         Ok(config)
     }
 
+    /// A built-in step by name, loaded once: no copy and no hash of its bytes per step.
+    async fn builtin(&self, name: &str) -> Result<Arc<crate::LoadedStep>, String> {
+        if let Some(s) = self.builtins.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(s.clone());
+        }
+        let Some(bytes) = builtin::get(name) else {
+            let names: Vec<_> = builtin::names().collect();
+            return Err(format!("there is no built-in step `{name}`; built-in steps are: {}", names.join(", ")));
+        };
+        let step = self.runtime.load(bytes).await.map_err(|e| format!("{e:#}"))?;
+        self.builtins.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), step.clone());
+        Ok(step)
+    }
+
     async fn execute(&self, req: StepRequest, log: &(dyn Fn(LogLine) + Send + Sync)) -> StepResult {
         let started = Instant::now();
         let fail = |msg: String| {
@@ -79,30 +93,23 @@ impl LocalExecutor {
             Ok(e) => e,
             Err(e) => return fail(e.to_string()),
         };
-        // A built-in step is looked up by name: no copy and no hash of its bytes per step.
-        let builtin_name: &str;
-        let path_bytes: Vec<u8>;
-        let bytes: &[u8] = match &req.uses {
-            StepRef::Builtin(name) => match builtin::get(name) {
-                Some(b) => {
-                    builtin_name = name;
-                    b
-                }
-                None => {
-                    let names: Vec<_> = builtin::names().collect();
-                    return fail(format!(
-                        "there is no built-in step `{name}`; built-in steps are: {}",
-                        names.join(", ")
-                    ));
-                }
+        let step = match &req.uses {
+            // A shared component runs by digest (fetched and checked before the run); the
+            // runtime caches it by digest too.
+            StepRef::Component { reference, digest } => match self.runtime.load_digest(digest).await {
+                Ok(s) => s,
+                Err(e) => return fail(format!("{reference}: {e}")),
             },
             StepRef::Path(p) => match std::fs::read(p) {
-                Ok(b) => {
-                    builtin_name = "";
-                    path_bytes = b;
-                    &path_bytes
-                }
+                Ok(bytes) => match self.runtime.load(&bytes).await {
+                    Ok(s) => s,
+                    Err(e) => return fail(format!("{e:#}")),
+                },
                 Err(e) => return fail(format!("cannot read step component {}: {e}", p.display())),
+            },
+            StepRef::Builtin(name) => match self.builtin(name).await {
+                Ok(s) => s,
+                Err(e) => return fail(e),
             },
             StepRef::Shell { script, shell } => {
                 inputs.insert("script".into(), script.clone());
@@ -110,27 +117,11 @@ impl LocalExecutor {
                 if let Some(dir) = &req.working_directory {
                     inputs.insert("working-directory".into(), dir.clone());
                 }
-                builtin_name = "shell";
-                builtin::get("shell").unwrap_or_default()
-            }
-        };
-        let cached = (!builtin_name.is_empty())
-            .then(|| self.builtins.lock().unwrap_or_else(|e| e.into_inner()).get(builtin_name).cloned())
-            .flatten();
-        let step = match cached {
-            Some(s) => s,
-            None => match self.runtime.load(bytes).await {
-                Ok(s) => {
-                    if !builtin_name.is_empty() {
-                        self.builtins
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(builtin_name.to_string(), s.clone());
-                    }
-                    s
+                match self.builtin("shell").await {
+                    Ok(s) => s,
+                    Err(e) => return fail(e),
                 }
-                Err(e) => return fail(format!("{e:#}")),
-            },
+            }
         };
         let mut limits = self.limits;
         if let Some(t) = req.timeout {

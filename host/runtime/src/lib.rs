@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod builtin;
 pub mod cache;
 pub mod capabilities;
+pub mod component_store;
 pub mod engine;
 pub mod executor;
 pub mod grants;
@@ -61,6 +62,20 @@ pub struct LoadedStep {
     pub source: Source,
     pub manifest: bindings::Manifest,
     pre: StepPre<StepState>,
+}
+
+impl LoadedStep {
+    /// The names of what the component imports and exports (the Wasm OCI artifact config
+    /// records them).
+    pub fn world(&self) -> (Vec<String>, Vec<String>) {
+        let pre = self.pre.instance_pre();
+        let ty = pre.component().component_type();
+        let engine = pre.engine();
+        (
+            ty.imports(engine).map(|(n, _)| n.to_string()).collect(),
+            ty.exports(engine).map(|(n, _)| n.to_string()).collect(),
+        )
+    }
 }
 
 impl std::fmt::Debug for LoadedStep {
@@ -173,6 +188,7 @@ pub struct Runtime {
     linker: Linker<StepState>,
     options: EngineOptions,
     disk: DiskCache,
+    components: component_store::ComponentStore,
     loaded: Mutex<HashMap<[u8; 32], Arc<LoadedStep>>>,
 }
 
@@ -194,8 +210,10 @@ impl Runtime {
         SecretsHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.secrets).map_err(to_anyhow)?;
         ProcessHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.process).map_err(to_anyhow)?;
         ArtifactsHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.artifacts).map_err(to_anyhow)?;
-        let disk = DiskCache::new(&engine, cache_dir.unwrap_or_else(cache::default_dir));
-        Ok(Self { engine, linker, options, disk, loaded: Mutex::new(HashMap::new()) })
+        let dir = cache_dir.unwrap_or_else(cache::default_dir);
+        let components = component_store::ComponentStore::new(dir.join("components"));
+        let disk = DiskCache::new(&engine, dir);
+        Ok(Self { engine, linker, options, disk, components, loaded: Mutex::new(HashMap::new()) })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -210,20 +228,41 @@ impl Runtime {
         self.disk.dir()
     }
 
+    /// The store of shared components this runtime runs by digest (`CACHE_DIR/components`).
+    pub fn components(&self) -> &component_store::ComponentStore {
+        &self.components
+    }
+
     /// Compiles (or loads from cache) a component and reads its manifest.
     pub async fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedStep>, LoadError> {
         let digest = cache::sha256(bytes);
+        let bytes = bytes.to_vec();
+        self.load_known(digest, move || Ok(bytes)).await
+    }
+
+    /// The shared component with this digest, from memory, the compiled cache, or the component
+    /// store (its bytes checked against the digest before they are compiled).
+    pub async fn load_digest(&self, digest: &pipeline::component_ref::Digest) -> Result<Arc<LoadedStep>, LoadError> {
+        let store = self.components.clone();
+        let d = digest.clone();
+        self.load_known(digest.bytes(), move || store.read(&d).map_err(|e| LoadError::NotAComponent(e.to_string())))
+            .await
+    }
+
+    async fn load_known(
+        &self,
+        digest: [u8; 32],
+        bytes: impl FnOnce() -> Result<Vec<u8>, LoadError> + Send + 'static,
+    ) -> Result<Arc<LoadedStep>, LoadError> {
         if let Some(step) = self.loaded.lock().expect("cache poisoned").get(&digest) {
             return Ok(step.clone());
         }
         let (component, source) = {
             let engine = self.engine.clone();
             let disk = self.disk.clone();
-            let bytes = bytes.to_vec();
-            tokio::task::spawn_blocking(move || disk.load_or_compile(&engine, &digest, &bytes))
+            tokio::task::spawn_blocking(move || disk.load_or_compile(&engine, &digest, bytes))
                 .await
-                .map_err(|e| LoadError::NotAComponent(e.to_string()))?
-                .map_err(|e| LoadError::NotAComponent(format!("{e:?}")))?
+                .map_err(|e| LoadError::NotAComponent(e.to_string()))??
         };
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::UnknownImports(format!("{e:?}")))?;
         let pre = StepPre::new(pre).map_err(|e| LoadError::NotAStep(format!("{e:?}")))?;

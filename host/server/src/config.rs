@@ -47,12 +47,30 @@ pub struct ConfigFile {
     /// The address users reach this host at (`https://ci.example.com`): commit statuses link
     /// to runs under it.
     pub public_url: Option<String>,
+    /// Shared components from registries: what every app gets unless it says more.
+    pub registry: Option<RegistryDef>,
     /// API tokens.
     #[serde(default)]
     pub tokens: Vec<TokenDef>,
     /// Apps.
     #[serde(default)]
     pub apps: Vec<AppDef>,
+}
+
+/// `[registry]`: how this host fetches shared components, and what it demands of them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryDef {
+    /// Plain HTTP to registries that are not loopback addresses (default false).
+    pub insecure: Option<bool>,
+    /// Run registry tags that no digest pins, resolving them when a run starts (default false:
+    /// such a run is refused until `skiff lock` pins them).
+    pub allow_unpinned: Option<bool>,
+    /// Run only components signed by one of `trusted-keys`, for every app (default false).
+    pub require_signature: Option<bool>,
+    /// PEM public keys (cosign's `cosign.pub`) trusted for every app, relative to the config file.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// What happens to a run that was running when the host stopped.
@@ -139,6 +157,13 @@ pub struct AppDef {
     /// Pull requests from forks get the app's secrets and grants as others do (`true`), or none
     /// (default `false`, as on GitHub: a fork's code could send them anywhere).
     pub trust_fork_pull_requests: Option<bool>,
+    /// Run registry tags no digest pins (default: `[registry] allow-unpinned`).
+    pub allow_unpinned: Option<bool>,
+    /// Run only signed components (the host's `[registry] require-signature` cannot be turned off).
+    pub require_signature: Option<bool>,
+    /// More trusted public keys for this app's components, beside the host's.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 /// Where an app reports its runs' statuses.
@@ -197,6 +222,8 @@ pub struct AppConfig {
     pub run_timeout: Option<std::time::Duration>,
     /// The CA bundle of `ca-file`, checked at start.
     pub ca_bundle: Option<std::sync::Arc<str>>,
+    /// What its shared components must be: pinned, signed by which keys.
+    pub components: skiff_registry::Policy,
 }
 
 impl AppConfig {
@@ -255,6 +282,8 @@ pub struct ServeConfig {
     pub keep_workspaces: bool,
     /// Where users reach this host; statuses link to runs under it.
     pub public_url: Option<String>,
+    /// Plain HTTP to registries that are not loopback addresses.
+    pub registry_insecure: bool,
     /// HTTP timeouts and connection caps.
     pub conn: super::conn::ConnLimits,
     /// Tokens by SHA-256.
@@ -285,13 +314,19 @@ impl ServeConfig {
     /// Resolves a parsed file.
     pub fn resolve(file: ConfigFile, base: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
         let max = file.max_concurrent_runs.unwrap_or(4).max(1);
+        let registry = file.registry.unwrap_or_default();
+        let host_policy = skiff_registry::Policy {
+            allow_unpinned: registry.allow_unpinned.unwrap_or(false),
+            require_signature: registry.require_signature.unwrap_or(false),
+            trusted_keys: read_keys(&registry.trusted_keys, base).context("`[registry] trusted-keys`")?,
+        };
         let mut apps = BTreeMap::new();
         for def in file.apps {
             let name = def.name.clone();
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 bail!("app name `{name}` may hold only letters, digits, `-`, `_` and `.`");
             }
-            let app = resolve_app(def, base, key, max).with_context(|| format!("app `{name}`"))?;
+            let app = resolve_app(def, base, key, max, &host_policy).with_context(|| format!("app `{name}`"))?;
             if apps.insert(name.clone(), app).is_some() {
                 bail!("app `{name}` is defined twice");
             }
@@ -342,6 +377,7 @@ impl ServeConfig {
             recovery: file.recovery.unwrap_or_default(),
             keep_workspaces: file.keep_workspaces.unwrap_or(false),
             public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            registry_insecure: registry.insecure.unwrap_or(false),
             conn: {
                 let d = super::conn::ConnLimits::default();
                 let max_connections = file.max_connections.unwrap_or(d.max_connections).max(1);
@@ -368,7 +404,25 @@ impl ServeConfig {
     }
 }
 
-fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) -> anyhow::Result<AppConfig> {
+/// PEM public keys, paths relative to the config file.
+fn read_keys(files: &[PathBuf], base: &Path) -> anyhow::Result<Vec<skiff_registry::signature::PublicKey>> {
+    files
+        .iter()
+        .map(|f| {
+            let path = base.join(f);
+            let pem = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            skiff_registry::signature::PublicKey::from_pem(&pem).with_context(|| format!("{}", path.display()))
+        })
+        .collect()
+}
+
+fn resolve_app(
+    def: AppDef,
+    base: &Path,
+    key: Option<&MasterKey>,
+    max: usize,
+    host_policy: &skiff_registry::Policy,
+) -> anyhow::Result<AppConfig> {
     let on: Triggers = match def.on.clone() {
         None => Triggers::default(),
         Some(v) => {
@@ -413,6 +467,14 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
     };
     let webhook_secret =
         def.webhook_secret.as_deref().map(|v| open_value(v, key, "webhook-secret").map(Secret::new)).transpose()?;
+    let mut components = host_policy.clone();
+    components.allow_unpinned = def.allow_unpinned.unwrap_or(host_policy.allow_unpinned);
+    // An app may demand signatures; it cannot waive the host's demand.
+    components.require_signature |= def.require_signature.unwrap_or(false);
+    components.trusted_keys.extend(read_keys(&def.trusted_keys, base).context("`trusted-keys`")?);
+    if components.require_signature && components.trusted_keys.is_empty() {
+        bail!("`require-signature` needs at least one key in `trusted-keys` (a PEM public key, cosign's cosign.pub)");
+    }
     Ok(AppConfig {
         edge,
         webhook_secret,
@@ -426,6 +488,7 @@ fn resolve_app(def: AppDef, base: &Path, key: Option<&MasterKey>, max: usize) ->
         max_concurrent_runs: def.max_concurrent_runs.unwrap_or(max).max(1),
         run_timeout: def.run_timeout_secs.map(std::time::Duration::from_secs),
         ca_bundle,
+        components,
     })
 }
 

@@ -117,6 +117,10 @@ impl Shared {
             executor: executor.clone(),
             repos: repos.clone(),
             statuses: statuses.clone(),
+            resolver: Arc::new(skiff_registry::Resolver::new(
+                skiff_runtime::component_store::ComponentStore::default_store(),
+                skiff_registry::client::ClientOptions { insecure: config.registry_insecure, credentials: None },
+            )),
         })?);
         Ok(Arc::new(Shared { config, store, queue, logs, hub, executor, role, repos, statuses, artifacts, scheduler }))
     }

@@ -74,6 +74,8 @@ pub(crate) struct Handles {
     pub executor: Arc<dyn StepExecutor>,
     pub repos: Arc<RepoCache>,
     pub statuses: Reporter,
+    /// Fetches and checks shared components before a run starts.
+    pub resolver: Arc<skiff_registry::Resolver>,
 }
 
 /// The scheduler of a host: accepts runs into the store, prepares them, starts them under the
@@ -85,6 +87,7 @@ pub struct Scheduler {
     logs: Arc<dyn LogStore>,
     hub: Arc<Hub>,
     executor: Arc<dyn StepExecutor>,
+    resolver: Arc<skiff_registry::Resolver>,
     repos: Arc<RepoCache>,
     statuses: Reporter,
     /// Who this host is, as the owner of its leases.
@@ -221,6 +224,7 @@ impl Scheduler {
             logs: h.logs,
             hub: h.hub,
             executor: h.executor,
+            resolver: h.resolver,
             repos: h.repos,
             statuses: h.statuses,
             owner: new_owner(),
@@ -938,6 +942,20 @@ impl Scheduler {
                 None => load_plan(&app, &ws)?,
             }
         };
+        let mut plan = plan;
+        // Shared components are pinned, fetched and checked (signatures included) before any
+        // step runs; a refusal fails the run with its reason.
+        if plan
+            .jobs
+            .iter()
+            .flat_map(|j| &j.steps)
+            .any(|s| matches!(s.uses, skiff_pipeline::plan::Uses::Component { .. }))
+        {
+            let fetched = self.resolver.prepare(&mut plan, &app.components).await.map_err(|e| e.to_string())?;
+            for f in fetched {
+                tracing::info!(run = run.id, component = %f.reference, cached = f.cached, signed_by = ?f.signed_by, "shared component ready");
+            }
+        }
         let job_ids: HashMap<String, String> = plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect();
         for j in run.job.iter().flat_map(|j| j.split(',')).map(str::trim).filter(|j| !j.is_empty()) {
             if plan.instances(j).next().is_none() {

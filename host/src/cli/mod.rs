@@ -3,7 +3,9 @@
 pub mod client;
 pub mod edge;
 pub mod init;
+pub mod lock;
 pub mod out;
+pub mod registry;
 pub mod run;
 pub mod serve;
 pub mod step;

@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// (default: `skiff-artifacts` under the temp dir). The run's folder is printed at the end.
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: super::registry::PolicyArgs,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
 }
 
 fn pair(s: &str, what: &str) -> anyhow::Result<(String, String)> {
@@ -94,7 +98,7 @@ pub fn parse_dotenv(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
 /// Runs `skiff run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let path = super::validate::find_pipeline(args.pipeline.clone())?;
-    let plan = match load_file(&path) {
+    let mut plan = match load_file(&path) {
         Ok(p) => p,
         Err(d) => {
             eprintln!("{d}");
@@ -106,6 +110,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if plan.instances(j).next().is_none() {
             let jobs: Vec<&str> = plan.jobs.iter().map(|j| j.job.as_str()).collect();
             anyhow::bail!("no job `{j}` in {}; the jobs are {}", path.display(), jobs.join(", "));
+        }
+    }
+
+    // Shared components are fetched and checked before anything runs.
+    let shared =
+        plan.jobs.iter().flat_map(|j| &j.steps).any(|s| matches!(s.uses, skiff_pipeline::plan::Uses::Component { .. }));
+    if shared {
+        let resolver = args.registry.resolver()?;
+        for f in resolver.prepare(&mut plan, &args.policy.policy()?).await? {
+            eprintln!("{}", super::registry::describe(&f));
         }
     }
 

@@ -19,6 +19,8 @@ pub struct ValidateArgs {
     /// step's component asks for; a step whose component would be refused is a problem.
     #[arg(long)]
     pub plan: bool,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
 }
 
 /// The pipeline file to use: the one given, or the first default that exists.
@@ -46,7 +48,8 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             print!("{}", plan.render());
-            let problems = components(&plan).await?;
+            let mut plan = plan;
+            let problems = components(&mut plan, &args.registry).await?;
             if problems.is_empty() {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -68,10 +71,17 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 /// way the runtime checks it before the step starts; returns the steps that would be refused.
 /// A host asked for through an input that holds an expression is known only when the run
 /// starts, so it is not checked here.
-async fn components(plan: &Plan) -> anyhow::Result<Vec<String>> {
+async fn components(plan: &mut Plan, registry: &super::registry::RegistryArgs) -> anyhow::Result<Vec<String>> {
     let runtime = Runtime::new(EngineOptions { pool_size: 1, ..Default::default() }, None)?;
     let mut loaded: HashMap<String, Arc<LoadedStep>> = HashMap::new();
     let mut problems = Vec::new();
+    // Shared components are fetched (or found in the store) to be asked what they need.
+    if plan.jobs.iter().flat_map(|j| &j.steps).any(|s| matches!(s.uses, Uses::Component { .. })) {
+        let policy = skiff_registry::Policy { allow_unpinned: true, ..Default::default() };
+        if let Err(e) = registry.resolver()?.prepare(plan, &policy).await {
+            problems.push(e.to_string());
+        }
+    }
     crate::outln!("components:");
     for job in &plan.jobs {
         for step in &job.steps {
@@ -83,6 +93,10 @@ async fn components(plan: &Plan) -> anyhow::Result<Vec<String>> {
                     (name.to_string(), builtin::get(name).map(<[u8]>::to_vec))
                 }
                 Uses::Path { written, path } => (written.clone(), std::fs::read(path).ok()),
+                Uses::Component { reference, content, .. } => {
+                    let bytes = content.as_ref().and_then(|d| runtime.components().read(d).ok());
+                    (reference.to_string(), bytes)
+                }
             };
             let component = match loaded.get(&key) {
                 Some(c) => c.clone(),

@@ -1,12 +1,14 @@
 //! The host's integration tests, one binary so linking happens once.
 
 mod artifacts;
+mod authoring;
 mod cli;
 mod connections;
 mod edge;
 mod forges;
 mod pipeline;
 mod plugins;
+mod registry;
 mod repository;
 mod runtime;
 mod sandbox;

@@ -313,6 +313,14 @@ impl JobRun {
             let uses = match &step.uses {
                 Uses::Builtin(b) => StepRef::Builtin(b.clone()),
                 Uses::Path { path, .. } => StepRef::Path(path.clone()),
+                Uses::Component { reference, content, .. } => match content {
+                    Some(d) => StepRef::Component { reference: reference.to_string(), digest: d.clone() },
+                    None => {
+                        return Err(format!(
+                            "`{reference}` was not fetched before the run: a host resolves shared components when the run starts"
+                        ));
+                    }
+                },
                 Uses::Shell { script, shell, exprs, pos } => {
                     for (var, e) in exprs {
                         let v = e.eval(&scope).map_err(|e| fail_at(*pos, e.to_string()))?;

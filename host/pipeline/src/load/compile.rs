@@ -257,7 +257,7 @@ fn build_step(
         default_name = plugin.to_string();
     } else if let Some(u) = &s.uses {
         default_name = u.clone();
-        match resolve_uses(u, dir) {
+        match resolve_uses(cx, u, dir) {
             Ok(x) => uses = x,
             Err(msg) => cx.at_value(&sub("uses"), msg),
         }
@@ -412,8 +412,16 @@ fn script_uses(cx: &mut Cx, path: &[Seg], text: &str, shell: String, refs: &mut 
     Uses::Shell { script, shell, exprs: vars.into_iter().zip(exprs).collect(), pos }
 }
 
-fn resolve_uses(u: &str, dir: &Path) -> Result<Uses, String> {
+fn resolve_uses(cx: &mut Cx, u: &str, dir: &Path) -> Result<Uses, String> {
     let u = u.trim();
+    if crate::component_ref::looks_like_reference(u) {
+        let reference = crate::component_ref::ComponentRef::parse(u).map_err(|e| e.to_string())?;
+        let lock = cx.lock.get_or_insert_with(|| crate::lock::Lock::read(&crate::lock::path_for(dir)));
+        let lock = lock.as_ref().map_err(Clone::clone)?;
+        let pinned = lock.pin(&reference);
+        let locked = pinned != reference;
+        return Ok(Uses::Component { written: u.to_string(), reference: pinned, locked, content: None });
+    }
     let name = u.strip_prefix("builtin://");
     if let Some(n) = name.or(Some(u)).filter(|n| BUILTINS.contains(n)) {
         return Ok(Uses::Builtin(n.to_string()));

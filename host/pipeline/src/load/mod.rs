@@ -71,7 +71,7 @@ pub fn load_file(path: &Path) -> Result<Plan, Diagnostics> {
 
 /// Plans a pipeline from its text. `file` names it in messages; `dir` is where relative `uses:` paths start.
 pub fn load_str(text: &str, file: &str, dir: &Path) -> Result<Plan, Diagnostics> {
-    let mut cx = Cx { file: file.to_string(), compat: None, map: SourceMap::new(text), diags: Vec::new() };
+    let mut cx = Cx { file: file.to_string(), compat: None, map: SourceMap::new(text), diags: Vec::new(), lock: None };
     let mut value: Y = match serde_norway::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -102,6 +102,8 @@ struct Cx {
     compat: Option<crate::compat::Compat>,
     map: SourceMap,
     diags: Vec<Diagnostic>,
+    /// The lock file beside the pipeline, read at the first registry reference.
+    lock: Option<Result<crate::lock::Lock, String>>,
 }
 
 impl Cx {

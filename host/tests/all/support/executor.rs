@@ -62,6 +62,7 @@ impl Match {
                 StepRef::Builtin(b) => b == name,
                 StepRef::Shell { .. } => name == "shell",
                 StepRef::Path(p) => p.file_stem().is_some_and(|s| s == name.as_str()),
+                StepRef::Component { reference, .. } => reference == name,
             },
             Match::Every => true,
         }

@@ -1,4 +1,8 @@
-//! `skiff step run` and `skiff step inspect`.
+//! `skiff step …`: run and inspect one step, create a step project (`new`), share steps
+//! through registries (`publish`, `pull`, `sign`, `keygen`).
+
+mod new;
+mod share;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,12 +27,25 @@ pub enum StepCommand {
     Run(Box<RunArgs>),
     /// Print what a step declares: inputs, outputs, capabilities.
     Inspect {
-        /// A built-in step name or a path to a component (.wasm).
+        /// A built-in step name, a path to a component (.wasm), or a registry reference (read
+        /// from its manifest: nothing is run).
         step: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        registry: crate::cli::registry::RegistryArgs,
     },
+    /// Publish a component to an OCI registry as a Wasm artifact, with what it declares.
+    Publish(share::PublishArgs),
+    /// Fetch a published component (its digest checked) into a file.
+    Pull(share::PullArgs),
+    /// Sign a published component in cosign's format (`cosign verify --key` agrees).
+    Sign(share::SignArgs),
+    /// Create a signing key pair in cosign's format.
+    Keygen(share::KeygenArgs),
+    /// Create a step project that builds with one command (Rust, JavaScript or Python).
+    New(new::NewArgs),
 }
 
 #[derive(Args)]
@@ -110,8 +127,19 @@ pub fn component_bytes(step: &str) -> anyhow::Result<Vec<u8>> {
 
 pub async fn run(cmd: StepCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        StepCommand::Inspect { step, json } => inspect(&step, json).await,
+        StepCommand::Inspect { step, json, registry } => {
+            if skiff_pipeline::component_ref::looks_like_reference(&step) {
+                share::inspect(&step, json, &registry).await
+            } else {
+                inspect(&step, json).await
+            }
+        }
+        StepCommand::Publish(args) => share::publish(args).await,
+        StepCommand::Pull(args) => share::pull(args).await,
+        StepCommand::Sign(args) => share::sign(args).await,
+        StepCommand::Keygen(args) => share::keygen(args),
         StepCommand::Run(args) => run_step(*args).await,
+        StepCommand::New(args) => new::run(args),
     }
 }
 

@@ -1,0 +1,457 @@
+//! Published step components against a real registry: Debian's `docker-registry` (the CNCF
+//! Distribution registry), started on a loopback port for each test, with and without
+//! htpasswd authentication. Everything goes through the `skiff` binary, as a user would.
+//!
+//! Without `docker-registry` (and `htpasswd`) these tests fail under `CI=true` and skip
+//! loudly otherwise: `scripts/setup.sh` installs both.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use skiff_pipeline::component_ref::{ComponentRef, Digest};
+use skiff_registry::client::{
+    ClientOptions, RegistryClient, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE, descriptor,
+};
+use skiff_registry::publish;
+
+/// A registry on 127.0.0.1, stopped on drop.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    pub root: tempfile::TempDir,
+}
+
+/// The registry binary, or `None` (and a loud skip) when it is not installed outside CI.
+fn tools() -> bool {
+    let have = |t: &str| {
+        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    };
+    if have("docker-registry") && have("htpasswd") {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("docker-registry and htpasswd are needed for the registry tests: run scripts/setup.sh");
+    }
+    eprintln!("SKIPPED: docker-registry or htpasswd is not installed (scripts/setup.sh installs them)");
+    false
+}
+
+impl Registry {
+    /// Starts a registry; with `user`, it requires that user (htpasswd, bcrypt).
+    pub fn start(user: Option<(&str, &str)>) -> Option<Self> {
+        if !tools() {
+            return None;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let auth = match user {
+            Some((u, p)) => {
+                let file = root.path().join("htpasswd");
+                let ok = Command::new("htpasswd").args(["-Bbc"]).arg(&file).args([u, p]).output().unwrap();
+                assert!(ok.status.success(), "htpasswd: {}", String::from_utf8_lossy(&ok.stderr));
+                format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", file.display())
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: skiff-test-secret\n{auth}",
+            root.path().join("data").display()
+        );
+        std::fs::write(root.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(root.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry");
+        let reg = Registry { child, addr, root };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&reg.addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start on {}", reg.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(reg)
+    }
+
+    /// Stops it (the tests of a registry going down).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The file holding a blob's bytes in the registry's storage.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.path().join(format!("data/docker/registry/v2/blobs/sha256/{}/{}/data", &d.hex()[..2], d.hex()))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A project folder with its own component store (so "cached" means what this test put there).
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub cache: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(pipeline: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".skiff")).unwrap();
+        std::fs::write(dir.path().join(".skiff/pipeline.yaml"), pipeline).unwrap();
+        Project { dir, cache: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn skiff(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("SKIFF_CACHE_DIR", self.cache.path())
+            // No user's Docker credentials leak in.
+            .env("DOCKER_CONFIG", self.dir.path().join(".docker"))
+            .env("COSIGN_PASSWORD", "correct horse")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> (bool, String) {
+        text(self.skiff(args).output().unwrap())
+    }
+
+    /// A built-in step's component written into the project, as an author's build would.
+    pub fn component(&self, builtin: &str, extra: &[u8]) -> PathBuf {
+        let mut bytes = skiff_runtime::builtin::get(builtin).unwrap().to_vec();
+        if !extra.is_empty() {
+            custom_section(&mut bytes, "skiff-test", extra);
+        }
+        let path = self.dir.path().join(format!("{builtin}.wasm"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    pub fn lock_file(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(".skiff/lock.yaml")).unwrap_or_default()
+    }
+}
+
+fn text(o: Output) -> (bool, String) {
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// Appends a custom section: the same component with other bytes (another digest).
+fn custom_section(bytes: &mut Vec<u8>, name: &str, data: &[u8]) {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { b } else { b | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name.as_bytes());
+    payload.extend_from_slice(data);
+    bytes.push(0);
+    leb(payload.len(), bytes);
+    bytes.extend_from_slice(&payload);
+}
+
+/// The digest `skiff step publish` printed.
+fn published_digest(out: &str) -> Digest {
+    let at = out.find("@sha256:").unwrap_or_else(|| panic!("no digest in: {out}"));
+    Digest::parse(&out[at + 1..at + 1 + 71]).unwrap()
+}
+
+fn pipeline(reference: &str) -> String {
+    format!("steps:\n  - id: hello\n    uses: {reference}\n    with:\n      message: from the registry\n")
+}
+
+#[test]
+fn publish_lock_and_run_by_digest_and_a_moved_tag_changes_nothing_until_locked_again() {
+    let Some(reg) = Registry::start(None) else { return };
+    let tag = format!("{}/acme/hello:1.0.0", reg.addr);
+    let p = Project::new(&pipeline(&tag));
+    let v1 = p.component("diag", b"");
+    let (ok, out) =
+        p.run(&["step", "publish", v1.to_str().unwrap(), &tag, "--source", "https://example.com/acme/hello"]);
+    assert!(ok, "{out}");
+    let d1 = published_digest(&out);
+
+    // Unpinned: `--locked` refuses, saying how to pin.
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(!ok && out.contains("skiff lock"), "{out}");
+
+    let (ok, out) = p.run(&["lock"]);
+    assert!(ok, "{out}");
+    assert!(p.lock_file().contains(&format!("{tag}: {d1}")), "{}", p.lock_file());
+    let (ok, out) = p.run(&["lock", "--check"]);
+    assert!(ok, "{out}");
+
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("{tag}@{d1}")), "{out}");
+    assert_eq!(std::fs::read_to_string(p.dir.path().join("skiff-diag.txt")).ok(), None, "runs in a copy");
+
+    // The tag moves to other bytes (the `script` step, which needs a `script` input).
+    let v2 = p.component("script", b"");
+    let (ok, out) = p.run(&["step", "publish", v2.to_str().unwrap(), &tag]);
+    assert!(ok, "{out}");
+    let d2 = published_digest(&out);
+    assert_ne!(d1, d2);
+
+    // The locked run still gets the old bytes, and `lock --check` notices the move.
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "the locked run must still run diag: {out}");
+    assert!(out.contains(&d1.to_string()) && !out.contains(&d2.to_string()), "{out}");
+    let (ok, out) = p.run(&["lock", "--check"]);
+    assert!(!ok && out.contains("moved from"), "{out}");
+
+    // Locking again moves the pin; the run now gets the new bytes.
+    let (ok, out) = p.run(&["lock"]);
+    assert!(ok, "{out}");
+    assert!(p.lock_file().contains(&d2.to_string()), "{}", p.lock_file());
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(!ok && out.contains("script"), "the new bytes are the script step: {out}");
+
+    // A reference written with its digest needs no lock.
+    let pinned = Project::new(&pipeline(&format!("{}/acme/hello@{d1}", reg.addr)));
+    let (ok, out) = pinned.run(&["run", "--locked"]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn inspect_shows_what_a_component_asks_for_before_it_runs() {
+    let Some(reg) = Registry::start(None) else { return };
+    let tag = format!("{}/acme/diag:2", reg.addr);
+    let p = Project::new("steps: []\n");
+    let c = p.component("diag", b"");
+    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag, "--source", "https://example.com/acme/diag"]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&["step", "inspect", &tag]);
+    assert!(ok, "{out}");
+    for want in ["diag", "https://example.com/acme/diag", "hosts:   ${inputs.fetch}", "message", "process: no"] {
+        assert!(out.contains(want), "missing {want}: {out}");
+    }
+    let (ok, out) = p.run(&["step", "inspect", &tag, "--json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["capabilities"]["hosts"][0], "${inputs.fetch}");
+    assert_eq!(v["name"], "diag");
+    // Nothing was pulled to answer that.
+    assert!(!p.cache.path().join("components/sha256").exists(), "inspect must not pull the component");
+
+    let (ok, out) = p.run(&["step", "pull", &tag, "-o", "got.wasm"]);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(p.dir.path().join("got.wasm")).unwrap(), std::fs::read(&c).unwrap());
+
+    // Only step components are published.
+    std::fs::write(p.dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let (ok, out) = p.run(&["step", "publish", "core.wasm", &tag]);
+    assert!(!ok && out.contains("not a valid step component"), "{out}");
+}
+
+#[test]
+fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
+    let Some(reg) = Registry::start(None) else { return };
+    let tag = format!("{}/acme/hello:1", reg.addr);
+    let p = Project::new(&pipeline(&tag));
+    let c = p.component("diag", b"");
+    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&["lock"]);
+    assert!(ok, "{out}");
+    // The registry's stored layer changes under it; a fresh store must not accept it.
+    let layer = Digest::of(&std::fs::read(&c).unwrap());
+    let blob = reg.blob_path(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let fresh = Project { dir: tempfile::tempdir().unwrap(), cache: tempfile::tempdir().unwrap() };
+    copy_project(&p, &fresh);
+    let (ok, out) = fresh.run(&["run", "--locked"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("do not match") && out.contains(&layer.to_string()), "{out}");
+    assert!(!fresh.cache.path().join("components/sha256").join(format!("{}.wasm", layer.hex())).exists());
+}
+
+fn copy_project(from: &Project, to: &Project) {
+    std::fs::create_dir_all(to.dir.path().join(".skiff")).unwrap();
+    for f in ["pipeline.yaml", "lock.yaml"] {
+        let src = from.dir.path().join(".skiff").join(f);
+        if src.exists() {
+            std::fs::copy(src, to.dir.path().join(".skiff").join(f)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn signatures_are_required_checked_against_trusted_keys_and_refused_with_the_reason() {
+    let Some(reg) = Registry::start(None) else { return };
+    let tag = format!("{}/acme/signed:1", reg.addr);
+    let p = Project::new(&pipeline(&tag));
+    let c = p.component("diag", b"");
+    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&["step", "keygen", "trusted"]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&["step", "keygen", "other"]);
+    assert!(ok, "{out}");
+    let strict = ["run", "--locked", "--require-signature", "--trusted-key", "trusted.pub"];
+    let (ok, out) = p.run(&["lock"]);
+    assert!(ok, "{out}");
+
+    // Unsigned: refused before anything runs.
+    let (ok, out) = p.run(&strict);
+    assert!(!ok && out.contains("is not signed"), "{out}");
+    assert!(!p.dir.path().join("skiff-diag.txt").exists());
+
+    // Signed by a key nobody trusts: refused, naming the problem.
+    let (ok, out) = p.run(&["step", "sign", "--key", "other.key", &tag]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&strict);
+    assert!(!ok && out.contains("no valid signature by a trusted key"), "{out}");
+
+    // A wrong password cannot sign.
+    let (ok, out) = text(
+        p.skiff(&["step", "sign", "--key", "trusted.key", &tag]).env("COSIGN_PASSWORD", "wrong").output().unwrap(),
+    );
+    assert!(!ok && out.to_lowercase().contains("password"), "{out}");
+
+    // Signed by the trusted key (beside the other signature): runs, and says by which key.
+    let (ok, out) = p.run(&["step", "sign", "--key", "trusted.key", &tag]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&strict);
+    assert!(ok, "{out}");
+    assert!(out.contains("signed by key"), "{out}");
+
+    // The signature manifest is cosign's: the `sha256-HEX.sig` tag, simple-signing layers.
+    let lock = skiff_pipeline::lock::Lock::parse(&p.lock_file()).unwrap();
+    let digest = lock.components[&tag].clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = RegistryClient::new(ClientOptions::default());
+    let r = ComponentRef::parse(&tag).unwrap();
+    let sig = rt.block_on(client.pull_manifest_tag(&r, &format!("sha256-{}.sig", digest.hex()))).unwrap();
+    assert_eq!(sig.manifest.layers.len(), 2, "both signatures are kept");
+    for l in &sig.manifest.layers {
+        assert_eq!(l.media_type, "application/vnd.dev.cosign.simplesigning.v1+json");
+        assert!(l.annotations.as_ref().unwrap().contains_key("dev.cosignproject.cosign/signature"));
+    }
+}
+
+#[test]
+fn with_the_registry_down_a_cached_digest_runs_and_an_uncached_one_fails_clearly() {
+    let Some(mut reg) = Registry::start(None) else { return };
+    let cached = format!("{}/acme/cached:1", reg.addr);
+    let uncached = format!("{}/acme/uncached:1", reg.addr);
+    let p = Project::new(&pipeline(&cached));
+    let c = p.component("diag", b"");
+    assert!(p.run(&["step", "publish", c.to_str().unwrap(), &cached]).0);
+    let other = p.component("diag", b"other bytes");
+    let (ok, out) = p.run(&["step", "publish", other.to_str().unwrap(), &uncached]);
+    assert!(ok, "{out}");
+    let d_uncached = published_digest(&out);
+    assert!(p.run(&["lock"]).0);
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "{out}");
+
+    reg.stop();
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "a cached digest needs no registry: {out}");
+    assert!(out.contains("from the local store"), "{out}");
+
+    let q = Project::new(&pipeline(&format!("{}/acme/uncached@{d_uncached}", reg.addr)));
+    let (ok, out) = q.run(&["run", "--locked"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("cannot reach registry") && out.contains(&reg.addr), "{out}");
+}
+
+#[test]
+fn an_oci_artifact_that_is_not_a_component_is_refused_clearly() {
+    let Some(reg) = Registry::start(None) else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = RegistryClient::new(ClientOptions::default());
+    // A container image: an image config and a tar layer.
+    let image = ComponentRef::parse(&format!("{}/acme/image:1", reg.addr)).unwrap();
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = b"not a tarball, not wasm either";
+    let m = publish::manifest(
+        descriptor("application/vnd.oci.image.config.v1+json", config, None),
+        vec![descriptor("application/vnd.oci.image.layer.v1.tar", layer, None)],
+        None,
+    );
+    rt.block_on(client.push(&image, None, &[config, layer], &m)).unwrap();
+    // A Wasm artifact whose layer is a core module, not a component.
+    let module = ComponentRef::parse(&format!("{}/acme/module:1", reg.addr)).unwrap();
+    let core = b"\0asm\x01\0\0\0";
+    let cfg = publish::config(&Digest::of(core), &[], &[], "2026-01-01T00:00:00Z");
+    let m = publish::manifest(
+        descriptor(WASM_CONFIG_MEDIA_TYPE, &cfg, None),
+        vec![descriptor(WASM_LAYER_MEDIA_TYPE, core, None)],
+        None,
+    );
+    rt.block_on(client.push(&module, None, &[core, &cfg], &m)).unwrap();
+
+    for (r, says) in [
+        (&image, "config media type is `application/vnd.oci.image.config.v1+json`"),
+        (&module, "core WebAssembly module"),
+    ] {
+        let p = Project::new(&pipeline(&r.to_string()));
+        let (ok, out) = p.run(&["run"]);
+        assert!(!ok, "{out}");
+        assert!(out.contains("not a WebAssembly component artifact") && out.contains(says), "{out}");
+    }
+}
+
+#[test]
+fn an_authenticated_registry_takes_docker_credentials_or_password_stdin() {
+    let Some(reg) = Registry::start(Some(("ci", "s3cret"))) else { return };
+    let tag = format!("{}/acme/private:1", reg.addr);
+    let p = Project::new(&pipeline(&tag));
+    let c = p.component("diag", b"");
+    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag]);
+    assert!(!ok && out.contains("refused the credentials") && out.contains("docker login"), "{out}");
+
+    let publish = |password: &str| {
+        let mut child = p
+            .skiff(&["step", "publish", c.to_str().unwrap(), &tag, "--username", "ci", "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        text(child.wait_with_output().unwrap())
+    };
+    let (ok, out) = publish("wrong");
+    assert!(!ok && out.contains("refused the credentials"), "{out}");
+    let (ok, out) = publish("s3cret");
+    assert!(ok, "{out}");
+
+    // Docker's config.json (what `docker login` writes) is read for lock and run.
+    let auth = base64_encode(b"ci:s3cret");
+    let docker = p.dir.path().join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr))
+        .unwrap();
+    let (ok, out) = p.run(&["lock"]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "{out}");
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}

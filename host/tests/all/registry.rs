@@ -21,6 +21,7 @@ pub struct Registry {
     child: Child,
     pub addr: String,
     pub root: tempfile::TempDir,
+    _token: Option<token::Server>,
 }
 
 /// The registry binary, or `None` (and a loud skip) when it is not installed outside CI.
@@ -38,23 +39,53 @@ fn tools() -> bool {
     false
 }
 
+/// How a test registry authenticates.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    /// HTTP Basic against an htpasswd file (bcrypt).
+    Htpasswd(&'a str, &'a str),
+    /// Docker's token flow: the registry answers `401` with a Bearer challenge naming a token
+    /// server (started by the test), which checks these credentials and issues ES256 tokens.
+    Token(&'a str, &'a str),
+}
+
 impl Registry {
     /// Starts a registry; with `user`, it requires that user (htpasswd, bcrypt).
     pub fn start(user: Option<(&str, &str)>) -> Option<Self> {
+        Self::start_auth(match user {
+            Some((u, p)) => Auth::Htpasswd(u, p),
+            None => Auth::None,
+        })
+    }
+
+    pub fn start_auth(auth: Auth) -> Option<Self> {
         if !tools() {
             return None;
         }
         let root = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
-        let auth = match user {
-            Some((u, p)) => {
+        let mut token_server = None;
+        let auth = match auth {
+            Auth::Htpasswd(u, p) => {
                 let file = root.path().join("htpasswd");
                 let ok = Command::new("htpasswd").args(["-Bbc"]).arg(&file).args([u, p]).output().unwrap();
                 assert!(ok.status.success(), "htpasswd: {}", String::from_utf8_lossy(&ok.stderr));
                 format!("auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n", file.display())
             }
-            None => String::new(),
+            Auth::Token(u, p) => {
+                let (server, cert) = token::Server::start(u, p);
+                let bundle = root.path().join("token-root.pem");
+                std::fs::write(&bundle, cert).unwrap();
+                let realm = format!("http://{}/token", server.addr);
+                token_server = Some(server);
+                format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: skiff-test\n    issuer: skiff-test-issuer\n    rootcertbundle: {}\n",
+                    bundle.display()
+                )
+            }
+            Auth::None => String::new(),
         };
         let config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: skiff-test-secret\n{auth}",
@@ -68,7 +99,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting docker-registry");
-        let reg = Registry { child, addr, root };
+        let reg = Registry { child, addr, root, _token: token_server };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&reg.addr).is_err() {
             assert!(Instant::now() < deadline, "docker-registry did not start on {}", reg.addr);
@@ -454,4 +485,208 @@ fn an_authenticated_registry_takes_docker_credentials_or_password_stdin() {
 fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+const TOKEN: &str = "registry-admin-5e1d";
+
+/// `skiff serve` refuses an unpinned tag unless the app allows it, and a component without a
+/// trusted signature where the app requires one; the run fails with the reason, before any step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_unpinned_tags_and_unsigned_components_unless_the_app_allows_them() {
+    let Some(reg) = Registry::start(None) else { return };
+    let tag = format!("{}/acme/served:1", reg.addr);
+    let p = Project::new("steps: []\n");
+    let c = p.component("diag", b"served");
+    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag]);
+    assert!(ok, "{out}");
+    let digest = published_digest(&out);
+    assert!(p.run(&["step", "keygen", "ci"]).0);
+    let data = tempfile::tempdir().unwrap();
+    let pinned = format!("{}/acme/served@{digest}", reg.addr);
+    let app = |name: &str, uses: &str, extra: &str| {
+        format!("[[apps]]\nname = \"{name}\"\n{extra}\npipeline-yaml = \"\"\"\nsteps:\n  - uses: {uses}\n\"\"\"\n")
+    };
+    let key = p.dir.path().join("ci.pub");
+    let apps = [
+        app("strict", &tag, ""),
+        app("loose", &tag, "allow-unpinned = true"),
+        app("pinned", &pinned, ""),
+        app("signed", &pinned, &format!("require-signature = true\ntrusted-keys = [\"{}\"]", key.display())),
+    ]
+    .concat();
+    let serve = crate::serve::ServeProcess::start_with(data.path(), |port| {
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata = \"{}\"\n[[tokens]]\nname = \"admin\"\nsha256 = \"{}\"\napps = [\"*\"]\n{apps}",
+            data.path().join("data").display(),
+            skiff_server::crypto::token_hash(TOKEN),
+        )
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let run = |app: &'static str| {
+        let (http, base) = (http.clone(), serve.base.clone());
+        async move {
+            let started: serde_json::Value = http
+                .post(format!("{base}/v1/apps/{app}/runs"))
+                .bearer_auth(TOKEN)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = started["id"].as_i64().unwrap_or_else(|| panic!("{started}"));
+            for _ in 0..600 {
+                let r: serde_json::Value = http
+                    .get(format!("{base}/v1/runs/{id}"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if matches!(r["status"].as_str(), Some("success" | "failure" | "cancelled")) {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("run {id} of {app} did not finish");
+        }
+    };
+    let strict = run("strict").await;
+    assert_eq!(strict["status"], "failure", "{strict:#}");
+    assert!(strict.to_string().contains("skiff lock") && strict.to_string().contains("allow-unpinned"), "{strict:#}");
+    let loose = run("loose").await;
+    assert_eq!(loose["status"], "success", "{loose:#}");
+    let pinned = run("pinned").await;
+    assert_eq!(pinned["status"], "success", "{pinned:#}");
+    let unsigned = run("signed").await;
+    assert_eq!(unsigned["status"], "failure", "{unsigned:#}");
+    assert!(unsigned.to_string().contains("is not signed"), "{unsigned:#}");
+    let (ok, out) = p.run(&["step", "sign", "--key", "ci.key", &tag]);
+    assert!(ok, "{out}");
+    let signed = run("signed").await;
+    assert_eq!(signed["status"], "success", "{signed:#}");
+}
+
+/// A Docker token server (the `realm` of a registry's Bearer challenge): checks Basic
+/// credentials and issues ES256 JWTs with an `x5c` certificate the registry trusts.
+mod token {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::DecodePrivateKey as _;
+
+    pub struct Server {
+        pub addr: String,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn b64url(b: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    impl Server {
+        /// The server and the PEM certificate its tokens are signed under.
+        pub fn start(user: &str, password: &str) -> (Self, String) {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let cert =
+                rcgen::CertificateParams::new(vec!["skiff-test-token".to_string()]).unwrap().self_signed(&key).unwrap();
+            let signing = p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap();
+            let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+            let expected =
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    let app = axum::Router::new().route(
+                        "/token",
+                        axum::routing::get(move |headers: axum::http::HeaderMap, query: axum::extract::RawQuery| {
+                            let (signing, x5c, expected) = (signing.clone(), x5c.clone(), expected.clone());
+                            async move {
+                                let given = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+                                if given != expected {
+                                    return (axum::http::StatusCode::UNAUTHORIZED, "bad credentials".to_string());
+                                }
+                                let query = query.0.unwrap_or_default();
+                                let access: Vec<serde_json::Value> = query
+                                    .split('&')
+                                    .filter_map(|kv| kv.strip_prefix("scope="))
+                                    .map(|s| s.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+                                    .filter_map(|s| {
+                                        let mut parts = s.splitn(3, ':');
+                                        let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                                        Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                                    })
+                                    .collect();
+                                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                                let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "x5c": [x5c]});
+                                let claims = serde_json::json!({
+                                    "iss": "skiff-test-issuer", "sub": "ci", "aud": "skiff-test",
+                                    "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", access.len()),
+                                    "access": access,
+                                });
+                                let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+                                let sig: p256::ecdsa::Signature = signing.sign(signing_input.as_bytes());
+                                let jwt = format!("{signing_input}.{}", b64url(&sig.to_bytes()));
+                                (axum::http::StatusCode::OK, serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300}).to_string())
+                            }
+                        }),
+                    );
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    axum::serve(listener, app).with_graceful_shutdown(async { let _ = stopped.await; }).await.unwrap();
+                });
+            });
+            (Server { addr, stop: Some(stop), thread: Some(thread) }, cert.pem())
+        }
+    }
+}
+
+#[test]
+fn a_bearer_token_challenge_is_answered_with_the_given_credentials() {
+    let Some(reg) = Registry::start_auth(Auth::Token("ci", "t0ken")) else { return };
+    let tag = format!("{}/acme/tokened:1", reg.addr);
+    let p = Project::new(&pipeline(&tag));
+    let c = p.component("diag", b"");
+    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag]);
+    assert!(!ok && out.contains("refused the credentials"), "anonymous may not push: {out}");
+    let mut child = p
+        .skiff(&["step", "publish", c.to_str().unwrap(), &tag, "--username", "ci", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"t0ken\n").unwrap();
+    let (ok, out) = text(child.wait_with_output().unwrap());
+    assert!(ok, "{out}");
+    let docker = p.dir.path().join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#, reg.addr, base64_encode(b"ci:t0ken")),
+    )
+    .unwrap();
+    let (ok, out) = p.run(&["lock"]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "{out}");
 }

@@ -141,3 +141,53 @@ pub async fn sign(
     client.push(r, Some(&tag), &[&payload, &config], &m).await?;
     Ok(())
 }
+
+/// A WIT package (a folder of `.wit` files, or one file) encoded as a Wasm binary, the form
+/// `wkg publish` and `wkg get` move through registries; returns the bytes and the package's
+/// name (`skiff:step@0.1.0`).
+pub fn encode_wit(path: &std::path::Path) -> Result<(Vec<u8>, String), String> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve.push_path(path).map_err(|e| format!("{}: {e:#}", path.display()))?;
+    let name = resolve.packages[pkg].name.to_string();
+    let bytes = wit_component::encode(&resolve, pkg).map_err(|e| format!("encoding {name}: {e:#}"))?;
+    Ok((bytes, name))
+}
+
+/// Pushes an encoded WIT package under `r`'s tag, annotated with its package name.
+pub async fn push_wit(
+    client: &RegistryClient,
+    r: &ComponentRef,
+    bytes: &[u8],
+    package: &str,
+    source: Option<&str>,
+) -> Result<Digest, RegistryError> {
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (name, version) = package.split_once('@').unwrap_or((package, ""));
+    let mut a = BTreeMap::new();
+    a.insert(annotation::TITLE.to_string(), name.to_string());
+    a.insert(annotation::VERSION.to_string(), version.to_string());
+    a.insert(annotation::DESCRIPTION.to_string(), format!("The WIT package {package}"));
+    a.insert(annotation::CREATED.to_string(), created.clone());
+    if let Some(s) = source {
+        a.insert(annotation::SOURCE.to_string(), s.to_string());
+    }
+    let config = config(&Digest::of(bytes), &[], &[], &created);
+    let m = manifest(
+        descriptor(WASM_CONFIG_MEDIA_TYPE, &config, None),
+        vec![descriptor(WASM_LAYER_MEDIA_TYPE, bytes, None)],
+        Some(a),
+    );
+    client.push(r, None, &[bytes, &config], &m).await
+}
+
+/// The package name and interfaces of an encoded WIT package (`None` for anything else, a
+/// component included).
+pub fn decode_wit(bytes: &[u8]) -> Option<(String, Vec<String>)> {
+    match wit_component::decode(bytes).ok()? {
+        wit_component::DecodedWasm::WitPackage(resolve, pkg) => {
+            let p = &resolve.packages[pkg];
+            Some((p.name.to_string(), p.interfaces.keys().cloned().collect()))
+        }
+        wit_component::DecodedWasm::Component(..) => None,
+    }
+}

@@ -17,7 +17,8 @@ use crate::cli::registry::{RegistryArgs, read_keys};
 
 #[derive(Args)]
 pub struct PublishArgs {
-    /// The component (`.wasm`, built for wasm32-wasip2 against skiff:step).
+    /// The component (`.wasm`, built for wasm32-wasip2 against skiff:step), or a WIT package
+    /// (a folder of `.wit` files, like `wit/`) for authors to bind to.
     pub path: PathBuf,
     /// Where: `REGISTRY/NAMESPACE/NAME:TAG`.
     pub reference: String,
@@ -90,6 +91,14 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let ComponentRef::Oci { tag: Some(_), digest: None, .. } = &r else {
         bail!("publish to a tag, like `{}:1.0.0`: the digest is what the registry gives back", r.lock_key());
     };
+    // A folder of `.wit` files (or one) is a WIT package: published for authors to bind to.
+    if args.path.is_dir() || args.path.extension().is_some_and(|e| e == "wit") {
+        let (bytes, package) = publish::encode_wit(&args.path).map_err(anyhow::Error::msg)?;
+        let resolver = args.registry.resolver()?;
+        let digest = publish::push_wit(resolver.client(), &r, &bytes, &package, args.source.as_deref()).await?;
+        crate::outln!("published the WIT package {package} as {}@{digest}", r.lock_key());
+        return Ok(ExitCode::SUCCESS);
+    }
     let bytes = std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
     // Only a component of the step world is published, and what it declares is recorded.
     let runtime = Runtime::new(EngineOptions { pool_size: 1, ..Default::default() }, None)?;
@@ -193,6 +202,10 @@ pub async fn inspect(s: &str, json: bool, registry: &RegistryArgs) -> anyhow::Re
         ),
         _ => {
             let fetched = resolver.fetch(&pinned, &Policy { allow_unpinned: true, ..Policy::default() }).await?;
+            if let Some((package, interfaces)) = publish::decode_wit(&resolver.store().read(&fetched.content)?) {
+                crate::outln!("{pinned}\nWIT package {package}\ninterfaces: {}", interfaces.join(", "));
+                return Ok(ExitCode::SUCCESS);
+            }
             let runtime = Runtime::new(EngineOptions { pool_size: 1, ..Default::default() }, None)?;
             let step = runtime.load_digest(&fetched.content).await.map_err(|e| anyhow::anyhow!("{pinned}: {e}"))?;
             let m = &step.manifest;

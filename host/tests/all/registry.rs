@@ -757,3 +757,55 @@ fn the_step_abi_is_published_as_the_wit_package_skiff_step() {
     let (name, _) = skiff_registry::publish::decode_wit(&pulled.layers[0].data).unwrap();
     assert_eq!(name, "skiff:step@0.1.0");
 }
+
+/// Serves `bytes` at `/step.wasm` on a loopback port until dropped.
+struct FileServer {
+    addr: String,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl FileServer {
+    fn start(bytes: Vec<u8>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { break };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let found = String::from_utf8_lossy(&buf[..n]).starts_with("GET /step.wasm ");
+                let (status, body): (&str, &[u8]) = if found { ("200 OK", &bytes) } else { ("404 Not Found", b"") };
+                let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(body);
+            }
+        });
+        FileServer { addr, _thread: thread }
+    }
+}
+
+#[test]
+fn a_component_at_a_url_runs_only_with_its_hash() {
+    let diag = skiff_runtime::builtin::get("diag").unwrap().to_vec();
+    let server = FileServer::start(diag.clone());
+    let url = format!("http://{}/step.wasm", server.addr);
+    let good = format!("{url}#sha256={}", Digest::of(&diag).hex());
+    let p = Project::new(&pipeline(&good));
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "a URL with its hash is pinned: {out}");
+
+    let wrong = format!("{url}#sha256={}", Digest::of(b"something else").hex());
+    let q = Project::new(&pipeline(&wrong));
+    let (ok, out) = q.run(&["run"]);
+    assert!(!ok && out.contains("do not match"), "{out}");
+
+    let r = Project::new(&pipeline(&url));
+    let (ok, out) = r.run(&["run"]);
+    assert!(!ok && out.contains("#sha256="), "a URL without its hash is refused: {out}");
+
+    // Plain HTTP leaves the machine only with --insecure.
+    let remote = format!("http://example.com/step.wasm#sha256={}", Digest::of(&diag).hex());
+    let s = Project::new(&pipeline(&remote));
+    let (ok, out) = s.run(&["run"]);
+    assert!(!ok && out.contains("use https://"), "{out}");
+}

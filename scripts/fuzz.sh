@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-targets=(webhook trigger pipeline expr archive sse)
+targets=(webhook trigger pipeline expr archive sse reference)
 out="$root/target/fuzz"
 export PATH="$root/target/tools/bin:$PATH"
 
@@ -140,6 +140,16 @@ elif target == "sse":
     for i, s in enumerate(streams):
         for cut in (0, 3, 6):
             write(f"stream-{i}-{cut}", bytes([cut]) + s.encode())
+elif target == "reference":
+    hexd = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    lock = "version: 1\ncomponents:\n  127.0.0.1:5000/acme/notify:1.0.0: sha256:%s\n  ghcr.io/a/b/c:v2: sha256:%s\n" % (hexd, hexd)
+    for i, ref in enumerate([
+        "127.0.0.1:5000/acme/notify:1.0.0", "oci://ghcr.io/acme/tools/notify@sha256:" + hexd,
+        "localhost:5000/a/b:v1@sha256:" + hexd.upper(), "[::1]:5000/a/b:1", "ghcr.io/a/b/c:v2",
+        "https://steps.example.com/x.wasm#sha256=" + hexd, "http://127.0.0.1:8080/s.wasm#sha256=" + hexd,
+        "ghcr.io/acme/notify", "ghcr.io/a__b/c--d.e_f:_x", "steps/hello.wasm", "notify",
+    ]):
+        write(f"ref-{i}", ref.encode() + b"\0" + lock.encode())
 else:
     sys.exit(f"fuzz.sh: unknown target {target}")
 PY

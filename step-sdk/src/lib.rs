@@ -34,7 +34,9 @@
 #[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        // A copy of the repository's `wit/` (checked byte for byte by the host's tests), so
+        // the packaged crate is self-contained.
+        path: "wit",
         world: "step",
         pub_export_macro: true,
         export_macro_name: "__export_step",

@@ -72,7 +72,7 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 /// A host asked for through an input that holds an expression is known only when the run
 /// starts, so it is not checked here.
 async fn components(plan: &mut Plan, registry: &super::registry::RegistryArgs) -> anyhow::Result<Vec<String>> {
-    let runtime = Runtime::new(EngineOptions { pool_size: 1, ..Default::default() }, None)?;
+    let runtime = Runtime::new(EngineOptions { pooling: false, ..Default::default() }, None)?;
     let mut loaded: HashMap<String, Arc<LoadedStep>> = HashMap::new();
     let mut problems = Vec::new();
     // Shared components are fetched (or found in the store) to be asked what they need.

@@ -399,4 +399,43 @@ fn three_languages_build_and_run_in_one_pipeline() {
     let refusal = format!("asks for network access to `http://127.0.0.1:{port}/python`, which is not granted");
     assert!(out.contains(&refusal), "{out}");
     assert!(seen.lock().unwrap().is_empty(), "a refused step reached the webhook");
+
+    // Shared through a real registry: the JavaScript and Python steps published, locked, and
+    // run from their digests with the same grants.
+    let Some(reg) = crate::registry::Registry::start(None) else { return };
+    let skiff = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(args)
+            .current_dir(project.path())
+            .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
+            .env("DOCKER_CONFIG", project.path().join(".docker"))
+            .output()
+            .unwrap();
+        text(&out)
+    };
+    for id in ["python", "js"] {
+        let file = steps.join(format!("{id}.wasm"));
+        let (code, out) =
+            skiff(&["step", "publish", file.to_str().unwrap(), &format!("{}/authoring/greet-{id}:0.1.0", reg.addr)]);
+        assert_eq!(code, 0, "{out}");
+    }
+    let shared = |id: &str, who: &str| {
+        pipeline_step(id, who, port, true)
+            .replace(&format!("./steps/{id}.wasm"), &format!("{}/authoring/greet-{id}:0.1.0", reg.addr))
+    };
+    let pipeline = format!(
+        "name: shared\nsteps:\n{}{}",
+        shared("python", "Ada"),
+        shared("js", "${{ steps.python.outputs.greeting }}")
+    );
+    std::fs::write(project.path().join(".skiff/pipeline.yaml"), &pipeline).unwrap();
+    let (code, out) = skiff(&["lock"]);
+    assert_eq!(code, 0, "{out}");
+    seen.lock().unwrap().clear();
+    let (code, out) = run(&pipeline);
+    assert_eq!(code, 0, "{out}");
+    let got: Vec<Value> = seen.lock().unwrap().iter().map(|r| r.json()).collect();
+    assert_eq!(got.len(), 2, "{got:?}\n{out}");
+    assert_eq!(got[1], serde_json::json!({ "text": "hello, hello, Ada", "from": "greet-js" }), "{out}");
+    assert!(!out.contains(secret), "the secret reached the log: {out}");
 }

@@ -101,7 +101,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     }
     let bytes = std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
     // Only a component of the step world is published, and what it declares is recorded.
-    let runtime = Runtime::new(EngineOptions { pool_size: 1, ..Default::default() }, None)?;
+    let runtime = Runtime::new(EngineOptions { pooling: false, ..Default::default() }, None)?;
     let step = runtime.load(&bytes).await.map_err(|e: LoadError| anyhow::anyhow!("{}: {e}", args.path.display()))?;
     let key = args.sign_key.as_ref().map(signing_key).transpose()?;
     let (imports, exports) = step.world();
@@ -206,7 +206,7 @@ pub async fn inspect(s: &str, json: bool, registry: &RegistryArgs) -> anyhow::Re
                 crate::outln!("{pinned}\nWIT package {package}\ninterfaces: {}", interfaces.join(", "));
                 return Ok(ExitCode::SUCCESS);
             }
-            let runtime = Runtime::new(EngineOptions { pool_size: 1, ..Default::default() }, None)?;
+            let runtime = Runtime::new(EngineOptions { pooling: false, ..Default::default() }, None)?;
             let step = runtime.load_digest(&fetched.content).await.map_err(|e| anyhow::anyhow!("{pinned}: {e}"))?;
             let m = &step.manifest;
             let a = publish::annotations(m, None);

@@ -107,6 +107,18 @@ pub enum RegistryError {
         /// Why.
         cause: String,
     },
+    /// A registry or host the configuration does not allow.
+    #[error(
+        "`{reference}` comes from {origin}, which this host does not allow (allowed: {allowed}); add it to `[registry] allowed` in skiff.toml"
+    )]
+    SourceNotAllowed {
+        /// The reference.
+        reference: String,
+        /// Its registry or host.
+        origin: String,
+        /// What is allowed.
+        allowed: String,
+    },
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] skiff_runtime::component_store::StoreError),

@@ -30,6 +30,28 @@ pub struct Policy {
     pub require_signature: bool,
     /// Keys whose signatures are trusted.
     pub trusted_keys: Vec<PublicKey>,
+    /// The registries (`host[:port]`) and URL hosts components may come from; any when `None`.
+    /// A host that runs pipelines from pushed commits sets it, so a pipeline cannot make the
+    /// host call addresses inside its network.
+    pub registries: Option<Vec<String>>,
+}
+
+impl Policy {
+    /// Refuses a reference to a registry or host the policy does not list.
+    pub fn check_source(&self, r: &ComponentRef) -> Result<(), RegistryError> {
+        let Some(allowed) = &self.registries else { return Ok(()) };
+        let source = match r {
+            ComponentRef::Oci { registry, .. } => registry.clone(),
+            ComponentRef::Url { url, .. } => {
+                let after = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+                after.split(['/', '?', '#']).next().unwrap_or_default().to_string()
+            }
+        };
+        if allowed.iter().any(|a| a.eq_ignore_ascii_case(&source)) {
+            return Ok(());
+        }
+        Err(RegistryError::SourceNotAllowed { reference: r.to_string(), origin: source, allowed: allowed.join(", ") })
+    }
 }
 
 /// One component ready to run.
@@ -103,6 +125,7 @@ impl Resolver {
 
     /// Fetches and checks one component.
     pub async fn fetch(&self, r: &ComponentRef, policy: &Policy) -> Result<Fetched, RegistryError> {
+        policy.check_source(r)?;
         match r {
             ComponentRef::Url { url, digest } => {
                 if policy.require_signature {
@@ -328,3 +351,28 @@ pub fn check_component(reference: &str, bytes: &[u8]) -> Result<(), RegistryErro
 
 /// A shared handle, as hosts keep one resolver for all runs.
 pub type SharedResolver = Arc<Resolver>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_registries_and_hosts_are_fetched_from() {
+        let policy = Policy { registries: Some(vec!["ghcr.io".into(), "127.0.0.1:5000".into()]), ..Policy::default() };
+        let ok = |s: &str| policy.check_source(&ComponentRef::parse(s).unwrap());
+        assert!(ok("ghcr.io/acme/x:1").is_ok());
+        assert!(ok("127.0.0.1:5000/acme/x:1").is_ok());
+        let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        for bad in [
+            "169.254.169.254/latest/meta:1".to_string(),
+            "127.0.0.1:8080/acme/x:1".to_string(),
+            format!("http://127.0.0.1:5000.evil.example/x.wasm#sha256={hex}"),
+            format!("https://ghcr.io.evil.example/x.wasm#sha256={hex}"),
+        ] {
+            let e = ok(&bad).unwrap_err().to_string();
+            assert!(e.contains("does not allow") && e.contains("[registry] allowed"), "{bad}: {e}");
+        }
+        assert!(ok(&format!("https://ghcr.io/x.wasm#sha256={hex}")).is_ok());
+        assert!(Policy::default().check_source(&ComponentRef::parse("example.com/a/b:1").unwrap()).is_ok());
+    }
+}

@@ -71,6 +71,9 @@ pub struct RegistryDef {
     /// PEM public keys (cosign's `cosign.pub`) trusted for every app, relative to the config file.
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// The only registries (`host[:port]`) and URL hosts components may come from (default:
+    /// any). Pipelines from pushed commits choose what the host fetches: list what you trust.
+    pub allowed: Option<Vec<String>>,
 }
 
 /// What happens to a run that was running when the host stopped.
@@ -319,6 +322,7 @@ impl ServeConfig {
             allow_unpinned: registry.allow_unpinned.unwrap_or(false),
             require_signature: registry.require_signature.unwrap_or(false),
             trusted_keys: read_keys(&registry.trusted_keys, base).context("`[registry] trusted-keys`")?,
+            registries: registry.allowed.clone(),
         };
         let mut apps = BTreeMap::new();
         for def in file.apps {

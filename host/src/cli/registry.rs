@@ -66,6 +66,7 @@ impl PolicyArgs {
             allow_unpinned: !self.locked,
             require_signature: self.require_signature,
             trusted_keys: read_keys(&self.trusted_key)?,
+            registries: None,
         })
     }
 }

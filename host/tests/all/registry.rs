@@ -512,12 +512,14 @@ async fn serve_refuses_unpinned_tags_and_unsigned_components_unless_the_app_allo
         app("loose", &tag, "allow-unpinned = true"),
         app("pinned", &pinned, ""),
         app("signed", &pinned, &format!("require-signature = true\ntrusted-keys = [\"{}\"]", key.display())),
+        app("elsewhere", "127.0.0.2:1/acme/served:1", "allow-unpinned = true"),
     ]
     .concat();
     let serve = crate::serve::ServeProcess::start_with(data.path(), |port| {
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata = \"{}\"\n[[tokens]]\nname = \"admin\"\nsha256 = \"{}\"\napps = [\"*\"]\n{apps}",
+            "listen = \"127.0.0.1:{port}\"\ndata = \"{}\"\n[registry]\nallowed = [\"{}\"]\n[[tokens]]\nname = \"admin\"\nsha256 = \"{}\"\napps = [\"*\"]\n{apps}",
             data.path().join("data").display(),
+            reg.addr,
             skiff_server::crypto::token_hash(TOKEN),
         )
     })
@@ -569,6 +571,9 @@ async fn serve_refuses_unpinned_tags_and_unsigned_components_unless_the_app_allo
     assert!(ok, "{out}");
     let signed = run("signed").await;
     assert_eq!(signed["status"], "success", "{signed:#}");
+    let elsewhere = run("elsewhere").await;
+    assert_eq!(elsewhere["status"], "failure", "{elsewhere:#}");
+    assert!(elsewhere.to_string().contains("does not allow"), "{elsewhere:#}");
 }
 
 /// A Docker token server (the `realm` of a registry's Bearer challenge): checks Basic

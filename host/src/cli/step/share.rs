@@ -121,7 +121,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
 pub async fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
     let r = reference(&args.reference)?;
     let keys = read_keys(&args.trusted_key)?;
-    let policy = Policy { allow_unpinned: true, require_signature: !keys.is_empty(), trusted_keys: keys };
+    let policy =
+        Policy { allow_unpinned: true, require_signature: !keys.is_empty(), trusted_keys: keys, registries: None };
     let resolver = args.registry.resolver()?;
     let fetched = resolver.fetch(&r, &policy).await?;
     let bytes = resolver.store().read(&fetched.content)?;

@@ -780,9 +780,15 @@ mod hostile_input {
 #[test]
 fn each_crate_depends_only_on_the_layers_below_it() {
     let banned: &[(&str, &[&str])] = &[
-        ("skiff-pipeline", &["wasmtime", "cranelift", "skiff-runtime", "skiff-server", "skiff-sandbox", "clap", "oci-client"]),
+        (
+            "skiff-pipeline",
+            &["wasmtime", "cranelift", "skiff-runtime", "skiff-server", "skiff-sandbox", "clap", "oci-client"],
+        ),
         ("skiff-sandbox", &["wasmtime", "skiff-runtime", "skiff-server", "clap"]),
-        ("skiff-runtime", &["skiff-server", "skiff-spin-host", "skiff-registry", "rusqlite", "axum", "clap", "oci-client"]),
+        (
+            "skiff-runtime",
+            &["skiff-server", "skiff-spin-host", "skiff-registry", "rusqlite", "axum", "clap", "oci-client"],
+        ),
         ("skiff-registry", &["skiff-server", "skiff-spin-host", "rusqlite", "axum", "clap"]),
         ("skiff-spin-host", &["skiff-server", "clap"]),
         ("skiff-server", &["skiff-spin-host", "clap"]),

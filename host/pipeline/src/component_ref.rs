@@ -123,11 +123,14 @@ pub fn looks_like_reference(u: &str) -> bool {
     if u.starts_with("oci://") || u.starts_with("https://") || u.starts_with("http://") {
         return true;
     }
-    if u.starts_with('.') || u.starts_with('/') || u.ends_with(".wasm") {
+    // Another scheme (`builtin://`) is not a registry either.
+    if u.starts_with('.') || u.starts_with('/') || u.ends_with(".wasm") || u.contains("://") {
         return false;
     }
+    let port =
+        |h: &str| h.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     match u.split_once('/') {
-        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        Some((first, _)) => first.contains('.') || first.starts_with('[') || port(first) || first == "localhost",
         None => false,
     }
 }
@@ -389,6 +392,9 @@ mod tests {
         assert!(!looks_like_reference("./x"));
         assert!(!looks_like_reference("notify"));
         assert!(!looks_like_reference("build/out/x"));
+        assert!(!looks_like_reference("builtin://upload"));
+        assert!(!looks_like_reference("file://x/y:1"));
+        assert!(looks_like_reference("[::1]:5000/a/b:1"));
     }
 
     proptest::proptest! {

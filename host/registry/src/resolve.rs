@@ -76,6 +76,8 @@ pub struct Resolver {
     insecure: bool,
 }
 
+/// How long fetching one component (manifest, bytes, signatures) may take.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// The largest signature payload read.
 const MAX_PAYLOAD: u64 = 64 << 10;
 /// Signature layers looked at in one signature manifest.
@@ -123,9 +125,20 @@ impl Resolver {
         Ok(done.into_iter().map(|(_, f)| f).collect())
     }
 
-    /// Fetches and checks one component.
+    /// Fetches and checks one component, within [`FETCH_TIMEOUT`]: a registry that answers
+    /// slowly or never does not hold a run's start forever.
     pub async fn fetch(&self, r: &ComponentRef, policy: &Policy) -> Result<Fetched, RegistryError> {
         policy.check_source(r)?;
+        match tokio::time::timeout(FETCH_TIMEOUT, self.fetch_checked(r, policy)).await {
+            Ok(result) => result,
+            Err(_) => Err(RegistryError::Unreachable {
+                registry: r.repository_ref().unwrap_or_else(|| r.to_string()),
+                cause: format!("fetching `{r}` took longer than {} s", FETCH_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    async fn fetch_checked(&self, r: &ComponentRef, policy: &Policy) -> Result<Fetched, RegistryError> {
         match r {
             ComponentRef::Url { url, digest } => {
                 if policy.require_signature {

@@ -78,6 +78,14 @@ pub(crate) struct Handles {
     pub resolver: Arc<skiff_registry::Resolver>,
 }
 
+/// What preparing a run did to the store's rows.
+enum Prepared {
+    /// The run is prepared, and nothing but its prepared flag changed.
+    AsRead,
+    /// The run failed or was skipped, its group was settled, or its inputs were recorded.
+    Changed,
+}
+
 /// The scheduler of a host: accepts runs into the store, prepares them, starts them under the
 /// limits, supervises them, and keeps what is in progress (runs, fetches, checkouts).
 pub struct Scheduler {
@@ -343,15 +351,24 @@ impl Scheduler {
         }
         let mut available = self.queue.available(PASS)?;
         if available.iter().any(|r| !r.prepared) {
-            for run in available.iter().filter(|r| !r.prepared) {
+            // Read the rows again only when preparing changed more than the prepared flag (a run
+            // failed or was skipped, a concurrency group was settled, inputs were recorded):
+            // each read parses every available run's event and body.
+            let mut changed = false;
+            for run in available.iter_mut().filter(|r| !r.prepared) {
                 match self.config.apps.get(&run.app) {
                     // Fetching takes a while: it happens beside the scheduler, which comes back
                     // when it is done.
                     Some(app) if app.repo.is_some() => self.spawn_prepare_commit(run.clone()),
-                    _ => self.prepare(run)?,
+                    _ => match self.prepare(run)? {
+                        Prepared::AsRead => run.prepared = true,
+                        Prepared::Changed => changed = true,
+                    },
                 }
             }
-            available = self.queue.available(PASS)?;
+            if changed {
+                available = self.queue.available(PASS)?;
+            }
         }
         // An app's runs start in order: none passes one of the same app still being fetched.
         let mut waiting: Vec<String> = Vec::new();
@@ -437,24 +454,34 @@ impl Scheduler {
     }
 
     /// Loads a queued run's pipeline and settles its concurrency group.
-    fn prepare(self: &Arc<Self>, run: &Run) -> anyhow::Result<()> {
+    fn prepare(self: &Arc<Self>, run: &Run) -> anyhow::Result<Prepared> {
         // Pending on the commit from here, before the run can start (and report running).
         self.report_status(run.id, RunStatus::Queued, None);
         let Some(app) = self.config.apps.get(&run.app) else {
-            return self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app));
+            self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app))?;
+            return Ok(Prepared::Changed);
         };
         let plan = match load_plan(app, &source_dir(app)) {
             Ok(p) => p,
-            Err(e) => return self.fail_queued(run.id, &e),
+            Err(e) => {
+                self.fail_queued(run.id, &e)?;
+                return Ok(Prepared::Changed);
+            }
         };
         match self.gate(run, &plan) {
             Ok(true) => {
+                let records_inputs =
+                    run.trigger == "manual" && plan.triggers.as_ref().is_some_and(|t| t.workflow_dispatch.is_some());
+                let as_read = plan.concurrency.is_none() && !records_inputs;
                 self.settle_group(run, &plan)?;
                 self.planned.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, plan);
-                Ok(())
+                Ok(if as_read { Prepared::AsRead } else { Prepared::Changed })
             }
-            Ok(false) => Ok(()),
-            Err(e) => self.fail_queued(run.id, &e),
+            Ok(false) => Ok(Prepared::Changed),
+            Err(e) => {
+                self.fail_queued(run.id, &e)?;
+                Ok(Prepared::Changed)
+            }
         }
     }
 

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -89,18 +88,6 @@ steps:
     )
 }
 
-async fn finished(http: &reqwest::Client, base: &str, id: i64) -> Value {
-    for _ in 0..600 {
-        let run: Value =
-            http.get(format!("{base}/v1/runs/{id}")).bearer_auth(TOKEN_WEB).send().await.unwrap().json().await.unwrap();
-        if matches!(run["status"].as_str(), Some("success" | "failure" | "cancelled")) {
-            return run;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("run {id} did not finish");
-}
-
 #[tokio::test]
 async fn artifacts_are_listed_and_downloaded_through_the_api_and_the_cli_by_their_app_only() {
     let data = tempfile::tempdir().unwrap();
@@ -119,7 +106,7 @@ async fn artifacts_are_listed_and_downloaded_through_the_api_and_the_cli_by_thei
         .await
         .unwrap();
     let id = started["id"].as_i64().unwrap_or_else(|| panic!("{started}"));
-    let run = finished(&http, &base, id).await;
+    let run = crate::support::finished(&http, &base, TOKEN_WEB, id).await;
     assert_eq!(run["status"], "success", "{run:#}");
 
     // Listed, with what the download is checked against.

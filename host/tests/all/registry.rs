@@ -167,6 +167,13 @@ impl Project {
         path
     }
 
+    /// `skiff step publish PATH TAG`, which must succeed; the digest it printed.
+    pub fn publish(&self, path: &std::path::Path, tag: &str) -> Digest {
+        let (ok, out) = self.run(&["step", "publish", path.to_str().unwrap(), tag]);
+        assert!(ok, "{out}");
+        published_digest(&out)
+    }
+
     pub fn lock_file(&self) -> String {
         std::fs::read_to_string(self.dir.path().join(".skiff/lock.yaml")).unwrap_or_default()
     }
@@ -235,9 +242,7 @@ fn publish_lock_and_run_by_digest_and_a_moved_tag_changes_nothing_until_locked_a
 
     // The tag moves to other bytes (the `script` step, which needs a `script` input).
     let v2 = p.component("script", b"");
-    let (ok, out) = p.run(&["step", "publish", v2.to_str().unwrap(), &tag]);
-    assert!(ok, "{out}");
-    let d2 = published_digest(&out);
+    let d2 = p.publish(&v2, &tag);
     assert_ne!(d1, d2);
 
     // The locked run still gets the old bytes, and `lock --check` notices the move.
@@ -297,8 +302,7 @@ fn a_blob_whose_bytes_do_not_match_its_digest_is_refused() {
     let tag = format!("{}/acme/hello:1", reg.addr);
     let p = Project::new(&pipeline(&tag));
     let c = p.component("diag", b"");
-    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag]);
-    assert!(ok, "{out}");
+    p.publish(&c, &tag);
     let (ok, out) = p.run(&["lock"]);
     assert!(ok, "{out}");
     // The registry's stored layer changes under it; a fresh store must not accept it.
@@ -332,8 +336,7 @@ fn signatures_are_required_checked_against_trusted_keys_and_refused_with_the_rea
     let tag = format!("{}/acme/signed:1", reg.addr);
     let p = Project::new(&pipeline(&tag));
     let c = p.component("diag", b"");
-    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag]);
-    assert!(ok, "{out}");
+    p.publish(&c, &tag);
     let (ok, out) = p.run(&["step", "keygen", "trusted"]);
     assert!(ok, "{out}");
     let (ok, out) = p.run(&["step", "keygen", "other"]);
@@ -389,9 +392,7 @@ fn with_the_registry_down_a_cached_digest_runs_and_an_uncached_one_fails_clearly
     let c = p.component("diag", b"");
     assert!(p.run(&["step", "publish", c.to_str().unwrap(), &cached]).0);
     let other = p.component("diag", b"other bytes");
-    let (ok, out) = p.run(&["step", "publish", other.to_str().unwrap(), &uncached]);
-    assert!(ok, "{out}");
-    let d_uncached = published_digest(&out);
+    let d_uncached = p.publish(&other, &uncached);
     assert!(p.run(&["lock"]).0);
     let (ok, out) = p.run(&["run", "--locked"]);
     assert!(ok, "{out}");
@@ -497,9 +498,7 @@ async fn serve_refuses_unpinned_tags_and_unsigned_components_unless_the_app_allo
     let tag = format!("{}/acme/served:1", reg.addr);
     let p = Project::new("steps: []\n");
     let c = p.component("diag", b"served");
-    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &tag]);
-    assert!(ok, "{out}");
-    let digest = published_digest(&out);
+    let digest = p.publish(&c, &tag);
     assert!(p.run(&["step", "keygen", "ci"]).0);
     let data = tempfile::tempdir().unwrap();
     let pinned = format!("{}/acme/served@{digest}", reg.addr);
@@ -525,38 +524,7 @@ async fn serve_refuses_unpinned_tags_and_unsigned_components_unless_the_app_allo
     })
     .await;
     let http = reqwest::Client::new();
-    let run = |app: &'static str| {
-        let (http, base) = (http.clone(), serve.base.clone());
-        async move {
-            let started: serde_json::Value = http
-                .post(format!("{base}/v1/apps/{app}/runs"))
-                .bearer_auth(TOKEN)
-                .json(&serde_json::json!({}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let id = started["id"].as_i64().unwrap_or_else(|| panic!("{started}"));
-            for _ in 0..600 {
-                let r: serde_json::Value = http
-                    .get(format!("{base}/v1/runs/{id}"))
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if matches!(r["status"].as_str(), Some("success" | "failure" | "cancelled")) {
-                    return r;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("run {id} of {app} did not finish");
-        }
-    };
+    let run = |app: &'static str| crate::support::manual_run(&http, &serve.base, TOKEN, app);
     let strict = run("strict").await;
     assert_eq!(strict["status"], "failure", "{strict:#}");
     assert!(strict.to_string().contains("skiff lock") && strict.to_string().contains("allow-unpinned"), "{strict:#}");
@@ -731,8 +699,7 @@ fn components_move_between_skiff_and_wkg_both_ways() {
     // Published by Skiff: wkg pulls it, and reads the config as the spec's.
     let from_skiff = format!("{}/acme/from-skiff:1", reg.addr);
     let c = p.component("diag", b"");
-    let (ok, out) = p.run(&["step", "publish", c.to_str().unwrap(), &from_skiff]);
-    assert!(ok, "{out}");
+    p.publish(&c, &from_skiff);
     let pulled = rt.block_on(wkg_client().pull(&wkg_reference(&from_skiff), &anonymous)).unwrap();
     assert_eq!(pulled.layers[0].data.as_ref(), diag.as_slice());
     let (_, config, _) =
@@ -749,8 +716,7 @@ fn the_step_abi_is_published_as_the_wit_package_skiff_step() {
     let tag = format!("{}/skiff/step:0.1.0", reg.addr);
     let p = Project::new("steps: []\n");
     let (ok, out) = p.run(&["step", "publish", wit.to_str().unwrap(), &tag]);
-    assert!(ok, "{out}");
-    assert!(out.contains("skiff:step@0.1.0"), "{out}");
+    assert!(ok && out.contains("skiff:step@0.1.0"), "{out}");
     let (ok, out) = p.run(&["step", "inspect", &tag]);
     assert!(ok, "{out}");
     assert!(out.contains("WIT package skiff:step@0.1.0") && out.contains("types"), "{out}");

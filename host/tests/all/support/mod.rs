@@ -108,3 +108,33 @@ macro_rules! json_snapshot {
 }
 
 pub(crate) use {json_snapshot, snapshot};
+
+/// Starts a manual run of `app` through a server's API and waits (up to 30 s) until it ends;
+/// returns the run as the API shows it.
+pub async fn manual_run(http: &reqwest::Client, base: &str, token: &str, app: &str) -> serde_json::Value {
+    let started: serde_json::Value = http
+        .post(format!("{base}/v1/apps/{app}/runs"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["id"].as_i64().unwrap_or_else(|| panic!("{started}"));
+    finished(http, base, token, id).await
+}
+
+/// Waits (up to 30 s) until run `id` ends; returns it as the API shows it.
+pub async fn finished(http: &reqwest::Client, base: &str, token: &str, id: i64) -> serde_json::Value {
+    for _ in 0..600 {
+        let run: serde_json::Value =
+            http.get(format!("{base}/v1/runs/{id}")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        if matches!(run["status"].as_str(), Some("success" | "failure" | "cancelled" | "skipped")) {
+            return run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("run {id} did not finish");
+}

@@ -41,6 +41,11 @@ if [ ! -x "$tools/bin/s3s-fs" ]; then
     || cargo install s3s-fs --version 0.14.1 --features binary "${tool_build[@]}"
 fi
 
+# wkg (Wasm package tools): components move between it and Skiff in the registry tests.
+if [ ! -x "$tools/bin/wkg" ]; then
+  cargo install wkg --version 0.16.1 --locked "${tool_build[@]}"
+fi
+
 # Coverage-guided fuzzing of the parsers (fuzz/, run by scripts/fuzz.sh).
 if [ ! -x "$tools/bin/cargo-fuzz" ]; then
   cargo install cargo-fuzz --version 0.13.2 --locked "${tool_build[@]}"

@@ -292,7 +292,7 @@ pub struct ServeConfig {
     /// Tokens by SHA-256.
     pub tokens: HashMap<[u8; 32], Token>,
     /// Apps by name.
-    pub apps: BTreeMap<String, AppConfig>,
+    pub apps: BTreeMap<String, std::sync::Arc<AppConfig>>,
 }
 
 fn secs(n: u64) -> std::time::Duration {
@@ -331,7 +331,7 @@ impl ServeConfig {
                 bail!("app name `{name}` may hold only letters, digits, `-`, `_` and `.`");
             }
             let app = resolve_app(def, base, key, max, &host_policy).with_context(|| format!("app `{name}`"))?;
-            if apps.insert(name.clone(), app).is_some() {
+            if apps.insert(name.clone(), std::sync::Arc::new(app)).is_some() {
                 bail!("app `{name}` is defined twice");
             }
         }

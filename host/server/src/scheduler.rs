@@ -80,7 +80,8 @@ pub(crate) struct Handles {
 
 /// What preparing a run did to the store's rows.
 enum Prepared {
-    /// The run is prepared, and nothing but its prepared flag changed.
+    /// The run is prepared in memory; nothing changed in the store, not even its prepared flag
+    /// (the caller records it).
     AsRead,
     /// The run failed or was skipped, its group was settled, or its inputs were recorded.
     Changed,
@@ -350,6 +351,10 @@ impl Scheduler {
             return Ok(());
         }
         let mut available = self.queue.available(PASS)?;
+        // Runs prepared in this pass with nothing to record but the flag: their lease records
+        // it (one write fewer between a webhook and its first step); those not started in this
+        // pass are recorded after it.
+        let mut unrecorded: Vec<i64> = Vec::new();
         if available.iter().any(|r| !r.prepared) {
             // Read the rows again only when preparing changed more than the prepared flag (a run
             // failed or was skipped, a concurrency group was settled, inputs were recorded):
@@ -361,7 +366,10 @@ impl Scheduler {
                     // when it is done.
                     Some(app) if app.repo.is_some() => self.spawn_prepare_commit(run.clone()),
                     _ => match self.prepare(run)? {
-                        Prepared::AsRead => run.prepared = true,
+                        Prepared::AsRead => {
+                            run.prepared = true;
+                            unrecorded.push(run.id);
+                        }
                         Prepared::Changed => changed = true,
                     },
                 }
@@ -370,6 +378,16 @@ impl Scheduler {
                 available = self.queue.available(PASS)?;
             }
         }
+        let result = self.start_available(available, &mut unrecorded);
+        for id in unrecorded {
+            self.store.set_prepared(id, None, false)?;
+        }
+        result
+    }
+
+    /// Starts what the limits allow of `available`, in order; a started run is taken off
+    /// `unrecorded`.
+    fn start_available(self: &Arc<Self>, available: Vec<Run>, unrecorded: &mut Vec<i64>) -> anyhow::Result<()> {
         // An app's runs start in order: none passes one of the same app still being fetched.
         let mut waiting: Vec<String> = Vec::new();
         for run in available {
@@ -400,6 +418,7 @@ impl Scheduler {
             let Some(lease) = self.queue.lease(run.id, &self.owner, LEASE_TTL)? else {
                 continue;
             };
+            unrecorded.retain(|&id| id != run.id);
             // Taken over: a new attempt, so the row has changed.
             let run = if lease.taken_over {
                 let Some(r) = self.store.run(run.id)? else { continue };
@@ -473,7 +492,7 @@ impl Scheduler {
                 let records_inputs =
                     run.trigger == "manual" && plan.triggers.as_ref().is_some_and(|t| t.workflow_dispatch.is_some());
                 let as_read = plan.concurrency.is_none() && !records_inputs;
-                self.settle_group(run, &plan)?;
+                self.settle_group(run, &plan, as_read)?;
                 self.planned.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, plan);
                 Ok(if as_read { Prepared::AsRead } else { Prepared::Changed })
             }
@@ -536,7 +555,7 @@ impl Scheduler {
             this.report_status(id, RunStatus::Queued, None);
             let r = this.prepare_commit(&run).await;
             let r = match r.and_then(|plan| this.gate(&run, &plan).map(|go| (plan, go))) {
-                Ok((plan, true)) => this.settle_group(&run, &plan).map_err(|e| format!("{e:#}")),
+                Ok((plan, true)) => this.settle_group(&run, &plan, false).map_err(|e| format!("{e:#}")),
                 Ok((_, false)) => {
                     let _ = tokio::fs::remove_dir_all(this.workspace_dir(id)).await;
                     this.checked_out().remove(&id);
@@ -743,7 +762,7 @@ impl Scheduler {
     }
 
     /// Evaluates a prepared run's `concurrency.group` and settles the group.
-    fn settle_group(self: &Arc<Self>, run: &Run, plan: &Plan) -> anyhow::Result<()> {
+    fn settle_group(self: &Arc<Self>, run: &Run, plan: &Plan, defer_flag: bool) -> anyhow::Result<()> {
         let (group, cancel) = match &plan.concurrency {
             None => (None, false),
             Some(c) => match c.group.tpl.render(&scope_for(run)) {
@@ -752,6 +771,11 @@ impl Scheduler {
                 Err(e) => return self.fail_queued(run.id, &format!("`concurrency.group` of app `{}`: {e}", run.app)),
             },
         };
+        // Without a group there is nothing to record but the flag, which the caller may record
+        // later (with the run's lease).
+        if defer_flag && plan.concurrency.is_none() {
+            return Ok(());
+        }
         self.store.set_prepared(run.id, group.as_deref(), cancel)?;
         if let Some(g) = &group {
             let why = format!("superseded by run {} in concurrency group `{g}`", run.id);
@@ -933,7 +957,7 @@ impl Scheduler {
     }
 
     /// Runs a run: fresh workspace, pipeline, engine.
-    async fn execute(self: Arc<Self>, run: Run, app: AppConfig) -> Result<RunReport, String> {
+    async fn execute(self: Arc<Self>, run: Run, app: Arc<AppConfig>) -> Result<RunReport, String> {
         let ws = self.workspace_dir(run.id);
         let source = app.workspace.clone();
         let id = run.id;

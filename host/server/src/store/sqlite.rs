@@ -526,7 +526,8 @@ impl RunQueue for SqliteStore {
         let now = now_ms();
         let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let queued = tx.execute(
-            "UPDATE runs SET status = 'running', started_at = ?2, error = NULL, lease_owner = ?3, lease_expires_at = ?4
+            "UPDATE runs SET status = 'running', started_at = ?2, error = NULL, lease_owner = ?3, lease_expires_at = ?4,
+                prepared = 1
              WHERE id = ?1 AND status = 'queued'",
             params![id, now, owner, expires_at],
         )?;

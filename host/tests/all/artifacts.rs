@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Digest as _;
 
 /// A pipeline that writes a file and keeps it as an artifact.
@@ -95,18 +95,8 @@ async fn artifacts_are_listed_and_downloaded_through_the_api_and_the_cli_by_thei
     let serve = crate::serve::ServeProcess::start_with(data.path(), |port| config(&dir.join("data"), port)).await;
     let base = serve.base.clone();
     let http = reqwest::Client::new();
-    let started: Value = http
-        .post(format!("{base}/v1/apps/web/runs"))
-        .bearer_auth(TOKEN_ADMIN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = started["id"].as_i64().unwrap_or_else(|| panic!("{started}"));
-    let run = crate::support::finished(&http, &base, TOKEN_WEB, id).await;
+    let run = crate::support::manual_run(&http, &base, TOKEN_ADMIN, "web").await;
+    let id = run["id"].as_i64().unwrap_or_else(|| panic!("{run}"));
     assert_eq!(run["status"], "success", "{run:#}");
 
     // Listed, with what the download is checked against.

@@ -102,8 +102,13 @@ async fn components(plan: &mut Plan, registry: &super::registry::RegistryArgs) -
                 Some(c) => c.clone(),
                 None => {
                     let Some(bytes) = bytes else {
-                        problems
-                            .push(format!("job `{}` step `{}`: cannot read the component `{key}`", job.key, step.id));
+                        // A shared component that could not be fetched is one problem, said above.
+                        if !matches!(step.uses, Uses::Component { content: None, .. }) {
+                            problems.push(format!(
+                                "job `{}` step `{}`: cannot read the component `{key}`",
+                                job.key, step.id
+                            ));
+                        }
                         continue;
                     };
                     match runtime.load(&bytes).await {

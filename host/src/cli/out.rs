@@ -26,3 +26,9 @@ macro_rules! outln {
     () => { $crate::cli::out::line(format_args!("")) };
     ($($t:tt)*) => { $crate::cli::out::line(format_args!($($t)*)) };
 }
+
+/// Text that came from a component or a registry (a step's description, an annotation), made
+/// inert before the terminal shows it: no escape sequences, no control characters.
+pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
+    skiff_pipeline::inert::terminal_text(text, false)
+}

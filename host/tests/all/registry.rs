@@ -290,6 +290,29 @@ fn inspect_shows_what_a_component_asks_for_before_it_runs() {
     assert!(ok, "{out}");
     assert_eq!(std::fs::read(p.dir.path().join("got.wasm")).unwrap(), std::fs::read(&c).unwrap());
 
+    // What a registry says is data: escape sequences in annotations never reach the terminal.
+    let hostile = ComponentRef::parse(&format!("{}/acme/hostile:1", reg.addr)).unwrap();
+    let bytes = std::fs::read(&c).unwrap();
+    let esc = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let annotations = std::collections::BTreeMap::from([
+        (publish::annotation::TITLE.to_string(), format!("evil{esc}")),
+        (publish::annotation::DESCRIPTION.to_string(), format!("text{esc}\rfake ✓ success")),
+        (
+            publish::annotation::CAPABILITIES.to_string(),
+            format!(r#"{{"hosts":["a{esc}"],"secrets":[],"process":false}}"#)
+                .replace('\u{1b}', "\\u001b")
+                .replace('\u{7}', "\\u0007"),
+        ),
+        (publish::annotation::INTERFACE.to_string(), r#"{"inputs":[],"outputs":[]}"#.to_string()),
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = RegistryClient::new(ClientOptions::default());
+    rt.block_on(publish::push_component(&client, &hostile, &bytes, annotations, &[], &[])).unwrap();
+    let (ok, out) = p.run(&["step", "inspect", &hostile.to_string()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("evil") && out.contains("fake ✓ success"), "{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "escape sequences reached the terminal: {out:?}");
+
     // Only step components are published.
     std::fs::write(p.dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let (ok, out) = p.run(&["step", "publish", "core.wasm", &tag]);

@@ -158,22 +158,29 @@ async fn inspect(step: &str, json: bool) -> anyhow::Result<ExitCode> {
         crate::outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    crate::outln!("{} {} — {}", m.name, m.version, m.description);
+    let inert = crate::cli::out::inert;
+    crate::outln!("{} {} — {}", inert(&m.name), inert(&m.version), inert(&m.description));
     crate::outln!("sha256: {}", hex::encode(loaded.digest));
     crate::outln!("inputs:");
     for i in &m.inputs {
         let req = if i.required { " (required)" } else { "" };
         let def = i.default.as_deref().map(|d| format!(" [default: {d}]")).unwrap_or_default();
-        crate::outln!("  {:<12} {}{req}{def}", i.name, i.description);
+        crate::outln!("  {:<12} {}{req}{}", inert(&i.name), inert(&i.description), inert(&def));
     }
     crate::outln!("outputs:");
     for o in &m.outputs {
-        crate::outln!("  {:<12} {}", o.name, o.description);
+        crate::outln!("  {:<12} {}", inert(&o.name), inert(&o.description));
     }
     let c = &m.capabilities;
     crate::outln!("capabilities:");
-    crate::outln!("  hosts:   {}", if c.hosts.is_empty() { "none".into() } else { c.hosts.join(", ") });
-    crate::outln!("  secrets: {}", if c.secrets.is_empty() { "none".into() } else { c.secrets.join(", ") });
+    crate::outln!(
+        "  hosts:   {}",
+        if c.hosts.is_empty() { "none".into() } else { inert(&c.hosts.join(", ")).into_owned() }
+    );
+    crate::outln!(
+        "  secrets: {}",
+        if c.secrets.is_empty() { "none".into() } else { inert(&c.secrets.join(", ")).into_owned() }
+    );
     crate::outln!("  process: {}", if c.process { "yes" } else { "no" });
     Ok(ExitCode::SUCCESS)
 }

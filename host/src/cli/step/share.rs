@@ -13,6 +13,7 @@ use skiff_registry::resolve::component_layer;
 use skiff_registry::signature::SigningKey;
 use skiff_runtime::{EngineOptions, LoadError, Runtime};
 
+use crate::cli::out::inert;
 use crate::cli::registry::{RegistryArgs, read_keys};
 
 #[derive(Args)]
@@ -108,7 +109,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let annotations = publish::annotations(&step.manifest, args.source.as_deref());
     let resolver = args.registry.resolver()?;
     let digest = publish::push_component(resolver.client(), &r, &bytes, annotations, &imports, &exports).await?;
-    crate::outln!("published {} {} as {}@{digest}", step.manifest.name, step.manifest.version, r.lock_key());
+    let m = &step.manifest;
+    crate::outln!("published {} {} as {}@{digest}", inert(&m.name), inert(&m.version), r.lock_key());
     if let Some(key) = key {
         publish::sign(resolver.client(), &r, &digest, &key).await?;
         crate::outln!("signed with key {}", key.public_key().fingerprint());
@@ -204,7 +206,11 @@ pub async fn inspect(s: &str, json: bool, registry: &RegistryArgs) -> anyhow::Re
         _ => {
             let fetched = resolver.fetch(&pinned, &Policy { allow_unpinned: true, ..Policy::default() }).await?;
             if let Some((package, interfaces)) = publish::decode_wit(&resolver.store().read(&fetched.content)?) {
-                crate::outln!("{pinned}\nWIT package {package}\ninterfaces: {}", interfaces.join(", "));
+                crate::outln!(
+                    "{pinned}\nWIT package {}\ninterfaces: {}",
+                    inert(&package),
+                    inert(&interfaces.join(", "))
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let runtime = Runtime::new(EngineOptions { pooling: false, ..Default::default() }, None)?;
@@ -214,7 +220,7 @@ pub async fn inspect(s: &str, json: bool, registry: &RegistryArgs) -> anyhow::Re
             (serde_json::from_str(&a[annotation::CAPABILITIES])?, serde_json::from_str(&a[annotation::INTERFACE])?)
         }
     };
-    let get = |k: &str| annotations.get(k).cloned().unwrap_or_default();
+    let get = |k: &str| annotations.get(k).map(|v| inert(v).into_owned()).unwrap_or_default();
     if json {
         let v = serde_json::json!({
             "reference": pinned.to_string(),
@@ -232,20 +238,21 @@ pub async fn inspect(s: &str, json: bool, registry: &RegistryArgs) -> anyhow::Re
     }
     for (label, key) in [("source", annotation::SOURCE), ("created", annotation::CREATED)] {
         if let Some(v) = annotations.get(key) {
-            crate::outln!("{label}: {v}");
+            crate::outln!("{label}: {}", inert(v));
         }
     }
     let names = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array().into_iter().flatten().filter_map(|i| i.as_str().map(str::to_string)).collect()
+        v.as_array().into_iter().flatten().filter_map(|i| i.as_str().map(|s| inert(s).into_owned())).collect()
     };
+    let field = |v: &serde_json::Value| inert(v.as_str().unwrap_or("")).into_owned();
     crate::outln!("inputs:");
     for i in interface["inputs"].as_array().into_iter().flatten() {
         let req = if i["required"].as_bool() == Some(true) { " (required)" } else { "" };
-        crate::outln!("  {:<12} {}{req}", i["name"].as_str().unwrap_or(""), i["description"].as_str().unwrap_or(""));
+        crate::outln!("  {:<12} {}{req}", field(&i["name"]), field(&i["description"]));
     }
     crate::outln!("outputs:");
     for o in interface["outputs"].as_array().into_iter().flatten() {
-        crate::outln!("  {:<12} {}", o["name"].as_str().unwrap_or(""), o["description"].as_str().unwrap_or(""));
+        crate::outln!("  {:<12} {}", field(&o["name"]), field(&o["description"]));
     }
     let or_none = |v: Vec<String>| if v.is_empty() { "none".to_string() } else { v.join(", ") };
     crate::outln!("capabilities it asks for:");

@@ -145,6 +145,8 @@ impl Project {
         c.args(args)
             .current_dir(self.dir.path())
             .env("SKIFF_CACHE_DIR", self.cache.path())
+            // The workspaces of runs (a failed run's is kept) go where the test removes them.
+            .env("TMPDIR", self.cache.path())
             // No user's Docker credentials leak in.
             .env("DOCKER_CONFIG", self.dir.path().join(".docker"))
             .env("COSIGN_PASSWORD", "correct horse")

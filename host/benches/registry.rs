@@ -29,25 +29,16 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+// The tests' way of giving a component other bytes.
+#[path = "../tests/all/support/wasm.rs"]
+mod wasm;
+
 /// diag with a custom section, so the component is 200 KB (and its own digest).
 fn component() -> Vec<u8> {
     let mut bytes = builtin::get("diag").expect("diag is built in").to_vec();
-    let pad = 200 * 1024 - bytes.len() - 16;
-    let name = b"skiff-bench";
-    let mut payload = vec![name.len() as u8];
-    payload.extend_from_slice(name);
-    payload.resize(pad, 0x5a);
-    bytes.push(0);
-    let mut n = payload.len();
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        bytes.push(if n == 0 { b } else { b | 0x80 });
-        if n == 0 {
-            break;
-        }
-    }
-    bytes.extend_from_slice(&payload);
+    let name = "skiff-bench";
+    let pad = 200 * 1024 - bytes.len() - 16 - name.len();
+    wasm::custom_section(&mut bytes, name, &vec![0x5a; pad]);
     bytes
 }
 

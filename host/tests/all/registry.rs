@@ -162,7 +162,7 @@ impl Project {
     pub fn component(&self, builtin: &str, extra: &[u8]) -> PathBuf {
         let mut bytes = skiff_runtime::builtin::get(builtin).unwrap().to_vec();
         if !extra.is_empty() {
-            custom_section(&mut bytes, "skiff-test", extra);
+            crate::support::wasm::custom_section(&mut bytes, "skiff-test", extra);
         }
         let path = self.dir.path().join(format!("{builtin}.wasm"));
         std::fs::write(&path, bytes).unwrap();
@@ -183,27 +183,6 @@ impl Project {
 
 fn text(o: Output) -> (bool, String) {
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
-}
-
-/// Appends a custom section: the same component with other bytes (another digest).
-fn custom_section(bytes: &mut Vec<u8>, name: &str, data: &[u8]) {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { b } else { b | 0x80 });
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    let mut payload = Vec::new();
-    leb(name.len(), &mut payload);
-    payload.extend_from_slice(name.as_bytes());
-    payload.extend_from_slice(data);
-    bytes.push(0);
-    leb(payload.len(), bytes);
-    bytes.extend_from_slice(&payload);
 }
 
 /// The digest `skiff step publish` printed.

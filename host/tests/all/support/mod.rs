@@ -25,6 +25,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod executor;
+pub mod wasm;
 
 pub use executor::Scripted;
 

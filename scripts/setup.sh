@@ -24,6 +24,8 @@ command -v python3 >/dev/null || missing+=(python3)
 # The CNCF Distribution registry (published steps) and htpasswd (its authentication).
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
+# A static busybox: the root filesystem of the container images the build-environment tests make.
+[ -x /bin/busybox ] || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -125,6 +125,7 @@ fn engine(c: &mut Criterion) {
                         working_directory: None,
                         timeout: None,
                         memory: None,
+                        image: None,
                         event_json: String::new(),
                         ca_bundle: None,
                     };

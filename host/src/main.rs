@@ -58,11 +58,18 @@ enum EdgeCommand {
 }
 
 /// The executor for `skiff run` and `skiff serve`: one shared runtime, components cached on
-/// disk, artifacts stored in `artifacts`.
-fn local_executor(artifacts: Arc<dyn ArtifactStore>) -> anyhow::Result<Arc<LocalExecutor>> {
+/// disk, artifacts stored in `artifacts`, jobs' directories in `jobs` (default: a temporary
+/// folder of this process, and the cache directory's tool caches).
+fn local_executor(
+    artifacts: Arc<dyn ArtifactStore>,
+    jobs: Option<skiff_runtime::jobs::JobSpaces>,
+) -> anyhow::Result<Arc<LocalExecutor>> {
     let runtime = Runtime::new(EngineOptions { pool_size: 64, ..Default::default() }, None)?;
     let mut executor = LocalExecutor::new(Arc::new(runtime));
     executor.artifacts = Some(artifacts);
+    if let Some(jobs) = jobs {
+        executor.jobs = jobs;
+    }
     Ok(Arc::new(executor))
 }
 

@@ -177,6 +177,37 @@ impl ComponentRef {
         })
     }
 
+    /// Parses a container image reference as Docker does: a first component that is not a host
+    /// means Docker Hub (`node:20` is `docker.io/library/node:20`), and no tag means `latest`.
+    /// URLs are not images.
+    pub fn parse_image(s: &str) -> Result<Self, RefError> {
+        let t = s.trim();
+        if t.contains("://") && !t.starts_with("oci://") {
+            return Err(RefError::Url(s.into(), "an image is named `registry/repository:tag`, not by a URL"));
+        }
+        let bare = t.strip_prefix("oci://").unwrap_or(t);
+        let (name, digest) = match bare.rsplit_once('@') {
+            Some((n, d)) => (n, Some(d)),
+            None => (bare, None),
+        };
+        let mut full = if looks_like_reference(name) || name.starts_with("localhost/") {
+            name.to_string()
+        } else if name.contains('/') {
+            format!("docker.io/{name}")
+        } else {
+            format!("docker.io/library/{name}")
+        };
+        let last = full.rsplit('/').next().unwrap_or_default();
+        if !last.contains(':') && digest.is_none() {
+            full.push_str(":latest");
+        }
+        if let Some(d) = digest {
+            full.push('@');
+            full.push_str(d);
+        }
+        Self::parse(&full)
+    }
+
     /// The digest, when the reference is pinned.
     pub fn digest(&self) -> Option<&Digest> {
         match self {
@@ -319,6 +350,21 @@ fn valid_tag(t: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn images_are_named_as_docker_names_them() {
+        let image = |s: &str| ComponentRef::parse_image(s).map(|r| r.to_string());
+        assert_eq!(image("node:20").unwrap(), "docker.io/library/node:20");
+        assert_eq!(image("node").unwrap(), "docker.io/library/node:latest");
+        assert_eq!(image("bitnami/node:20").unwrap(), "docker.io/bitnami/node:20");
+        assert_eq!(image("127.0.0.1:5000/t/busybox:1").unwrap(), "127.0.0.1:5000/t/busybox:1");
+        assert_eq!(image("ghcr.io/a/b").unwrap(), "ghcr.io/a/b:latest");
+        let d = Digest::of(b"x");
+        assert_eq!(image(&format!("ghcr.io/a/b@{d}")).unwrap(), format!("ghcr.io/a/b@{d}"));
+        assert!(image("https://x.example/a.wasm#sha256=00").is_err());
+        assert!(image("Node:20").is_err(), "upper case is not a repository");
+        assert!(image("node:20@sha256:12").is_err());
+    }
     use super::*;
 
     const HEX: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";

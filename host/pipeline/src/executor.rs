@@ -86,6 +86,9 @@ pub struct StepRequest {
     pub timeout: Option<Duration>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
+    /// The container image the step's processes run in, pinned by digest before the run (see
+    /// `skiff_registry::Resolver::prepare`); `None` runs them on the host's `/usr`.
+    pub image: Option<crate::component_ref::ComponentRef>,
     /// The event context as JSON.
     pub event_json: String,
     /// PEM certificates the app trusts for HTTPS besides the Web PKI roots.
@@ -130,9 +133,9 @@ pub struct StepResult {
 pub struct Usage {
     /// Wall-clock time, in milliseconds.
     pub wall_ms: u64,
-    /// CPU time spent executing the step's code, in milliseconds.
+    /// CPU time spent executing the step's code and its processes' whole trees, in milliseconds.
     pub cpu_ms: u64,
-    /// Peak linear memory, in bytes.
+    /// Peak linear memory, plus the largest peak of its process trees, in bytes.
     pub peak_memory_bytes: u64,
     /// Bytes sent and received over the network (HTTP and processes' connections).
     pub egress_bytes: u64,
@@ -215,6 +218,10 @@ pub trait StepExecutor: Send + Sync {
         req: StepRequest,
         log: &'a (dyn Fn(LogLine) + Send + Sync),
     ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
+
+    /// The job ended, its cleanup scripts too: what the executor kept for it (its `$HOME`, an
+    /// image's writable layer) can go.
+    fn job_finished(&self, _run_id: &str, _job_id: &str) {}
 }
 
 /// What one step may hand on to the rest of its job. Past a cap the step fails and says

@@ -22,6 +22,8 @@ pub fn path_for(dir: &Path) -> PathBuf {
 pub struct Lock {
     /// Reference without digest → digest.
     pub components: BTreeMap<String, Digest>,
+    /// Container images (`container:`, `image:`), the same way.
+    pub images: BTreeMap<String, Digest>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -30,6 +32,8 @@ struct File {
     version: u32,
     #[serde(default)]
     components: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    images: BTreeMap<String, String>,
 }
 
 const HEADER: &str = "# Written by `skiff lock`: each registry tag the pipeline uses, pinned to the digest it had.\n# Commit this file. Run `skiff lock` again to move the pins.\n";
@@ -51,22 +55,12 @@ impl Lock {
         if f.version != 1 {
             return Err(format!("lock file version {} is not supported (this Skiff writes version 1)", f.version));
         }
-        let mut components = BTreeMap::new();
-        for (k, v) in f.components {
-            let r = ComponentRef::parse(&k).map_err(|e| format!("lock entry `{k}`: {e}"))?;
-            if r.digest().is_some() || r.lock_key() != k {
-                return Err(format!("lock entry `{k}` must be written `registry/repository:tag`"));
-            }
-            let d = Digest::parse(&v).map_err(|e| format!("lock entry `{k}`: {e}"))?;
-            components.insert(k, d);
-        }
-        Ok(Self { components })
+        Ok(Self { components: entries(f.components)?, images: entries(f.images)? })
     }
 
     /// The file's text.
     pub fn render(&self) -> String {
-        let f =
-            File { version: 1, components: self.components.iter().map(|(k, v)| (k.clone(), v.to_string())).collect() };
+        let f = File { version: 1, components: texts(&self.components), images: texts(&self.images) };
         format!("{HEADER}{}", serde_norway::to_string(&f).expect("strings serialize"))
     }
 
@@ -82,11 +76,42 @@ impl Lock {
 
     /// The reference pinned by this lock (unchanged when it is pinned already or not locked).
     pub fn pin(&self, r: &ComponentRef) -> ComponentRef {
-        match (r.digest(), self.components.get(&r.lock_key())) {
-            (None, Some(d)) => r.pinned(d.clone()),
-            _ => r.clone(),
-        }
+        pin(&self.components, r)
     }
+
+    /// An image reference pinned by this lock, as [`Self::pin`].
+    pub fn pin_image(&self, r: &ComponentRef) -> ComponentRef {
+        pin(&self.images, r)
+    }
+
+    /// Whether nothing is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.components.is_empty() && self.images.is_empty()
+    }
+}
+
+fn pin(map: &BTreeMap<String, Digest>, r: &ComponentRef) -> ComponentRef {
+    match (r.digest(), map.get(&r.lock_key())) {
+        (None, Some(d)) => r.pinned(d.clone()),
+        _ => r.clone(),
+    }
+}
+
+fn entries(map: BTreeMap<String, String>) -> Result<BTreeMap<String, Digest>, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let r = ComponentRef::parse(&k).map_err(|e| format!("lock entry `{k}`: {e}"))?;
+        if r.digest().is_some() || r.lock_key() != k {
+            return Err(format!("lock entry `{k}` must be written `registry/repository:tag`"));
+        }
+        let d = Digest::parse(&v).map_err(|e| format!("lock entry `{k}`: {e}"))?;
+        out.insert(k, d);
+    }
+    Ok(out)
+}
+
+fn texts(map: &BTreeMap<String, Digest>) -> BTreeMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
 }
 
 #[cfg(test)]
@@ -98,7 +123,9 @@ mod tests {
         let d = Digest::of(b"component");
         let mut lock = Lock::default();
         lock.components.insert("127.0.0.1:5000/acme/notify:1".into(), d.clone());
+        lock.images.insert("docker.io/library/node:20".into(), Digest::of(b"image"));
         let text = lock.render();
+        assert!(text.contains("images:"), "{text}");
         assert!(text.starts_with("# Written by `skiff lock`"), "{text}");
         assert_eq!(Lock::parse(&text).unwrap(), lock);
         let r = ComponentRef::parse("127.0.0.1:5000/acme/notify:1").unwrap();

@@ -158,6 +158,10 @@ pub struct JobDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<StrategyDef>,
     /// The steps, run in order.
+    /// The container image the job's processes run in (`node:20`, `ghcr.io/acme/build:1`, or
+    /// `{ image: … }`); without it they run on the host's `/usr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerDef>,
     #[serde(default)]
     pub steps: Vec<StepDef>,
 }
@@ -264,9 +268,39 @@ pub struct StepDef {
     /// A cleanup script run at the end of the job, whatever happened (as `always()`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post: Option<String>,
-    /// Memory limit for the step's sandbox, in MiB.
+    /// Memory limit for the step's sandbox, in MiB: its component's memory, and its processes'
+    /// whole tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
+    /// The container image this step's processes run in, instead of the job's `container:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// `container:` of a job: an image reference, or a mapping with one.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ContainerDef {
+    Image(String),
+    Spec(ContainerSpec),
+}
+
+/// `container: { image: … }`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// The image: `node:20`, `registry/repository:tag`, or pinned with `@sha256:…`.
+    pub image: String,
+}
+
+impl ContainerDef {
+    /// The image reference as written.
+    pub fn image(&self) -> &str {
+        match self {
+            ContainerDef::Image(s) => s,
+            ContainerDef::Spec(c) => &c.image,
+        }
+    }
 }
 
 /// `permissions:` of a step. Nothing is granted unless listed.

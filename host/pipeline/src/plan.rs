@@ -94,6 +94,17 @@ pub struct PlanJob {
     pub steps: Vec<PlanStep>,
 }
 
+/// A container image processes run in (`container:` of a job, `image:` of a step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUse {
+    /// As written.
+    pub written: String,
+    /// Parsed (Docker's short names made whole), with the lock's digest.
+    pub reference: crate::component_ref::ComponentRef,
+    /// The digest came from the lock file.
+    pub locked: bool,
+}
+
 /// What a step runs, before expressions are evaluated.
 #[derive(Debug, Clone)]
 pub enum Uses {
@@ -163,6 +174,8 @@ pub struct PlanStep {
     pub post: Option<Value>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
+    /// The image the step's processes run in: its own `image:`, else the job's `container:`.
+    pub image: Option<ImageUse>,
 }
 
 fn kv(out: &mut String, indent: &str, label: &str, m: &BTreeMap<String, Value>) {
@@ -184,6 +197,11 @@ fn minutes(d: Duration) -> String {
 }
 
 impl Plan {
+    /// Whether a host must fetch anything before the run: shared components or container images.
+    pub fn fetches(&self) -> bool {
+        self.jobs.iter().flat_map(|j| &j.steps).any(|s| matches!(s.uses, Uses::Component { .. }) || s.image.is_some())
+    }
+
     /// A stable text rendering, for golden tests and `skiff validate --plan`.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -266,6 +284,9 @@ impl Plan {
                 }
                 if let Some(m) = s.memory {
                     let _ = writeln!(o, "    memory: {m}");
+                }
+                if let Some(i) = &s.image {
+                    let _ = writeln!(o, "    image: {}", quote(&i.reference.to_string()));
                 }
                 let p = &s.grants;
                 let _ = writeln!(

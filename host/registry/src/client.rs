@@ -21,6 +21,13 @@ pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
 /// The manifest media type Skiff writes.
 pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const ACCEPTED_MANIFESTS: [&str; 2] = [OCI_MANIFEST_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.v2+json"];
+/// What an image reference may name: one manifest, or an index of one per platform.
+const ACCEPTED_IMAGE_MANIFESTS: [&str; 4] = [
+    OCI_MANIFEST_MEDIA_TYPE,
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
 /// The largest manifest or config read.
 const MAX_MANIFEST: u64 = 4 << 20;
 /// The largest component read (a step component is rarely over a few MiB; boa's is 4.6).
@@ -153,7 +160,29 @@ impl RegistryClient {
         self.pull_manifest_at(r, Some(tag)).await
     }
 
-    async fn pull_manifest_at(&self, r: &ComponentRef, tag: Option<&str>) -> Result<Pulled, RegistryError> {
+    /// The digest an image tag points at now (an index's, for a multi-platform image).
+    pub async fn resolve_image(&self, r: &ComponentRef) -> Result<Digest, RegistryError> {
+        Ok(self.pull_raw(r, None, &ACCEPTED_IMAGE_MANIFESTS).await?.1)
+    }
+
+    /// The manifest or index an image reference names, checked against its digest when pinned.
+    pub async fn pull_image_manifest(&self, r: &ComponentRef) -> Result<(Digest, OciManifest), RegistryError> {
+        let (raw, digest) = self.pull_raw(r, None, &ACCEPTED_IMAGE_MANIFESTS).await?;
+        let manifest: OciManifest = serde_json::from_slice(&raw).map_err(|e| RegistryError::Protocol {
+            registry: r.repository_ref().unwrap_or_default(),
+            message: format!("the manifest of {r} is neither an image manifest nor an index ({e})"),
+        })?;
+        Ok((digest, manifest))
+    }
+
+    /// A manifest's raw bytes (at most [`MAX_MANIFEST`]) and digest, checked against `r`'s
+    /// digest when `r` is pinned and no other tag is asked for.
+    async fn pull_raw(
+        &self,
+        r: &ComponentRef,
+        tag: Option<&str>,
+        accept: &[&str],
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
         let (registry, reference) = Self::reference(r, tag)?;
         let client = self.client(&registry);
         let what = match tag {
@@ -161,7 +190,7 @@ impl RegistryClient {
             None => r.to_string(),
         };
         let (raw, _) = client
-            .pull_manifest_raw(&reference, &self.auth(&registry), &ACCEPTED_MANIFESTS)
+            .pull_manifest_raw(&reference, &self.auth(&registry), accept)
             .await
             .map_err(|e| Self::error(&registry, &what, e))?;
         if raw.len() as u64 > MAX_MANIFEST {
@@ -174,6 +203,15 @@ impl RegistryClient {
         {
             return Err(RegistryError::DigestMismatch { what, expected: want.clone(), actual: digest });
         }
+        Ok((raw.to_vec(), digest))
+    }
+
+    async fn pull_manifest_at(&self, r: &ComponentRef, tag: Option<&str>) -> Result<Pulled, RegistryError> {
+        let what = match tag {
+            Some(t) => format!("{}:{t}", r.repository_ref().unwrap_or_default()),
+            None => r.to_string(),
+        };
+        let (raw, digest) = self.pull_raw(r, tag, &ACCEPTED_MANIFESTS).await?;
         let manifest: OciManifest = serde_json::from_slice(&raw).map_err(|e| RegistryError::NotAComponent {
             reference: what.clone(),
             why: format!("its manifest is not an OCI image manifest ({e})"),
@@ -184,7 +222,7 @@ impl RegistryClient {
                 why: "it is an image index (several platforms), not one Wasm artifact".into(),
             });
         };
-        Ok(Pulled { digest, raw: raw.to_vec(), manifest })
+        Ok(Pulled { digest, raw, manifest })
     }
 
     /// A blob of `r`'s repository, at most `limit` bytes, checked against its digest.
@@ -228,6 +266,65 @@ impl RegistryClient {
             return Err(RegistryError::DigestMismatch { what, expected: want, actual });
         }
         Ok(bytes)
+    }
+
+    /// A blob of `r`'s repository streamed into the file `dest` (through a temporary file beside
+    /// it, renamed once its digest is checked), at most `limit` bytes.
+    pub async fn pull_blob_to_file(
+        &self,
+        r: &ComponentRef,
+        desc: &OciDescriptor,
+        limit: u64,
+        dest: &std::path::Path,
+    ) -> Result<(), RegistryError> {
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt as _;
+        let (registry, reference) = Self::reference(r, None)?;
+        let want = Digest::parse(&desc.digest).map_err(|_| RegistryError::Protocol {
+            registry: registry.clone(),
+            message: format!("the manifest names blob `{}`, which is not a sha256 digest", desc.digest),
+        })?;
+        let what = format!("{} blob {want}", r.repository_ref().unwrap_or_default());
+        if desc.size < 0 || desc.size as u64 > limit {
+            return Err(RegistryError::TooLarge { what, limit });
+        }
+        let client = self.client(&registry);
+        client.store_auth_if_needed(&registry, &self.auth(&registry)).await;
+        let mut stream =
+            client.pull_blob_stream(&reference, desc).await.map_err(|e| Self::error(&registry, &what, e))?;
+        let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+        tokio::fs::create_dir_all(dir).await?;
+        let tmp = dir.join(format!(".{}.part{}", want.hex(), std::process::id()));
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut hasher = sha2::Sha256::new();
+        let mut written = 0u64;
+        let result: Result<(), RegistryError> = async {
+            while let Some(chunk) = stream.stream.next().await {
+                let chunk = chunk
+                    .map_err(|e| RegistryError::Unreachable { registry: registry.clone(), cause: e.to_string() })?;
+                written += chunk.len() as u64;
+                if written > limit {
+                    return Err(RegistryError::TooLarge { what: what.clone(), limit });
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            let actual = Digest::from_hex(&hex::encode(hasher.finalize())).expect("sha256 is a digest");
+            if actual != want {
+                return Err(RegistryError::DigestMismatch { what: what.clone(), expected: want.clone(), actual });
+            }
+            Ok(())
+        }
+        .await;
+        drop(file);
+        match result {
+            Ok(()) => Ok(tokio::fs::rename(&tmp, dest).await?),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
     }
 
     /// Pushes blobs and a manifest under `tag` (or `r`'s own tag); returns the manifest digest.

@@ -2,9 +2,11 @@
 //! REGISTRY/NAMESPACE/NAME:TAG`, `…@sha256:…`, `https://…#sha256=…`); this crate fetches it
 //! from an OCI registry ([`client`]) or a URL into the runtime's content-addressed store,
 //! checks cosign-compatible signatures ([`signature`]) and the host's policy ([`resolve`])
-//! before anything runs, and publishes components ([`publish`]).
+//! before anything runs, and publishes components ([`publish`]). Container images for `run:`
+//! steps come through the same client and policy ([`image`]).
 
 pub mod client;
+pub mod image;
 pub mod publish;
 pub mod resolve;
 pub mod signature;
@@ -122,4 +124,15 @@ pub enum RegistryError {
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] skiff_runtime::component_store::StoreError),
+    /// Something that is not a container image Skiff can run.
+    #[error("`{reference}` cannot be used as a container image: {why}")]
+    NotAnImage {
+        /// The reference.
+        reference: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The local disk failed (the image or component store).
+    #[error("the local store failed: {0}")]
+    Io(#[from] std::io::Error),
 }

@@ -73,6 +73,9 @@ pub struct Fetched {
 pub struct Resolver {
     client: RegistryClient,
     store: ComponentStore,
+    pub(crate) images: skiff_runtime::image_store::ImageStore,
+    /// One pull of an image at a time per digest in this process: concurrent runs wait for it.
+    pub(crate) image_locks: std::sync::Mutex<std::collections::HashMap<Digest, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     insecure: bool,
 }
 
@@ -92,7 +95,23 @@ struct CachedSignature {
 impl Resolver {
     pub fn new(store: ComponentStore, options: ClientOptions) -> Self {
         let insecure = options.insecure;
-        Self { client: RegistryClient::new(options), store, insecure }
+        Self {
+            client: RegistryClient::new(options),
+            store,
+            images: skiff_runtime::image_store::ImageStore::default_store(),
+            image_locks: Default::default(),
+            insecure,
+        }
+    }
+
+    /// Container images go into `images` (the executor's store) instead of the default one.
+    pub fn with_images(mut self, images: skiff_runtime::image_store::ImageStore) -> Self {
+        self.images = images;
+        self
+    }
+
+    pub fn images(&self) -> &skiff_runtime::image_store::ImageStore {
+        &self.images
     }
 
     pub fn client(&self) -> &RegistryClient {
@@ -121,6 +140,20 @@ impl Resolver {
                 *content = Some(fetched.content.clone());
                 *reference = fetched.reference.clone();
             }
+        }
+        // Container images: pulled and unpacked once, pinned in the plan.
+        let mut images: Vec<(ComponentRef, ComponentRef)> = Vec::new();
+        for step in plan.jobs.iter_mut().flat_map(|j| &mut j.steps) {
+            let Some(image) = &mut step.image else { continue };
+            let pinned = match images.iter().find(|(r, _)| r == &image.reference) {
+                Some((_, p)) => p.clone(),
+                None => {
+                    let f = self.fetch_image(&image.reference, policy).await?;
+                    images.push((image.reference.clone(), f.reference.clone()));
+                    f.reference
+                }
+            };
+            image.reference = pinned;
         }
         Ok(done.into_iter().map(|(_, f)| f).collect())
     }

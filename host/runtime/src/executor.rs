@@ -9,8 +9,11 @@ use std::time::Instant;
 
 use crate::builtin;
 use crate::capabilities::connect::tls_config;
+use crate::image_store::ImageStore;
+use crate::jobs::{JobSpaces, ProcessSetup};
 use crate::limits::Limits;
 use crate::pipeline::executor::{Level, LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, caps};
+use crate::sandbox::ProcessLimits;
 use crate::{Runtime, StepInvocation, StepStatus};
 
 /// Output keys the shell step uses to hand env, path and cleanup to the engine.
@@ -32,6 +35,12 @@ pub struct LocalExecutor {
     tls_cache: std::sync::Mutex<Option<(Arc<str>, Arc<rustls::ClientConfig>)>>,
     /// Built-in steps by name, once loaded.
     builtins: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::LoadedStep>>>,
+    /// Container images prepared before runs (`container:`, `image:`).
+    pub images: ImageStore,
+    /// Each job's `$HOME` and image layer, and each app's tool cache.
+    pub jobs: JobSpaces,
+    /// Limits of a process tree where the step sets none (its memory; CPU follows the step's).
+    pub process_limits: ProcessLimits,
 }
 
 impl LocalExecutor {
@@ -46,7 +55,34 @@ impl LocalExecutor {
             unsandboxed_processes: false,
             tls_cache: Default::default(),
             builtins: Default::default(),
+            images: ImageStore::default_store(),
+            jobs: JobSpaces::local(),
+            process_limits: ProcessLimits::default(),
         }
+    }
+
+    /// What the step's processes get from its job and its limits; an error says what to fix.
+    fn process_setup(&self, req: &StepRequest, limits: &Limits) -> Result<(ProcessSetup, ProcessLimits), String> {
+        let image = match &req.image {
+            None => None,
+            Some(r) => {
+                let d = r.digest().ok_or_else(|| {
+                    format!("image {r} is not pinned: run `skiff lock` (or write it with `@sha256:…`)")
+                })?;
+                Some(self.images.lookup(d).ok_or_else(|| {
+                    format!("image {r} was not prepared on this host before the run; it is pulled when the run starts")
+                })?)
+            }
+        };
+        let event: serde_json::Value = serde_json::from_str(&req.event_json).unwrap_or_default();
+        let app = event.get("app").and_then(|a| a.as_str());
+        let setup = self.jobs.setup(&req.run_id, &req.job_id, app, image.as_ref())?;
+        let mut process = self.process_limits.clone();
+        if let Some(m) = req.memory {
+            process.memory_bytes = m;
+        }
+        process.cpu_seconds = limits.cpu.as_secs().max(1);
+        Ok((setup, process))
     }
 
     /// The TLS settings for a CA bundle, parsed once per bundle in a row.
@@ -130,6 +166,29 @@ impl LocalExecutor {
         }
         if let Some(m) = req.memory {
             limits.memory = m;
+        }
+        let mut enforced = enforced;
+        if enforced.process.allowed {
+            match self.process_setup(&req, &limits) {
+                Ok((setup, process_limits)) => {
+                    // As GitHub does in containers: the default shell is bash, else sh.
+                    if let (StepRef::Shell { shell, .. }, Some(image)) = (&req.uses, &setup.image)
+                        && shell == "bash"
+                        && !has_program(&image.lower, &["bin/bash", "usr/bin/bash"])
+                    {
+                        inputs.insert("shell".into(), "sh".into());
+                        log(LogLine {
+                            job_id: req.job_id.clone(),
+                            step_id: req.step_id.clone(),
+                            level: Level::System,
+                            text: "the image has no bash: the script runs with sh".into(),
+                        });
+                    }
+                    enforced.process.setup = setup;
+                    enforced.process.limits = process_limits;
+                }
+                Err(e) => return fail(e),
+            }
         }
         let inv = StepInvocation {
             run_id: req.run_id.clone(),
@@ -224,6 +283,13 @@ impl LocalExecutor {
     }
 }
 
+/// Whether any of `paths` is a file in the root filesystem `root` (symlinks resolved inside it).
+fn has_program(root: &std::path::Path, paths: &[&str]) -> bool {
+    paths.iter().any(|p| {
+        crate::sandbox::rootfs::resolve_in_root(root, std::path::Path::new(p)).is_ok_and(|real| real.is_file())
+    })
+}
+
 impl StepExecutor for LocalExecutor {
     fn run_step<'a>(
         &'a self,
@@ -231,5 +297,9 @@ impl StepExecutor for LocalExecutor {
         log: &'a (dyn Fn(LogLine) + Send + Sync),
     ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
         Box::pin(self.execute(req, log))
+    }
+
+    fn job_finished(&self, run_id: &str, job_id: &str) {
+        self.jobs.finish(run_id, job_id);
     }
 }

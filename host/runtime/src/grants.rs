@@ -54,7 +54,12 @@ pub fn enforce(grants: &Grants, inputs: &BTreeMap<String, String>, unsandboxed: 
     let allow = Allowlist::parse(&hosts).map_err(GrantError::BadHost)?;
     Ok(Enforced {
         allow: if grants.read_only { allow.read_only() } else { allow },
-        process: ProcessGrant { allowed: grants.process, network: grants.network && !grants.read_only, unsandboxed },
+        process: ProcessGrant {
+            allowed: grants.process,
+            network: grants.network && !grants.read_only,
+            unsandboxed,
+            ..ProcessGrant::default()
+        },
     })
 }
 

@@ -13,6 +13,8 @@ pub mod component_store;
 pub mod engine;
 pub mod executor;
 pub mod grants;
+pub mod image_store;
+pub mod jobs;
 pub mod limits;
 pub mod state;
 pub mod workspace;
@@ -330,6 +332,7 @@ impl Runtime {
                 deadline: Instant::now() + inv.limits.timeout,
                 traffic,
                 log: log.clone(),
+                usage: Default::default(),
             },
             artifacts: ArtifactsHost {
                 store: inv.artifacts.clone(),
@@ -403,8 +406,10 @@ impl Runtime {
         .await;
         log.flush();
         let data = store.data();
-        usage.cpu_ms = data.cpu_ticks * engine::TICK.as_millis() as u64;
-        usage.peak_memory_bytes = data.limiter.peak;
+        // The component's own time and memory, and its processes' whole trees beside it.
+        let processes = &data.process.usage;
+        usage.cpu_ms = data.cpu_ticks * engine::TICK.as_millis() as u64 + processes.cpu_ms.load(Ordering::Relaxed);
+        usage.peak_memory_bytes = data.limiter.peak + processes.peak_memory_bytes.load(Ordering::Relaxed);
         usage.egress_bytes = data.process.traffic.load(Ordering::Relaxed);
         let limits = inv.limits;
         let (status, outputs) = match result {

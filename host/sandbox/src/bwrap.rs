@@ -84,6 +84,18 @@ pub struct Plan<'a> {
     pub cwd: &'a str,
     /// The way out, for a sandbox that may use the network; its namespace is new either way.
     pub egress: Option<&'a super::Egress>,
+    /// An image root (already mounted by the child before bubblewrap starts) instead of the host's.
+    pub image: Option<&'a ImagePlan>,
+    /// Host directories bound read-write at the given places.
+    pub binds: &'a [super::Bind],
+}
+
+/// An image root as bubblewrap sees it: the merged overlay, and the image's user.
+#[derive(Debug)]
+pub struct ImagePlan {
+    pub merged: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The options (passed through `--args FD`, so nothing of the step's shows up in the host's
@@ -94,6 +106,38 @@ pub fn options(plan: &Plan<'_>, fds: DataFds) -> Vec<String> {
     push(&["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]);
     push(&["--unshare-net"]);
     push(&["--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
+    if let Some(image) = plan.image {
+        // The image's own `/etc` (passwd, os-release, certificates) comes with its root.
+        push(&["--uid", &image.uid.to_string(), "--gid", &image.gid.to_string(), "--hostname", "skiff"]);
+        push(&["--bind", &image.merged.to_string_lossy(), "/"]);
+        push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    } else {
+        host_root(&mut a, fds);
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["--bind", &plan.workspace.to_string_lossy(), WORKSPACE]);
+    for bind in plan.binds {
+        push(&["--bind", &bind.host.to_string_lossy(), &bind.inside]);
+    }
+    if let Some(e) = plan.egress {
+        push(&["--dir", "/run/skiff"]);
+        push(&["--bind", &e.socket.to_string_lossy(), super::relay::SOCKET]);
+        push(&["--ro-bind", &e.relay.to_string_lossy(), super::relay::PROGRAM]);
+    }
+    if plan.image.is_none() {
+        // The root itself is a tmpfs bubblewrap made; nothing may be created in it.
+        push(&["--remount-ro", "/"]);
+    }
+    let cwd = if plan.cwd.is_empty() { WORKSPACE.to_string() } else { format!("{WORKSPACE}/{}", plan.cwd) };
+    // The environment is bubblewrap's own (set when it is started), which it hands on as it is:
+    // `--setenv` would count three arguments a variable against bubblewrap's limit of 9000.
+    push(&["--chdir", &cwd]);
+    a
+}
+
+/// The host's `/usr` and the few parts of `/etc` tools need, read-only, under an empty root.
+fn host_root(a: &mut Vec<String>, fds: DataFds) {
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["--uid", &SANDBOX_UID.to_string(), "--gid", &SANDBOX_UID.to_string(), "--hostname", "skiff"]);
     push(&["--ro-bind", "/usr", "/usr"]);
     for entry in root_layout() {
@@ -111,19 +155,6 @@ pub fn options(plan: &Plan<'_>, fds: DataFds) -> Vec<String> {
     push(&["--perms", "0644", "--ro-bind-data", &fds.passwd.to_string(), "/etc/passwd"]);
     push(&["--perms", "0644", "--ro-bind-data", &fds.group.to_string(), "/etc/group"]);
     push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
-    push(&["--bind", &plan.workspace.to_string_lossy(), WORKSPACE]);
-    if let Some(e) = plan.egress {
-        push(&["--dir", "/run/skiff"]);
-        push(&["--bind", &e.socket.to_string_lossy(), super::relay::SOCKET]);
-        push(&["--ro-bind", &e.relay.to_string_lossy(), super::relay::PROGRAM]);
-    }
-    // The root itself is a tmpfs bubblewrap made; nothing may be created in it.
-    push(&["--remount-ro", "/"]);
-    let cwd = if plan.cwd.is_empty() { WORKSPACE.to_string() } else { format!("{WORKSPACE}/{}", plan.cwd) };
-    // The environment is bubblewrap's own (set when it is started), which it hands on as it is:
-    // `--setenv` would count three arguments a variable against bubblewrap's limit of 9000.
-    push(&["--chdir", &cwd]);
-    a
 }
 
 /// NUL-separated, as `--args` reads them.
@@ -142,7 +173,7 @@ mod tests {
 
     #[test]
     fn options_deny_network_and_keep_secrets_out_of_etc() {
-        let plan = Plan { workspace: Path::new("/ws"), cwd: "sub", egress: None };
+        let plan = Plan { workspace: Path::new("/ws"), cwd: "sub", egress: None, image: None, binds: &[] };
         let args = options(&plan, DataFds { passwd: 7, group: 8 });
         let joined = args.join(" ");
         assert!(joined.contains("--unshare-net"));

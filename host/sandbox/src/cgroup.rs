@@ -1,12 +1,15 @@
 //! Per-run control groups, where the host may create them.
 //!
-//! A cgroup gives what rlimits cannot: a process count for the whole tree
-//! (RLIMIT_NPROC counts per real uid, and not at all for root) and, on cgroup
-//! v2, a real memory limit. We use:
+//! A cgroup gives what rlimits cannot: limits and accounting for a whole process
+//! tree. RLIMIT_NPROC counts per real uid (and not at all for root), RLIMIT_AS is
+//! virtual memory per process, and RLIMIT_CPU is CPU time per process. We use:
 //! - cgroup v2, when our own cgroup is delegated to us (writable, with the
-//!   `memory`/`pids` controllers enabled for children): `pids.max` and `memory.max`;
-//! - otherwise a writable cgroup v1 `pids` hierarchy: `pids.max` only;
-//! - otherwise nothing (rlimits only), which `docs/process-sandbox.md` explains.
+//!   `memory`/`pids` controllers enabled for children): `pids.max`, `memory.max`,
+//!   and for metering `cpu.stat` and `memory.peak`;
+//! - otherwise each writable cgroup v1 hierarchy on its own: `pids` (`pids.max`),
+//!   `memory` (`memory.limit_in_bytes`, `memory.max_usage_in_bytes`) and `cpuacct`
+//!   (`cpuacct.usage`);
+//! - otherwise nothing (rlimits only, no tree metering), which `describe` says.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -15,27 +18,64 @@ use std::time::Duration;
 
 use super::sys::{self, Signal};
 
-#[derive(Debug, Clone)]
-enum Base {
-    /// A delegated v2 cgroup directory; whether `memory` / `pids` are available to children.
-    V2 { dir: PathBuf, memory: bool, pids: bool },
-    /// A writable directory of the v1 `pids` hierarchy.
-    V1Pids { dir: PathBuf },
+#[derive(Debug, Clone, Default)]
+struct Base {
+    /// A delegated v2 cgroup directory (`…/skiff`), with the controllers enabled for children.
+    v2: Option<V2>,
+    /// Writable `skiff` directories in v1 hierarchies, one per controller.
+    v1_pids: Option<PathBuf>,
+    v1_memory: Option<PathBuf>,
+    v1_cpuacct: Option<PathBuf>,
 }
 
-/// One run's cgroup; removed on drop, after its processes are killed.
+#[derive(Debug, Clone)]
+struct V2 {
+    dir: PathBuf,
+    memory: bool,
+    pids: bool,
+}
+
+/// One run's cgroups (one per v1 hierarchy, or one v2 group); removed on drop, after
+/// their processes are killed.
 #[derive(Debug)]
 pub(super) struct RunGroup {
-    dir: PathBuf,
-    /// Whether `memory.max` was set (then RLIMIT_AS is not needed).
+    dirs: Vec<PathBuf>,
+    /// Where CPU time is read: v2 `cpu.stat` or v1 `cpuacct.usage`.
+    cpu: Option<Cpu>,
+    /// The group whose memory is limited and metered, and how.
+    memory: Option<Memory>,
+    /// Whether the memory limit was set (then RLIMIT_AS is not needed).
     pub memory_limited: bool,
 }
 
-static BASE: OnceLock<Option<Base>> = OnceLock::new();
+#[derive(Debug)]
+enum Cpu {
+    V2(PathBuf),
+    V1(PathBuf),
+}
+
+#[derive(Debug)]
+enum Memory {
+    V2(PathBuf),
+    V1(PathBuf),
+}
+
+/// What the kernel counted for one run's process tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeUsage {
+    /// CPU time of every process of the tree, user and system, when the host accounts it.
+    pub cpu: Option<Duration>,
+    /// The tree's peak memory (resident and page cache charged to it), when the host accounts it.
+    pub peak_memory_bytes: Option<u64>,
+    /// The kernel killed a process of the tree for passing the memory limit.
+    pub oom_killed: bool,
+}
+
+static BASE: OnceLock<Base> = OnceLock::new();
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn base() -> Option<&'static Base> {
-    BASE.get_or_init(detect).as_ref()
+fn base() -> &'static Base {
+    BASE.get_or_init(detect)
 }
 
 /// Our own cgroup path in the hierarchy named `controller` (`""` for v2) per `/proc/self/cgroup`.
@@ -68,15 +108,18 @@ fn join(mount: &Path, cgroup_path: &str) -> PathBuf {
     mount.join(cgroup_path.trim_start_matches('/'))
 }
 
-fn detect() -> Option<Base> {
-    if let Some(base) = detect_v2() {
-        return Some(base);
+fn detect() -> Base {
+    if let Some(v2) = detect_v2() {
+        return Base { v2: Some(v2), ..Base::default() };
     }
-    let dir = join(&mount_point(false, "pids")?, &own_path("pids")?).join("skiff");
-    probe_dir(&dir).then_some(Base::V1Pids { dir })
+    let v1 = |controller: &str| {
+        let dir = join(&mount_point(false, controller)?, &own_path(controller)?).join("skiff");
+        probe_dir(&dir).then_some(dir)
+    };
+    Base { v2: None, v1_pids: v1("pids"), v1_memory: v1("memory"), v1_cpuacct: v1("cpuacct") }
 }
 
-fn detect_v2() -> Option<Base> {
+fn detect_v2() -> Option<V2> {
     let dir = join(&mount_point(true, "")?, &own_path("")?);
     let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
     let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
@@ -97,7 +140,7 @@ fn detect_v2() -> Option<Base> {
     let enabled = std::fs::read_to_string(skiff.join("cgroup.subtree_control")).unwrap_or_default();
     let on = |c: &str| enabled.split_whitespace().any(|x| x == c);
     let (memory, pids) = (on("memory"), on("pids"));
-    (memory || pids).then_some(Base::V2 { dir: skiff, memory, pids })
+    (memory || pids).then_some(V2 { dir: skiff, memory, pids })
 }
 
 /// Creates `dir` if needed and checks that we can create and remove a child in it.
@@ -113,56 +156,168 @@ fn probe_dir(dir: &Path) -> bool {
 
 /// Whether each run gets a `pids.max`.
 pub fn limits_pids() -> bool {
-    matches!(base(), Some(Base::V1Pids { .. } | Base::V2 { pids: true, .. }))
+    let b = base();
+    b.v1_pids.is_some() || b.v2.as_ref().is_some_and(|v| v.pids)
 }
 
-/// A human-readable line about what cgroups give this host, for docs and diagnostics.
-pub fn describe() -> &'static str {
-    match base() {
-        Some(Base::V2 { memory: true, pids: true, .. }) => "cgroup v2 (delegated): pids.max and memory.max per run",
-        Some(Base::V2 { memory: true, .. }) => "cgroup v2 (delegated): memory.max per run",
-        Some(Base::V2 { .. }) => "cgroup v2 (delegated): pids.max per run",
-        Some(Base::V1Pids { .. }) => "cgroup v1 pids hierarchy: pids.max per run (memory: RLIMIT_AS)",
-        None => "no writable cgroup: rlimits only",
+/// Whether each run's memory is limited (and metered) for the whole tree.
+pub fn limits_memory() -> bool {
+    let b = base();
+    b.v1_memory.is_some() || b.v2.as_ref().is_some_and(|v| v.memory)
+}
+
+/// Whether each run's CPU time is counted for the whole tree.
+pub fn meters_cpu() -> bool {
+    let b = base();
+    b.v2.is_some() || b.v1_cpuacct.is_some()
+}
+
+/// A human-readable line about what cgroups give this host, for `skiff doctor`.
+pub fn describe() -> String {
+    let b = base();
+    let on = |yes: bool, what: &str| yes.then(|| what.to_string());
+    let (kind, parts): (&str, Vec<Option<String>>) = match &b.v2 {
+        Some(v) => {
+            ("cgroup v2 (delegated)", vec![on(v.pids, "pids.max"), on(v.memory, "memory.max"), Some("cpu.stat".into())])
+        }
+        None => (
+            "cgroup v1",
+            vec![
+                on(b.v1_pids.is_some(), "pids.max"),
+                on(b.v1_memory.is_some(), "memory.limit_in_bytes"),
+                on(b.v1_cpuacct.is_some(), "cpuacct.usage"),
+            ],
+        ),
+    };
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    let mut line = if parts.is_empty() {
+        "no writable cgroup: rlimits only, per process (no process-tree memory limit or metering)".to_string()
+    } else {
+        format!("{kind}: {} per run", parts.join(", "))
+    };
+    if !limits_memory() && !parts.is_empty() {
+        line.push_str("; memory: RLIMIT_AS per process");
     }
+    line
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `key value` lines (`cpu.stat`, `memory.events`, `memory.oom_control`): the value of `key`.
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 impl RunGroup {
-    /// A fresh cgroup for one run, or `None` when the host has none to give.
+    /// Fresh cgroups for one run, or `None` when the host has none to give.
     pub fn create(max_processes: u64, memory_bytes: u64) -> Option<RunGroup> {
-        let base = base()?;
+        let b = base();
         let name = format!("run-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let (parent, memory, pids) = match base {
-            Base::V2 { dir, memory, pids } => (dir, *memory, *pids),
-            Base::V1Pids { dir } => (dir, false, true),
+        let mut group = RunGroup { dirs: Vec::new(), cpu: None, memory: None, memory_limited: false };
+        let mut make = |parent: &Path| -> Option<PathBuf> {
+            let dir = parent.join(&name);
+            std::fs::create_dir(&dir).ok()?;
+            group.dirs.push(dir.clone());
+            Some(dir)
         };
-        let dir = parent.join(name);
-        std::fs::create_dir(&dir).ok()?;
-        let mut group = RunGroup { dir, memory_limited: false };
-        if pids && max_processes > 0 && std::fs::write(group.dir.join("pids.max"), max_processes.to_string()).is_err() {
-            return None; // dropping removes the directory
+        // Any step that fails leaves `group` to be dropped, which removes what was made.
+        let mut pids_dir = None;
+        let mut memory_dir = None;
+        if let Some(v) = &b.v2 {
+            let dir = make(&v.dir)?;
+            group.cpu = Some(Cpu::V2(dir.clone()));
+            pids_dir = v.pids.then(|| dir.clone());
+            memory_dir = v.memory.then(|| dir.clone()).map(Memory::V2);
+        } else {
+            if let Some(parent) = &b.v1_pids {
+                pids_dir = Some(make(parent)?);
+            }
+            if let Some(parent) = &b.v1_memory {
+                memory_dir = Some(Memory::V1(make(parent)?));
+            }
+            if let Some(parent) = &b.v1_cpuacct {
+                group.cpu = Some(Cpu::V1(make(parent)?));
+            }
         }
-        group.memory_limited = memory
-            && memory_bytes > 0
-            && std::fs::write(group.dir.join("memory.max"), memory_bytes.to_string()).is_ok();
-        if group.memory_limited {
-            let _ = std::fs::write(group.dir.join("memory.swap.max"), "0");
+        if group.dirs.is_empty() {
+            return None;
         }
+        if let Some(dir) = pids_dir
+            && max_processes > 0
+            && std::fs::write(dir.join("pids.max"), max_processes.to_string()).is_err()
+        {
+            return None;
+        }
+        if memory_bytes > 0 {
+            group.memory_limited = match &memory_dir {
+                Some(Memory::V2(dir)) => {
+                    let ok = std::fs::write(dir.join("memory.max"), memory_bytes.to_string()).is_ok();
+                    // No swapping past the limit: the limit is what the step may use.
+                    let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+                    ok
+                }
+                Some(Memory::V1(dir)) => {
+                    let ok = std::fs::write(dir.join("memory.limit_in_bytes"), memory_bytes.to_string()).is_ok();
+                    // Where swap is accounted, memory+swap gets the same limit: no swapping past it.
+                    let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), memory_bytes.to_string());
+                    ok
+                }
+                None => false,
+            };
+        }
+        group.memory = memory_dir;
         Some(group)
     }
 
-    /// The `cgroup.procs` file a process writes `0` into to join.
-    pub fn procs_file(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
+    /// The `cgroup.procs` files a process writes `0` into to join every group of the run.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// The processes still in the group.
     pub fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.procs_file())
-            .unwrap_or_default()
-            .lines()
+        let mut pids: Vec<i32> = self
+            .dirs
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
             .filter_map(|l| l.trim().parse().ok())
-            .collect()
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// CPU time the tree has used so far, when the host accounts it.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        match self.cpu.as_ref()? {
+            Cpu::V2(dir) => read_key(&dir.join("cpu.stat"), "usage_usec").map(Duration::from_micros),
+            Cpu::V1(dir) => read_u64(&dir.join("cpuacct.usage")).map(Duration::from_nanos),
+        }
+    }
+
+    /// What the kernel counted for the tree; read before the group is removed.
+    pub fn usage(&self) -> TreeUsage {
+        let (peak, oom) = match &self.memory {
+            Some(Memory::V2(dir)) => (
+                read_u64(&dir.join("memory.peak")),
+                read_key(&dir.join("memory.events"), "oom_kill").is_some_and(|n| n > 0),
+            ),
+            Some(Memory::V1(dir)) => (
+                read_u64(&dir.join("memory.max_usage_in_bytes")),
+                read_key(&dir.join("memory.oom_control"), "oom_kill").is_some_and(|n| n > 0),
+            ),
+            None => (None, false),
+        };
+        TreeUsage { cpu: self.cpu_time(), peak_memory_bytes: peak, oom_killed: oom && self.memory_limited }
     }
 
     /// SIGKILLs every process in the group until it is empty (or about a second passes).
@@ -175,7 +330,9 @@ impl RunGroup {
                 return;
             }
             // `cgroup.kill` (v2, Linux 5.14+) kills atomically, racing no fork.
-            let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+            if let Some(dir) = self.dirs.first() {
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            }
             for pid in pids {
                 sys::kill(pid, Signal::Kill);
             }
@@ -189,6 +346,8 @@ impl RunGroup {
 impl Drop for RunGroup {
     fn drop(&mut self) {
         // Fails (EBUSY) only if a process survived `kill_all`; the empty directory then stays.
-        let _ = std::fs::remove_dir(&self.dir);
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }

@@ -13,6 +13,7 @@ mod bwrap;
 mod cgroup;
 mod output;
 pub mod relay;
+pub mod rootfs;
 mod sys;
 
 use std::collections::{HashMap, HashSet};
@@ -28,6 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 pub use bwrap::WORKSPACE;
+pub use cgroup::TreeUsage;
 
 use output::{Budget, Pump};
 use sys::{PreExec, Resource, Signal};
@@ -45,9 +47,12 @@ pub struct ProcessLimits {
     pub max_open_files: u64,
     /// RLIMIT_FSIZE: the largest file a process may write, in bytes.
     pub max_file_size: u64,
-    /// RLIMIT_CPU: CPU seconds per process (SIGXCPU, then SIGKILL 5 s later).
+    /// CPU seconds: of the whole tree where the host accounts it in a cgroup (the tree is
+    /// stopped past it), and RLIMIT_CPU per process (SIGXCPU, then SIGKILL 5 s later) everywhere.
     pub cpu_seconds: u64,
-    /// `memory.max` of a delegated cgroup v2, otherwise RLIMIT_AS (virtual memory per process).
+    /// Memory of the whole tree (`memory.max` of a delegated cgroup v2, `memory.limit_in_bytes`
+    /// of a writable v1 memory hierarchy: the kernel kills past it), otherwise RLIMIT_AS (virtual
+    /// memory per process).
     pub memory_bytes: u64,
     /// stdout and stderr together; past it, output is dropped and the tree is killed.
     pub max_output_bytes: u64,
@@ -89,6 +94,33 @@ pub struct SandboxSpec {
     /// Run without bubblewrap (rlimits and cgroup only). Only for an explicit host flag;
     /// every run then logs a warning line.
     pub unsandboxed: bool,
+    /// A container image as the root instead of the host's `/usr`.
+    pub image: Option<ImageRoot>,
+    /// Host directories bound read-write inside (the job's `$HOME`, the app's tool cache).
+    pub binds: Vec<Bind>,
+}
+
+/// A host directory bound read-write into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub host: PathBuf,
+    /// An absolute path inside the sandbox, outside `/workspace`.
+    pub inside: String,
+}
+
+/// A container image as the sandbox's root: the image's unpacked root filesystem, read-only,
+/// under an overlay whose writable upper layer belongs to one job (so one step's installs are
+/// there for the next step of the job, and gone with the job).
+#[derive(Debug, Clone)]
+pub struct ImageRoot {
+    /// The image's root filesystem (see [`rootfs::build`]); never written.
+    pub lower: PathBuf,
+    /// The job's directory for the overlay: `upper/`, `work/` and the mount point `root/` are
+    /// created in it. It must be on a filesystem that can hold an overlay's upper layer.
+    pub job_dir: PathBuf,
+    /// The user and group the program runs as inside (the image's `User`).
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl SandboxSpec {
@@ -106,6 +138,8 @@ impl SandboxSpec {
             egress: None,
             limits: ProcessLimits::default(),
             unsandboxed: false,
+            image: None,
+            binds: Vec::new(),
         }
     }
 }
@@ -157,6 +191,28 @@ pub struct Outcome {
     pub output_bytes: u64,
     /// True when the tree was killed for passing `max_output_bytes`.
     pub output_limit_reached: bool,
+    /// What the kernel counted for the whole process tree (where the host has cgroups).
+    pub usage: TreeUsage,
+    /// A limit of the whole tree that ended it: the kernel's OOM killer at `memory_bytes`, or
+    /// skiff at `cpu_seconds` of CPU summed over the tree.
+    pub limit_exceeded: Option<Limit>,
+}
+
+/// A limit that ended a process tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Memory(u64),
+    Cpu(Duration),
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Memory(bytes) if bytes % (1 << 20) == 0 => write!(f, "memory limit {} MiB exceeded", bytes >> 20),
+            Limit::Memory(bytes) => write!(f, "memory limit {bytes} bytes exceeded"),
+            Limit::Cpu(d) => write!(f, "CPU limit {} s exceeded", d.as_secs()),
+        }
+    }
 }
 
 /// What happens to output besides `on_line`.
@@ -303,6 +359,22 @@ fn check_env(env: &[(String, String)]) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+fn check_binds(binds: &[Bind]) -> Result<()> {
+    for b in binds {
+        let p = Path::new(&b.inside);
+        let plain = p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !plain || p == Path::new("/") || p.starts_with(WORKSPACE) || p.starts_with("/proc") || p.starts_with("/dev")
+        {
+            return Err(SandboxError::Invalid(format!(
+                "`{}` cannot be a mount point in the sandbox: give an absolute path without `..`, outside /, \
+                 /workspace, /proc and /dev",
+                b.inside
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The kernel's limit on one argument or environment string (`MAX_ARG_STRLEN`).
 const MAX_ARG_STRLEN: usize = 32 * 4096;
 /// Room kept for the program's own arguments.
@@ -362,17 +434,25 @@ pub async fn run(
         .map_err(|e| SandboxError::Invalid(format!("workspace {} is not usable: {e}", spec.workspace.display())))?;
     let cwd = check_cwd(&workspace, spec.cwd.as_deref())?;
     let env = check_env(&spec.env)?;
+    check_binds(&spec.binds)?;
+    if spec.unsandboxed && spec.image.is_some() {
+        return Err(SandboxError::Invalid(
+            "a container image needs the process sandbox, and this host runs processes unsandboxed \
+             (--unsandboxed-processes): run the job without `container:`, or the host with bubblewrap"
+                .into(),
+        ));
+    }
     if !spec.unsandboxed {
         availability()?;
     }
     let group = cgroup::RunGroup::create(spec.limits.max_processes + 2, spec.limits.memory_bytes);
-    let procs_file = match &group {
-        Some(g) => Some(
-            std::ffi::CString::new(g.procs_file().into_os_string().into_encoded_bytes())
-                .map_err(|_| SandboxError::SpawnFailed("cgroup path contains NUL".into()))?,
-        ),
-        None => None,
-    };
+    let procs_files = group
+        .iter()
+        .flat_map(|g| g.procs_files())
+        .map(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| SandboxError::SpawnFailed("cgroup path contains NUL".into()))?;
+    let mut overlay = None;
     let limits = rlimits(&spec.limits, group.as_ref().is_some_and(|g| g.memory_limited));
 
     // Kept alive until the spawn is done: bubblewrap reads them after exec.
@@ -401,7 +481,15 @@ pub async fn run(
                 ));
             }
         };
-        let plan = bwrap::Plan { workspace: &workspace, cwd: &cwd, egress };
+        let root = match &spec.image {
+            Some(image) => {
+                let (merged, o) = prepare_overlay(image)?;
+                overlay = Some(o);
+                Some(bwrap::ImagePlan { merged, uid: image.uid, gid: image.gid })
+            }
+            None => None,
+        };
+        let plan = bwrap::Plan { workspace: &workspace, cwd: &cwd, egress, image: root.as_ref(), binds: &spec.binds };
         let args_fd = data_pipe(bwrap::encode_args(&bwrap::options(&plan, fds)))?;
         let bwrap = bwrap_path().ok_or_else(|| SandboxError::Unavailable("bubblewrap disappeared".into()))?;
         cmd = tokio::process::Command::new(bwrap);
@@ -434,7 +522,7 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let inherit_fds = keep.iter().map(|r| r.as_raw_fd()).collect();
-    sys::install_pre_exec(&mut cmd, PreExec { rlimits: limits, cgroup_procs: procs_file, inherit_fds });
+    sys::install_pre_exec(&mut cmd, PreExec { rlimits: limits, cgroup_procs: procs_files, overlay, inherit_fds });
 
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| {
@@ -472,6 +560,11 @@ pub async fn run(
     let mut killed = false;
     let mut status: Option<ExitStatus> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
+    // RLIMIT_CPU binds each process; the tree's sum is watched where the host accounts it.
+    let cpu_limit = Duration::from_secs(spec.limits.cpu_seconds);
+    let watch_cpu = spec.limits.cpu_seconds > 0 && group.as_ref().is_some_and(|g| g.cpu_time().is_some());
+    let mut cpu_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut limit_exceeded: Option<Limit> = None;
     let stop = |reason: Option<Exit>, kill_at: &mut Option<tokio::time::Instant>| {
         if kill_at.is_none() {
             terminate(pid, spec.unsandboxed);
@@ -517,6 +610,12 @@ pub async fn run(
             () = cancel.cancelled(), if ended_by.is_none() && status.is_none() => {
                 ended_by = stop(Some(Exit::Cancelled), &mut kill_at);
             },
+            _ = cpu_tick.tick(), if watch_cpu && limit_exceeded.is_none() && status.is_none() => {
+                if group.as_ref().and_then(|g| g.cpu_time()).is_some_and(|t| t > cpu_limit) {
+                    limit_exceeded = Some(Limit::Cpu(cpu_limit));
+                    stop(None, &mut kill_at);
+                }
+            },
             () = sleep_until_opt(kill_at), if !killed && kill_at.is_some() => {
                 killed = true;
                 kill_tree(pid, group.as_ref(), status.is_some()).await;
@@ -524,8 +623,13 @@ pub async fn run(
         }
     }
     // The namespace is gone with bubblewrap; the cgroup (if any) must be empty before removal.
+    let mut usage = TreeUsage::default();
     if let Some(g) = &group {
         g.kill_all().await;
+        usage = g.usage();
+        if usage.oom_killed {
+            limit_exceeded = Some(Limit::Memory(spec.limits.memory_bytes));
+        }
     }
     let status = status.expect("loop ends after wait");
     let exit = ended_by.unwrap_or_else(|| exit_of(status, spec.unsandboxed));
@@ -537,7 +641,22 @@ pub async fn run(
         duration: started.elapsed(),
         output_bytes: budget.total,
         output_limit_reached: budget.limit_reached,
+        usage,
+        limit_exceeded,
     })
+}
+
+/// The job's overlay directories, created on first use: `(mount point, overlay)`.
+fn prepare_overlay(image: &ImageRoot) -> Result<(PathBuf, sys::Overlay)> {
+    let [upper, work, merged] = ["upper", "work", "root"].map(|d| image.job_dir.join(d));
+    for dir in [&upper, &work, &merged] {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            SandboxError::SpawnFailed(format!("cannot create the job's image directory {}: {e}", dir.display()))
+        })?;
+    }
+    let overlay = sys::Overlay::new(&image.lower, &upper, &work, &merged)
+        .map_err(|e| SandboxError::Invalid(format!("cannot mount the image root: {e}")))?;
+    Ok((merged, overlay))
 }
 
 fn limit_line(max: u64) -> String {
@@ -627,6 +746,17 @@ async fn kill_tree(pid: i32, group: Option<&cgroup::RunGroup>, reaped: bool) {
     if let Some(g) = group {
         g.kill_all().await;
     }
+}
+
+/// Whether `ProcessLimits::memory_bytes` binds the whole process tree here (a memory cgroup),
+/// and not only each process's address space.
+pub fn memory_limit_per_tree() -> bool {
+    cgroup::limits_memory()
+}
+
+/// Whether the CPU time of a whole process tree is counted (and its `cpu_seconds` enforced) here.
+pub fn cpu_metered_per_tree() -> bool {
+    cgroup::meters_cpu()
 }
 
 /// Whether `ProcessLimits::max_processes` binds here: through a per-run pids cgroup,

@@ -15,11 +15,115 @@ use std::os::fd::RawFd;
 pub(super) struct PreExec {
     /// `(resource, soft, hard)`, applied with `setrlimit`.
     pub rlimits: Vec<(Resource, u64, u64)>,
-    /// A `cgroup.procs` file the child moves itself into (by writing `0`).
-    pub cgroup_procs: Option<CString>,
+    /// The `cgroup.procs` files the child moves itself into (by writing `0`).
+    pub cgroup_procs: Vec<CString>,
+    /// An image root to mount before bubblewrap starts (in a user and mount namespace of the
+    /// child's own, which bubblewrap's sandbox then nests in).
+    pub overlay: Option<Overlay>,
     /// Descriptors handed to bubblewrap (`--args`, `--ro-bind-data`): their
     /// close-on-exec flag is cleared in the child only.
     pub inherit_fds: Vec<RawFd>,
+}
+
+/// An overlay filesystem over an image's root: read-only `lower`, the job's writable `upper`.
+/// Everything is formatted before the fork, so mounting allocates nothing.
+#[derive(Debug)]
+pub(super) struct Overlay {
+    /// `"UID UID 1"` and `"GID GID 1"`: the child's own ids, mapped to themselves.
+    pub uid_map: CString,
+    pub gid_map: CString,
+    /// The directory the merged root is mounted on.
+    pub target: CString,
+    /// `lowerdir=…,upperdir=…,workdir=…`.
+    pub options: CString,
+}
+
+impl Overlay {
+    pub fn new(
+        lower: &std::path::Path,
+        upper: &std::path::Path,
+        work: &std::path::Path,
+        target: &std::path::Path,
+    ) -> std::io::Result<Overlay> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = |s: Vec<u8>| CString::new(s).map_err(|_| std::io::Error::other("a path contains a NUL byte"));
+        let escape = |p: &std::path::Path| -> std::io::Result<Vec<u8>> {
+            let b = p.as_os_str().as_bytes();
+            // The option string separates with `,` and `:`; such paths are refused, not escaped.
+            if b.iter().any(|&x| x == b',' || x == b':' || x == b'\\') {
+                return Err(std::io::Error::other(format!(
+                    "{} contains `,`, `:` or `\\`, which overlayfs options cannot hold",
+                    p.display()
+                )));
+            }
+            Ok(b.to_vec())
+        };
+        let mut options = b"lowerdir=".to_vec();
+        options.extend(escape(lower)?);
+        options.extend(b",upperdir=");
+        options.extend(escape(upper)?);
+        options.extend(b",workdir=");
+        options.extend(escape(work)?);
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Ok(Overlay {
+            uid_map: c(format!("{uid} {uid} 1").into_bytes())?,
+            gid_map: c(format!("{gid} {gid} 1").into_bytes())?,
+            target: c(target.as_os_str().as_bytes().to_vec())?,
+            options: c(options)?,
+        })
+    }
+
+    /// In the forked child: a user and mount namespace of its own, then the overlay mount.
+    fn mount(&self) -> std::io::Result<()> {
+        // SAFETY: plain syscall with integer flags.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        write_file(c"/proc/self/setgroups", b"deny")?;
+        write_file(c"/proc/self/uid_map", self.uid_map.as_bytes())?;
+        write_file(c"/proc/self/gid_map", self.gid_map.as_bytes())?;
+        // Nothing mounted here may reach the host's namespace.
+        // SAFETY: valid NUL-terminated strings or null pointers, as mount(2) takes them.
+        let private = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        };
+        if private != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above; `options` is a NUL-terminated string.
+        let mounted = unsafe {
+            libc::mount(c"overlay".as_ptr(), self.target.as_ptr(), c"overlay".as_ptr(), 0, self.options.as_ptr().cast())
+        };
+        if mounted != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` to `path` with raw syscalls (async-signal-safe).
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: writes from a valid buffer to the fd opened above.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closes the fd opened above, exactly once.
+    unsafe { libc::close(fd) };
+    if n != data.len() as isize {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// The rlimits we set; an enum so no `libc` constant leaks out of this module.
@@ -55,7 +159,7 @@ pub(super) fn install_pre_exec(cmd: &mut tokio::process::Command, plan: PreExec)
                 return Err(std::io::Error::last_os_error());
             }
         }
-        if let Some(path) = &plan.cgroup_procs {
+        for path in &plan.cgroup_procs {
             // SAFETY: `path` is a valid NUL-terminated string owned by the closure.
             let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
             if fd < 0 {
@@ -68,6 +172,11 @@ pub(super) fn install_pre_exec(cmd: &mut tokio::process::Command, plan: PreExec)
             if n != 1 {
                 return Err(std::io::Error::last_os_error());
             }
+        }
+        // After joining the cgroups: once in a new user namespace the child has no rights left
+        // over the host's cgroup files.
+        if let Some(overlay) = &plan.overlay {
+            overlay.mount()?;
         }
         // Descriptors the host itself inherited without close-on-exec (from a shell, a
         // supervisor) must not reach the sandbox: mark every one from 3 up close-on-exec.

@@ -994,14 +994,9 @@ impl Scheduler {
             }
         };
         let mut plan = plan;
-        // Shared components are pinned, fetched and checked (signatures included) before any
-        // step runs; a refusal fails the run with its reason.
-        if plan
-            .jobs
-            .iter()
-            .flat_map(|j| &j.steps)
-            .any(|s| matches!(s.uses, skiff_pipeline::plan::Uses::Component { .. }))
-        {
+        // Shared components are pinned, fetched and checked (signatures included), and container
+        // images pulled and unpacked, before any step runs; a refusal fails the run with its reason.
+        if plan.fetches() {
             let fetched = self.resolver.prepare(&mut plan, &app.components).await.map_err(|e| e.to_string())?;
             for f in fetched {
                 tracing::info!(run = run.id, component = %f.reference, cached = f.cached, signed_by = ?f.signed_by, "shared component ready");

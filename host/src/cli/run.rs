@@ -113,10 +113,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    // Shared components are fetched and checked before anything runs.
-    let shared =
-        plan.jobs.iter().flat_map(|j| &j.steps).any(|s| matches!(s.uses, skiff_pipeline::plan::Uses::Component { .. }));
-    if shared {
+    // Shared components are fetched and checked, and images pulled, before anything runs.
+    if plan.fetches() {
         let resolver = args.registry.resolver()?;
         for f in resolver.prepare(&mut plan, &args.policy.policy()?).await? {
             eprintln!("{}", super::registry::describe(&f));
@@ -150,7 +148,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_id = format!("local-{millis}-{}", std::process::id());
     let artifacts_root = args.artifacts.clone().unwrap_or_else(|| std::env::temp_dir().join("skiff-artifacts"));
     let artifacts = Arc::new(LocalArtifacts::new(&artifacts_root));
-    let executor: Arc<dyn StepExecutor> = crate::local_executor(artifacts.clone())?;
+    let executor: Arc<dyn StepExecutor> = crate::local_executor(artifacts.clone(), None)?;
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
         None => std::env::temp_dir().join(format!("skiff-{run_id}")),

@@ -100,7 +100,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let apps = config.apps.len();
     // Every socket is a file: take the whole allowance the host gives.
     conn::raise_open_file_limit();
-    let executor = crate::local_executor(skiff_server::artifact_store(&config))?;
+    // Jobs' homes and image layers live in the data directory; what a crash left there goes now.
+    let jobs = config.data_dir.join("jobs");
+    skiff_runtime::jobs::remove_tree(&jobs);
+    let spaces = skiff_runtime::jobs::JobSpaces::new(jobs, Some(config.data_dir.join("tool-cache")));
+    let executor = crate::local_executor(skiff_server::artifact_store(&config), Some(spaces))?;
     let server = start(config, executor, args.role.into()).await?;
     tracing::info!("listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
     shutdown_signal().await;

@@ -510,7 +510,11 @@ steps:
     let (code, out) = run_project(pipeline, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("mytool ran"), "{out}");
-    assert!(out.contains("PATH=/workspace/tools:/usr/local/bin:/usr/bin:/bin"), "{out}");
+    // The job's install folders (`npm i -g`, `pip install --user`) come after it, then the rest.
+    assert!(
+        out.contains("PATH=/workspace/tools:/home/skiff/.npm-global/bin:/home/skiff/.local/bin:/usr/local/bin:/usr/bin:/bin"),
+        "{out}"
+    );
 }
 
 #[test]

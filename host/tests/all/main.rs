@@ -6,6 +6,7 @@ mod cli;
 mod connections;
 mod edge;
 mod forges;
+mod images;
 mod pipeline;
 mod plugins;
 mod registry;

@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use skiff_sandbox::{self as sandbox, Capture, Exit, Outcome, SandboxError, SandboxSpec, Stream};
+use skiff_sandbox::{self as sandbox, Capture, Exit, Limit, Outcome, SandboxError, SandboxSpec, Stream};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) fn available() -> bool {
@@ -507,5 +507,85 @@ async fn memory_and_file_size_are_limited() {
     spec.limits.memory_bytes = 512 << 20;
     let run = go(&spec).await;
     assert_ne!(run.outcome.exit, Exit::Code(0));
-    assert!(run.log().contains("MemoryError"), "{}", run.log());
+    if sandbox::memory_limit_per_tree() {
+        // The memory cgroup's OOM killer, not an allocation failure: the process is gone.
+        assert_eq!(run.outcome.limit_exceeded, Some(Limit::Memory(512 << 20)), "{}", run.log());
+    } else {
+        assert!(run.log().contains("MemoryError"), "{}", run.log());
+    }
+}
+
+/// Under CI the machine has writable cgroups (v1 or v2): the tree's limits and metering are
+/// tested there, never skipped.
+fn tree_cgroups() -> bool {
+    let ok = sandbox::memory_limit_per_tree() && sandbox::cpu_metered_per_tree();
+    if !ok {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false"),
+            "under CI=true the host must give skiff writable memory and CPU cgroups: {}",
+            sandbox::describe()
+        );
+        eprintln!("SKIPPED: no writable memory/cpu cgroups here: {}", sandbox::describe());
+    }
+    ok
+}
+
+#[tokio::test]
+async fn memory_limit_holds_for_the_whole_tree() {
+    if !available() || !tree_cgroups() {
+        return;
+    }
+    let ws = tempfile::tempdir().unwrap();
+    // Three children of 100 MiB each stay under any per-process limit; the tree does not.
+    let script = "for i in 1 2 3; do python3 -c 'import time; b = bytearray(100 << 20); time.sleep(3)' & done; wait";
+    let mut spec = sh(script, ws.path());
+    spec.limits.memory_bytes = 100 << 20;
+    let run = go(&spec).await;
+    assert_eq!(run.outcome.limit_exceeded, Some(Limit::Memory(100 << 20)), "{:?} {}", run.outcome.exit, run.log());
+    assert_eq!(Limit::Memory(100 << 20).to_string(), "memory limit 100 MiB exceeded");
+    let peak = run.outcome.usage.peak_memory_bytes.unwrap();
+    assert!(peak <= (100 << 20) + (1 << 20), "peak {peak} past the limit");
+
+    // One 300 MiB allocation in one process, as a user would write it.
+    let mut spec = sh("python3 -c 'b = bytearray(300 << 20); print(len(b))'", ws.path());
+    spec.limits.memory_bytes = 100 << 20;
+    let run = go(&spec).await;
+    assert_ne!(run.outcome.exit, Exit::Code(0));
+    assert_eq!(run.outcome.limit_exceeded, Some(Limit::Memory(100 << 20)), "{}", run.log());
+}
+
+#[tokio::test]
+async fn usage_counts_the_whole_tree() {
+    if !available() || !tree_cgroups() {
+        return;
+    }
+    let ws = tempfile::tempdir().unwrap();
+    // Two busy children for about a second of wall time each, and 64 MiB held by a third.
+    let script = "for i in 1 2; do timeout 1 sh -c 'while :; do :; done' & done; \
+                  python3 -c 'import time; b = bytearray(64 << 20); time.sleep(0.5)'; wait";
+    let run = go(&sh(script, ws.path())).await;
+    assert_eq!(run.outcome.exit, Exit::Code(0), "{}", run.log());
+    let usage = run.outcome.usage;
+    let cpu = usage.cpu.unwrap();
+    assert!(cpu >= Duration::from_millis(600), "the busy children's CPU time is missing: {cpu:?}");
+    let peak = usage.peak_memory_bytes.unwrap();
+    assert!(peak >= 64 << 20, "the 64 MiB child is missing from the peak: {peak}");
+    assert_eq!(run.outcome.limit_exceeded, None);
+}
+
+#[tokio::test]
+async fn cpu_limit_holds_for_the_whole_tree() {
+    if !available() || !tree_cgroups() {
+        return;
+    }
+    let ws = tempfile::tempdir().unwrap();
+    // Each child stays under a per-process RLIMIT_CPU of 1 s for a while; their sum does not.
+    let mut spec = sh("for i in 1 2 3 4; do sh -c 'while :; do :; done' & done; wait", ws.path());
+    spec.limits.cpu_seconds = 1;
+    spec.timeout = Duration::from_secs(30);
+    let started = Instant::now();
+    let run = go(&spec).await;
+    assert_eq!(run.outcome.limit_exceeded, Some(Limit::Cpu(Duration::from_secs(1))), "{}", run.log());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_ne!(run.outcome.exit, Exit::Code(0));
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::events::{Emit, JobReport, RunEvent, Status, StepReport, ms};
 use super::{DEFAULT_PATH, RunOptions};
+use crate::component_ref::ComponentRef;
 use crate::executor::{Level, LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, Usage};
 use crate::expr::{Scope, json_to_cel, strings_to_cel};
 use crate::plan::{Plan, PlanJob, PlanStep, Uses, Value};
@@ -44,7 +45,17 @@ struct StepState {
     steps: HashMap<cel::objects::Key, cel::Value>,
     exported_env: BTreeMap<String, String>,
     path: Vec<String>,
-    posts: Vec<(String, String, BTreeMap<String, String>)>, // (step id, script, env)
+    posts: Vec<Post>,
+}
+
+/// A cleanup script, registered by a step (`post:`, or a step's `skiff.post` output).
+struct Post {
+    /// The step's name.
+    of: String,
+    script: String,
+    env: BTreeMap<String, String>,
+    /// It runs where its step's processes ran.
+    image: Option<ComponentRef>,
 }
 
 impl JobRun {
@@ -98,7 +109,7 @@ impl JobRun {
 
         // Cleanup scripts, last registered first, whatever happened.
         let posts = std::mem::take(&mut st.posts);
-        for (n, (of, script, env)) in posts.into_iter().rev().enumerate() {
+        for (n, Post { of, script, env, image }) in posts.into_iter().rev().enumerate() {
             let id = format!("post-{}", n + 1);
             let name = format!("Post {of}");
             let mut req =
@@ -106,6 +117,7 @@ impl JobRun {
             // A cleanup script is a process, and nothing more: no network, no secrets.
             req.grants.process = true;
             req.grants.read_only = self.opts.read_only;
+            req.image = image;
             let r = self.execute(req, None).await;
             let status = match r.outcome {
                 StepOutcome::Success => Status::Success,
@@ -125,6 +137,8 @@ impl JobRun {
                 r.usage,
             ));
         }
+
+        self.executor.job_finished(&self.opts.run_id, &job.key);
 
         let mut scope = self.scope.clone();
         scope.vars.insert("steps", steps_value(&st.steps));
@@ -215,6 +229,7 @@ impl JobRun {
             working_directory: None,
             timeout: None,
             memory: None,
+            image: None,
             event_json: serde_json::to_string(&self.opts.event).unwrap_or_else(|_| "null".into()),
             ca_bundle: self.opts.ca_bundle.clone(),
         }
@@ -360,17 +375,24 @@ impl JobRun {
         req.grants.read_only = self.opts.read_only;
         req.working_directory = wd;
         req.memory = step.memory;
+        req.image = step.image.as_ref().map(|i| i.reference.clone());
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         req.timeout = match (step.timeout, remaining) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         if let Some(post) = &step.post {
-            st.posts.push((step.name.clone(), post.raw.clone(), env.clone()));
+            st.posts.push(Post {
+                of: step.name.clone(),
+                script: post.raw.clone(),
+                env: env.clone(),
+                image: req.image.clone(),
+            });
         }
+        let image = req.image.clone();
         let r = self.execute(req, deadline).await;
         if let Some(post) = &r.post {
-            st.posts.push((step.name.clone(), post.clone(), env.clone()));
+            st.posts.push(Post { of: step.name.clone(), script: post.clone(), env: env.clone(), image });
         }
         let (outcome, error) = match &r.outcome {
             StepOutcome::Success => (Status::Success, None),

@@ -13,7 +13,7 @@ use crate::compat::{BUILTINS, Compat, map_plugin};
 use crate::executor::Grants;
 use crate::expr;
 use crate::model::{ConcurrencyDef, JobDef, PipelineDef, StepDef};
-use crate::plan::{Concurrency, Plan, PlanJob, PlanStep, Uses};
+use crate::plan::{Concurrency, ImageUse, Plan, PlanJob, PlanStep, Uses};
 use crate::script;
 use crate::source::{Seg, YPath};
 use crate::ypath;
@@ -119,6 +119,17 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
     );
     if !unused2.is_empty() {
         cx.at_value(&sub("outputs"), "job outputs cannot read secrets: they are passed to other jobs in the clear");
+    }
+    if let Some(c) = &j.container {
+        let mut cp = sub("container");
+        if matches!(c, crate::model::ContainerDef::Spec(_)) {
+            cp.push(Seg::Key("image".into()));
+        }
+        if let Some(image) = image_use(cx, &cp, c.image(), dir) {
+            for step in steps.iter_mut().filter(|s| s.image.is_none()) {
+                step.image = Some(image.clone());
+            }
+        }
     }
     let strategy = j.strategy.clone().unwrap_or_default();
     let many = j.strategy.is_some();
@@ -337,6 +348,26 @@ fn build_step(
         },
         post,
         memory: s.memory_mb.map(|m| m * 1024 * 1024),
+        image: s.image.as_deref().and_then(|i| image_use(cx, &sub("image"), i, dir)),
+    }
+}
+
+/// `container:` or `image:`: parsed as Docker names images, pinned by the lock beside the pipeline.
+fn image_use(cx: &mut Cx, path: &[Seg], written: &str, dir: &Path) -> Option<ImageUse> {
+    let parsed = crate::component_ref::ComponentRef::parse_image(written).map_err(|e| e.to_string());
+    let pinned = parsed.and_then(|reference| {
+        let lock = cx.lock.get_or_insert_with(|| crate::lock::Lock::read(&crate::lock::path_for(dir)));
+        Ok(lock.as_ref().map_err(Clone::clone)?.pin_image(&reference))
+    });
+    match pinned {
+        Ok(reference) => {
+            let locked = reference.digest().is_some() && !written.contains('@');
+            Some(ImageUse { written: written.trim().to_string(), reference, locked })
+        }
+        Err(e) => {
+            cx.at_value(path, format!("image `{written}`: {e}"));
+            None
+        }
     }
 }
 

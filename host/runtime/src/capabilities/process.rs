@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,17 @@ pub struct ProcessGrant {
     pub network: bool,
     /// The host runs processes without bubblewrap (`--unsandboxed-processes`); logged on every run.
     pub unsandboxed: bool,
+    /// The job's image, home, tool cache and environment defaults (see [`crate::jobs`]).
+    pub setup: crate::jobs::ProcessSetup,
+    /// Limits of each process tree: the step's memory and CPU, the host's process count.
+    pub limits: sandbox::ProcessLimits,
+}
+
+/// What the step's processes used, summed over them (CPU) or the largest (memory).
+#[derive(Debug, Default)]
+pub struct ProcessUsage {
+    pub cpu_ms: AtomicU64,
+    pub peak_memory_bytes: AtomicU64,
 }
 
 /// What the `process` interface of one step holds.
@@ -42,6 +53,8 @@ pub struct ProcessHost {
     pub traffic: Arc<AtomicU64>,
     /// The step's log: processes' output goes there.
     pub log: Arc<LogPipe>,
+    /// What its processes used.
+    pub usage: Arc<ProcessUsage>,
 }
 
 impl ProcessHost {
@@ -69,7 +82,11 @@ impl wit::Host for ProcessHost {
         let timeout = cmd.timeout_ms.map(Duration::from_millis).map_or(left, |t| t.min(left));
         let mut spec = SandboxSpec::new(cmd.program.clone(), self.workspace.clone());
         spec.args = cmd.args;
-        spec.env = cmd.env.into_iter().map(|p| (p.key, p.value)).collect();
+        spec.env =
+            crate::jobs::merge_env(&self.grant.setup.env, cmd.env.into_iter().map(|p| (p.key, p.value)).collect());
+        spec.image = self.grant.setup.image.clone();
+        spec.binds = self.grant.setup.binds.clone();
+        spec.limits = self.grant.limits.clone();
         spec.cwd = cmd.cwd;
         spec.stdin = cmd.stdin;
         spec.timeout = timeout;
@@ -145,6 +162,15 @@ impl wit::Host for ProcessHost {
                 wit::Exit::TimedOut
             }
         };
+        if let Some(cpu) = outcome.usage.cpu {
+            self.usage.cpu_ms.fetch_add(cpu.as_millis() as u64, Ordering::Relaxed);
+        }
+        if let Some(peak) = outcome.usage.peak_memory_bytes {
+            self.usage.peak_memory_bytes.fetch_max(peak, Ordering::Relaxed);
+        }
+        if let Some(limit) = outcome.limit_exceeded {
+            self.log.system(format!("`{}` was killed: {limit}", cmd.program));
+        }
         if outcome.output_limit_reached {
             self.log.system(format!("`{}` was killed: it wrote more output than the sandbox allows", cmd.program));
         }

@@ -230,6 +230,7 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
             allowed: args.allow_process,
             network: args.allow_process_network,
             unsandboxed: args.unsandboxed_processes,
+            ..ProcessGrant::default()
         },
         limits,
         artifacts: args

@@ -1,0 +1,228 @@
+//! Build environments: `run:` steps in container images pulled from a real registry (Debian's
+//! `docker-registry` on a loopback port). The image is made here: Debian's static busybox and a
+//! few files, packed as two OCI layers (gzip, then zstd with whiteouts), pushed, and run by the
+//! `skiff` binary as a user would.
+
+use std::path::Path;
+
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use skiff_pipeline::component_ref::{ComponentRef, Digest};
+use skiff_registry::client::{ClientOptions, RegistryClient, descriptor};
+
+use crate::registry::{Project, Registry};
+
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] =
+    &["sh", "cat", "echo", "test", "ls", "id", "env", "touch", "mkdir", "rm", "grep", "head", "wc"];
+
+/// Whether busybox-static is there (setup.sh installs it); fails under CI=true without it.
+fn busybox() -> bool {
+    if Path::new(BUSYBOX).is_file() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{BUSYBOX} (Debian's busybox-static) is needed for the image tests: run scripts/setup.sh"
+    );
+    eprintln!("SKIPPED: {BUSYBOX} is not installed (scripts/setup.sh installs busybox-static)");
+    false
+}
+
+enum Entry<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8], u32),
+    Link(&'a str, &'a str),
+}
+
+fn tar(entries: &[Entry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        match e {
+            Entry::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            Entry::File(p, data, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, *data).unwrap();
+            }
+            Entry::Link(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn zstd(bytes: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(bytes, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+/// The test image: busybox as `/bin/sh` and friends, its own `/etc/os-release`, a user
+/// `builder`, and a second layer that whites out `/etc/gone.txt` and adds a tool.
+pub fn push_test_image(reg: &Registry, repo_tag: &str, user: &str) -> Digest {
+    let busybox = std::fs::read(BUSYBOX).unwrap();
+    let mut base = vec![
+        Entry::Dir("bin"),
+        Entry::Dir("etc"),
+        Entry::Dir("tmp"),
+        Entry::Dir("home/builder"),
+        Entry::Dir("usr/local/bin"),
+        Entry::File("bin/busybox", &busybox, 0o755),
+        Entry::File("etc/os-release", b"ID=skiff-test-image\nPRETTY_NAME=\"Skiff test image\"\n", 0o644),
+        Entry::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nbuilder:x:4242:4242::/home/builder:/bin/sh\n",
+            0o644,
+        ),
+        Entry::File("etc/group", b"root:x:0:\nbuilder:x:4242:\n", 0o644),
+        Entry::File("etc/gone.txt", b"the second layer removes me\n", 0o644),
+    ];
+    base.extend(APPLETS.iter().map(|a| Entry::Link(Box::leak(format!("bin/{a}").into_boxed_str()), "busybox")));
+    let layer1 = gzip(&tar(&base));
+    let layer2 = zstd(&tar(&[
+        Entry::File("etc/.wh.gone.txt", b"", 0o644),
+        Entry::File("usr/local/bin/hello", b"#!/bin/sh\necho hello from the image\n", 0o755),
+    ]));
+    let diff_ids: Vec<String> = [tar(&base)].iter().map(|t| Digest::of(t).to_string()).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "IMAGE_VAR=from-the-image-config"],
+            "WorkingDir": "/",
+            "User": user,
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let mut config_desc = descriptor("application/vnd.oci.image.config.v1+json", &config, None);
+    config_desc.annotations = None;
+    let layers: Vec<OciDescriptor> = vec![
+        descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &layer1, None),
+        descriptor("application/vnd.oci.image.layer.v1.tar+zstd", &layer2, None),
+    ];
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+        config: config_desc,
+        layers,
+        subject: None,
+        artifact_type: None,
+        annotations: None,
+    };
+    let r = ComponentRef::parse(&format!("{}/{repo_tag}", reg.addr)).unwrap();
+    let client = RegistryClient::new(ClientOptions::default());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(client.push(&r, None, &[&config, &layer1, &layer2], &manifest))
+        .unwrap()
+}
+
+fn pipeline(image: &str) -> String {
+    format!(
+        r#"jobs:
+  build:
+    container: {image}
+    steps:
+      - id: os
+        shell: sh
+        run: cat /etc/os-release
+      - id: whiteout
+        shell: sh
+        run: test ! -e /etc/gone.txt && echo "gone.txt is hidden"
+      - id: config
+        run: echo "var=$IMAGE_VAR user=$(id -u) home=$HOME"; hello
+      - id: write
+        run: echo "made in step 4" > /usr/local/bin/made && mkdir -p $HOME/.cache && echo kept > $HOME/.cache/x
+      - id: read
+        run: cat /usr/local/bin/made $HOME/.cache/x; test ! -e /usr/bin/cargo && echo "no host tools"
+  other:
+    needs: build
+    container: {image}
+    steps:
+      - run: test ! -e /usr/local/bin/made && echo "another job starts from the image"
+"#
+    )
+}
+
+#[test]
+fn a_job_runs_in_its_image_with_layers_whiteouts_config_and_a_writable_layer_of_its_own() {
+    if !busybox() {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else { return };
+    let digest = push_test_image(&reg, "test/busybox:1", "");
+    let image = format!("{}/test/busybox:1", reg.addr);
+    let p = Project::new(&pipeline(&image));
+
+    // `skiff lock` pulls the image and pins it.
+    let (ok, out) = p.run(&["lock"]);
+    assert!(ok, "{out}");
+    assert!(p.lock_file().contains(&format!("{image}: {digest}")), "{}", p.lock_file());
+
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("PRETTY_NAME=\"Skiff test image\""), "the image's /etc/os-release: {out}");
+    assert!(!out.contains("Debian"), "the host's /etc/os-release leaked in: {out}");
+    assert!(out.contains("gone.txt is hidden"), "{out}");
+    assert!(out.contains("var=from-the-image-config user=0 home=/root"), "{out}");
+    assert!(out.contains("hello from the image"), "the image's PATH: {out}");
+    assert!(out.contains("made in step 4") && out.contains("kept"), "a job's writes last for its steps: {out}");
+    assert!(out.contains("no host tools"), "{out}");
+    assert!(out.contains("another job starts from the image"), "{out}");
+
+    // By digest, without a lock; a wrong digest is refused before anything runs.
+    std::fs::remove_file(p.dir.path().join(".skiff/lock.yaml")).unwrap();
+    std::fs::write(p.dir.path().join(".skiff/pipeline.yaml"), pipeline(&format!("{}/test/busybox@{digest}", reg.addr)))
+        .unwrap();
+    let (ok, out) = p.run(&["run", "--locked", "--job", "build"]);
+    assert!(ok, "{out}");
+    let wrong = Digest::of(b"not this image");
+    std::fs::write(p.dir.path().join(".skiff/pipeline.yaml"), pipeline(&format!("{}/test/busybox@{wrong}", reg.addr)))
+        .unwrap();
+    let (ok, out) = p.run(&["run", "--job", "build"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("was not found") || out.contains("do not match"), "{out}");
+    assert!(!out.contains("Skiff test image"), "nothing ran: {out}");
+}
+
+#[test]
+fn a_steps_image_and_the_images_user_are_honoured() {
+    if !busybox() {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else { return };
+    push_test_image(&reg, "test/builder:1", "builder");
+    let image = format!("{}/test/builder:1", reg.addr);
+    let p = Project::new(&format!(
+        r#"steps:
+  - run: |
+      echo "host: $(. /etc/os-release; echo $ID)"
+  - image: {image}
+    run: |
+      echo "image: $(. /etc/os-release; echo $ID) uid=$(id -u) home=$HOME"
+      touch $HOME/ok && echo "home is writable"
+"#
+    ));
+    let (ok, out) = p.run(&["run"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("image: skiff-test-image uid=4242 home=/home/builder"), "{out}");
+    assert!(out.contains("home is writable"), "{out}");
+    assert!(!out.contains("host: skiff-test-image"), "the first step runs on the host: {out}");
+}

@@ -450,6 +450,17 @@ impl Runtime {
                 (status, BTreeMap::new())
             }
         };
+        // A process tree the kernel (memory) or the host (CPU) stopped at a limit: that is why the
+        // step failed, whatever the component made of its end.
+        let status = match (status, processes.limit()) {
+            (StepStatus::Failed(m), Some(limit @ sandbox::Limit::Memory(_))) => {
+                StepStatus::MemoryLimit(format!("{limit} by its processes ({m})"))
+            }
+            (StepStatus::Failed(m), Some(limit @ sandbox::Limit::Cpu(_))) => {
+                StepStatus::CpuLimit(format!("{limit} by its processes ({m})"))
+            }
+            (status, _) => status,
+        };
         if !status.succeeded() {
             log.system(format!("step ended: {status}"));
         }

@@ -123,38 +123,46 @@ pub struct Layer {
     pub path: PathBuf,
 }
 
-/// Why an image's root filesystem could not be built. Messages say what is wrong and what to do.
+/// Why an image's root filesystem could not be built. Messages say what is wrong and what to do;
+/// `layer` is the layer's 1-based position in the image.
 #[derive(thiserror::Error, Debug)]
 pub enum RootfsError {
     #[error(
-        "image key `{key}` is not a digest like `sha256:<64 lowercase hex digits>`: key the root filesystem by the image's digest"
+        "image key `{key}` is not a digest like `sha256:<64 lowercase hex digits>`: \
+         key the root filesystem by the image's digest"
     )]
     InvalidKey { key: String },
-    /// `layer` is the 1-based position of the layer in the image.
     #[error(
-        "layer {layer} ({digest}) cannot be read as a {format}: {detail}: the blob is corrupt or not an image layer; pull the image again or rebuild it"
+        "layer {layer} ({digest}) cannot be read as a {format}: {detail}: \
+         the blob is corrupt or not an image layer; pull the image again or rebuild it"
     )]
     Malformed { layer: usize, digest: String, format: &'static str, detail: String },
     #[error(
-        "layer {layer} ({digest}) has an entry `{entry}` that leaves the image root: the image is malformed or hostile; rebuild it"
+        "layer {layer} ({digest}) has an entry `{entry}` that leaves the image root: \
+         the image is malformed or hostile; rebuild it"
     )]
     Escapes { layer: usize, digest: String, entry: String },
     #[error(
-        "layer {layer} ({digest}) has an entry `{entry}` that cannot be unpacked: {why}: the image is malformed or hostile; rebuild it"
+        "layer {layer} ({digest}) has an entry `{entry}` that cannot be unpacked: {why}: \
+         the image is malformed or hostile; rebuild it"
     )]
     BadEntry { layer: usize, digest: String, entry: String, why: String },
     #[error(
-        "the image's files add up to more than {limit} bytes (reached in layer {layer}, {digest}): use a smaller image, or raise the host's image size limit"
+        "the image's files add up to more than {limit} bytes (reached in layer {layer}, {digest}): \
+         use a smaller image, or raise the host's image size limit"
     )]
     TooLarge { layer: usize, digest: String, limit: u64 },
     #[error(
-        "the image has more than {limit} files, directories and links (reached in layer {layer}, {digest}): use a smaller image, or raise the host's limit on image entries"
+        "the image has more than {limit} files, directories and links (reached in layer {layer}, {digest}): \
+         use a smaller image, or raise the host's limit on image entries"
     )]
     TooManyEntries { layer: usize, digest: String, limit: u64 },
     #[error(
-        "layer {layer} ({digest}) has more than {limit} bytes of tar metadata (long names, pax headers) for one entry: the image is malformed or hostile; rebuild it"
+        "layer {layer} ({digest}) has more than {limit} bytes of tar metadata (long names, pax headers) \
+         for one entry: the image is malformed or hostile; rebuild it"
     )]
     MetadataTooLarge { layer: usize, digest: String, limit: u64 },
+    /// The store or a blob could not be read or written.
     #[error("{what}: {source}; {hint}")]
     Io {
         what: String,
@@ -211,7 +219,8 @@ fn walk(root: &Path, path: &[u8], create: bool, want_dir: bool) -> Result<Option
             }
             _ => {}
         }
-        let last = !want_dir && pending.iter().all(|c| c.is_empty() || c == b".");
+        // Never asked with `want_dir`; otherwise only where the walk ends: no quadratic cost.
+        let last = |pending: &VecDeque<Vec<u8>>| !want_dir && pending.iter().all(|c| c.is_empty() || c == b".");
         let rel = real.join(OsStr::from_bytes(&name));
         let host = root.join(&rel);
         match fs::symlink_metadata(&host) {
@@ -230,10 +239,10 @@ fn walk(root: &Path, path: &[u8], create: bool, want_dir: bool) -> Result<Option
                     pending.push_front(c.to_vec());
                 }
             }
-            Ok(_) if last => real = rel,
+            Ok(_) if last(&pending) => real = rel,
             Ok(_) => return Err(WalkError::NotDir(rel)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if last {
+                if last(&pending) {
                     real = rel;
                 } else if create {
                     DirBuilder::new().mode(0o755).create(&host).map_err(WalkError::Io)?;
@@ -1094,7 +1103,7 @@ mod tests {
     /// A root next to host files a hostile layer must not reach.
     ///
     /// These tests may run as root (CI containers), where a regression that lets a layer out
-    /// could damage the machine. So the root sits 24 directories deep in its temporary
+    /// could damage the machine. So the root sits 16 directories deep in its temporary
     /// directory (relative escapes stay inside it, where the snapshot sees them), and absolute
     /// symlinks used to write point where nothing can be created (`/proc`, or a missing path).
     struct Site {
@@ -1109,7 +1118,7 @@ mod tests {
     impl Site {
         fn new() -> Site {
             let tmp = tempfile::tempdir().unwrap();
-            let parent = tmp.path().join(["x"; 24].join("/"));
+            let parent = tmp.path().join(["x"; 16].join("/"));
             let root = parent.join("root");
             fs::create_dir_all(&root).unwrap();
             fs::create_dir_all(parent.join("outside/dir")).unwrap();

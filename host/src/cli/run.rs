@@ -55,6 +55,9 @@ pub struct RunArgs {
     /// Print run events as JSON lines instead of the terminal view.
     #[arg(long)]
     pub json: bool,
+    /// Show each step's CPU time and peak memory (its component's and its processes' trees).
+    #[arg(long)]
+    pub usage: bool,
     /// Where the steps' artifacts (`upload` with `target: artifact`) are kept: `DIR/RUN-ID/NAME`
     /// (default: `skiff-artifacts` under the temp dir). The run's folder is printed at the end.
     #[arg(long, value_name = "DIR")]
@@ -182,7 +185,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         run_pipeline(&plan, opts, executor, obs).await
     } else {
         let multi = plan.jobs.len() > 1;
-        let term = Arc::new(Terminal::new(multi));
+        let term = Arc::new(Terminal { usage: args.usage, ..Terminal::new(multi) });
         eprintln!("workspace: {}", workspace.display());
         let ticker = {
             let term = term.clone();
@@ -234,6 +237,8 @@ impl RunObserver for JsonObserver {
 pub struct Terminal {
     multi: bool,
     colours: bool,
+    /// Step lines show CPU time and peak memory.
+    pub usage: bool,
     running: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
 
@@ -253,7 +258,7 @@ fn mark(s: Status) -> &'static str {
 impl Terminal {
     /// A view; `multi` prefixes lines with the job, as jobs run in parallel.
     pub fn new(multi: bool) -> Self {
-        Terminal { multi, colours: inert::colours_on_stdout(), running: Mutex::new(HashMap::new()) }
+        Terminal { multi, colours: inert::colours_on_stdout(), usage: false, running: Mutex::new(HashMap::new()) }
     }
 
     fn prefix(&self, job: &str) -> String {
@@ -309,13 +314,18 @@ impl RunObserver for Terminal {
                     self.line(&format!("{}  │ {tag}{}", self.prefix(&l.job_id), self.t(t)));
                 }
             }
-            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, .. } => {
+            RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, error, usage, .. } => {
                 self.running.lock().expect("not poisoned").remove(&(job_id.clone(), step_id.clone()));
                 let mut s = format!("{}  {} {}", self.prefix(job_id), mark(*status), self.t(name));
-                if *status == Status::Skipped {
-                    s.push_str(" (skipped)");
-                } else {
-                    s.push_str(&format!(" ({})", secs(*duration_ms)));
+                match usage {
+                    _ if *status == Status::Skipped => s.push_str(" (skipped)"),
+                    Some(u) if self.usage => s.push_str(&format!(
+                        " ({}, cpu {}, peak memory {} MiB)",
+                        secs(*duration_ms),
+                        secs(u.cpu_ms),
+                        u.peak_memory_bytes >> 20
+                    )),
+                    _ => s.push_str(&format!(" ({})", secs(*duration_ms))),
                 }
                 if let Some(e) = error {
                     for (i, l) in e.lines().enumerate() {

@@ -2,11 +2,11 @@
 
 mod artifacts;
 mod authoring;
+mod build_env;
 mod cli;
 mod connections;
 mod edge;
 mod forges;
-mod images;
 mod pipeline;
 mod plugins;
 mod registry;

@@ -37,6 +37,15 @@ pub struct ProcessGrant {
 pub struct ProcessUsage {
     pub cpu_ms: AtomicU64,
     pub peak_memory_bytes: AtomicU64,
+    /// The last limit that stopped one of its process trees.
+    limit: std::sync::Mutex<Option<sandbox::Limit>>,
+}
+
+impl ProcessUsage {
+    /// The last limit that stopped one of the step's process trees.
+    pub fn limit(&self) -> Option<sandbox::Limit> {
+        *self.limit.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What the `process` interface of one step holds.
@@ -170,6 +179,7 @@ impl wit::Host for ProcessHost {
         }
         if let Some(limit) = outcome.limit_exceeded {
             self.log.system(format!("`{}` was killed: {limit}", cmd.program));
+            *self.usage.limit.lock().unwrap_or_else(|e| e.into_inner()) = Some(limit);
         }
         if outcome.output_limit_reached {
             self.log.system(format!("`{}` was killed: it wrote more output than the sandbox allows", cmd.program));

@@ -1,7 +1,10 @@
-//! Build environments: `run:` steps in container images pulled from a real registry (Debian's
-//! `docker-registry` on a loopback port). The image is made here: Debian's static busybox and a
-//! few files, packed as two OCI layers (gzip, then zstd with whiteouts), pushed, and run by the
-//! `skiff` binary as a user would.
+//! Build environments, through the `skiff` binary as a user runs it:
+//! - `run:` steps in container images pulled from a real registry (Debian's `docker-registry` on
+//!   a loopback port). The image is made here: Debian's static busybox and a few files, packed as
+//!   two OCI layers (gzip, then zstd with whiteouts), and pushed.
+//! - A job's writable `$HOME` and global npm installs: Serverless-cd's own example
+//!   (`npm i @serverless-devs/s -g`, `s config add`, `s deploy`) against an npm registry stand-in.
+//! - Limits and metering of a step's whole process tree.
 
 use std::path::Path;
 
@@ -225,4 +228,151 @@ fn a_steps_image_and_the_images_user_are_honoured() {
     assert!(out.contains("image: skiff-test-image uid=4242 home=/home/builder"), "{out}");
     assert!(out.contains("home is writable"), "{out}");
     assert!(!out.contains("host: skiff-test-image"), "the first step runs on the host: {out}");
+}
+
+// ---- a job's home and global installs ----
+
+/// An npm registry stand-in on 127.0.0.1 serving one package, `@serverless-devs/s`, whose `s`
+/// keeps its configuration in `$HOME/.s` (as the real one does) and "deploys" with it.
+fn npm_registry() -> (u16, std::thread::JoinHandle<()>) {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cli = br#"#!/usr/bin/env node
+const fs = require('fs'), path = require('path'), os = require('os');
+const [cmd, ...rest] = process.argv.slice(2);
+const file = path.join(os.homedir(), '.s', 'access.json');
+if (cmd === 'config') {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, JSON.stringify({ account: rest[rest.indexOf('--AccountID') + 1] }));
+  console.log('s: config added');
+} else if (cmd === 'deploy') {
+  console.log('s: deployed with account ' + JSON.parse(fs.readFileSync(file)).account);
+} else { process.exit(2); }
+"#;
+    let manifest = br#"{"name":"@serverless-devs/s","version":"3.0.0","bin":{"s":"bin/s.js"}}"#;
+    let tgz = gzip(&tar(&[
+        Entry::File("package/package.json", manifest, 0o644),
+        Entry::File("package/bin/s.js", cli, 0o755),
+    ]));
+    let integrity = format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&tgz)));
+    let tarball = format!("http://127.0.0.1:{port}/@serverless-devs/s/-/s-3.0.0.tgz");
+    let packument = serde_json::json!({
+        "name": "@serverless-devs/s",
+        "dist-tags": {"latest": "3.0.0"},
+        "versions": {"3.0.0": {
+            "name": "@serverless-devs/s", "version": "3.0.0", "bin": {"s": "bin/s.js"},
+            "dist": {"tarball": tarball, "integrity": integrity},
+        }},
+    })
+    .to_string();
+    let server = std::thread::spawn(move || {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        // Two requests (the package document, then its tarball) and whatever npm asks besides.
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            // Through a proxy the request line holds the whole URL.
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            let path = path
+                .split_once("://")
+                .map_or(path.clone(), |(_, rest)| rest.find('/').map_or("/".to_string(), |i| rest[i..].to_string()));
+            let (status, kind, body): (&str, &str, Vec<u8>) = if path.ends_with(".tgz") {
+                ("200 OK", "application/octet-stream", tgz.clone())
+            } else if path.starts_with("/@serverless-devs") {
+                ("200 OK", "application/json", packument.clone().into_bytes())
+            } else {
+                ("404 Not Found", "application/json", b"{}".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+            if path.ends_with(".tgz") {
+                return;
+            }
+        }
+    });
+    (port, server)
+}
+
+#[test]
+fn the_serverless_cd_example_installs_its_cli_globally_and_uses_it_in_the_next_steps() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let (port, server) = npm_registry();
+    // Serverless-cd's example, unchanged but for where npm finds the package.
+    let p = Project::new(&format!(
+        r#"env:
+  NPM_CONFIG_REGISTRY: http://127.0.0.1:{port}/
+  NPM_CONFIG_AUDIT: "false"
+  NPM_CONFIG_FUND: "false"
+  NPM_CONFIG_UPDATE_NOTIFIER: "false"
+  # The stand-in listens on the host's loopback: through the host's proxy, not around it.
+  NO_PROXY: ""
+steps:
+  - run: npm i @serverless-devs/s -g
+    permissions: {{ network: true, hosts: ['127.0.0.1:{port}'] }}
+  - run: s config add --AccountID 1234567 --AccessKeyID ${{{{ secrets.AK }}}} --AccessKeySecret ${{{{ secrets.SK }}}} -a default
+  - run: s deploy --use-local -y
+"#
+    ));
+    let (ok, out) = p.run(&["run", "--secret", "AK=ak-id", "--secret", "SK=sk-secret"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("s: config added"), "{out}");
+    assert!(out.contains("s: deployed with account 1234567"), "{out}");
+    server.join().unwrap();
+}
+
+// ---- limits and metering of a step's processes ----
+
+#[test]
+fn memory_mb_holds_for_a_steps_processes_and_usage_counts_them() {
+    if !crate::sandbox::available() {
+        return;
+    }
+    let p = Project::new(
+        r#"jobs:
+  busy:
+    steps:
+      - name: busy
+        run: |
+          for i in 1 2; do timeout 1 sh -c 'while :; do :; done' & done
+          python3 -c 'import time; b = bytearray(64 << 20); time.sleep(0.3)'
+          wait
+  greedy:
+    steps:
+      - run: python3 -c 'b = bytearray(300 << 20); print("allocated", len(b))'
+        memory-mb: 100
+"#,
+    );
+    let (ok, out) = p.run(&["run", "--usage"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("memory limit 100 MiB exceeded by its processes"), "the step's reason: {out}");
+    assert!(!out.contains("allocated 314572800"), "{out}");
+    // `✓ busy (1.1s, cpu 1.9s, peak memory 70 MiB)`
+    let line = out.lines().find(|l| l.contains("✓ busy (")).unwrap_or_else(|| panic!("{out}"));
+    let field = |name: &str| -> &str {
+        let rest = &line[line.find(name).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len()..];
+        rest.split([',', ')']).next().unwrap().trim()
+    };
+    let cpu = match field("cpu ") {
+        ms if ms.ends_with("ms") => ms.trim_end_matches("ms").parse::<f64>().unwrap() / 1000.0,
+        s => s.trim_end_matches('s').parse::<f64>().unwrap(),
+    };
+    assert!(cpu >= 0.6, "the processes' CPU time is counted: {line}");
+    let peak: u64 = field("peak memory ").trim_end_matches(" MiB").parse().unwrap();
+    assert!(peak >= 64, "the processes' peak memory is counted: {line}");
 }

@@ -512,7 +512,9 @@ steps:
     assert!(out.contains("mytool ran"), "{out}");
     // The job's install folders (`npm i -g`, `pip install --user`) come after it, then the rest.
     assert!(
-        out.contains("PATH=/workspace/tools:/home/skiff/.npm-global/bin:/home/skiff/.local/bin:/usr/local/bin:/usr/bin:/bin"),
+        out.contains(
+            "PATH=/workspace/tools:/home/skiff/.npm-global/bin:/home/skiff/.local/bin:/usr/local/bin:/usr/bin:/bin"
+        ),
         "{out}"
     );
 }

@@ -30,6 +30,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Check a pipeline and report every problem at once.
     Validate(cli::validate::ValidateArgs),
+    /// Show what this host enforces for steps' processes (sandbox, images, limits) and where it caches.
+    Doctor,
     /// Pin every registry tag the pipeline uses to its digest, in .skiff/lock.yaml.
     Lock(cli::lock::LockArgs),
     /// Write a skiff.toml for `skiff serve`, with an admin token and a webhook secret.
@@ -80,6 +82,7 @@ async fn main() -> ExitCode {
         Command::Step(cmd) => step::run(cmd).await,
         Command::Run(args) => cli::run::run(args).await,
         Command::Validate(args) => cli::validate::run(args).await,
+        Command::Doctor => cli::doctor::run(),
         Command::Lock(args) => cli::lock::run(args).await,
         Command::Init(args) => cli::init::run(args),
         Command::Serve(args) => cli::serve::serve(*args).await.map(|()| ExitCode::SUCCESS),

@@ -445,6 +445,9 @@ pub async fn run(
     if !spec.unsandboxed {
         availability()?;
     }
+    if spec.image.is_some() {
+        image_roots_available()?;
+    }
     let group = cgroup::RunGroup::create(spec.limits.max_processes + 2, spec.limits.memory_bytes);
     let procs_files = group
         .iter()
@@ -748,6 +751,42 @@ async fn kill_tree(pid: i32, group: Option<&cgroup::RunGroup>, reaped: bool) {
     }
 }
 
+/// Whether container images can be a sandbox's root here: an overlay mounted in a user and
+/// mount namespace of the process's own (Linux 5.11+ unprivileged, or root). Checked once.
+pub fn image_roots_available() -> Result<()> {
+    static CHECK: OnceLock<Result<()>> = OnceLock::new();
+    CHECK.get_or_init(check_image_roots).clone()
+}
+
+fn check_image_roots() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("skiff-overlay-probe-{}", std::process::id()));
+    let unavailable = |why: String| {
+        SandboxError::Unavailable(format!(
+            "container images cannot be mounted here ({why}): they need overlayfs in an unprivileged user namespace \
+             (Linux 5.11 or newer, or a host running as root)"
+        ))
+    };
+    let result = (|| {
+        let lower = dir.join("lower");
+        std::fs::create_dir_all(&lower).map_err(|e| unavailable(e.to_string()))?;
+        let (merged, overlay) = prepare_overlay(&ImageRoot { lower, job_dir: dir.clone(), uid: 0, gid: 0 })?;
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", "exit 0"])
+            .current_dir(&merged)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        sys::install_pre_exec_std(&mut cmd, overlay);
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(unavailable(format!("the probe exited with {s}"))),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Whether `ProcessLimits::memory_bytes` binds the whole process tree here (a memory cgroup),
 /// and not only each process's address space.
 pub fn memory_limit_per_tree() -> bool {
@@ -777,6 +816,44 @@ pub fn describe() -> String {
         ""
     };
     format!("{bwrap}; {}{root}", cgroup::describe())
+}
+
+/// One line per thing this host enforces or offers to processes, for `skiff doctor`.
+pub fn report() -> Vec<(&'static str, String)> {
+    let ok = |r: Result<()>, yes: &str| match r {
+        Ok(()) => yes.to_string(),
+        Err(e) => format!("unavailable: {e}"),
+    };
+    let yes_no = |b: bool, yes: &str, no: &str| if b { yes.to_string() } else { no.to_string() };
+    vec![
+        ("bubblewrap", ok(availability(), "available")),
+        ("container images", ok(image_roots_available(), "available (overlayfs in a user namespace)")),
+        ("cgroups", cgroup::describe()),
+        (
+            "memory limit",
+            yes_no(
+                memory_limit_per_tree(),
+                "per process tree (cgroup)",
+                "per process only (RLIMIT_AS): a tree of processes can use more in total",
+            ),
+        ),
+        (
+            "CPU limit and metering",
+            yes_no(
+                cpu_metered_per_tree(),
+                "per process tree (cgroup)",
+                "per process only (RLIMIT_CPU); usage does not count processes",
+            ),
+        ),
+        (
+            "process count",
+            yes_no(
+                process_limit_enforced(),
+                if cgroup::limits_pids() { "per process tree (pids cgroup)" } else { "RLIMIT_NPROC (per user)" },
+                "not enforced (root without a writable pids cgroup)",
+            ),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -200,6 +200,13 @@ pub(super) fn install_pre_exec(cmd: &mut tokio::process::Command, plan: PreExec)
     unsafe { cmd.pre_exec(hook) };
 }
 
+/// Installs only `overlay`'s mount as a std command's `pre_exec` hook (the availability probe).
+pub(super) fn install_pre_exec_std(cmd: &mut std::process::Command, overlay: Overlay) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the hook only makes async-signal-safe system calls and allocates nothing.
+    unsafe { cmd.pre_exec(move || overlay.mount()) };
+}
+
 /// Sends `sig` to `pid` (a process group when negative). Errors (gone already) are ignored.
 pub(super) fn kill(pid: i32, sig: Signal) {
     if pid == 0 || pid == -1 {

@@ -1,6 +1,7 @@
 //! The command line: one module per command, with its arguments.
 
 pub mod client;
+pub mod doctor;
 pub mod edge;
 pub mod init;
 pub mod lock;

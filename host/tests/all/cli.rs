@@ -499,6 +499,22 @@ fn run_steps_with_network_reach_neither_the_host_nor_metadata() {
 }
 
 #[test]
+fn doctor_says_what_binds_a_process_tree() {
+    let (code, out) = skiff(&["doctor"]);
+    for line in ["bubblewrap:", "container images:", "cgroups:", "memory limit:", "CPU limit and metering:", "cache:"] {
+        assert!(out.contains(line), "{line} missing: {out}");
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        // The CI machine gives skiff everything: nothing may quietly fall back there.
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("bubblewrap: available"), "{out}");
+        assert!(out.contains("container images: available"), "{out}");
+        assert!(out.contains("memory limit: per process tree"), "{out}");
+        assert!(out.contains("CPU limit and metering: per process tree"), "{out}");
+    }
+}
+
+#[test]
 fn a_path_entry_goes_in_front_of_path_and_keeps_the_rest() {
     let pipeline = r#"
 steps:

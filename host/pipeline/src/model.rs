@@ -94,6 +94,9 @@ pub struct PipelineDef {
     /// Shorthand for a single job named `main` with these steps (Serverless-cd style).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepDef>>,
+    /// The container image of the one job that top-level `steps:` make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerDef>,
     /// A compatibility mode: `serverless-cd` runs `run:` steps without `permissions:` with the
     /// network, as Serverless-cd did (the default of a `serverless-pipeline.yaml`); `none` turns
     /// it off there.

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::manifest::OciImageManifest;
 use skiff_pipeline::component_ref::{ComponentRef, Digest};
 use skiff_registry::client::{ClientOptions, RegistryClient, descriptor};
 
@@ -76,65 +76,83 @@ fn zstd(bytes: &[u8]) -> Vec<u8> {
     ruzstd::encoding::compress_to_vec(bytes, ruzstd::encoding::CompressionLevel::Fastest)
 }
 
-/// The test image: busybox as `/bin/sh` and friends, its own `/etc/os-release`, a user
-/// `builder`, and a second layer that whites out `/etc/gone.txt` and adds a tool.
+/// An image to push: layers as (media type, blob), a config, and who pushes it.
+struct Image {
+    layers: Vec<(&'static str, Vec<u8>)>,
+    config: serde_json::Value,
+    credentials: Option<(String, String)>,
+}
+
+impl Image {
+    /// The test image: busybox as `/bin/sh` and friends, its own `/etc/os-release`, a user
+    /// `builder`, and a second layer (zstd) that whites out `/etc/gone.txt` and adds a tool.
+    fn busybox(user: &str) -> Self {
+        let busybox = std::fs::read(BUSYBOX).unwrap();
+        let mut base = vec![
+            Entry::Dir("bin"),
+            Entry::Dir("etc"),
+            Entry::Dir("tmp"),
+            Entry::Dir("home/builder"),
+            Entry::Dir("usr/local/bin"),
+            Entry::File("bin/busybox", &busybox, 0o755),
+            Entry::File("etc/os-release", b"ID=skiff-test-image\nPRETTY_NAME=\"Skiff test image\"\n", 0o644),
+            Entry::File(
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\nbuilder:x:4242:4242::/home/builder:/bin/sh\n",
+                0o644,
+            ),
+            Entry::File("etc/group", b"root:x:0:\nbuilder:x:4242:\n", 0o644),
+            Entry::File("etc/gone.txt", b"the second layer removes me\n", 0o644),
+        ];
+        let links: Vec<String> = APPLETS.iter().map(|a| format!("bin/{a}")).collect();
+        base.extend(links.iter().map(|l| Entry::Link(l, "busybox")));
+        let top = tar(&[
+            Entry::File("etc/.wh.gone.txt", b"", 0o644),
+            Entry::File("usr/local/bin/hello", b"#!/bin/sh\necho hello from the image\n", 0o755),
+        ]);
+        Image {
+            layers: vec![
+                ("application/vnd.oci.image.layer.v1.tar+gzip", gzip(&tar(&base))),
+                ("application/vnd.oci.image.layer.v1.tar+zstd", zstd(&top)),
+            ],
+            config: serde_json::json!({
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {
+                    "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "IMAGE_VAR=from-the-image-config"],
+                    "WorkingDir": "/",
+                    "User": user,
+                },
+            }),
+            credentials: None,
+        }
+    }
+
+    /// Pushes the image as `REGISTRY/repo_tag`; its manifest digest.
+    fn push(&self, reg: &Registry, repo_tag: &str) -> Digest {
+        let config = serde_json::to_vec(&self.config).unwrap();
+        let mut config_desc = descriptor("application/vnd.oci.image.config.v1+json", &config, None);
+        config_desc.annotations = None;
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+            config: config_desc,
+            layers: self.layers.iter().map(|(t, b)| descriptor(t, b, None)).collect(),
+            subject: None,
+            artifact_type: None,
+            annotations: None,
+        };
+        let mut blobs: Vec<&[u8]> = vec![&config];
+        blobs.extend(self.layers.iter().map(|(_, b)| b.as_slice()));
+        let r = ComponentRef::parse(&format!("{}/{repo_tag}", reg.addr)).unwrap();
+        let client = RegistryClient::new(ClientOptions { credentials: self.credentials.clone(), ..Default::default() });
+        tokio::runtime::Runtime::new().unwrap().block_on(client.push(&r, None, &blobs, &manifest)).unwrap()
+    }
+}
+
+/// Pushes the test image; its digest.
 pub fn push_test_image(reg: &Registry, repo_tag: &str, user: &str) -> Digest {
-    let busybox = std::fs::read(BUSYBOX).unwrap();
-    let mut base = vec![
-        Entry::Dir("bin"),
-        Entry::Dir("etc"),
-        Entry::Dir("tmp"),
-        Entry::Dir("home/builder"),
-        Entry::Dir("usr/local/bin"),
-        Entry::File("bin/busybox", &busybox, 0o755),
-        Entry::File("etc/os-release", b"ID=skiff-test-image\nPRETTY_NAME=\"Skiff test image\"\n", 0o644),
-        Entry::File(
-            "etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\nbuilder:x:4242:4242::/home/builder:/bin/sh\n",
-            0o644,
-        ),
-        Entry::File("etc/group", b"root:x:0:\nbuilder:x:4242:\n", 0o644),
-        Entry::File("etc/gone.txt", b"the second layer removes me\n", 0o644),
-    ];
-    base.extend(APPLETS.iter().map(|a| Entry::Link(Box::leak(format!("bin/{a}").into_boxed_str()), "busybox")));
-    let layer1 = gzip(&tar(&base));
-    let layer2 = zstd(&tar(&[
-        Entry::File("etc/.wh.gone.txt", b"", 0o644),
-        Entry::File("usr/local/bin/hello", b"#!/bin/sh\necho hello from the image\n", 0o755),
-    ]));
-    let diff_ids: Vec<String> = [tar(&base)].iter().map(|t| Digest::of(t).to_string()).collect();
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "IMAGE_VAR=from-the-image-config"],
-            "WorkingDir": "/",
-            "User": user,
-        },
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let config = serde_json::to_vec(&config).unwrap();
-    let mut config_desc = descriptor("application/vnd.oci.image.config.v1+json", &config, None);
-    config_desc.annotations = None;
-    let layers: Vec<OciDescriptor> = vec![
-        descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &layer1, None),
-        descriptor("application/vnd.oci.image.layer.v1.tar+zstd", &layer2, None),
-    ];
-    let manifest = OciImageManifest {
-        schema_version: 2,
-        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
-        config: config_desc,
-        layers,
-        subject: None,
-        artifact_type: None,
-        annotations: None,
-    };
-    let r = ComponentRef::parse(&format!("{}/{repo_tag}", reg.addr)).unwrap();
-    let client = RegistryClient::new(ClientOptions::default());
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(client.push(&r, None, &[&config, &layer1, &layer2], &manifest))
-        .unwrap()
+    Image::busybox(user).push(reg, repo_tag)
 }
 
 fn pipeline(image: &str) -> String {
@@ -375,4 +393,188 @@ fn memory_mb_holds_for_a_steps_processes_and_usage_counts_them() {
     assert!(cpu >= 0.6, "the processes' CPU time is counted: {line}");
     let peak: u64 = field("peak memory ").trim_end_matches(" MiB").parse().unwrap();
     assert!(peak >= 64, "the processes' peak memory is counted: {line}");
+}
+
+// ---- where images come from, and hostile ones ----
+
+#[test]
+fn images_from_a_private_registry_use_docker_credentials() {
+    if !busybox() {
+        return;
+    }
+    let Some(reg) = Registry::start(Some(("ci", "s3cret"))) else { return };
+    let image = Image { credentials: Some(("ci".into(), "s3cret".into())), ..Image::busybox("") };
+    image.push(&reg, "private/busybox:1");
+    let p = Project::new(&format!("container: {}/private/busybox:1\nsteps:\n  - run: cat /etc/os-release\n", reg.addr));
+    let (ok, out) = p.run(&["run"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("refused the credentials") && out.contains("docker login"), "{out}");
+    // What `docker login` writes.
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
+    let docker = p.dir.path().join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr))
+        .unwrap();
+    let (ok, out) = p.run(&["run"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Skiff test image"), "{out}");
+}
+
+#[test]
+fn a_multi_platform_image_runs_its_linux_amd64_manifest() {
+    if !busybox() {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else { return };
+    let amd64 = Image::busybox("").push(&reg, "multi/busybox:amd64");
+    let mut arm = Image::busybox("");
+    arm.config["architecture"] = "arm64".into();
+    let arm64 = arm.push(&reg, "multi/busybox:arm64");
+    let size = |tag: &str| {
+        let r = ComponentRef::parse(&format!("{}/multi/busybox:{tag}", reg.addr)).unwrap();
+        let client = RegistryClient::new(ClientOptions::default());
+        let pulled = tokio::runtime::Runtime::new().unwrap().block_on(client.pull_manifest(&r)).unwrap();
+        pulled.raw.len()
+    };
+    // arm64 first: a client that took the first entry would run the wrong image.
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm64.to_string(), "size": size("arm64"),
+             "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64.to_string(), "size": size("amd64"),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    });
+    let client = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    });
+    let reference: oci_client::Reference = format!("{}/multi/busybox:1", reg.addr).parse().unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(client.push_manifest_raw(
+            &reference,
+            serde_json::to_vec(&index).unwrap(),
+            http::HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        ))
+        .unwrap();
+    let p = Project::new(&format!("container: {}/multi/busybox:1\nsteps:\n  - run: cat /etc/os-release\n", reg.addr));
+    let (ok, out) = p.run(&["lock"]);
+    assert!(ok, "{out}");
+    let (ok, out) = p.run(&["run", "--locked"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Skiff test image"), "{out}");
+    // An index without linux/amd64 says what it has.
+    let p = Project::new(&format!("container: {}/multi/busybox@{arm64}\nsteps:\n  - run: \"true\"\n", reg.addr));
+    let (ok, out) = p.run(&["run"]);
+    assert!(!ok && out.contains("built for linux/arm64"), "{out}");
+}
+
+/// A tar with names the `tar` crate refuses to write (`..`): headers filled in by hand.
+fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend([0u8; 1024]);
+    out
+}
+
+#[test]
+fn hostile_layers_never_reach_the_host() {
+    if !busybox() {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else { return };
+    let marker = format!("skiff-escaped-{}", std::process::id());
+    // A layer that climbs out of the root.
+    let mut climbing = Image::busybox("");
+    let up = format!("../../../../../../{marker}");
+    climbing
+        .layers
+        .push(("application/vnd.oci.image.layer.v1.tar", raw_tar(&[(&up, tar::EntryType::Regular, b"x", "")])));
+    climbing.push(&reg, "hostile/climb:1");
+    let p = Project::new(&format!("container: {}/hostile/climb:1\nsteps:\n  - run: \"true\"\n", reg.addr));
+    let (ok, out) = p.run(&["run"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("leaves the image root"), "{out}");
+    for dir in p.cache.path().ancestors() {
+        assert!(!dir.join(&marker).exists(), "a layer wrote {}", dir.join(&marker).display());
+    }
+
+    // A symlink to the host's `/`, then a file through it: it lands in the image, not the host.
+    let mut through = Image::busybox("");
+    let target = format!("evil/etc/{marker}");
+    through.layers.push((
+        "application/vnd.oci.image.layer.v1.tar",
+        raw_tar(&[
+            ("evil", tar::EntryType::Symlink, b"", "/"),
+            (&target, tar::EntryType::Regular, b"inside the image\n", ""),
+        ]),
+    ));
+    through.push(&reg, "hostile/symlink:1");
+    let p = Project::new(&format!("container: {}/hostile/symlink:1\nsteps:\n  - run: cat /etc/{marker}\n", reg.addr));
+    let (ok, out) = p.run(&["run"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("inside the image"), "{out}");
+    assert!(!Path::new("/etc").join(&marker).exists(), "the layer wrote into the host's /etc");
+}
+
+/// `skiff serve` pulls a job's image before the run, and refuses an unpinned image tag unless the
+/// app allows unpinned ones, as it does for components.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_jobs_in_images_and_refuses_unpinned_tags_unless_allowed() {
+    if !busybox() {
+        return;
+    }
+    let Some(reg) = Registry::start(None) else { return };
+    // Pushed from a thread of its own: the client's runtime cannot start inside the test's.
+    let digest = std::thread::scope(|s| s.spawn(|| push_test_image(&reg, "served/busybox:1", "")).join().unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let app = |name: &str, image: &str, extra: &str| {
+        format!(
+            "[[apps]]\nname = \"{name}\"\n{extra}\npipeline-yaml = \"\"\"\ncontainer: {image}\nsteps:\n  - run: grep -q skiff-test-image /etc/os-release\n\"\"\"\n"
+        )
+    };
+    let tag = format!("{}/served/busybox:1", reg.addr);
+    let apps = [
+        app("strict", &tag, ""),
+        app("loose", &tag, "allow-unpinned = true"),
+        app("pinned", &format!("{}/served/busybox@{digest}", reg.addr), ""),
+    ]
+    .concat();
+    const TOKEN: &str = "image-admin-77c1";
+    let serve = crate::serve::ServeProcess::start_with(data.path(), |port| {
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata = \"{}\"\n[[tokens]]\nname = \"admin\"\nsha256 = \"{}\"\napps = [\"*\"]\n{apps}",
+            data.path().join("data").display(),
+            skiff_server::crypto::token_hash(TOKEN),
+        )
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let run = |app: &'static str| crate::support::manual_run(&http, &serve.base, TOKEN, app);
+    let strict = run("strict").await;
+    assert_eq!(strict["status"], "failure", "{strict:#}");
+    assert!(strict.to_string().contains("skiff lock"), "{strict:#}");
+    let loose = run("loose").await;
+    assert_eq!(loose["status"], "success", "{loose:#}");
+    let pinned = run("pinned").await;
+    assert_eq!(pinned["status"], "success", "{pinned:#}");
+    // The jobs' directories (homes, image layers) went with the jobs.
+    let jobs = data.path().join("data").join("jobs");
+    assert!(!jobs.exists() || std::fs::read_dir(&jobs).unwrap().next().is_none(), "left: {}", jobs.display());
 }

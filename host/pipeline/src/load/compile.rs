@@ -42,7 +42,13 @@ pub(super) fn build(cx: &mut Cx, def: &PipelineDef, dir: &Path) -> Plan {
         _ => {}
     }
     if let Some(steps) = &def.steps {
-        jobs.push(("main".into(), JobDef { steps: steps.clone(), ..Default::default() }, vec![]));
+        let container = def.container.clone();
+        jobs.push(("main".into(), JobDef { steps: steps.clone(), container, ..Default::default() }, vec![]));
+    } else if def.container.is_some() {
+        cx.at_key(
+            &ypath!["container"],
+            "a top-level `container:` goes with top-level `steps:`; with `jobs:`, give each job its `container:`",
+        );
     }
     for (id, j) in &def.jobs {
         let p = ypath!["jobs", id];

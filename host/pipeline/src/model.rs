@@ -281,7 +281,7 @@ pub struct StepDef {
 }
 
 /// `container:` of a job: an image reference, or a mapping with one.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ContainerDef {
     Image(String),
@@ -294,6 +294,32 @@ pub enum ContainerDef {
 pub struct ContainerSpec {
     /// The image: `node:20`, `registry/repository:tag`, or pinned with `@sha256:…`.
     pub image: String,
+}
+
+impl<'de> Deserialize<'de> for ContainerDef {
+    /// By hand, so that a key GitHub's `container:` has and Skiff has not gets a sentence, not
+    /// "did not match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(ContainerDef::Image(s)),
+            serde_json::Value::Object(map) => {
+                if let Some(key) = map.keys().find(|k| *k != "image") {
+                    return Err(D::Error::custom(format!(
+                        "`container` takes `image` only, not `{key}`: the image runs without a daemon, so there are \
+                         no `options`, `volumes`, `ports` or `credentials` (registry credentials come from the host)"
+                    )));
+                }
+                match map.get("image") {
+                    Some(serde_json::Value::String(image)) => {
+                        Ok(ContainerDef::Spec(ContainerSpec { image: image.clone() }))
+                    }
+                    _ => Err(D::Error::custom("`container` needs `image`, a reference like `node:20`")),
+                }
+            }
+            _ => Err(D::Error::custom("`container` is an image reference (`node:20`) or `{ image: … }`")),
+        }
+    }
 }
 
 impl ContainerDef {

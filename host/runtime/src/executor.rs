@@ -76,7 +76,7 @@ impl LocalExecutor {
         };
         let event: serde_json::Value = serde_json::from_str(&req.event_json).unwrap_or_default();
         let app = event.get("app").and_then(|a| a.as_str());
-        let setup = self.jobs.setup(&req.run_id, &req.job_id, app, image.as_ref())?;
+        let setup = self.jobs.setup(&req.run_id, &req.job_id, app, image.as_ref(), req.grants.read_only)?;
         let mut process = self.process_limits.clone();
         if let Some(m) = req.memory {
             process.memory_bytes = m;

@@ -34,12 +34,19 @@ pub struct ProcessSetup {
     pub env: Vec<(String, String)>,
 }
 
-/// A name safe as one path component (run ids, job keys and app names are, but a path is not
-/// the place to trust that).
+/// A name as one path component, one to one: a name of letters, digits, `-`, `_` and `.` (not
+/// starting with `.` or `%`) stays as it is; anything else becomes `%` and its sha256, so two
+/// names never share a folder (an app `a/b` and an app `a_b` included).
 fn component(s: &str) -> String {
-    let clean: String =
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
-    if clean.is_empty() || clean.chars().all(|c| c == '.') { format!("_{clean}") } else { clean }
+    let plain = !s.is_empty()
+        && !s.starts_with(['.', '%'])
+        && s.len() <= 128
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        return s.to_string();
+    }
+    use sha2::Digest as _;
+    format!("%{}", hex::encode(sha2::Sha256::digest(s.as_bytes())))
 }
 
 impl JobSpaces {
@@ -64,13 +71,16 @@ impl JobSpaces {
     }
 
     /// What a step's processes get from their job: its `$HOME` (host mode) or its upper layer
-    /// over `image`, and the tool cache of `app`. Creates the directories on first use.
+    /// over `image`, and the tool cache of `app`, read-only for a run that may only read (a
+    /// fork's pull request must not plant tools for the app's later runs). Creates the
+    /// directories on first use.
     pub fn setup(
         &self,
         run_id: &str,
         job_id: &str,
         app: Option<&str>,
         image: Option<&PreparedImage>,
+        read_only: bool,
     ) -> Result<ProcessSetup, String> {
         let job = self.job_dir(run_id, job_id);
         let mkdir = |p: &Path| {
@@ -96,7 +106,7 @@ impl JobSpaces {
             None => {
                 let home = job.join("home");
                 mkdir(&home)?;
-                setup.binds.push(Bind { host: home, inside: HOME.into() });
+                setup.binds.push(Bind { host: home, inside: HOME.into(), read_only: false });
                 // Global installs (`npm i -g`, `pip install --user`) land in the job's home, and
                 // what they install is on the PATH of the job's later steps.
                 setup.env = vec![
@@ -109,7 +119,7 @@ impl JobSpaces {
         if let Some(caches) = &self.tool_caches {
             let dir = caches.join(component(app.unwrap_or("_local")));
             mkdir(&dir)?;
-            setup.binds.push(Bind { host: dir, inside: TOOL_CACHE.into() });
+            setup.binds.push(Bind { host: dir, inside: TOOL_CACHE.into(), read_only });
             setup.env.push(("SKIFF_TOOL_CACHE".into(), TOOL_CACHE.into()));
             setup.env.push(("RUNNER_TOOL_CACHE".into(), TOOL_CACHE.into()));
         }
@@ -191,13 +201,23 @@ mod tests {
     fn jobs_get_their_own_home_and_apps_their_own_tool_cache() {
         let dir = tempfile::tempdir().unwrap();
         let spaces = JobSpaces::new(dir.path().join("jobs"), Some(dir.path().join("tools")));
-        let a = spaces.setup("run-1", "build", Some("shop"), None).unwrap();
-        let b = spaces.setup("run-1", "test", Some("../../etc"), None).unwrap();
+        let a = spaces.setup("run-1", "build", Some("shop"), None, false).unwrap();
+        let b = spaces.setup("run-1", "test", Some("../../etc"), None, false).unwrap();
+        assert!(!a.binds[1].read_only);
+        let fork = spaces.setup("run-2", "build", Some("shop"), None, true).unwrap();
+        assert!(fork.binds[1].read_only, "a read-only run cannot write the tool cache");
+        assert_eq!(fork.binds[1].host, a.binds[1].host);
         assert_ne!(a.binds[0].host, b.binds[0].host, "each job has its own home");
         assert_eq!(a.binds[0].inside, HOME);
         assert!(b.binds[1].host.starts_with(dir.path().join("tools")), "{:?}", b.binds[1]);
         assert_ne!(a.binds[1].host, b.binds[1].host, "each app has its own tool cache");
         std::fs::write(a.binds[0].host.join("f"), "x").unwrap();
+        // Names that clean up alike still get folders of their own.
+        let slash = spaces.setup("run-3", "j", Some("a/b"), None, false).unwrap();
+        let under = spaces.setup("run-3", "j", Some("a_b"), None, false).unwrap();
+        assert_ne!(slash.binds[1].host, under.binds[1].host);
+        assert_eq!(component("."), component("."));
+        assert!(component("..").starts_with('%') && component("").starts_with('%'));
         spaces.finish("run-1", "build");
         assert!(!a.binds[0].host.exists());
         assert!(a.binds[1].host.exists(), "the tool cache outlives the job");

@@ -86,7 +86,7 @@ pub struct Plan<'a> {
     pub egress: Option<&'a super::Egress>,
     /// An image root (already mounted by the child before bubblewrap starts) instead of the host's.
     pub image: Option<&'a ImagePlan>,
-    /// Host directories bound read-write at the given places.
+    /// Host directories bound at the given places.
     pub binds: &'a [super::Bind],
 }
 
@@ -117,7 +117,8 @@ pub fn options(plan: &Plan<'_>, fds: DataFds) -> Vec<String> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["--bind", &plan.workspace.to_string_lossy(), WORKSPACE]);
     for bind in plan.binds {
-        push(&["--bind", &bind.host.to_string_lossy(), &bind.inside]);
+        let how = if bind.read_only { "--ro-bind" } else { "--bind" };
+        push(&[how, &bind.host.to_string_lossy(), &bind.inside]);
     }
     if let Some(e) = plan.egress {
         push(&["--dir", "/run/skiff"]);

@@ -100,12 +100,14 @@ pub struct SandboxSpec {
     pub binds: Vec<Bind>,
 }
 
-/// A host directory bound read-write into the sandbox.
+/// A host directory bound into the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     pub host: PathBuf,
     /// An absolute path inside the sandbox, outside `/workspace`.
     pub inside: String,
+    /// Bound read-only.
+    pub read_only: bool,
 }
 
 /// A container image as the sandbox's root: the image's unpacked root filesystem, read-only,

@@ -531,6 +531,35 @@ fn tree_cgroups() -> bool {
 }
 
 #[tokio::test]
+async fn bound_folders_are_writable_only_when_bound_so() {
+    if !available() {
+        return;
+    }
+    let ws = tempfile::tempdir().unwrap();
+    let (home, tools) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut spec = sh(
+        "echo kept > /home/skiff/f && cat /opt/skiff/tool-cache/tool && (echo x > /opt/skiff/tool-cache/planted) 2>&1; true",
+        ws.path(),
+    );
+    std::fs::write(tools.path().join("tool"), "a cached tool\n").unwrap();
+    spec.binds = vec![
+        sandbox::Bind { host: home.path().into(), inside: "/home/skiff".into(), read_only: false },
+        sandbox::Bind { host: tools.path().into(), inside: "/opt/skiff/tool-cache".into(), read_only: true },
+    ];
+    let run = go(&spec).await;
+    assert_eq!(run.outcome.exit, Exit::Code(0), "{}", run.log());
+    assert!(run.log().contains("a cached tool") && run.log().contains("Read-only file system"), "{}", run.log());
+    assert_eq!(std::fs::read_to_string(home.path().join("f")).unwrap(), "kept\n");
+    assert!(!tools.path().join("planted").exists());
+    // Mount points that would shadow the workspace or the sandbox's own are refused.
+    for inside in ["/workspace/x", "/", "relative", "/home/../etc", "/proc/self"] {
+        let mut bad = sh("true", ws.path());
+        bad.binds = vec![sandbox::Bind { host: home.path().into(), inside: inside.into(), read_only: false }];
+        assert!(matches!(try_go(&bad).await, Err(SandboxError::Invalid(_))), "{inside} was accepted");
+    }
+}
+
+#[tokio::test]
 async fn memory_limit_holds_for_the_whole_tree() {
     if !available() || !tree_cgroups() {
         return;

@@ -126,46 +126,91 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
     if !unused2.is_empty() {
         cx.at_value(&sub("outputs"), "job outputs cannot read secrets: they are passed to other jobs in the clear");
     }
-    if let Some(c) = &j.container {
-        let mut cp = sub("container");
-        if matches!(c, crate::model::ContainerDef::Spec(_)) {
-            cp.push(Seg::Key("image".into()));
-        }
-        if let Some(image) = image_use(cx, &cp, c.image(), dir) {
-            for step in steps.iter_mut().filter(|s| s.image.is_none()) {
-                step.image = Some(image.clone());
+    // `container:` may name the image through `matrix` (one image per combination); nothing
+    // else is known before the run, and the image is pulled before it.
+    let container = j
+        .container
+        .as_ref()
+        .map(|c| {
+            let mut cp = sub("container");
+            if matches!(c, crate::model::ContainerDef::Spec(_)) {
+                cp.push(Seg::Key("image".into()));
             }
-        }
-    }
+            let mut no_secrets = BTreeSet::new();
+            let v = value(
+                cx,
+                &cp,
+                c.image(),
+                &mut Refs { needs: &[], steps: None, matrix: &matrix_keys, secrets: &mut no_secrets },
+            );
+            // Only `matrix` is known when the image is pulled, before the run.
+            let outside =
+                v.tpl.exprs().find_map(|e| e.refs.iter().find(|r| r[0] != "matrix").map(|r| (e, r[0].clone())));
+            if let Some((e, root)) = outside {
+                let p = cx.map.inside(&cp, c.image(), e.offset);
+                cx.err(
+                    p,
+                    format!(
+                        "`container:` can use only `matrix` (the image is pulled before the run), not `{root}` in `{}`",
+                        e.source
+                    ),
+                );
+                return None;
+            }
+            Some((cp, v))
+        })
+        .flatten();
     let strategy = j.strategy.clone().unwrap_or_default();
     let many = j.strategy.is_some();
-    combos
-        .into_iter()
-        .enumerate()
-        .map(|(n, matrix)| {
-            let key = if many { format!("{id}-{}", n + 1) } else { id.to_string() };
-            let base = j.name.clone().unwrap_or_else(|| id.to_string());
-            let name = if many {
-                format!("{base} ({})", matrix.values().map(json_text).collect::<Vec<_>>().join(", "))
-            } else {
-                base
+    let mut jobs = Vec::with_capacity(combos.len());
+    let mut images: BTreeMap<String, Option<ImageUse>> = BTreeMap::new();
+    for (n, matrix) in combos.into_iter().enumerate() {
+        let key = if many { format!("{id}-{}", n + 1) } else { id.to_string() };
+        let base = j.name.clone().unwrap_or_else(|| id.to_string());
+        let name = if many {
+            format!("{base} ({})", matrix.values().map(json_text).collect::<Vec<_>>().join(", "))
+        } else {
+            base
+        };
+        let mut steps = steps.clone();
+        if let Some((cp, v)) = &container {
+            let mut scope = expr::Scope::default();
+            scope.set_json("matrix", &serde_json::to_value(&matrix).unwrap_or_default());
+            let image = match v.tpl.render(&scope) {
+                // Each image once, however many combinations use it (and each error once).
+                Ok(text) => match images.get(&text) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let image = image_use(cx, cp, &text, dir);
+                        images.insert(text, image.clone());
+                        image
+                    }
+                },
+                Err(e) => {
+                    cx.at_value(cp, format!("`container:` can use only `matrix` values: {e}"));
+                    None
+                }
             };
-            PlanJob {
-                key,
-                job: id.to_string(),
-                name,
-                needs: needs.to_vec(),
-                matrix,
-                if_: if_.clone(),
-                env: env.clone(),
-                outputs: outputs.clone(),
-                timeout,
-                fail_fast: strategy.fail_fast.unwrap_or(true),
-                max_parallel: strategy.max_parallel,
-                steps: steps.clone(),
+            for step in steps.iter_mut().filter(|s| s.image.is_none()) {
+                step.image = image.clone();
             }
-        })
-        .collect()
+        }
+        jobs.push(PlanJob {
+            key,
+            job: id.to_string(),
+            name,
+            needs: needs.to_vec(),
+            matrix,
+            if_: if_.clone(),
+            env: env.clone(),
+            outputs: outputs.clone(),
+            timeout,
+            fail_fast: strategy.fail_fast.unwrap_or(true),
+            max_parallel: strategy.max_parallel,
+            steps,
+        });
+    }
+    jobs
 }
 
 #[allow(clippy::too_many_arguments)]

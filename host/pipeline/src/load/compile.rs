@@ -191,7 +191,7 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
                     None
                 }
             };
-            for step in steps.iter_mut().filter(|s| s.image.is_none()) {
+            for step in steps.iter_mut().filter(|s| s.image.is_none() && runs_the_users_code(&s.uses)) {
                 step.image = image.clone();
             }
         }
@@ -400,6 +400,17 @@ fn build_step(
         post,
         memory: s.memory_mb.map(|m| m * 1024 * 1024),
         image: s.image.as_deref().and_then(|i| image_use(cx, &sub("image"), i, dir)),
+    }
+}
+
+/// Whether a job's `container:` applies to the step: scripts and components run the user's code
+/// in it; the other built-in steps (`checkout`, `upload`, …) run their own tools (git) on the
+/// host as they do without a container, so a slim image without git still checks out. A step's
+/// own `image:` applies whatever it is.
+fn runs_the_users_code(uses: &Uses) -> bool {
+    match uses {
+        Uses::Shell { .. } | Uses::Path { .. } | Uses::Component { .. } => true,
+        Uses::Builtin(name) => name == "shell" || name == "script",
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of Skiff's parsers with cargo-fuzz (the crate in fuzz/).
 #
-#   scripts/fuzz.sh TARGET SECONDS   fuzz one target (webhook, trigger, pipeline, expr, archive, sse)
+#   scripts/fuzz.sh TARGET SECONDS   fuzz one target (webhook, trigger, pipeline, expr, archive, sse,
+#                                    reference, layer)
 #   scripts/fuzz.sh smoke            every target for 20 s after one build (what the tests run)
 #   scripts/fuzz.sh seed [TARGET]    only (re)write the seed corpora
 #
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-targets=(webhook trigger pipeline expr archive sse reference)
+targets=(webhook trigger pipeline expr archive sse reference layer)
 out="$root/target/fuzz"
 export PATH="$root/target/tools/bin:$PATH"
 
@@ -150,6 +151,33 @@ elif target == "reference":
         "ghcr.io/acme/notify", "ghcr.io/a__b/c--d.e_f:_x", "steps/hello.wasm", "notify",
     ]):
         write(f"ref-{i}", ref.encode() + b"\0" + lock.encode())
+elif target == "layer":
+    # Image layers: the first byte picks plain (0), gzip (1) or zstd (2); then the blob.
+    import gzip
+    def tar(entries):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+            for name, kind, data in entries:
+                info = tarfile.TarInfo(name)
+                if kind == "dir":
+                    info.type = tarfile.DIRTYPE
+                elif kind in ("sym", "hard"):
+                    info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
+                    info.linkname = data
+                else:
+                    info.size = len(data)
+                t.addfile(info, io.BytesIO(data) if kind == "file" else None)
+        return buf.getvalue()
+    layers = {
+        "plain": [("usr", "dir", b""), ("usr/bin/tool", "file", b"#!/bin/sh\n"), ("bin", "sym", "usr/bin")],
+        "whiteouts": [("etc/.wh.os-release", "file", b""), ("etc/.wh..wh..opq", "file", b""), ("etc/new", "file", b"x")],
+        "links": [("etc/os-release2", "hard", "etc/os-release"), ("up/escaped", "file", b"x"), ("etc/back/x", "file", b"y")],
+        "climb": [("../../x", "file", b"x"), ("/abs", "file", b"a"), ("bin/sh", "file", b"s")],
+    }
+    for name, entries in layers.items():
+        t = tar(entries)
+        write(f"layer-{name}", b"\0" + t)
+        write(f"layer-{name}-gz", b"\1" + gzip.compress(t))
 else:
     sys.exit(f"fuzz.sh: unknown target {target}")
 PY
@@ -183,7 +211,7 @@ case "${1:-}" in
   seed)
     if [ -n "${2:-}" ]; then seed "$2"; else for t in "${targets[@]}"; do seed "$t"; done; fi
     ;;
-  webhook | trigger | pipeline | expr | archive | sse)
+  webhook | trigger | pipeline | expr | archive | sse | reference | layer)
     [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "usage: scripts/fuzz.sh TARGET SECONDS | smoke | seed [TARGET]" >&2; exit 2; }
     run "$1" "$2"
     ;;

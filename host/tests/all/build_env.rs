@@ -367,7 +367,9 @@ fn memory_mb_holds_for_a_steps_processes_and_usage_counts_them() {
     steps:
       - name: busy
         run: |
-          for i in 1 2; do timeout 1 sh -c 'while :; do :; done' & done
+          # Each busy child spins for 0.4 s of its own CPU time, however loaded the machine is.
+          for i in 1 2; do python3 -c 'import time; t = time.process_time()
+          while time.process_time() - t < 0.4: pass' & done
           python3 -c 'import time; b = bytearray(64 << 20); time.sleep(0.3)'
           wait
   greedy:

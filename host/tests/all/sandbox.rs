@@ -635,8 +635,9 @@ async fn usage_counts_the_whole_tree() {
         return;
     }
     let ws = tempfile::tempdir().unwrap();
-    // Two busy children for about a second of wall time each, and 64 MiB held by a third.
-    let script = "for i in 1 2; do timeout 1 sh -c 'while :; do :; done' & done; \
+    // Two busy children, each spinning for 0.4 s of its own CPU time however loaded the machine
+    // is, and 64 MiB held by a third.
+    let script = "for i in 1 2; do python3 -c 'import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass' & done; \
                   python3 -c 'import time; b = bytearray(64 << 20); time.sleep(0.5)'; wait";
     let run = go(&sh(script, ws.path())).await;
     assert_eq!(run.outcome.exit, Exit::Code(0), "{}", run.log());

@@ -128,38 +128,33 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
     }
     // `container:` may name the image through `matrix` (one image per combination); nothing
     // else is known before the run, and the image is pulled before it.
-    let container = j
-        .container
-        .as_ref()
-        .map(|c| {
-            let mut cp = sub("container");
-            if matches!(c, crate::model::ContainerDef::Spec(_)) {
-                cp.push(Seg::Key("image".into()));
-            }
-            let mut no_secrets = BTreeSet::new();
-            let v = value(
-                cx,
-                &cp,
-                c.image(),
-                &mut Refs { needs: &[], steps: None, matrix: &matrix_keys, secrets: &mut no_secrets },
+    let container = j.container.as_ref().and_then(|c| {
+        let mut cp = sub("container");
+        if matches!(c, crate::model::ContainerDef::Spec(_)) {
+            cp.push(Seg::Key("image".into()));
+        }
+        let mut no_secrets = BTreeSet::new();
+        let v = value(
+            cx,
+            &cp,
+            c.image(),
+            &mut Refs { needs: &[], steps: None, matrix: &matrix_keys, secrets: &mut no_secrets },
+        );
+        // Only `matrix` is known when the image is pulled, before the run.
+        let outside = v.tpl.exprs().find_map(|e| e.refs.iter().find(|r| r[0] != "matrix").map(|r| (e, r[0].clone())));
+        if let Some((e, root)) = outside {
+            let p = cx.map.inside(&cp, c.image(), e.offset);
+            cx.err(
+                p,
+                format!(
+                    "`container:` can use only `matrix` (the image is pulled before the run), not `{root}` in `{}`",
+                    e.source
+                ),
             );
-            // Only `matrix` is known when the image is pulled, before the run.
-            let outside =
-                v.tpl.exprs().find_map(|e| e.refs.iter().find(|r| r[0] != "matrix").map(|r| (e, r[0].clone())));
-            if let Some((e, root)) = outside {
-                let p = cx.map.inside(&cp, c.image(), e.offset);
-                cx.err(
-                    p,
-                    format!(
-                        "`container:` can use only `matrix` (the image is pulled before the run), not `{root}` in `{}`",
-                        e.source
-                    ),
-                );
-                return None;
-            }
-            Some((cp, v))
-        })
-        .flatten();
+            return None;
+        }
+        Some((cp, v))
+    });
     let strategy = j.strategy.clone().unwrap_or_default();
     let many = j.strategy.is_some();
     let mut jobs = Vec::with_capacity(combos.len());

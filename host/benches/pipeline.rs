@@ -128,6 +128,7 @@ fn engine(c: &mut Criterion) {
                         image: None,
                         event_json: String::new(),
                         ca_bundle: None,
+                        needs: Vec::new(),
                     };
                     black_box(exec.run_step(req, &log).await);
                 }

@@ -16,6 +16,8 @@ const BUILTIN: &[(&str, &str, &str)] = &[
     ("skiff-step-checkout", "skiff_step_checkout", "checkout"),
     ("skiff-step-upload", "skiff_step_upload", "upload"),
     ("skiff-step-script", "skiff_step_script", "script"),
+    ("skiff-step-cache", "skiff_step_cache", "cache"),
+    ("skiff-step-download", "skiff_step_download", "download"),
 ];
 const TEST_GUESTS: &[(&str, &str, &str)] = &[("skiff-test-guest-hostile", "skiff_test_guest_hostile", "HOSTILE")];
 

@@ -51,6 +51,8 @@ enum Command {
     /// Run the edge master's Spin component locally, as Fermyon would.
     #[command(subcommand)]
     Edge(EdgeCommand),
+    /// Check a run's signed provenance (`provenance.intoto.jsonl`) against its host's public key.
+    VerifyProvenance(cli::provenance::VerifyProvenanceArgs),
 }
 
 #[derive(Subcommand)]
@@ -89,6 +91,7 @@ async fn main() -> ExitCode {
         Command::Trigger(args) => cli::client::trigger(args).await,
         Command::Runs { cmd } => cli::client::runs(cmd).await,
         Command::Edge(EdgeCommand::Up(args)) => cli::edge::up(args).await.map(|()| ExitCode::SUCCESS),
+        Command::VerifyProvenance(args) => cli::provenance::run(args).await,
     };
     match result {
         Ok(code) => code,

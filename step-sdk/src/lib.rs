@@ -26,7 +26,8 @@
 //!
 //! A step sees only what its pipeline granted: the workspace (the current
 //! directory), declared environment variables, granted secrets ([`secret`]),
-//! allowlisted hosts ([`http`]), and, when granted, OS processes ([`process`]).
+//! allowlisted hosts ([`http`]), and, when granted, OS processes ([`process`]). Every step may
+//! keep artifacts ([`upload_artifact`], [`download_artifacts`]) and use the app's [`cache`].
 #![deny(missing_docs)]
 #![allow(unsafe_code)] // wit-bindgen's generated glue is unsafe by nature.
 
@@ -44,6 +45,7 @@ pub mod bindings {
     });
 }
 
+pub mod cache;
 mod context;
 pub mod http;
 pub mod log;
@@ -80,6 +82,17 @@ pub fn secret_names() -> Vec<String> {
 /// ```
 pub fn upload_artifact(name: &str, path: &str) -> Result<u64, String> {
     bindings::skiff::step::artifacts::upload(name, path)
+}
+
+/// Copies the artifacts stored by the jobs this job needs (directly or through others) into
+/// workspace folder `path`: only `name` when given, else all of them. Returns the names written.
+///
+/// ```no_run
+/// let got = skiff_step_sdk::download_artifacts(Some("report.txt"), "reports").unwrap();
+/// assert_eq!(got, ["report.txt"]);
+/// ```
+pub fn download_artifacts(name: Option<&str>, path: &str) -> Result<Vec<String>, String> {
+    bindings::skiff::step::artifacts::download(name, path)
 }
 
 #[doc(hidden)]

@@ -45,7 +45,7 @@ impl Compat {
 }
 
 /// The built-in step names, and what `uses:` may name without a path.
-pub const BUILTINS: &[&str] = &["diag", "shell", "checkout", "notify", "upload", "script"];
+pub const BUILTINS: &[&str] = &["diag", "shell", "checkout", "notify", "upload", "script", "cache", "download"];
 
 /// A Serverless-cd plugin resolved to a built-in step and inputs it implies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,11 +94,12 @@ pub fn map_plugin(plugin: &str) -> Result<Mapped, String> {
         "@serverless-cd/setup-runtime" | "@serverless-cd/setup-node" => Err(format!(
             "plugin `{plugin}` has no Skiff equivalent: use a `run:` step with the runtime installed on the host"
         )),
-        "@serverless-cd/cache" => {
-            Err(format!("plugin `{plugin}` is not supported yet: key a cache with `hashFiles(...)` in a `run:` step"))
-        }
+        // Its `key` and `path` (one folder) are the built-in step's; entries are kept by the host
+        // per app and branch instead of in an OSS bucket, and saved at the end of a job that
+        // succeeded without an exact hit (the plugin pushed after every run).
+        "@serverless-cd/cache" => m("cache", &[]),
         _ => Err(format!(
-            "unknown plugin `{plugin}`; Skiff maps @serverless-cd/checkout, @serverless-cd/ding-talk, @serverless-cd/wechat, @serverless-cd/wecom, @serverless-cd/oss and @serverless-cd/oss-upload; for anything else use `uses:` with a component or a `run:` step"
+            "unknown plugin `{plugin}`; Skiff maps @serverless-cd/checkout, @serverless-cd/ding-talk, @serverless-cd/wechat, @serverless-cd/wecom, @serverless-cd/oss, @serverless-cd/oss-upload and @serverless-cd/cache; for anything else use `uses:` with a component or a `run:` step"
         )),
     }
 }
@@ -122,6 +123,8 @@ mod tests {
         assert!(checkout.hosts.contains(&"api.github.com") && checkout.hosts.contains(&"codeload.github.com"));
         assert_eq!(map_plugin("@serverless-cd/ding-talk").unwrap().inputs, &[("provider", "dingtalk")]);
         assert_eq!(map_plugin("@serverless-cd/oss-upload").unwrap().builtin, "upload");
+        let cache = map_plugin("@serverless-cd/cache@0.0.9").unwrap();
+        assert_eq!((cache.builtin, cache.inputs, cache.hosts), ("cache", &[][..], &[][..]));
         assert!(map_plugin("@serverless-cd/s-setup").unwrap_err().contains("use a `run:` step with `s` installed"));
         assert!(map_plugin("left-pad").unwrap_err().starts_with("unknown plugin"));
     }

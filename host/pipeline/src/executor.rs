@@ -93,6 +93,9 @@ pub struct StepRequest {
     pub event_json: String,
     /// PEM certificates the app trusts for HTTPS besides the Web PKI roots.
     pub ca_bundle: Option<Arc<str>>,
+    /// The job instances this job waits for, directly or through others (every combination of
+    /// a matrix job): the jobs whose artifacts its steps may download.
+    pub needs: Vec<String>,
 }
 
 /// How a step ended.
@@ -120,12 +123,41 @@ pub struct StepResult {
     pub path: Vec<String>,
     /// A cleanup shell script to run at job end, as `always()`.
     pub post: Option<String>,
+    /// The step's request to run once more at job end (its `skiff.post-step` output).
+    pub post_step: Option<PostStep>,
     /// Markdown for the run summary.
     pub summary: Option<String>,
     /// How long it ran.
     pub duration: Duration,
     /// What the step consumed, when the executor measures it (the basis for metering).
     pub usage: Option<Usage>,
+}
+
+/// A step's request to run once more at the end of its job, as a GitHub action's `post:`
+/// (the `cache` step saves this way): the same component with the same grants and secrets, its
+/// inputs overlaid with `inputs`. A step asks with the output `skiff.post-step`, a JSON object
+/// `{"with": {…}, "if": "success" | "always"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostStep {
+    /// Inputs over the step's own.
+    #[serde(default, rename = "with")]
+    pub inputs: BTreeMap<String, String>,
+    /// When it runs: `success` (only if every step of the job so far succeeded) or `always`
+    /// (the default, as cleanup scripts).
+    #[serde(default, rename = "if")]
+    pub when: PostWhen,
+}
+
+/// When a [`PostStep`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostWhen {
+    /// Whatever happened.
+    #[default]
+    Always,
+    /// Only if the job has succeeded so far.
+    Success,
 }
 
 /// What a step used: one type from the runtime that meters it to the run store and the API.
@@ -152,6 +184,7 @@ impl StepResult {
             env: BTreeMap::new(),
             path: Vec::new(),
             post: None,
+            post_step: None,
             summary: None,
             duration: Duration::ZERO,
             usage: None,

@@ -5,6 +5,10 @@ wasmtime::component::bindgen!({
     world: "step",
     imports: {
         "skiff:step/process.run": async | trappable,
+        // Archiving, restoring and copying files run on blocking threads, not the guest's.
+        "skiff:step/artifacts.download": async | trappable,
+        "skiff:step/cache.restore": async | trappable,
+        "skiff:step/cache.save": async | trappable,
         default: trappable,
     },
     exports: { default: async },

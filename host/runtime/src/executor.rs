@@ -12,7 +12,9 @@ use crate::capabilities::connect::tls_config;
 use crate::image_store::ImageStore;
 use crate::jobs::{JobSpaces, ProcessSetup};
 use crate::limits::Limits;
-use crate::pipeline::executor::{Level, LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, caps};
+use crate::pipeline::executor::{
+    Level, LogLine, PostStep, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, caps,
+};
 use crate::sandbox::ProcessLimits;
 use crate::{Runtime, StepInvocation, StepStatus};
 
@@ -20,6 +22,8 @@ use crate::{Runtime, StepInvocation, StepStatus};
 const ENV_PREFIX: &str = "skiff.env.";
 const PATH_KEY: &str = "skiff.path";
 const POST_KEY: &str = "skiff.post";
+/// Output key a component step asks with to run once more at job end (`PostStep`).
+const POST_STEP_KEY: &str = "skiff.post-step";
 const RESERVED_PREFIX: &str = "skiff.";
 
 /// Runs pipeline steps on a local [`Runtime`].
@@ -204,6 +208,7 @@ impl LocalExecutor {
             process: enforced.process,
             limits,
             artifacts: self.artifacts.clone(),
+            needs: req.needs.clone(),
             tls: match req.ca_bundle.as_ref().map(|pem| self.tls_for(pem)) {
                 None => None,
                 Some(Ok(c)) => Some(c),
@@ -235,7 +240,18 @@ impl LocalExecutor {
         // in every later `run:`): only a step that may run processes itself may hand them on.
         let may_steer = matches!(req.uses, StepRef::Shell { .. }) || req.grants.process;
         let mut refused = None;
+        // Running itself again at job end gives a component nothing it did not have: any
+        // component step may ask (a `run:` script has `skiff.post`).
+        let mut post_step = None;
+        let mut bad_post_step = None;
         for (k, v) in report.outputs {
+            if k == POST_STEP_KEY && !matches!(req.uses, StepRef::Shell { .. }) {
+                match serde_json::from_str::<PostStep>(&v) {
+                    Ok(p) => post_step = Some(p),
+                    Err(e) => bad_post_step = Some(e.to_string()),
+                }
+                continue;
+            }
             if k.starts_with(RESERVED_PREFIX) && !may_steer {
                 refused.get_or_insert(k);
                 continue;
@@ -257,9 +273,14 @@ impl LocalExecutor {
             env.clear();
             path.clear();
             post = None;
+            post_step = None;
         }
         let outcome = match &report.status {
             StepStatus::Succeeded if over_cap.is_some() => StepOutcome::Failure(over_cap.unwrap_or_default()),
+            StepStatus::Succeeded if bad_post_step.is_some() => StepOutcome::Failure(format!(
+                "the step set output `{POST_STEP_KEY}` to what is not `{{\"with\": {{…}}, \"if\": \"success\" | \"always\"}}`: {}",
+                bad_post_step.unwrap_or_default()
+            )),
             StepStatus::Succeeded if refused.is_some() => StepOutcome::Failure(format!(
                 "the step set output `{}`: names starting with `{RESERVED_PREFIX}` set environment, PATH or \
                  cleanup scripts for later steps, which only a step granted `process` may do",
@@ -276,6 +297,7 @@ impl LocalExecutor {
             env,
             path,
             post,
+            post_step,
             summary: report.summary,
             duration: started.elapsed(),
             usage: Some(usage),

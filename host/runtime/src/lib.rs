@@ -52,6 +52,7 @@ pub use self::engine::EngineOptions;
 use self::limits::{Bytes, Limits, MemoryLimiter, Secs};
 use self::state::StepState;
 use crate::capabilities::artifacts::ArtifactsHost;
+use crate::capabilities::cache::CacheHost;
 use crate::capabilities::http::{Allowlist, HttpPolicy};
 use crate::capabilities::log::{LogHost, LogPipe, LogSink};
 use crate::capabilities::process::{ProcessGrant, ProcessHost};
@@ -109,8 +110,12 @@ pub struct StepInvocation {
     pub allow_hosts: Allowlist,
     pub process: ProcessGrant,
     pub limits: Limits,
-    /// Where `artifacts.upload` stores files (under `run_id`); none refuses uploads.
+    /// Where `artifacts.upload` stores files (under `run_id`), and the app's cache; none refuses
+    /// uploads, downloads and the cache.
     pub artifacts: Option<Arc<dyn ArtifactStore>>,
+    /// The job instances this job waits for, directly or through others: `artifacts.download`
+    /// fetches what they stored.
+    pub needs: Vec<String>,
     /// The roots HTTPS certificates are checked against, when an app or the host trusts more
     /// than the Web PKI (see [`crate::capabilities::connect::tls_config`]).
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -212,6 +217,7 @@ impl Runtime {
         SecretsHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.secrets).map_err(to_anyhow)?;
         ProcessHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.process).map_err(to_anyhow)?;
         ArtifactsHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.artifacts).map_err(to_anyhow)?;
+        CacheHost::add_to_linker(&mut linker, |s: &mut StepState| &mut s.cache).map_err(to_anyhow)?;
         let dir = cache_dir.unwrap_or_else(cache::default_dir);
         let components = component_store::ComponentStore::new(dir.join("components"));
         let disk = DiskCache::new(&engine, dir);
@@ -337,7 +343,15 @@ impl Runtime {
             artifacts: ArtifactsHost {
                 store: inv.artifacts.clone(),
                 run_id: inv.run_id.clone(),
+                job_id: inv.job_id.clone(),
                 step_id: inv.step_id.clone(),
+                needs: inv.needs.clone(),
+                workspace: inv.workspace.clone(),
+                log: log.clone(),
+            },
+            cache: CacheHost {
+                store: inv.artifacts.clone(),
+                event_json: inv.event_json.clone(),
                 workspace: inv.workspace.clone(),
                 log,
             },

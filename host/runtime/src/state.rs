@@ -6,6 +6,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::MemoryLimiter;
 use crate::capabilities::artifacts::ArtifactsHost;
+use crate::capabilities::cache::CacheHost;
 use crate::capabilities::http::HttpPolicy;
 use crate::capabilities::log::LogHost;
 use crate::capabilities::process::ProcessHost;
@@ -22,6 +23,7 @@ pub struct StepState {
     pub secrets: SecretsHost,
     pub process: ProcessHost,
     pub artifacts: ArtifactsHost,
+    pub cache: CacheHost,
     /// Epoch ticks spent running WebAssembly.
     pub cpu_ticks: u64,
     pub cpu_limit_ticks: u64,

@@ -49,6 +49,10 @@ pub struct ConfigFile {
     pub public_url: Option<String>,
     /// Shared components from registries: what every app gets unless it says more.
     pub registry: Option<RegistryDef>,
+    /// The apps' caches (`uses: cache`).
+    pub cache: Option<CacheDef>,
+    /// Days a run's artifacts are kept, for apps that do not say (default 90).
+    pub artifact_retention_days: Option<u32>,
     /// API tokens.
     #[serde(default)]
     pub tokens: Vec<TokenDef>,
@@ -74,6 +78,15 @@ pub struct RegistryDef {
     /// The only registries (`host[:port]`) and URL hosts components may come from (default:
     /// any). Pipelines from pushed commits choose what the host fetches: list what you trust.
     pub allowed: Option<Vec<String>>,
+}
+
+/// `[cache]`: the apps' caches (`uses: cache`), kept in the data directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CacheDef {
+    /// The most each app's cache holds, in MiB, unless the app says (default 10240, 10 GiB);
+    /// past it the least recently used entries go.
+    pub max_size_mb: Option<u64>,
 }
 
 /// What happens to a run that was running when the host stopped.
@@ -167,6 +180,10 @@ pub struct AppDef {
     /// More trusted public keys for this app's components, beside the host's.
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// The most this app's cache holds, in MiB (default: `[cache] max-size-mb`).
+    pub cache_max_size_mb: Option<u64>,
+    /// Days its runs' artifacts are kept (default: the host's `artifact-retention-days`).
+    pub artifact_retention_days: Option<u32>,
 }
 
 /// Where an app reports its runs' statuses.
@@ -227,6 +244,8 @@ pub struct AppConfig {
     pub ca_bundle: Option<std::sync::Arc<str>>,
     /// What its shared components must be: pinned, signed by which keys.
     pub components: skiff_registry::Policy,
+    /// Days its runs' artifacts are kept.
+    pub artifact_retention_days: u32,
 }
 
 impl AppConfig {
@@ -289,6 +308,10 @@ pub struct ServeConfig {
     pub registry_insecure: bool,
     /// HTTP timeouts and connection caps.
     pub conn: super::conn::ConnLimits,
+    /// How much each app's cache holds.
+    pub cache: skiff_runtime::artifact_store::CacheLimits,
+    /// Days a run's artifacts are kept when its app is not configured (any more).
+    pub artifact_retention_days: u32,
     /// Tokens by SHA-256.
     pub tokens: HashMap<[u8; 32], Token>,
     /// Apps by name.
@@ -297,6 +320,25 @@ pub struct ServeConfig {
 
 fn secs(n: u64) -> std::time::Duration {
     std::time::Duration::from_secs(n.max(1))
+}
+
+/// Days a run's artifacts are kept unless the config says (GitHub's default).
+pub const DEFAULT_RETENTION_DAYS: u32 = 90;
+
+fn days(written: Option<u32>, default: u32, what: &str) -> anyhow::Result<u32> {
+    match written {
+        Some(0) => bail!("`{what} = 0` would remove artifacts as they are stored: give at least 1"),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
+}
+
+fn mebibytes(written: Option<u64>, default: u64, what: &str) -> anyhow::Result<u64> {
+    match written {
+        Some(0) => bail!("{what} = 0 leaves no room for any cache entry: give at least 1 (MiB)"),
+        Some(mb) => mb.checked_mul(1 << 20).with_context(|| format!("{what} = {mb} is too large")),
+        None => Ok(default),
+    }
 }
 
 impl ServeConfig {
@@ -324,13 +366,27 @@ impl ServeConfig {
             trusted_keys: read_keys(&registry.trusted_keys, base).context("`[registry] trusted-keys`")?,
             registries: registry.allowed.clone(),
         };
+        let retention = days(file.artifact_retention_days, DEFAULT_RETENTION_DAYS, "artifact-retention-days")?;
+        let mut cache = skiff_runtime::artifact_store::CacheLimits {
+            default_bytes: mebibytes(
+                file.cache.as_ref().and_then(|c| c.max_size_mb),
+                skiff_runtime::artifact_store::CacheLimits::DEFAULT_BYTES,
+                "`[cache] max-size-mb`",
+            )?,
+            apps: HashMap::new(),
+        };
         let mut apps = BTreeMap::new();
         for def in file.apps {
             let name = def.name.clone();
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
                 bail!("app name `{name}` may hold only letters, digits, `-`, `_` and `.`");
             }
-            let app = resolve_app(def, base, key, max, &host_policy).with_context(|| format!("app `{name}`"))?;
+            if let Some(mb) = def.cache_max_size_mb {
+                let bytes = mebibytes(Some(mb), 0, "`cache-max-size-mb`").with_context(|| format!("app `{name}`"))?;
+                cache.apps.insert(name.clone(), bytes);
+            }
+            let app =
+                resolve_app(def, base, key, max, &host_policy, retention).with_context(|| format!("app `{name}`"))?;
             if apps.insert(name.clone(), std::sync::Arc::new(app)).is_some() {
                 bail!("app `{name}` is defined twice");
             }
@@ -395,6 +451,8 @@ impl ServeConfig {
                         .clamp(1, max_connections),
                 }
             },
+            cache,
+            artifact_retention_days: retention,
             tokens,
             apps,
         })
@@ -426,7 +484,9 @@ fn resolve_app(
     key: Option<&MasterKey>,
     max: usize,
     host_policy: &skiff_registry::Policy,
+    retention: u32,
 ) -> anyhow::Result<AppConfig> {
+    let artifact_retention_days = days(def.artifact_retention_days, retention, "artifact-retention-days")?;
     let on: Triggers = match def.on.clone() {
         None => Triggers::default(),
         Some(v) => {
@@ -493,6 +553,7 @@ fn resolve_app(
         run_timeout: def.run_timeout_secs.map(std::time::Duration::from_secs),
         ca_bundle,
         components,
+        artifact_retention_days,
     })
 }
 

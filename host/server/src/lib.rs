@@ -22,9 +22,11 @@ pub mod cron;
 pub mod crypto;
 pub mod logs;
 pub mod openapi;
+pub mod provenance;
 pub mod queue;
 pub mod repository;
 pub mod request;
+pub mod retention;
 pub mod scheduler;
 pub mod sse;
 pub mod store;
@@ -50,10 +52,14 @@ pub enum Role {
     Host,
 }
 
-/// The artifact store of a host: `artifacts/` in its data directory. The executor that runs the
-/// steps and the API that lists and serves artifacts open the same one.
+/// The artifact store of a host: `artifacts/` in its data directory, and the apps' caches in
+/// `cache/` under the config's caps. The executor that runs the steps, the API that lists and
+/// serves artifacts and the retention sweep open the same one.
 pub fn artifact_store(config: &ServeConfig) -> Arc<dyn ArtifactStore> {
-    Arc::new(LocalArtifacts::new(config.data_dir.join("artifacts")))
+    Arc::new(
+        LocalArtifacts::new(config.data_dir.join("artifacts"))
+            .with_cache(config.data_dir.join("cache"), config.cache.clone()),
+    )
 }
 
 /// Everything the routes, the scheduler and the cron loop share: the configuration, the
@@ -196,7 +202,11 @@ pub async fn start(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: R
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let mut tasks = vec![tokio::spawn(shared.scheduler.clone().run()), tokio::spawn(cron::run(shared.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(shared.scheduler.clone().run()),
+        tokio::spawn(cron::run(shared.clone())),
+        tokio::spawn(retention::run(shared.clone())),
+    ];
     let router = app(shared.clone());
     let limits = shared.config.conn;
     // Open connections (a log follower, say) get a few seconds to close at the end.

@@ -191,6 +191,12 @@ impl RunRequest {
                 default_branch: text("default_branch"),
             })
         });
+        // A pull request payload's pull request, as a webhook run has it (its base branch is what
+        // the run's cache reads after its own).
+        let mut detail = Map::new();
+        if let Some(pr) = read.as_ref().and_then(|e| e.pull_request.as_ref()) {
+            detail.insert("pull_request".into(), json!(pr));
+        }
         RunRequest {
             app: String::new(),
             trigger: name.into(),
@@ -201,6 +207,7 @@ impl RunRequest {
                 sha,
                 repository,
                 sender: read.and_then(|e| e.sender),
+                detail,
                 ..RunEvent::default()
             },
             body,
@@ -304,6 +311,10 @@ mod tests {
         let e = r.event_json();
         assert_eq!((e["sha"].as_str(), e["repository"]["full_name"].as_str()), (Some("abc"), Some("acme/web")), "{e}");
         assert_eq!(e["sender"], "octocat");
+        assert_eq!(
+            (e["pull_request"]["base_ref"].as_str(), e["pull_request"]["head_ref"].as_str()),
+            (Some("main"), Some("feature"))
+        );
         let gitlab = RunRequest::local("push", None, json!({"project": {"path_with_namespace": "g/sub/p"}}));
         assert_eq!(gitlab.event_json()["repository"]["full_name"], "g/sub/p");
         let run = RunRequest::from_dispatch(&push_dispatch(), "webhook").into_new_run();

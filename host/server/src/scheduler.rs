@@ -101,6 +101,8 @@ pub struct Scheduler {
     statuses: Reporter,
     /// Who this host is, as the owner of its leases.
     owner: String,
+    /// Signs the provenance of runs that upload or deploy (created on first start).
+    provenance: crate::provenance::HostKey,
     accept: std::sync::mpsc::Sender<Pending>,
     /// Runs in progress.
     running: Mutex<HashMap<i64, Running>>,
@@ -221,6 +223,7 @@ impl Scheduler {
     /// A scheduler over the host's stores, with its writer thread (see [`Self::enqueue`]).
     pub(crate) fn new(h: Handles) -> anyhow::Result<Self> {
         let (accept, rx) = std::sync::mpsc::channel();
+        let provenance = crate::provenance::HostKey::load_or_create(&h.config.data_dir)?;
         let writer = h.store.clone();
         std::thread::Builder::new()
             .name("skiff-accept".into())
@@ -237,6 +240,7 @@ impl Scheduler {
             repos: h.repos,
             statuses: h.statuses,
             owner: new_owner(),
+            provenance,
             accept,
             running: Mutex::default(),
             preparing: Mutex::default(),
@@ -251,6 +255,11 @@ impl Scheduler {
     /// Who this host is, as the owner of the leases of the runs it runs.
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// The key this host signs provenance with.
+    pub fn provenance_key(&self) -> &crate::provenance::HostKey {
+        &self.provenance
     }
 
     /// Stores a run durably (committed and synced) and wakes the scheduler. Runs accepted at
@@ -1019,6 +1028,10 @@ impl Scheduler {
         };
         let job = if reuse.is_empty() { run.job.clone() } else { None };
         let untrusted = from_fork(&run.body) && !app.trust_fork_pull_requests;
+        // A run that uploads or deploys gets signed provenance; what it says of the workspace (the
+        // pipeline file, components by path) is read now, before a step could change it.
+        let materials = crate::provenance::Materials::collect(&app, &plan, &ws)
+            .map_err(|e| format!("recording the run's provenance: {e}"))?;
         let opts = RunOptions {
             run_id: run.id.to_string(),
             run_number: run.number as u64,
@@ -1044,7 +1057,23 @@ impl Scheduler {
             log_bytes: Mutex::new(HashMap::new()),
             cap: self.config.log_bytes_per_step,
         });
-        Ok(run_pipeline(&plan, opts, self.executor.clone(), sink).await)
+        let report = run_pipeline(&plan, opts, self.executor.clone(), sink.clone()).await;
+        if let Some(materials) = materials
+            && report.success()
+        {
+            let log = |job: &str, step: &str, text: &str| sink.write_line(job, step, "system", text.to_string());
+            crate::provenance::record(
+                &self.provenance,
+                &self.config,
+                self.store.as_ref(),
+                id,
+                materials,
+                &report,
+                &log,
+            )
+            .map_err(|e| format!("the run succeeded, but its provenance could not be recorded: {e:#}"))?;
+        }
+        Ok(report)
     }
 }
 

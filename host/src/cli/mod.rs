@@ -6,6 +6,7 @@ pub mod edge;
 pub mod init;
 pub mod lock;
 pub mod out;
+pub mod provenance;
 pub mod registry;
 pub mod run;
 pub mod serve;

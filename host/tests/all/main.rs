@@ -3,12 +3,14 @@
 mod artifacts;
 mod authoring;
 mod build_env;
+mod cache;
 mod cli;
 mod connections;
 mod edge;
 mod forges;
 mod pipeline;
 mod plugins;
+mod provenance;
 mod registry;
 mod repository;
 mod runtime;

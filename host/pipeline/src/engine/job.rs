@@ -48,14 +48,30 @@ struct StepState {
     posts: Vec<Post>,
 }
 
-/// A cleanup script, registered by a step (`post:`, or a step's `skiff.post` output).
+/// What runs at job end for a step, last registered first.
 struct Post {
     /// The step's name.
     of: String,
-    script: String,
+    what: PostRun,
     env: BTreeMap<String, String>,
     /// It runs where its step's processes ran.
     image: Option<ComponentRef>,
+}
+
+enum PostRun {
+    /// A cleanup script (`post:`, or a step's `skiff.post` output): bash, a process and nothing
+    /// more, whatever happened.
+    Script(String),
+    /// The step's component again (its `skiff.post-step` output), with its grants and secrets.
+    Step {
+        uses: StepRef,
+        inputs: BTreeMap<String, String>,
+        secrets: BTreeMap<String, String>,
+        grants: crate::executor::Grants,
+        working_directory: Option<String>,
+        /// Only when the job has succeeded so far.
+        if_success: bool,
+    },
 }
 
 impl JobRun {
@@ -107,17 +123,43 @@ impl JobRun {
             reports.push(r);
         }
 
-        // Cleanup scripts, last registered first, whatever happened.
+        // Posts, last registered first: cleanup scripts whatever happened, a component's own
+        // post as it asked (the cache's save only after a job that has succeeded so far).
         let posts = std::mem::take(&mut st.posts);
-        for (n, Post { of, script, env, image }) in posts.into_iter().rev().enumerate() {
+        for (n, Post { of, what, env, image }) in posts.into_iter().rev().enumerate() {
             let id = format!("post-{}", n + 1);
             let name = format!("Post {of}");
-            let mut req =
-                self.request(&id, &name, StepRef::Shell { script, shell: "bash".into() }, BTreeMap::new(), env);
-            // A cleanup script is a process, and nothing more: no network, no secrets.
-            req.grants.process = true;
-            req.grants.read_only = self.opts.read_only;
-            req.image = image;
+            let req = match what {
+                PostRun::Script(script) => {
+                    let mut req =
+                        self.request(&id, &name, StepRef::Shell { script, shell: "bash".into() }, BTreeMap::new(), env);
+                    // A cleanup script is a process, and nothing more: no network, no secrets.
+                    req.grants.process = true;
+                    req.grants.read_only = self.opts.read_only;
+                    req
+                }
+                PostRun::Step { if_success, .. } if if_success && (self.scope.failed || self.scope.cancelled) => {
+                    reports.push(self.finished(
+                        &id,
+                        &name,
+                        Status::Skipped,
+                        Duration::ZERO,
+                        &BTreeMap::new(),
+                        None,
+                        None,
+                        None,
+                    ));
+                    continue;
+                }
+                PostRun::Step { uses, inputs, secrets, grants, working_directory, .. } => {
+                    let mut req = self.request(&id, &name, uses, inputs, env);
+                    req.secrets = secrets;
+                    req.grants = grants;
+                    req.working_directory = working_directory;
+                    req
+                }
+            };
+            let req = StepRequest { image, ..req };
             let r = self.execute(req, None).await;
             let status = match r.outcome {
                 StepOutcome::Success => Status::Success,
@@ -232,7 +274,26 @@ impl JobRun {
             image: None,
             event_json: serde_json::to_string(&self.opts.event).unwrap_or_else(|_| "null".into()),
             ca_bundle: self.opts.ca_bundle.clone(),
+            needs: self.needed_jobs(),
         }
+    }
+
+    /// Every instance of the jobs this one waits for, directly or through others: all of them
+    /// have finished when it starts.
+    fn needed_jobs(&self) -> Vec<String> {
+        let mut ids: Vec<&str> = self.job().needs.iter().map(String::as_str).collect();
+        let mut i = 0;
+        while let Some(&id) = ids.get(i) {
+            for j in self.plan.jobs.iter().filter(|j| j.job == id) {
+                for n in &j.needs {
+                    if !ids.contains(&n.as_str()) {
+                        ids.push(n);
+                    }
+                }
+            }
+            i += 1;
+        }
+        self.plan.jobs.iter().filter(|j| ids.contains(&j.job.as_str())).map(|j| j.key.clone()).collect()
     }
 
     /// `CI=true` and the run's `SKIFF_*` variables: its id, number and attempt, the job, and
@@ -384,15 +445,49 @@ impl JobRun {
         if let Some(post) = &step.post {
             st.posts.push(Post {
                 of: step.name.clone(),
-                script: post.raw.clone(),
+                what: PostRun::Script(post.raw.clone()),
                 env: env.clone(),
                 image: req.image.clone(),
             });
         }
         let image = req.image.clone();
+        // What a component runs again at job end if it asks (`run:` scripts have `skiff.post`).
+        let again = (!matches!(req.uses, StepRef::Shell { .. })).then(|| {
+            (
+                req.uses.clone(),
+                req.inputs.clone(),
+                req.secrets.clone(),
+                req.grants.clone(),
+                req.working_directory.clone(),
+            )
+        });
         let r = self.execute(req, deadline).await;
         if let Some(post) = &r.post {
-            st.posts.push(Post { of: step.name.clone(), script: post.clone(), env: env.clone(), image });
+            st.posts.push(Post {
+                of: step.name.clone(),
+                what: PostRun::Script(post.clone()),
+                env: env.clone(),
+                image: image.clone(),
+            });
+        }
+        if let Some(p) = &r.post_step
+            && let Some((uses, mut inputs, secrets, grants, working_directory)) = again
+            && r.outcome == StepOutcome::Success
+        {
+            inputs.extend(p.inputs.clone());
+            st.posts.push(Post {
+                of: step.name.clone(),
+                what: PostRun::Step {
+                    uses,
+                    inputs,
+                    secrets,
+                    grants,
+                    working_directory,
+                    if_success: p.when == crate::executor::PostWhen::Success,
+                },
+                env: env.clone(),
+                image,
+            });
         }
         let (outcome, error) = match &r.outcome {
             StepOutcome::Success => (Status::Success, None),

@@ -2,6 +2,7 @@
 //! implementation and the policy that narrows it.
 
 pub mod artifacts;
+pub mod cache;
 pub mod connect;
 pub mod egress;
 pub mod http;

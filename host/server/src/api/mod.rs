@@ -91,7 +91,8 @@ pub fn app(state: Arc<Shared>) -> Router {
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/rerun", post(rerun))
         .route("/v1/runs/{id}/artifacts", get(list_artifacts))
-        .route("/v1/runs/{id}/artifacts/{name}", get(download_artifact));
+        .route("/v1/runs/{id}/artifacts/{name}", get(download_artifact))
+        .route("/v1/provenance/key", get(crate::provenance::provenance_key));
     if state.role == Role::All {
         r = r.route("/hooks/{app}", post(hook));
     }

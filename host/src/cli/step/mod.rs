@@ -233,6 +233,7 @@ async fn run_step(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..ProcessGrant::default()
         },
         limits,
+        needs: Vec::new(),
         artifacts: args
             .artifacts
             .as_ref()

@@ -23,7 +23,8 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
             offset,
         });
     }
-    let ast = env().parser().parse(trimmed).map_err(|e| ExprError {
+    let github = github_names(trimmed);
+    let ast = env().parser().parse(&github).map_err(|e| ExprError {
         message: e
             .errors
             .iter()
@@ -55,6 +56,57 @@ fn compile_at(source: &str, offset: usize) -> Result<Expr, ExprError> {
     let mut rw = Rewriter { next_id: 1_000_000, bound: Vec::new(), chains: Vec::new() };
     let ast = rw.rewrite(ast);
     Ok(Expr { source: trimmed.to_string(), offset, ast, refs, status_calls, chains: rw.chains })
+}
+
+/// GitHub's property names may hold `-` (`steps.cache.outputs.cache-hit`, as actions/cache
+/// documents it); CEL's may not. After a `.`, a name that goes on with `-` and a letter or `_`
+/// becomes an index, `["cache-hit"]`. Anywhere else (`a - b`, `x.n-1`) `-` stays minus, and
+/// string literals are left alone.
+fn github_names(src: &str) -> std::borrow::Cow<'_, str> {
+    let b = src.as_bytes();
+    let name_char = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let starts_name = |c: u8| c.is_ascii_alphabetic() || c == b'_';
+    // Fast path: nothing to rewrite without a `-` between two name characters.
+    if !b.windows(3).any(|w| name_char(w[0]) && w[1] == b'-' && starts_name(w[2])) {
+        return std::borrow::Cow::Borrowed(src);
+    }
+    let mut out = String::with_capacity(src.len() + 8);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' || c == b'"' {
+            // A string literal, to its closing quote (raw or triple-quoted forms included).
+            let start = i;
+            i += 1;
+            while i < b.len() && b[i] != c {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(b.len());
+            out.push_str(&src[start..i]);
+            continue;
+        }
+        if c == b'.' && i + 1 < b.len() && starts_name(b[i + 1]) {
+            let start = i + 1;
+            let mut j = start;
+            while j < b.len() && (name_char(b[j]) || (b[j] == b'-' && j + 1 < b.len() && starts_name(b[j + 1]))) {
+                j += 1;
+            }
+            let name = &src[start..j];
+            if name.contains('-') {
+                out.push_str("[\"");
+                out.push_str(name);
+                out.push_str("\"]");
+            } else {
+                out.push('.');
+                out.push_str(name);
+            }
+            i = j;
+            continue;
+        }
+        out.push(c as char);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The first name under `e` (a variable, a function, a comprehension's variable) that starts
@@ -390,6 +442,18 @@ mod tests {
         assert_eq!(e.offset, 5);
         assert!(compile_condition("${{ success() }}").is_ok());
         assert!(compile_condition("${{ a }} && b").is_err());
+    }
+
+    #[test]
+    fn github_names_may_hold_hyphens_after_a_dot() {
+        assert_eq!(github_names("steps.cache.outputs.cache-hit"), r#"steps.cache.outputs["cache-hit"]"#);
+        assert_eq!(github_names("steps.a-b.outputs.x-y == 'x.a-b'"), r#"steps["a-b"].outputs["x-y"] == 'x.a-b'"#);
+        assert_eq!(github_names("a-b"), "a-b", "bare names: minus");
+        assert_eq!(github_names("matrix.n-1 + x.y - z"), "matrix.n-1 + x.y - z", "minus a number, or with spaces");
+        assert_eq!(github_names(r#"format("{0}.a-b", x)"#), r#"format("{0}.a-b", x)"#);
+        let e = compile("steps.cache.outputs.cache-hit == 'true'").unwrap();
+        assert_eq!(e.refs, vec![vec!["steps", "cache", "outputs", "cache-hit"]]);
+        assert_eq!(e.source, "steps.cache.outputs.cache-hit == 'true'", "messages show what was written");
     }
 
     /// Found by fuzzing (fuzz/seeds/expr/operator-chain): `1+1+…+1` passes the parser's own

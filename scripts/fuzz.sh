@@ -59,6 +59,22 @@ APPS = [
     'size(body) > 0 && event.kind.type == "push" || body.commits.exists(c, c.id.startsWith("a"))',
 ]
 
+def tar(entries, gz, fmt=tarfile.GNU_FORMAT):
+    """A tar (gzipped with `gz`) of (name, kind, data) entries: kind file, dir, sym or hard."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=fmt) as t:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif kind in ("sym", "hard"):
+                info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
+                info.linkname = data
+            else:
+                info.size = len(data)
+            t.addfile(info, io.BytesIO(data) if kind == "file" else None)
+    return buf.getvalue()
+
 if target == "webhook":
     for name, req in requests():
         write(name, req)
@@ -93,20 +109,6 @@ elif target == "expr":
         write(f"expr-{i}", text.encode() + b"\0" + contexts.encode() + b"\0" + bytes([i % 4]))
 elif target == "archive":
     files = {"README.md": b"hello\n", "src/main.rs": b"fn main() {}\n", "src/lib/a.txt": b"a" * 300}
-    def tar(entries, gz, fmt=tarfile.GNU_FORMAT):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=fmt) as t:
-            for name, kind, data in entries:
-                info = tarfile.TarInfo(name)
-                if kind == "dir":
-                    info.type = tarfile.DIRTYPE
-                elif kind in ("sym", "hard"):
-                    info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
-                    info.linkname = data
-                else:
-                    info.size = len(data)
-                t.addfile(info, io.BytesIO(data) if kind == "file" else None)
-        return buf.getvalue()
     def zipped(entries):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -154,20 +156,6 @@ elif target == "reference":
 elif target == "layer":
     # Image layers: the first byte picks plain (0), gzip (1) or zstd (2); then the blob.
     import gzip
-    def tar(entries):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-            for name, kind, data in entries:
-                info = tarfile.TarInfo(name)
-                if kind == "dir":
-                    info.type = tarfile.DIRTYPE
-                elif kind in ("sym", "hard"):
-                    info.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
-                    info.linkname = data
-                else:
-                    info.size = len(data)
-                t.addfile(info, io.BytesIO(data) if kind == "file" else None)
-        return buf.getvalue()
     layers = {
         "plain": [("usr", "dir", b""), ("usr/bin/tool", "file", b"#!/bin/sh\n"), ("bin", "sym", "usr/bin")],
         "whiteouts": [("etc/.wh.os-release", "file", b""), ("etc/.wh..wh..opq", "file", b""), ("etc/new", "file", b"x")],
@@ -175,7 +163,7 @@ elif target == "layer":
         "climb": [("../../x", "file", b"x"), ("/abs", "file", b"a"), ("bin/sh", "file", b"s")],
     }
     for name, entries in layers.items():
-        t = tar(entries)
+        t = tar(entries, False, tarfile.PAX_FORMAT)
         write(f"layer-{name}", b"\0" + t)
         write(f"layer-{name}-gz", b"\1" + gzip.compress(t))
 else:

@@ -232,44 +232,17 @@ impl RegistryClient {
         desc: &OciDescriptor,
         limit: u64,
     ) -> Result<Vec<u8>, RegistryError> {
-        let (registry, reference) = Self::reference(r, None)?;
-        let want = Digest::parse(&desc.digest).map_err(|_| RegistryError::Protocol {
-            registry: registry.clone(),
-            message: format!("the manifest names blob `{}`, which is not a sha256 digest", desc.digest),
-        })?;
-        let what = format!("{} blob {want}", r.repository_ref().unwrap_or_default());
-        if desc.size < 0 || desc.size as u64 > limit {
-            return Err(RegistryError::TooLarge { what, limit });
-        }
-        let client = self.client(&registry);
-        client.store_auth_if_needed(&registry, &self.auth(&registry)).await;
-        let mut stream =
-            client.pull_blob_stream(&reference, desc).await.map_err(|e| Self::error(&registry, &what, e))?;
-        let mut bytes = Vec::with_capacity(desc.size as usize);
-        while let Some(chunk) = stream.stream.next().await {
-            let chunk = chunk.map_err(|e| match e.get_ref().map(|x| x.to_string()) {
-                // oci-client checks the digest as the stream ends; report it as ours.
-                Some(m) if m.contains("digest") => RegistryError::DigestMismatch {
-                    what: what.clone(),
-                    expected: want.clone(),
-                    actual: Digest::of(&bytes),
-                },
-                _ => RegistryError::Unreachable { registry: registry.clone(), cause: e.to_string() },
-            })?;
-            if bytes.len() as u64 + chunk.len() as u64 > limit {
-                return Err(RegistryError::TooLarge { what, limit });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let actual = Digest::of(&bytes);
-        if actual != want {
-            return Err(RegistryError::DigestMismatch { what, expected: want, actual });
-        }
+        let mut bytes = Vec::with_capacity(desc.size.clamp(0, 64 << 20) as usize);
+        self.pull_blob_into(r, desc, limit, |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
         Ok(bytes)
     }
 
     /// A blob of `r`'s repository streamed into the file `dest` (through a temporary file beside
-    /// it, renamed once its digest is checked), at most `limit` bytes.
+    /// it, renamed once its digest is checked), at most `limit` bytes: image layers can be large.
     pub async fn pull_blob_to_file(
         &self,
         r: &ComponentRef,
@@ -277,8 +250,33 @@ impl RegistryClient {
         limit: u64,
         dest: &std::path::Path,
     ) -> Result<(), RegistryError> {
+        use std::io::Write as _;
+        let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{}.part{}", desc.digest.replace(':', "-"), std::process::id()));
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        let result = self.pull_blob_into(r, desc, limit, |chunk| Ok(file.write_all(chunk)?)).await;
+        let result = result.and_then(|()| Ok(file.flush()?));
+        drop(file);
+        match result {
+            Ok(()) => Ok(std::fs::rename(&tmp, dest)?),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Streams a blob into `sink`, chunk by chunk: at most `limit` bytes, and its sha256 checked
+    /// against the digest the manifest gives before this returns `Ok`.
+    async fn pull_blob_into(
+        &self,
+        r: &ComponentRef,
+        desc: &OciDescriptor,
+        limit: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
         use sha2::Digest as _;
-        use tokio::io::AsyncWriteExt as _;
         let (registry, reference) = Self::reference(r, None)?;
         let want = Digest::parse(&desc.digest).map_err(|_| RegistryError::Protocol {
             registry: registry.clone(),
@@ -292,39 +290,33 @@ impl RegistryClient {
         client.store_auth_if_needed(&registry, &self.auth(&registry)).await;
         let mut stream =
             client.pull_blob_stream(&reference, desc).await.map_err(|e| Self::error(&registry, &what, e))?;
-        let dir = dest.parent().unwrap_or(std::path::Path::new("."));
-        tokio::fs::create_dir_all(dir).await?;
-        let tmp = dir.join(format!(".{}.part{}", want.hex(), std::process::id()));
-        let mut file = tokio::fs::File::create(&tmp).await?;
         let mut hasher = sha2::Sha256::new();
-        let mut written = 0u64;
-        let result: Result<(), RegistryError> = async {
-            while let Some(chunk) = stream.stream.next().await {
-                let chunk = chunk
-                    .map_err(|e| RegistryError::Unreachable { registry: registry.clone(), cause: e.to_string() })?;
-                written += chunk.len() as u64;
-                if written > limit {
-                    return Err(RegistryError::TooLarge { what: what.clone(), limit });
-                }
-                hasher.update(&chunk);
-                file.write_all(&chunk).await?;
+        let mut received = 0u64;
+        let actual = |hasher: &sha2::Sha256| {
+            Digest::from_hex(&hex::encode(hasher.clone().finalize())).expect("a sha256 is a digest")
+        };
+        while let Some(chunk) = stream.stream.next().await {
+            let chunk = chunk.map_err(|e| match e.get_ref().map(|x| x.to_string()) {
+                // oci-client checks the digest as the stream ends; report it as ours.
+                Some(m) if m.contains("digest") => RegistryError::DigestMismatch {
+                    what: what.clone(),
+                    expected: want.clone(),
+                    actual: actual(&hasher),
+                },
+                _ => RegistryError::Unreachable { registry: registry.clone(), cause: e.to_string() },
+            })?;
+            received += chunk.len() as u64;
+            if received > limit {
+                return Err(RegistryError::TooLarge { what, limit });
             }
-            file.flush().await?;
-            let actual = Digest::from_hex(&hex::encode(hasher.finalize())).expect("sha256 is a digest");
-            if actual != want {
-                return Err(RegistryError::DigestMismatch { what: what.clone(), expected: want.clone(), actual });
-            }
-            Ok(())
+            hasher.update(&chunk);
+            sink(&chunk)?;
         }
-        .await;
-        drop(file);
-        match result {
-            Ok(()) => Ok(tokio::fs::rename(&tmp, dest).await?),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                Err(e)
-            }
+        let actual = actual(&hasher);
+        if actual != want {
+            return Err(RegistryError::DigestMismatch { what, expected: want, actual });
         }
+        Ok(())
     }
 
     /// Pushes blobs and a manifest under `tag` (or `r`'s own tag); returns the manifest digest.

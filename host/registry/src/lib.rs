@@ -13,7 +13,7 @@ pub mod signature;
 
 use skiff_pipeline::component_ref::Digest;
 
-pub use resolve::{Fetched, Policy, Resolver};
+pub use resolve::{Fetched, Policy, Prepared, Resolver};
 
 /// Why a shared component cannot be used; each says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -69,6 +69,13 @@ pub struct Fetched {
     pub unpinned: bool,
 }
 
+/// What [`Resolver::prepare`] made ready for a run.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    pub components: Vec<Fetched>,
+    pub images: Vec<crate::image::FetchedImage>,
+}
+
 /// Fetches and checks shared components into a [`ComponentStore`].
 pub struct Resolver {
     client: RegistryClient,
@@ -123,8 +130,9 @@ impl Resolver {
     }
 
     /// Fetches and checks every shared component of `plan` and records each one's content
-    /// digest in the plan, so its steps run exactly those bytes.
-    pub async fn prepare(&self, plan: &mut Plan, policy: &Policy) -> Result<Vec<Fetched>, RegistryError> {
+    /// digest in the plan, so its steps run exactly those bytes; pulls and unpacks its container
+    /// images and pins them in the plan.
+    pub async fn prepare(&self, plan: &mut Plan, policy: &Policy) -> Result<Prepared, RegistryError> {
         let mut done: Vec<(ComponentRef, Fetched)> = Vec::new();
         for job in &mut plan.jobs {
             for step in &mut job.steps {
@@ -142,20 +150,24 @@ impl Resolver {
             }
         }
         // Container images: pulled and unpacked once, pinned in the plan.
-        let mut images: Vec<(ComponentRef, ComponentRef)> = Vec::new();
+        let mut images: Vec<(ComponentRef, crate::image::FetchedImage)> = Vec::new();
         for step in plan.jobs.iter_mut().flat_map(|j| &mut j.steps) {
             let Some(image) = &mut step.image else { continue };
             let pinned = match images.iter().find(|(r, _)| r == &image.reference) {
-                Some((_, p)) => p.clone(),
+                Some((_, f)) => f.reference.clone(),
                 None => {
                     let f = self.fetch_image(&image.reference, policy).await?;
-                    images.push((image.reference.clone(), f.reference.clone()));
-                    f.reference
+                    let pinned = f.reference.clone();
+                    images.push((image.reference.clone(), f));
+                    pinned
                 }
             };
             image.reference = pinned;
         }
-        Ok(done.into_iter().map(|(_, f)| f).collect())
+        Ok(Prepared {
+            components: done.into_iter().map(|(_, f)| f).collect(),
+            images: images.into_iter().map(|(_, f)| f).collect(),
+        })
     }
 
     /// Fetches and checks one component, within [`FETCH_TIMEOUT`]: a registry that answers

@@ -96,6 +96,10 @@ impl JobSpaces {
                 setup.image =
                     Some(ImageRoot { lower: image.rootfs.clone(), job_dir: dir, uid: user.uid, gid: user.gid });
                 setup.env = image.env_pairs();
+                // Steps start in the workspace, as GitHub's container jobs do (they run with
+                // `--workdir` on the workspace); the image's own `WorkingDir` is there to use.
+                let workdir = if image.working_dir.is_empty() { "/" } else { image.working_dir.as_str() };
+                setup.env.push(("SKIFF_IMAGE_WORKDIR".into(), workdir.into()));
                 if !setup.env.iter().any(|(k, _)| k == "HOME") {
                     setup.env.push(("HOME".into(), user.home));
                 }

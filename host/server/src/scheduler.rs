@@ -1006,9 +1006,12 @@ impl Scheduler {
         // Shared components are pinned, fetched and checked (signatures included), and container
         // images pulled and unpacked, before any step runs; a refusal fails the run with its reason.
         if plan.fetches() {
-            let fetched = self.resolver.prepare(&mut plan, &app.components).await.map_err(|e| e.to_string())?;
-            for f in fetched {
+            let ready = self.resolver.prepare(&mut plan, &app.components).await.map_err(|e| e.to_string())?;
+            for f in ready.components {
                 tracing::info!(run = run.id, component = %f.reference, cached = f.cached, signed_by = ?f.signed_by, "shared component ready");
+            }
+            for f in ready.images {
+                tracing::info!(run = run.id, image = %f.reference, cached = f.cached, "container image ready");
             }
         }
         let job_ids: HashMap<String, String> = plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect();

@@ -90,3 +90,10 @@ pub fn describe(f: &Fetched) -> String {
     let pin = if f.unpinned { "; a tag resolved now: pin it with `skiff lock`" } else { "" };
     format!("component {} ({from}{signed}{pin})", f.reference)
 }
+
+/// One line about a container image made ready for a run.
+pub fn describe_image(f: &skiff_registry::image::FetchedImage) -> String {
+    let from = if f.cached { "unpacked already" } else { "pulled and unpacked" };
+    let pin = if f.unpinned { "; a tag resolved now: pin it with `skiff lock`" } else { "" };
+    format!("image {} ({from}{pin})", f.reference)
+}

@@ -119,8 +119,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Shared components are fetched and checked, and images pulled, before anything runs.
     if plan.fetches() {
         let resolver = args.registry.resolver()?;
-        for f in resolver.prepare(&mut plan, &args.policy.policy()?).await? {
-            eprintln!("{}", super::registry::describe(&f));
+        let ready = resolver.prepare(&mut plan, &args.policy.policy()?).await?;
+        for f in &ready.components {
+            eprintln!("{}", super::registry::describe(f));
+        }
+        for f in &ready.images {
+            eprintln!("{}", super::registry::describe_image(f));
         }
     }
 

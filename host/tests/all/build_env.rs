@@ -120,7 +120,7 @@ impl Image {
                 "os": "linux",
                 "config": {
                     "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "IMAGE_VAR=from-the-image-config"],
-                    "WorkingDir": "/",
+                    "WorkingDir": "/srv/app",
                     "User": user,
                 },
             }),
@@ -168,7 +168,7 @@ fn pipeline(image: &str) -> String {
         shell: sh
         run: test ! -e /etc/gone.txt && echo "gone.txt is hidden"
       - id: config
-        run: echo "var=$IMAGE_VAR user=$(id -u) home=$HOME"; hello
+        run: echo "var=$IMAGE_VAR user=$(id -u) home=$HOME workdir=$SKIFF_IMAGE_WORKDIR pwd=$PWD"; hello
       - id: write
         run: echo "made in step 4" > /usr/local/bin/made && mkdir -p $HOME/.cache && echo kept > $HOME/.cache/x
       - id: read
@@ -199,10 +199,11 @@ fn a_job_runs_in_its_image_with_layers_whiteouts_config_and_a_writable_layer_of_
 
     let (ok, out) = p.run(&["run", "--locked"]);
     assert!(ok, "{out}");
+    assert!(out.contains(&format!("image {image}@{digest} (unpacked already)")), "{out}");
     assert!(out.contains("PRETTY_NAME=\"Skiff test image\""), "the image's /etc/os-release: {out}");
     assert!(!out.contains("Debian"), "the host's /etc/os-release leaked in: {out}");
     assert!(out.contains("gone.txt is hidden"), "{out}");
-    assert!(out.contains("var=from-the-image-config user=0 home=/root"), "{out}");
+    assert!(out.contains("var=from-the-image-config user=0 home=/root workdir=/srv/app pwd=/workspace"), "{out}");
     assert!(out.contains("hello from the image"), "the image's PATH: {out}");
     assert!(out.contains("made in step 4") && out.contains("kept"), "a job's writes last for its steps: {out}");
     assert!(out.contains("no host tools"), "{out}");

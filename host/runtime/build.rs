@@ -18,6 +18,9 @@ const BUILTIN: &[(&str, &str, &str)] = &[
     ("skiff-step-script", "skiff_step_script", "script"),
     ("skiff-step-cache", "skiff_step_cache", "cache"),
     ("skiff-step-download", "skiff_step_download", "download"),
+    ("skiff-step-cloudflare-deploy", "skiff_step_cloudflare_deploy", "cloudflare-deploy"),
+    ("skiff-step-spin-push", "skiff_step_spin_push", "spin-push"),
+    ("skiff-step-spin-deploy", "skiff_step_spin_deploy", "spin-deploy"),
 ];
 const TEST_GUESTS: &[(&str, &str, &str)] = &[("skiff-test-guest-hostile", "skiff_test_guest_hostile", "HOSTILE")];
 

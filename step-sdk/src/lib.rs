@@ -47,6 +47,7 @@ pub mod bindings {
 
 pub mod cache;
 mod context;
+pub mod files;
 pub mod http;
 pub mod log;
 pub mod process;

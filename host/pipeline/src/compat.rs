@@ -45,7 +45,19 @@ impl Compat {
 }
 
 /// The built-in step names, and what `uses:` may name without a path.
-pub const BUILTINS: &[&str] = &["diag", "shell", "checkout", "notify", "upload", "script", "cache", "download"];
+pub const BUILTINS: &[&str] = &[
+    "diag",
+    "shell",
+    "checkout",
+    "notify",
+    "upload",
+    "script",
+    "cache",
+    "download",
+    "cloudflare-deploy",
+    "spin-push",
+    "spin-deploy",
+];
 
 /// A Serverless-cd plugin resolved to a built-in step and inputs it implies.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub mod image;
 pub mod publish;
 pub mod resolve;
 pub mod signature;
+pub mod spin_app;
 
 use skiff_pipeline::component_ref::Digest;
 

@@ -249,7 +249,7 @@ impl Resolver {
     /// A signature by a trusted key over `digest`, from the store's copy when one verifies, else
     /// from the registry (`sha256-HEX.sig`). Returns the key's fingerprint and whether the store
     /// sufficed.
-    async fn verify_signature(
+    pub(crate) async fn verify_signature(
         &self,
         r: &ComponentRef,
         digest: &Digest,

@@ -5,6 +5,7 @@
 //! enforced, a fresh instance per request.
 
 pub mod kv;
+pub mod locked;
 pub mod manifest;
 pub mod spin;
 

@@ -128,33 +128,56 @@ impl Manifest {
         if raw.spin_manifest_version != 2 {
             bail!("spin_manifest_version is {}; only version 2 is supported", raw.spin_manifest_version);
         }
-        for name in raw.variables.keys() {
-            check_variable_name(name)?;
+        let components = raw
+            .component
+            .into_iter()
+            .map(|(id, c)| {
+                let component = Component {
+                    id: id.clone(),
+                    source: base.join(&c.source),
+                    allowed_outbound_hosts: c.allowed_outbound_hosts,
+                    key_value_stores: c.key_value_stores,
+                    environment: c.environment,
+                    variables: c.variables,
+                };
+                (id, component)
+            })
+            .collect();
+        let routes = raw.trigger.http.into_iter().map(|t| Route { route: t.route, component: t.component }).collect();
+        let variables = raw
+            .variables
+            .into_iter()
+            .map(|(k, v)| (k, Variable { default: v.default, required: v.required, secret: v.secret }))
+            .collect();
+        Self::checked(raw.application.name, variables, routes, components)
+    }
+
+    /// An application from its parts, checked as a `spin.toml` is (from a manifest or a locked
+    /// app pulled from a registry): variable names, the templates' variables, routes.
+    pub fn checked(
+        name: String,
+        variables: BTreeMap<String, Variable>,
+        routes: Vec<Route>,
+        components: BTreeMap<String, Component>,
+    ) -> anyhow::Result<Self> {
+        for (k, v) in &variables {
+            check_variable_name(k)?;
+            if v.required && v.default.is_some() {
+                bail!("variable `{k}` is required and has a default: keep one of the two");
+            }
         }
-        let mut components = BTreeMap::new();
-        for (id, c) in raw.component {
+        for (id, c) in &components {
             for name in c.variables.keys() {
                 check_variable_name(name)?;
             }
             for template in c.variables.values().chain(&c.allowed_outbound_hosts) {
                 for name in template_names(template)? {
-                    if !raw.variables.contains_key(&name) {
+                    if !variables.contains_key(&name) {
                         bail!("component `{id}` uses `{{{{ {name} }}}}`, but [variables] does not declare `{name}`");
                     }
                 }
             }
-            let component = Component {
-                id: id.clone(),
-                source: base.join(&c.source),
-                allowed_outbound_hosts: c.allowed_outbound_hosts,
-                key_value_stores: c.key_value_stores,
-                environment: c.environment,
-                variables: c.variables,
-            };
-            components.insert(id, component);
         }
-        let routes: Vec<Route> =
-            raw.trigger.http.into_iter().map(|t| Route { route: t.route, component: t.component }).collect();
         if routes.is_empty() {
             bail!("there is no [[trigger.http]]: add one with a `route` and a `component`");
         }
@@ -166,17 +189,7 @@ impl Manifest {
                 bail!("route `{}` must start with `/`", r.route);
             }
         }
-        let variables = raw
-            .variables
-            .into_iter()
-            .map(|(k, v)| {
-                if v.required && v.default.is_some() {
-                    bail!("variable `{k}` is required and has a default: keep one of the two");
-                }
-                Ok((k, Variable { default: v.default, required: v.required, secret: v.secret }))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self { name: raw.application.name, variables, routes, components })
+        Ok(Self { name, variables, routes, components })
     }
 
     /// The component for a request path: the first matching route.

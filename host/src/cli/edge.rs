@@ -1,11 +1,13 @@
-//! `skiff edge up`: serves a Spin application locally (`skiff-spin-host`) until interrupted.
+//! `skiff edge up`: serves a Spin application locally (`skiff-spin-host`) until interrupted, from
+//! its `spin.toml` or pulled from a registry (`--from REGISTRY/REPO:TAG` or `@sha256:…`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use skiff_pipeline::component_ref::ComponentRef;
 use skiff_spin_host::SpinApp;
 use skiff_spin_host::kv::KvStores;
 use skiff_spin_host::manifest::Manifest;
@@ -13,9 +15,14 @@ use skiff_spin_host::spin::given_variables;
 
 #[derive(clap::Args, Debug)]
 pub struct EdgeUpArgs {
-    /// The Spin application manifest.
-    #[arg(long = "from", short = 'f', default_value = "spin.toml")]
-    pub manifest: PathBuf,
+    /// The application: its `spin.toml`, or a registry reference (`ghcr.io/acme/app:1`,
+    /// `…@sha256:…`) as the `spin-push` step or `spin registry push` published it.
+    #[arg(long = "from", short = 'f', value_name = "MANIFEST|REF", default_value = "spin.toml")]
+    pub from: String,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
+    #[command(flatten)]
+    pub policy: super::registry::PolicyArgs,
     /// Where to listen; port 0 picks a free one (the address is printed).
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
@@ -53,15 +60,46 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(t)
 }
 
+/// Whether `--from` names a registry reference rather than a manifest file: it is not an
+/// existing path, does not end in `.toml`, and parses as a reference with a registry host.
+fn is_reference(from: &str) -> Option<ComponentRef> {
+    if Path::new(from).exists() || from.ends_with(".toml") {
+        return None;
+    }
+    ComponentRef::parse(from).ok().filter(|r| matches!(r, ComponentRef::Oci { .. }))
+}
+
+/// The application and the folder its key-value file defaults to.
+async fn load(args: &EdgeUpArgs) -> anyhow::Result<(Manifest, PathBuf)> {
+    let Some(reference) = is_reference(&args.from) else {
+        let path = Path::new(&args.from);
+        let manifest = Manifest::load(path)?;
+        return Ok((manifest, path.parent().unwrap_or(Path::new(".")).to_path_buf()));
+    };
+    let resolver = args.registry.resolver()?;
+    let cache = skiff_runtime::cache::default_dir().join("spin-apps");
+    let app = resolver
+        .fetch_spin_app(&reference, &args.policy.policy()?, &cache)
+        .await
+        .with_context(|| format!("cannot pull the Spin application `{reference}`"))?;
+    let manifest = skiff_spin_host::locked::manifest(&app.locked, &|d| app.wasm.get(d).cloned())
+        .with_context(|| format!("`{}` is not an application `skiff edge up` can run", app.reference))?;
+    // Standard error: the first line on standard output stays the address being served.
+    let signed = app.signed_by.as_ref().map(|k| format!(", signed by {k}")).unwrap_or_default();
+    tracing::info!("pulled {} ({} component(s){signed})", app.reference, app.wasm.len());
+    let home = cache.join(app.reference.digest().map(|d| d.as_str().replace(':', "-")).unwrap_or_default());
+    Ok((manifest, home))
+}
+
 /// `skiff edge up`: serves the application until interrupted.
 pub async fn up(args: EdgeUpArgs) -> anyhow::Result<()> {
     super::init_logging(args.log_format);
-    let manifest = Manifest::load(&args.manifest)?;
+    let (manifest, home) = load(&args).await?;
     let given = given_variables(&args.variables, &manifest)?;
     let kv_path = match &args.key_value_file {
         Some(p) if p.as_os_str() == ":memory:" => None,
         Some(p) => Some(p.clone()),
-        None => Some(args.manifest.parent().unwrap_or(std::path::Path::new(".")).join(".spin/skiff-key-value.db")),
+        None => Some(home.join(".spin/skiff-key-value.db")),
     };
     let kv = KvStores::open(kv_path.as_deref())?;
     let app = Arc::new(

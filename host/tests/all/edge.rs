@@ -434,3 +434,97 @@ fn raw_http(base: &str, request: &str) -> String {
     let _ = stream.read_to_string(&mut answer);
     answer
 }
+
+/// The edge master's Spin application published by a pipeline and served from the registry:
+/// `spin-push` sends the component (built by `scripts/build-edge.sh`, as `spin build` would)
+/// and its spin.toml to a real registry (`docker-registry`) in Spin's layout, `spin-deploy`
+/// keeps the SpinKube `SpinApp` naming it by digest, and `skiff edge up --from` that digest
+/// pulls it, serves it and dispatches a signed webhook to a real `skiff serve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "edge-tests"),
+    ignore = "needs scripts/setup.sh --edge, scripts/build-edge.sh, --features edge-tests"
+)]
+async fn a_spin_app_pushed_by_a_pipeline_is_served_from_the_registry() {
+    need(&spin_wasm());
+    let Some(registry) = crate::registry::Registry::start(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(ws.join(".skiff")).unwrap();
+    std::fs::create_dir_all(ws.join("build")).unwrap();
+    std::fs::copy(spin_wasm(), ws.join("build/skiff_edge_spin.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(repo().join("edge-master/spin/spin.toml"))
+        .unwrap()
+        .replace("../../target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm", "build/skiff_edge_spin.wasm");
+    std::fs::write(ws.join("spin.toml"), manifest).unwrap();
+    let image = format!("{}/skiff/edge-master:ci", registry.addr);
+    let pipeline = format!(
+        r#"
+steps:
+  - id: push
+    uses: spin-push
+    with: {{ image: "{image}" }}
+    permissions: {{ hosts: ["{addr}"] }}
+  - uses: spin-deploy
+    with:
+      reference: ${{{{ steps.push.outputs.reference }}}}
+      namespace: edge
+      variables: |
+        host_url=https://skiff.example.com
+"#,
+        addr = registry.addr
+    );
+    std::fs::write(ws.join(".skiff/pipeline.yaml"), pipeline).unwrap();
+    let store = dir.path().join("artifacts");
+    let run = |ws: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["run", "--artifacts"])
+            .arg(&store)
+            .current_dir(ws)
+            .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())
+            .output()
+            .unwrap()
+    };
+    let out = run(&ws);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let runs: Vec<_> = std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().path()).collect();
+    let spin_app: Value = serde_json::from_slice(&std::fs::read(runs[0].join("spinapp.json")).unwrap()).unwrap();
+    let reference = spin_app["spec"]["image"].as_str().unwrap().to_string();
+    assert!(reference.starts_with(&format!("{}/skiff/edge-master@sha256:", registry.addr)), "{spin_app:#}");
+    assert_eq!(spin_app["kind"], "SpinApp");
+    assert_eq!(spin_app["metadata"]["name"], "edge-master");
+    assert_eq!(spin_app["spec"]["variables"][0]["value"], "https://skiff.example.com");
+    // The same application pushes to the same digest: nothing in it depends on the time.
+    let again = run(&ws);
+    assert!(again.status.success());
+    let runs: Vec<_> = std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        let app: Value = serde_json::from_slice(&std::fs::read(r.join("spinapp.json")).unwrap()).unwrap();
+        assert_eq!(app["spec"]["image"], reference.as_str());
+    }
+
+    // Served from the registry by its digest, with its own variables.
+    let mut host = ServeProcess::start(&dir.path().join("host"), "").await;
+    let mut cmd = edge_up(Path::new(&reference));
+    cmd.env("SKIFF_CACHE_DIR", dir.path().join("cache"));
+    cmd.arg("--key-value-file").arg(dir.path().join("kv.db"));
+    for (k, v) in [("host_url", host.base.as_str()), ("apps", APPS), ("webhook_secret", WEBHOOK_SECRET)] {
+        cmd.arg("--variable").arg(format!("{k}={v}"));
+    }
+    cmd.env("SPIN_VARIABLE_DISPATCH_KEY", DISPATCH_KEY);
+    let master = serving(cmd, dir.path()).await;
+    dispatches_dedupes_and_reports_a_down_host(&master, &mut host, "pulled").await;
+    drop(master);
+
+    // A reference that is not a Spin application is refused with what it is instead.
+    let not_app = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["edge", "up", "--listen", "127.0.0.1:0", "--from"])
+        .arg(format!("{}/skiff/nothing:1", registry.addr))
+        .env("SKIFF_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&not_app.stderr);
+    assert!(!not_app.status.success() && err.contains("was not found"), "{err}");
+}

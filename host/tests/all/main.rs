@@ -5,6 +5,7 @@ mod authoring;
 mod build_env;
 mod cache;
 mod cli;
+mod cloudflare_deploy;
 mod connections;
 mod edge;
 mod forges;

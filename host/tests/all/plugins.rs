@@ -901,3 +901,91 @@ async fn upload_to_a_presigned_url_and_to_the_artifact_store() {
         report.status
     );
 }
+
+// ---------------------------------------------------------------- spin-deploy
+
+#[tokio::test]
+async fn spin_deploy_applies_a_spinapp_through_the_api_server_and_keeps_it_as_an_artifact() {
+    const TOKEN: &str = "k8s-token-never-logged";
+    let (port, seen) = server(|r| match (r.header("authorization"), r.json()["metadata"]["name"].as_str()) {
+        (Some(a), _) if a != format!("Bearer {TOKEN}") => {
+            (401, "application/json", br#"{"message":"Unauthorized"}"#.to_vec())
+        }
+        (_, Some("forbidden")) => (
+            403,
+            "application/json",
+            br#"{"kind":"Status","message":"spinapps.core.spinkube.dev \"forbidden\" is forbidden"}"#.to_vec(),
+        ),
+        _ => {
+            let mut applied = r.json();
+            applied["metadata"]["uid"] = json!("2f1c-uid");
+            ok_json(applied)
+        }
+    });
+    let ws = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let artifacts = Arc::new(skiff_runtime::artifact_store::LocalArtifacts::new(store.path()));
+    let reference =
+        "registry.example.com/acme/edge@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let api = format!("http://127.0.0.1:{port}");
+    let deploy = |name: &str, token: &str| {
+        let mut inv = invocation(
+            ws.path(),
+            port,
+            &[
+                ("reference", reference),
+                ("name", name),
+                ("namespace", "edge"),
+                ("api-url", &api),
+                ("token-secret", "KUBE_TOKEN"),
+                ("variables", "host_url=https://skiff.example.com"),
+            ],
+        );
+        inv.secrets.insert("KUBE_TOKEN".into(), token.into());
+        inv.artifacts = Some(artifacts.clone());
+        inv
+    };
+
+    let (report, log) = run(&*step("spin-deploy").await, deploy("edge", TOKEN)).await;
+    assert!(report.status.succeeded(), "{:?}\n{log}", report.status);
+    assert_eq!((report.outputs["applied"].as_str(), report.outputs["uid"].as_str()), ("true", "2f1c-uid"));
+    let r = seen.lock().unwrap()[0].clone();
+    assert_eq!(r.method, "PATCH");
+    assert_eq!(
+        r.target,
+        "/apis/core.spinkube.dev/v1alpha1/namespaces/edge/spinapps/edge?fieldManager=skiff&force=true"
+    );
+    assert_eq!(r.header("content-type"), Some("application/apply-patch+yaml"));
+    let body = r.json();
+    assert_eq!((body["kind"].as_str(), body["spec"]["image"].as_str()), (Some("SpinApp"), Some(reference)));
+    assert_eq!(body["spec"]["variables"][0], json!({"name": "host_url", "value": "https://skiff.example.com"}));
+    use skiff_runtime::artifact_store::ArtifactStore as _;
+    let stored = artifacts.list("r1").unwrap();
+    assert_eq!(stored[0].name, "spinapp.json", "{stored:?}");
+    assert!(!log.contains(TOKEN));
+
+    // Refusals say what to check, and never show the token.
+    let (report, log) = run(&*step("spin-deploy").await, deploy("edge", "wrong")).await;
+    assert!(
+        matches!(&report.status, StepStatus::Failed(m) if m.contains("401") && m.contains("token-secret")),
+        "{:?}",
+        report.status
+    );
+    let (report, _) = run(&*step("spin-deploy").await, deploy("forbidden", TOKEN)).await;
+    assert!(
+        matches!(&report.status, StepStatus::Failed(m) if m.contains("403") && m.contains("service account")),
+        "{:?}",
+        report.status
+    );
+    assert!(!log.contains("wrong") && !format!("{:?}", report.status).contains(TOKEN));
+
+    // Only digests are deployed.
+    let mut inv = deploy("edge", TOKEN);
+    inv.inputs.insert("reference".into(), "registry.example.com/acme/edge:latest".into());
+    let (report, _) = run(&*step("spin-deploy").await, inv).await;
+    assert!(
+        matches!(&report.status, StepStatus::Failed(m) if m.contains("not pinned by digest")),
+        "{:?}",
+        report.status
+    );
+}

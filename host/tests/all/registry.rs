@@ -21,7 +21,7 @@ pub struct Registry {
     child: Child,
     pub addr: String,
     pub root: tempfile::TempDir,
-    _token: Option<token::Server>,
+    token: Option<token::Server>,
 }
 
 /// The registry binary, or `None` (and a loud skip) when it is not installed outside CI.
@@ -99,13 +99,18 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting docker-registry");
-        let reg = Registry { child, addr, root, _token: token_server };
+        let reg = Registry { child, addr, root, token: token_server };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&reg.addr).is_err() {
             assert!(Instant::now() < deadline, "docker-registry did not start on {}", reg.addr);
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(reg)
+    }
+
+    /// The token server's `host:port`, for [`Auth::Token`].
+    pub fn token_addr(&self) -> Option<&str> {
+        self.token.as_ref().map(|t| t.addr.as_str())
     }
 
     /// Stops it (the tests of a registry going down).
@@ -784,4 +789,33 @@ fn a_component_at_a_url_runs_only_with_its_hash() {
     let s = Project::new(&pipeline(&remote));
     let (ok, out) = s.run(&["run"]);
     assert!(!ok && out.contains("use https://"), "{out}");
+}
+
+/// `spin-push` signs in with the user and the granted secret it is given (the token flow, with
+/// the token server granted beside the registry), and never shows the password.
+#[test]
+fn spin_push_signs_in_with_a_granted_secret() {
+    let Some(reg) = Registry::start_auth(Auth::Token("ci", "t0ken-s3cret")) else { return };
+    let token = reg.token_addr().unwrap().to_string();
+    let p = Project::new(&format!(
+        r#"
+steps:
+  - id: push
+    uses: spin-push
+    with: {{ image: "{addr}/acme/app:1", username: ci, password-secret: REGISTRY_PASSWORD }}
+    permissions: {{ hosts: ["{addr}", "{token}"], secrets: [REGISTRY_PASSWORD] }}
+"#,
+        addr = reg.addr
+    ));
+    std::fs::write(
+        p.dir.path().join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"app\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"app\"\n[component.app]\nsource = \"app.wasm\"\n",
+    )
+    .unwrap();
+    std::fs::write(p.dir.path().join("app.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let (ok, out) = p.run(&["run", "--secret", "REGISTRY_PASSWORD=wrong"]);
+    assert!(!ok && out.contains("token server") && !out.contains("wrong"), "{out}");
+    let (ok, out) = p.run(&["run", "--secret", "REGISTRY_PASSWORD=t0ken-s3cret"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("{}/acme/app@sha256:", reg.addr)) && !out.contains("t0ken-s3cret"), "{out}");
 }

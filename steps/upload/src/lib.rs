@@ -26,7 +26,7 @@ fn invalid(m: impl Into<String>) -> StepError {
 fn collect(sources: &str) -> Result<Vec<(String, String)>, StepError> {
     let mut out = Vec::new();
     for src in sources.split(['\n', ',']).map(str::trim).filter(|s| !s.is_empty()) {
-        files::check_inside(src).map_err(invalid)?;
+        files::check_inside(src).map_err(|e| invalid(format!("source {e}")))?;
         let src = src.trim_start_matches("/workspace/").trim_start_matches("./");
         let before = out.len();
         if src.contains(['*', '?']) {
@@ -56,20 +56,7 @@ fn collect(sources: &str) -> Result<Vec<(String, String)>, StepError> {
 }
 
 fn walk(dir: &str, f: &mut dyn FnMut(&str)) -> Result<(), StepError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| StepError::failed(format!("listing `{dir}`: {e}")))?;
-    let mut entries: Vec<_> = rd.filter_map(Result::ok).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let rel = if dir == "." { name } else { format!("{dir}/{name}") };
-        let ft = e.file_type().map_err(StepError::failed)?;
-        if ft.is_dir() {
-            walk(&rel, f)?;
-        } else if ft.is_file() {
-            f(&rel);
-        }
-    }
-    Ok(())
+    skiff_step_sdk::files::walk(dir, f).map_err(|e| StepError::failed(format!("listing `{dir}`: {e}")))
 }
 
 fn secret_input(ctx: &Context, name_input: &str, value_input: &str) -> Result<Option<String>, StepError> {

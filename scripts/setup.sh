@@ -26,6 +26,9 @@ command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
 # A static busybox: the root filesystem of the container images the build-environment tests make.
 [ -x /bin/busybox ] || missing+=(busybox-static)
+# Headless Chromium and its WebDriver: the web console's browser tests (host/tests/all/console.rs).
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

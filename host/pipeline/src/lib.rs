@@ -20,7 +20,10 @@ pub mod schema;
 pub mod script;
 pub mod source;
 
-pub use engine::{JobReport, JobSetup, RunEvent, RunObserver, RunOptions, RunReport, Status, StepReport, run_pipeline};
+pub use engine::{
+    GateRequest, JobGate, JobReport, JobSetup, Refusal, RunEvent, RunObserver, RunOptions, RunReport, Status,
+    StepReport, run_pipeline,
+};
 pub use executor::{Grants, Level, LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, Usage};
 pub use load::{Diagnostic, Diagnostics, load_file, load_str};
 pub use plan::Plan;

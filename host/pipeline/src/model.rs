@@ -160,11 +160,15 @@ pub struct JobDef {
     /// A build matrix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<StrategyDef>,
-    /// The steps, run in order.
     /// The container image the job's processes run in (`node:20`, `ghcr.io/acme/build:1`, or
     /// `{ image: … }`); without it they run on the host's `/usr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerDef>,
+    /// The deployment environment the job runs in (`production`, or `{ name, url }`): the host
+    /// gives it that environment's secrets, and holds it to its rules (approvals, branches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvironmentDef>,
+    /// The steps, run in order.
     #[serde(default)]
     pub steps: Vec<StepDef>,
 }
@@ -328,6 +332,76 @@ impl ContainerDef {
         match self {
             ContainerDef::Image(s) => s,
             ContainerDef::Spec(c) => &c.image,
+        }
+    }
+}
+
+/// `environment:` of a job: a name, or GitHub's `{ name, url }`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvironmentDef {
+    /// The environment's name, as the host's `skiff.toml` configures it.
+    Name(String),
+    /// The name and the URL of what the job deployed.
+    Spec(EnvironmentSpec),
+}
+
+/// `environment: { name: …, url: … }`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentSpec {
+    /// The environment's name (`production`): letters, digits, `-`, `_` and `.`, no expressions.
+    pub name: String,
+    /// Where the deployment can be seen; may hold expressions (`${{ steps.deploy.outputs.url }}`),
+    /// evaluated when the job ends and shown with the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<Text>,
+}
+
+impl<'de> Deserialize<'de> for EnvironmentDef {
+    /// By hand, so that GitHub's keys Skiff keeps in the host's config get a sentence, not
+    /// "did not match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(EnvironmentDef::Name(s)),
+            serde_json::Value::Object(map) => {
+                if let Some(key) = map.keys().find(|k| *k != "name" && *k != "url") {
+                    return Err(D::Error::custom(format!(
+                        "`environment` takes `name` and `url`, not `{key}`: an environment's rules (approvers, \
+                         branches) and secrets are the host's, in `[[apps.environments]]` of skiff.toml"
+                    )));
+                }
+                let name = match map.get("name") {
+                    Some(serde_json::Value::String(n)) => n.clone(),
+                    _ => return Err(D::Error::custom("`environment` needs `name`, like `production`")),
+                };
+                let url = match map.get("url") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(u)) => Some(Text(u.clone())),
+                    Some(_) => return Err(D::Error::custom("`environment.url` is a string (it may hold `${{ }}`)")),
+                };
+                Ok(EnvironmentDef::Spec(EnvironmentSpec { name, url }))
+            }
+            _ => Err(D::Error::custom("`environment` is a name (`production`) or `{ name: …, url: … }`")),
+        }
+    }
+}
+
+impl EnvironmentDef {
+    /// The name as written.
+    pub fn name(&self) -> &str {
+        match self {
+            EnvironmentDef::Name(s) => s,
+            EnvironmentDef::Spec(e) => &e.name,
+        }
+    }
+
+    /// The URL as written.
+    pub fn url(&self) -> Option<&Text> {
+        match self {
+            EnvironmentDef::Name(_) => None,
+            EnvironmentDef::Spec(e) => e.url.as_ref(),
         }
     }
 }

@@ -90,8 +90,20 @@ pub struct PlanJob {
     pub fail_fast: bool,
     /// At most this many combinations of the job at once.
     pub max_parallel: Option<u32>,
+    /// `environment:`: the host gives the job this environment's secrets and holds it to
+    /// the environment's rules before its first step.
+    pub environment: Option<Environment>,
     /// The steps.
     pub steps: Vec<PlanStep>,
+}
+
+/// A job's deployment environment.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Its name (fixed: no expressions, so the pipeline alone says which secrets a job can get).
+    pub name: String,
+    /// `url:`, evaluated when the job ends (it may read `steps`).
+    pub url: Option<Value>,
 }
 
 /// A container image processes run in (`container:` of a job, `image:` of a step).
@@ -232,6 +244,13 @@ impl Plan {
             }
             if let Some(t) = j.timeout {
                 let _ = writeln!(o, "  timeout: {}", minutes(t));
+            }
+            if let Some(e) = &j.environment {
+                let _ = write!(o, "  environment: {}", quote(&e.name));
+                if let Some(u) = &e.url {
+                    let _ = write!(o, " url {}", quote(&u.raw));
+                }
+                let _ = writeln!(o);
             }
             kv(&mut o, "  ", "env", &j.env);
             kv(&mut o, "  ", "outputs", &j.outputs);

@@ -59,6 +59,9 @@ pub struct ConfigFile {
     /// Apps.
     #[serde(default)]
     pub apps: Vec<AppDef>,
+    /// People who sign in to the web console with a password (`docs/console.md`).
+    #[serde(default)]
+    pub users: Vec<crate::console::UserDef>,
 }
 
 /// `[registry]`: how this host fetches shared components, and what it demands of them.
@@ -184,6 +187,30 @@ pub struct AppDef {
     pub cache_max_size_mb: Option<u64>,
     /// Days its runs' artifacts are kept (default: the host's `artifact-retention-days`).
     pub artifact_retention_days: Option<u32>,
+    /// Who sees its status badge (`/badge/{app}.svg`): `public`, or `private` (the default).
+    pub badge: Option<crate::console::BadgeAccess>,
+    /// Deployment environments its jobs name with `environment:`: their secrets and rules
+    /// (`[[apps.environments]]`).
+    #[serde(default)]
+    pub environments: Vec<EnvironmentDef>,
+}
+
+/// `[[apps.environments]]`: a deployment environment of an app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EnvironmentDef {
+    /// The name jobs give in `environment:`.
+    pub name: String,
+    /// Secrets only jobs in this environment get (sealed, `env:` or plain, as the app's).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Names of API tokens that may approve (or reject) its jobs; with any, each job waits
+    /// for an approval before its first step.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Only runs of these refs may run jobs in it (globs: `main`, `release/*`, or a whole ref
+    /// `refs/tags/v*`).
+    pub branches: Option<Vec<String>>,
 }
 
 /// Where an app reports its runs' statuses.
@@ -246,6 +273,32 @@ pub struct AppConfig {
     pub components: skiff_registry::Policy,
     /// Days its runs' artifacts are kept.
     pub artifact_retention_days: u32,
+    /// Its deployment environments, by name.
+    pub environments: BTreeMap<String, Environment>,
+}
+
+/// A deployment environment of an app, resolved.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Its name.
+    pub name: String,
+    /// Given only to jobs in this environment.
+    pub secrets: BTreeMap<String, String>,
+    /// Token names that may approve; empty: no approval needed.
+    pub approvers: Vec<String>,
+    /// The refs that may run jobs in it; `None`: any.
+    pub branches: Option<skiff_edge_core::Patterns>,
+}
+
+impl Environment {
+    /// Whether a run of `git_ref` may run jobs in this environment: a branch pattern matches
+    /// the branch's name (`main` for `refs/heads/main`), or any ref written whole.
+    pub fn allows_ref(&self, git_ref: Option<&str>) -> bool {
+        let Some(patterns) = &self.branches else { return true };
+        let Some(r) = git_ref.filter(|r| !r.is_empty()) else { return false };
+        let short = r.strip_prefix("refs/heads/");
+        short.is_some_and(|b| patterns.matches(b)) || patterns.matches(r)
+    }
 }
 
 impl AppConfig {
@@ -316,6 +369,8 @@ pub struct ServeConfig {
     pub tokens: HashMap<[u8; 32], Token>,
     /// Apps by name.
     pub apps: BTreeMap<String, std::sync::Arc<AppConfig>>,
+    /// The web console's users and public badges.
+    pub console: crate::console::ConsoleConfig,
 }
 
 fn secs(n: u64) -> std::time::Duration {
@@ -375,6 +430,7 @@ impl ServeConfig {
             )?,
             apps: HashMap::new(),
         };
+        let console = crate::console::ConsoleConfig::resolve(&file.users, &file.apps)?;
         let mut apps = BTreeMap::new();
         for def in file.apps {
             let name = def.name.clone();
@@ -412,6 +468,29 @@ impl ServeConfig {
                 AppScope::Only(t.apps.clone())
             };
             tokens.insert(bytes, Token { name: t.name, scope });
+        }
+        // An approver is a token that reaches the app (else it could not see the run).
+        for app in apps.values() {
+            for env in app.environments.values() {
+                for who in &env.approvers {
+                    let Some(t) = tokens.values().find(|t| &t.name == who) else {
+                        bail!(
+                            "environment `{}` of app `{}` names approver `{who}`, which is no token in `[[tokens]]`",
+                            env.name,
+                            app.name()
+                        );
+                    };
+                    if !t.scope.allows(app.name()) {
+                        bail!(
+                            "environment `{}` of app `{}` names approver `{who}`, a token that does not reach the app \
+                             (add `{}` to its `apps`)",
+                            env.name,
+                            app.name(),
+                            app.name()
+                        );
+                    }
+                }
+            }
         }
         let mut dispatch_key =
             file.dispatch_key.as_deref().map(|v| open_value(v, key, "dispatch-key").map(Secret::new)).transpose()?;
@@ -455,6 +534,7 @@ impl ServeConfig {
             artifact_retention_days: retention,
             tokens,
             apps,
+            console,
         })
     }
 
@@ -509,6 +589,13 @@ fn resolve_app(
         let plain = open_value(v, key, &format!("secret `{k}`"))?;
         secrets.insert(k.clone(), plain);
     }
+    let mut environments = BTreeMap::new();
+    for e in &def.environments {
+        let env = resolve_environment(e, key).with_context(|| format!("environment `{}`", e.name))?;
+        if environments.insert(e.name.clone(), env).is_some() {
+            bail!("environment `{}` is defined twice", e.name);
+        }
+    }
     let ca_bundle = def.ca_file.as_ref().map(|f| read_ca_bundle(&base.join(f))).transpose().context("`ca-file`")?;
     let fetches = def.fetch.unwrap_or((def.repository.is_some() || def.clone_url.is_some()) && def.workspace.is_none());
     if fetches && def.workspace.is_some() {
@@ -554,7 +641,29 @@ fn resolve_app(
         ca_bundle,
         components,
         artifact_retention_days,
+        environments,
     })
+}
+
+fn resolve_environment(e: &EnvironmentDef, key: Option<&MasterKey>) -> anyhow::Result<Environment> {
+    let name = &e.name;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("an environment's name may hold only letters, digits, `-`, `_` and `.`");
+    }
+    let mut secrets = BTreeMap::new();
+    for (k, v) in &e.secrets {
+        secrets.insert(k.clone(), open_value(v, key, &format!("secret `{k}` of environment `{name}`"))?);
+    }
+    let branches = match &e.branches {
+        None => None,
+        Some(b) if b.is_empty() => {
+            bail!("`branches = []` would refuse every run: leave it out to allow any ref, or name the branches")
+        }
+        Some(b) => {
+            Some(skiff_edge_core::Patterns::globs(b.iter().cloned()).map_err(|e| anyhow::anyhow!("`branches`: {e}"))?)
+        }
+    };
+    Ok(Environment { name: name.clone(), secrets, approvers: e.approvers.clone(), branches })
 }
 
 fn status_settings(def: &AppDef, secrets: &BTreeMap<String, String>) -> anyhow::Result<Option<StatusSettings>> {

@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod cron;
 pub mod crypto;
 pub mod logs;

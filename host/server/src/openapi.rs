@@ -6,8 +6,8 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::api::{
-    self, Accepted, ArtifactList, CreateRun, ErrorBody, HookResponse, Job, LogFormat, Logs, RerunRequest, Run,
-    RunDetail, RunList, RunStatus, Step, StreamEvent, Usage,
+    self, Accepted, ArtifactList, CreateRun, DecideRequest, DecisionList, ErrorBody, HookResponse, Job, JobDecision,
+    LogFormat, Logs, RerunRequest, Run, RunDetail, RunList, RunStatus, Step, StreamEvent, Usage,
 };
 use super::logs::LogRecord;
 
@@ -15,8 +15,8 @@ use super::logs::LogRecord;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Skiff host API", description = "Runs, logs and webhooks of `skiff serve`. Routes under /v1 except /v1/dispatch, /v1/openapi.json and /v1/provenance/key take `Authorization: Bearer <token>`; a token sees only its apps."),
-    paths(api::health, api::openapi_json, api::hook, api::dispatch, api::create_run, api::list_runs, api::get_run, api::get_logs, api::stream_logs, api::cancel_run, api::rerun, api::list_artifacts, api::download_artifact, crate::provenance::provenance_key),
-    components(schemas(Accepted, ArtifactList, CreateRun, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent, LogRecord, Job, Run, Step, Usage)),
+    paths(api::health, api::openapi_json, api::hook, api::dispatch, api::create_run, api::list_runs, api::get_run, api::get_logs, api::stream_logs, api::cancel_run, api::rerun, api::approve_run, api::reject_run, api::list_artifacts, api::download_artifact, crate::provenance::provenance_key),
+    components(schemas(Accepted, ArtifactList, CreateRun, DecideRequest, JobDecision, DecisionList, ErrorBody, HookResponse, LogFormat, Logs, RerunRequest, RunDetail, RunList, RunStatus, StreamEvent, LogRecord, Job, Run, Step, Usage)),
     modifiers(&Token),
     tags((name = "runs"), (name = "logs"), (name = "artifacts"), (name = "provenance"), (name = "webhooks"), (name = "host"))
 )]

@@ -51,6 +51,28 @@ struct Running {
     /// Its lease is no longer this host's: it runs elsewhere now, and its end is not this
     /// host's to tell.
     lost: bool,
+    /// Its jobs waiting for an approval.
+    waiting: usize,
+    /// Its jobs that have started and not ended.
+    jobs_running: usize,
+    /// Approved, and waiting for a slot to go on: it goes before queued runs.
+    resuming: bool,
+}
+
+impl Running {
+    fn new(app: String, group: Option<String>, abort: AbortHandle) -> Self {
+        Running { app, group, abort, cancel_reason: None, lost: false, waiting: 0, jobs_running: 0, resuming: false }
+    }
+
+    /// All it does is wait for approvals: it holds no slot of the host's or its app's limit
+    /// (it keeps its concurrency group).
+    fn idle(&self) -> bool {
+        self.waiting > 0 && self.jobs_running == 0
+    }
+
+    fn holds_slot(&self) -> bool {
+        !self.idle() || self.resuming
+    }
 }
 
 /// What [`Scheduler::cancel`] did.
@@ -115,6 +137,10 @@ pub struct Scheduler {
     /// its pipeline once.
     planned: Mutex<HashMap<i64, Plan>>,
     wake: Notify,
+    /// An approval or rejection was recorded.
+    decided: Notify,
+    /// A run ended: a slot may be free.
+    slots: Notify,
     halted: AtomicBool,
     draining: AtomicBool,
 }
@@ -247,6 +273,8 @@ impl Scheduler {
             checked_out: Mutex::default(),
             planned: Mutex::default(),
             wake: Notify::new(),
+            decided: Notify::new(),
+            slots: Notify::new(),
             halted: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
@@ -408,7 +436,7 @@ impl Scheduler {
                 continue;
             }
             let mut running = self.running();
-            if running.len() >= self.config.max_concurrent_runs {
+            if running.values().filter(|r| r.holds_slot()).count() >= self.config.max_concurrent_runs {
                 break;
             }
             let Some(app) = self.config.apps.get(&run.app) else {
@@ -416,7 +444,7 @@ impl Scheduler {
                 self.fail_queued(run.id, &format!("app `{}` is not configured on this host", run.app))?;
                 continue;
             };
-            if running.values().filter(|r| r.app == run.app).count() >= app.max_concurrent_runs {
+            if running.values().filter(|r| r.app == run.app && r.holds_slot()).count() >= app.max_concurrent_runs {
                 continue;
             }
             if let Some(g) = &run.concurrency_group
@@ -443,7 +471,7 @@ impl Scheduler {
             let this = self.clone();
             let app = app.clone();
             let task = tokio::spawn(async move { this.execute(run, app).await });
-            let r = Running { app: app_name, group, abort: task.abort_handle(), cancel_reason: None, lost: false };
+            let r = Running::new(app_name, group, task.abort_handle());
             running.insert(id, r);
             drop(running);
             tokio::spawn(self.clone().supervise(id, task, timeout));
@@ -882,6 +910,7 @@ impl Scheduler {
             let _ = tokio::fs::remove_dir_all(self.workspace_dir(id)).await;
         }
         let lost = self.running().remove(&id).is_some_and(|r| r.lost);
+        self.slots.notify_waiters();
         // A run whose lease another host took goes on there: its end is not this one.
         if recorded || !lost {
             self.ended(id, st, error.as_deref());
@@ -948,12 +977,21 @@ impl Scheduler {
 
     /// A fresh workspace, holding a copy of the app's folder when it has one. A retried run
     /// starts from nothing: no old workspace, no old logs.
-    async fn prepare_folder(&self, id: i64, source: Option<PathBuf>, ws: PathBuf) -> Result<(), String> {
+    async fn prepare_folder(
+        &self,
+        id: i64,
+        source: Option<PathBuf>,
+        ws: PathBuf,
+        keep_logs: bool,
+    ) -> Result<(), String> {
         let logs = self.logs.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
-            // A retried run starts from nothing: no old workspace, no old logs.
+            // A retried run starts from nothing: no old workspace, no old logs (a resumed one
+            // keeps the logs of the jobs it keeps).
             let _ = std::fs::remove_dir_all(&ws);
-            logs.remove(id).map_err(|e| format!("clearing old logs: {e}"))?;
+            if !keep_logs {
+                logs.remove(id).map_err(|e| format!("clearing old logs: {e}"))?;
+            }
             std::fs::create_dir_all(&ws).map_err(|e| format!("creating the workspace {}: {e}", ws.display()))?;
             if let Some(src) = source {
                 skiff_runtime::workspace::copy_tree(&src, &ws, &[])
@@ -971,12 +1009,19 @@ impl Scheduler {
         let source = app.workspace.clone();
         let id = run.id;
         let mut job_setup = None;
+        // Jobs already recorded for this attempt: the host restarted while the run only waited
+        // for approvals. It goes on where it was: its finished jobs are kept (with their logs),
+        // the waiting ones wait again.
+        let kept = resumed_jobs(&self.store.jobs(id).map_err(|e| format!("reading the run's jobs: {e:#}"))?);
+        let resuming = !kept.is_empty();
         let plan = if app.repo.is_some() {
             let logs = self.logs.clone();
-            tokio::task::spawn_blocking(move || logs.remove(id))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("clearing old logs: {e}"))?;
+            if !resuming {
+                tokio::task::spawn_blocking(move || logs.remove(id))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("clearing old logs: {e}"))?;
+            }
             // Checked out and read when it was prepared, unless the host restarted since (or
             // this is a retry): then afresh.
             let prepared = self.checked_out().remove(&id);
@@ -991,7 +1036,7 @@ impl Scheduler {
             job_setup = Some(self.job_checkouts(&app, &run, &sha)?);
             plan
         } else {
-            self.prepare_folder(id, source.clone(), ws.clone()).await?;
+            self.prepare_folder(id, source.clone(), ws.clone(), resuming).await?;
             // Read when the run was prepared, unless the host restarted since: its component
             // paths then point into the copy in the workspace, as if read from there.
             match self.planned.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
@@ -1022,7 +1067,7 @@ impl Scheduler {
         }
         // A rerun of failed jobs: what succeeded before and depends on nothing that failed is
         // carried over with its outputs; the failed instances and everything downstream run.
-        let reuse = match (run.parent_id, &run.job) {
+        let mut reuse = match (run.parent_id, &run.job) {
             (Some(parent), Some(_)) => {
                 let before = self.store.jobs(parent).map_err(|e| format!("reading the earlier attempt: {e:#}"))?;
                 reusable(&plan, &before)
@@ -1030,6 +1075,7 @@ impl Scheduler {
             _ => BTreeMap::new(),
         };
         let job = if reuse.is_empty() { run.job.clone() } else { None };
+        reuse.extend(kept.clone());
         let untrusted = from_fork(&run.body) && !app.trust_fork_pull_requests;
         // A run that uploads or deploys gets signed provenance; what it says of the workspace (the
         // pipeline file, components by path) is read now, before a step could change it.
@@ -1051,11 +1097,31 @@ impl Scheduler {
             reuse,
             ca_bundle: app.ca_bundle.clone(),
             job_setup,
+            // An environment's secrets go to its jobs only; a fork's pull request gets none.
+            environment_secrets: if untrusted {
+                BTreeMap::new()
+            } else {
+                app.environments.iter().map(|(n, e)| (n.clone(), e.secrets.clone())).collect()
+            },
+            gate: Some(self.environment_gate(&run, &app)),
+        };
+        // A resumed run's log goes on after what it has.
+        let seq = if resuming {
+            let logs = self.logs.clone();
+            tokio::task::spawn_blocking(move || logs.read(id, 0))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reading the run's logs: {e}"))?
+                .last()
+                .map_or(0, |r| r.seq)
+        } else {
+            0
         };
         let sink = Arc::new(Sink {
             run: run.id,
             scheduler: self.clone(),
-            seq: AtomicU64::new(0),
+            kept: kept.keys().cloned().collect(),
+            seq: AtomicU64::new(seq),
             job_ids,
             log_bytes: Mutex::new(HashMap::new()),
             cap: self.config.log_bytes_per_step,
@@ -1077,6 +1143,170 @@ impl Scheduler {
             .map_err(|e| format!("the run succeeded, but its provenance could not be recorded: {e:#}"))?;
         }
         Ok(report)
+    }
+}
+
+/// The jobs a resumed run keeps: those of its attempt that are over, with how they ended and
+/// their outputs (as a rerun carries jobs over).
+fn resumed_jobs(jobs: &[store::Job]) -> BTreeMap<String, (Status, BTreeMap<String, String>)> {
+    jobs.iter()
+        .filter_map(|j| {
+            let st = match j.status {
+                RunStatus::Success => Status::Success,
+                RunStatus::Failure => Status::Failure,
+                RunStatus::Cancelled => Status::Cancelled,
+                RunStatus::Skipped => Status::Skipped,
+                _ => return None,
+            };
+            Some((j.key.clone(), (st, j.outputs.clone())))
+        })
+        .collect()
+}
+
+impl Scheduler {
+    /// An approval or rejection was recorded: the jobs waiting look again.
+    pub fn decided(&self) {
+        self.decided.notify_waiters();
+    }
+
+    /// A job of run `id` started (`true`) or ended.
+    fn job_counted(&self, id: i64, started: bool) {
+        if let Some(r) = self.running().get_mut(&id) {
+            r.jobs_running = if started { r.jobs_running + 1 } else { r.jobs_running.saturating_sub(1) };
+        }
+    }
+
+    /// The rules of an app's environments, for the engine to ask before a job in one starts.
+    fn environment_gate(self: &Arc<Self>, run: &Run, app: &Arc<AppConfig>) -> skiff_pipeline::JobGate {
+        let this = self.clone();
+        let app = app.clone();
+        let (id, attempt) = (run.id, run.attempt);
+        let git_ref = run.git_ref.clone().or_else(|| run.event.get("ref").and_then(|v| v.as_str()).map(String::from));
+        skiff_pipeline::JobGate(Arc::new(move |req| {
+            let (this, app, git_ref) = (this.clone(), app.clone(), git_ref.clone());
+            Box::pin(async move { this.pass_gate(id, attempt, &app, git_ref.as_deref(), req).await })
+        }))
+    }
+
+    /// A job in an environment: refused when the run's ref is not one of its `branches`; held
+    /// until a token among its `approvers` approves it (or rejects it: the job is cancelled).
+    /// While the run only waits it holds no slot; once approved it takes one again, before any
+    /// queued run.
+    async fn pass_gate(
+        self: Arc<Self>,
+        id: i64,
+        attempt: i64,
+        app: &AppConfig,
+        git_ref: Option<&str>,
+        req: skiff_pipeline::GateRequest,
+    ) -> Result<Option<String>, skiff_pipeline::Refusal> {
+        use skiff_pipeline::Refusal;
+        let Some(env) = app.environments.get(&req.environment) else {
+            return Ok(Some(format!(
+                "environment `{}` is not configured for app `{}`: it has no protection rules and no secrets",
+                req.environment,
+                app.name()
+            )));
+        };
+        if !env.allows_ref(git_ref) {
+            let branches = env.branches.as_ref().map(|b| b.to_string()).unwrap_or_default();
+            return Err(Refusal {
+                status: Status::Failure,
+                reason: format!(
+                    "environment `{}` takes only runs of the branches {branches} (its `branches` in skiff.toml), and \
+                     this run's ref is {}",
+                    env.name,
+                    git_ref.map(|r| format!("`{r}`")).unwrap_or_else(|| "not known".into())
+                ),
+            });
+        }
+        if env.approvers.is_empty() {
+            return Ok(None);
+        }
+        let reason = format!(
+            "waiting for approval of environment `{}` (by {})",
+            env.name,
+            env.approvers.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(" or ")
+        );
+        let mut parked = false;
+        let decision = loop {
+            let notified = self.decided.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.store.decision(id, attempt, &req.job_key) {
+                Ok(Some(d)) => break d,
+                Ok(None) => {}
+                Err(e) => tracing::error!(run = id, "reading the decisions on its jobs: {e:#}"),
+            }
+            if !parked {
+                parked = true;
+                if let Err(e) = self.store.job_waiting(id, &req.job_key, &req.job, &req.name, &env.name, &reason) {
+                    tracing::error!(run = id, "recording a waiting job: {e:#}");
+                }
+                let e = LiveEvent::Step {
+                    job: req.job_key.clone(),
+                    step: String::new(),
+                    name: req.name.clone(),
+                    status: RunStatus::Waiting,
+                };
+                self.hub.send(id, e);
+                if let Some(r) = self.running().get_mut(&id) {
+                    r.waiting += 1;
+                }
+                // Its slot may be free now.
+                self.wake();
+            }
+            // The notification is the way; the timer only a safety net.
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        };
+        if !decision.approved {
+            if parked && let Some(r) = self.running().get_mut(&id) {
+                r.waiting = r.waiting.saturating_sub(1);
+            }
+            return Err(Refusal {
+                status: Status::Cancelled,
+                reason: format!("rejected by `{}`: the job does not deploy to environment `{}`", decision.by, env.name),
+            });
+        }
+        if parked {
+            self.take_slot_back(id, app).await;
+        }
+        Ok(Some(format!("environment `{}`: approved by `{}`", env.name, decision.by)))
+    }
+
+    /// An approved run goes on once the limits allow it: runs that hold a slot, and approved runs
+    /// older than it, go first; queued runs after it.
+    async fn take_slot_back(&self, id: i64, app: &AppConfig) {
+        loop {
+            let notified = self.slots.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut running = self.running();
+                let ahead = |same_app: bool| {
+                    running
+                        .iter()
+                        .filter(|(rid, r)| **rid != id && (!same_app || r.app == app.name()))
+                        .filter(|(rid, r)| !r.idle() || (r.resuming && **rid < id))
+                        .count()
+                };
+                let free = ahead(false) < self.config.max_concurrent_runs && ahead(true) < app.max_concurrent_runs;
+                let Some(me) = running.get_mut(&id) else { return };
+                if free {
+                    me.waiting = me.waiting.saturating_sub(1);
+                    me.resuming = false;
+                    return;
+                }
+                me.resuming = true;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 }
 
@@ -1120,6 +1350,8 @@ fn first_error(report: &RunReport) -> String {
 struct Sink {
     run: i64,
     scheduler: Arc<Scheduler>,
+    /// Jobs a resumed run keeps: they are recorded already.
+    kept: HashSet<String>,
     seq: AtomicU64,
     job_ids: HashMap<String, String>,
     log_bytes: Mutex<HashMap<(String, String), u64>>,
@@ -1196,23 +1428,23 @@ impl RunObserver for Sink {
     fn event(&self, e: &RunEvent) {
         let store = &self.scheduler.store;
         match e {
+            RunEvent::JobStarted { job_id, .. } | RunEvent::JobFinished { job_id, .. }
+                if self.kept.contains(job_id) => {}
             RunEvent::JobStarted { job_id, name } => {
+                self.scheduler.job_counted(self.run, true);
                 self.check("a job start", store.job_started(self.run, job_id, self.job_id(job_id), name));
                 self.live(job_id, "", name, RunStatus::Running);
             }
-            RunEvent::JobSkipped { job_id, name, reason } => {
-                let r = store.job_finished(
-                    self.run,
-                    job_id,
-                    self.job_id(job_id),
-                    name,
-                    RunStatus::Skipped,
-                    Some(reason),
-                    None,
-                    None,
-                );
-                self.check("a skipped job", r);
-                self.live(job_id, "", name, RunStatus::Skipped);
+            RunEvent::JobSkipped { job_id, name, status, reason } => {
+                let status = RunStatus::from(*status);
+                let r =
+                    store.job_finished(self.run, job_id, self.job_id(job_id), name, status, Some(reason), None, None);
+                self.check("a job that did not run", r);
+                self.live(job_id, "", name, status);
+            }
+            RunEvent::JobEnvironment { job_id, environment, url } => {
+                let r = store.job_environment(self.run, job_id, environment, url.as_deref());
+                self.check("a job's environment", r);
             }
             RunEvent::StepStarted { job_id, step_id, name } => {
                 self.check("a step start", store.step_started(self.run, job_id, step_id, name));
@@ -1233,6 +1465,7 @@ impl RunObserver for Sink {
                 self.live(job_id, step_id, name, status);
             }
             RunEvent::JobFinished { job_id, name, status, duration_ms, outputs } => {
+                self.scheduler.job_counted(self.run, false);
                 let status = RunStatus::from(*status);
                 let r = store.job_finished(
                     self.run,
@@ -1333,5 +1566,25 @@ mod tests {
             skiff_pipeline::expr::parse_template("${{ run.app }}-${{ run.number }}-${{ run.attempt }}-${{ run.id }}")
                 .unwrap();
         assert_eq!(group.render(&scope_for(&run)).unwrap(), "web-3-2-7");
+    }
+
+    #[test]
+    fn an_environment_s_branches_match_the_branch_name_or_the_whole_ref() {
+        let env = |b: &[&str]| crate::config::Environment {
+            name: "production".into(),
+            secrets: BTreeMap::new(),
+            approvers: Vec::new(),
+            branches: Some(skiff_edge_core::Patterns::globs(b.iter().copied()).unwrap()),
+        };
+        let main = env(&["main", "release/*", "refs/tags/v*"]);
+        assert!(main.allows_ref(Some("refs/heads/main")));
+        assert!(main.allows_ref(Some("refs/heads/release/1.2")));
+        assert!(main.allows_ref(Some("refs/tags/v1.0")));
+        assert!(!main.allows_ref(Some("refs/heads/feature/main")));
+        assert!(!main.allows_ref(Some("refs/pull/7/merge")));
+        assert!(!main.allows_ref(Some("refs/tags/main")), "a branch pattern names branches only");
+        assert!(!main.allows_ref(None));
+        let any = crate::config::Environment { branches: None, ..env(&["x"]) };
+        assert!(any.allows_ref(None));
     }
 }

@@ -104,6 +104,27 @@ pub enum RunsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Approve a run's jobs waiting for their environment (all, or `--job`); the token must be
+    /// among the environment's approvers.
+    Approve {
+        /// The run id.
+        id: i64,
+        /// Only this job (its id, or a matrix instance's key).
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reject a run's jobs waiting for their environment (all, or `--job`): they are cancelled.
+    Reject {
+        /// The run id.
+        id: i64,
+        /// Only this job (its id, or a matrix instance's key).
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Run a finished run again.
     Rerun {
         /// The run id.
@@ -233,6 +254,8 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
         RunsCommand::Artifacts { id, download, names, json, client } => {
             artifacts(&Api::new(&client)?, id, download.as_deref(), &names, json).await
         }
+        RunsCommand::Approve { id, job, client } => decide(&Api::new(&client)?, id, job, "approve").await,
+        RunsCommand::Reject { id, job, client } => decide(&Api::new(&client)?, id, job, "reject").await,
         RunsCommand::Rerun { id, failed, client } => {
             let api = Api::new(&client)?;
             let body = serde_json::json!({"failed_only": failed});
@@ -242,6 +265,22 @@ pub async fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `skiff runs approve` and `skiff runs reject`.
+async fn decide(api: &Api, id: i64, job: Option<String>, what: &str) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "job": job });
+    let r = api.send(api.req(reqwest::Method::POST, &format!("/v1/runs/{id}/{what}")).json(&body)).await?;
+    for d in r["decisions"].as_array().into_iter().flatten() {
+        crate::outln!(
+            "run {id}: job {} {} for environment {} by {}",
+            field(&d["job"]),
+            field(&d["decision"]),
+            field(&d["environment"]),
+            field(&d["by"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `skiff runs artifacts`: lists a run's artifacts, or downloads them into `into`.
@@ -370,8 +409,29 @@ fn print_run(r: &Value) {
         crate::outln!("  error:   {}", field(&r["error"]));
     }
     crate::outln!("  time:    {}", duration(&r["duration_ms"]));
+    for d in r["decisions"].as_array().into_iter().flatten() {
+        crate::outln!(
+            "  {}:  job {} (environment {}) by {} at {}",
+            field(&d["decision"]),
+            field(&d["job"]),
+            field(&d["environment"]),
+            field(&d["by"]),
+            d["at"]
+        );
+    }
     for j in r["jobs"].as_array().into_iter().flatten() {
         crate::outln!("  job {} [{}] {}", field(&j["key"]), field(&j["status"]), duration(&j["duration_ms"]));
+        if j["environment"].is_string() {
+            let url = if j["environment_url"].is_string() {
+                format!(" {}", field(&j["environment_url"]))
+            } else {
+                String::new()
+            };
+            crate::outln!("    environment: {}{url}", field(&j["environment"]));
+        }
+        if j["reason"].is_string() {
+            crate::outln!("    {}", field(&j["reason"]));
+        }
         for s in j["steps"].as_array().into_iter().flatten() {
             let u = &s["usage"];
             let mut extra = String::new();

@@ -182,6 +182,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         job_setup: None,
         read_only: false,
         reuse: Default::default(),
+        // Locally there are no environments' secrets and no rules: jobs run as in an
+        // environment nobody configured.
+        environment_secrets: Default::default(),
+        gate: None,
     };
 
     let report = if args.json {
@@ -299,9 +303,20 @@ impl RunObserver for Terminal {
             RunEvent::JobStarted { job_id, name } => {
                 self.line(&format!("{}● job {}", self.prefix(job_id), self.t(name)))
             }
-            RunEvent::JobSkipped { job_id, name, reason } => {
-                self.line(&format!("{}↷ job {} skipped: {}", self.prefix(job_id), self.t(name), self.t(reason)))
+            RunEvent::JobSkipped { job_id, name, status, reason } => {
+                let how = match status {
+                    Status::Failure => "failed",
+                    Status::Cancelled => "cancelled",
+                    _ => "skipped",
+                };
+                self.line(&format!("{}↷ job {} {how}: {}", self.prefix(job_id), self.t(name), self.t(reason)))
             }
+            RunEvent::JobEnvironment { job_id, environment, url } => match url {
+                Some(u) => {
+                    self.line(&format!("{}  environment {}: {}", self.prefix(job_id), self.t(environment), self.t(u)))
+                }
+                None => self.line(&format!("{}  environment {}", self.prefix(job_id), self.t(environment))),
+            },
             RunEvent::StepStarted { job_id, step_id, name } => {
                 self.running
                     .lock()

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Read an API token from standard input, print its SHA-256 for `tokens.sha256`, and exit.
     #[arg(long)]
     pub hash_token: bool,
+    /// Read a password from standard input, print its argon2 hash for `[[users]] password-hash`
+    /// (the web console's sign-in), and exit.
+    #[arg(long)]
+    pub hash_password: bool,
     /// On Ctrl-C or SIGTERM, how long runs in progress may go on to finish (`90s`, `10m`). No
     /// run starts meanwhile; what is still running then is recovered at the next start.
     #[arg(long, env = "SKIFF_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10m", value_parser = skiff_runtime::limits::parse_duration)]
@@ -68,6 +72,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.hash_token {
         let token = read_stdin("the API token")?;
         crate::outln!("{}", crypto::token_hash(&token));
+        return Ok(());
+    }
+    if args.hash_password {
+        let password = read_stdin("the password")?;
+        crate::outln!("{}", skiff_server::console::hash_password(&password)?);
         return Ok(());
     }
     let base = args.config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();

@@ -106,6 +106,24 @@ fn pipeline_examples_are_valid() {
     }
 }
 
+/// The pipelines docs/deploy.md shows (its YAML blocks with `steps:`) are valid as written.
+#[test]
+fn the_deploy_guide_s_pipelines_are_valid() {
+    let guide = std::fs::read_to_string(root().parent().unwrap().join("docs/deploy.md")).unwrap();
+    let blocks: Vec<&str> = guide
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.contains("steps:"))
+        .collect();
+    assert!(blocks.len() >= 2, "docs/deploy.md shows its pipelines in ```yaml blocks");
+    for (i, text) in blocks.iter().enumerate() {
+        if let Err(d) = load_str(text, "pipeline.yaml", Path::new(".")) {
+            panic!("docs/deploy.md, pipeline {}:\n{d}\n{text}", i + 1);
+        }
+    }
+}
+
 /// A step's grants are decided once, when the pipeline is read, and what the pipeline did not
 /// write is said: a `run:` step's process, and the network of Serverless-cd's compatibility
 /// mode, which a `serverless-pipeline.yaml` has unless it says `compat: none`, and any pipeline

@@ -62,8 +62,22 @@ pub enum RunEvent {
         job_id: String,
         /// Display name.
         name: String,
+        /// How it ended: `skipped` (its condition), `failure` (an error, a rule refused it),
+        /// `cancelled` (fail-fast, a rejected approval).
+        status: Status,
         /// Why.
         reason: String,
+    },
+    /// A job in a deployment environment: at its start (no URL yet), and at its end with the
+    /// URL its `environment.url` gave.
+    JobEnvironment {
+        /// Job instance.
+        job_id: String,
+        /// The environment.
+        environment: String,
+        /// `environment.url`, evaluated.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
     /// A step began.
     StepStarted {
@@ -207,8 +221,11 @@ impl Emit {
                 l.text = self.m(&l.text);
                 RunEvent::Log(l)
             }
-            RunEvent::JobSkipped { job_id, name, reason } => {
-                RunEvent::JobSkipped { job_id, name, reason: self.m(&reason) }
+            RunEvent::JobSkipped { job_id, name, status, reason } => {
+                RunEvent::JobSkipped { job_id, name, status, reason: self.m(&reason) }
+            }
+            RunEvent::JobEnvironment { job_id, environment, url } => {
+                RunEvent::JobEnvironment { job_id, environment, url: url.map(|u| self.m(&u)) }
             }
             RunEvent::StepFinished { job_id, step_id, name, status, duration_ms, outputs, usage, error } => {
                 RunEvent::StepFinished {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::RunOptions;
 use super::events::{Emit, JobReport, RunEvent, RunObserver, RunReport, Status, ms};
 use super::job::{JobRun, eval_map};
+use super::{GateRequest, Refusal, RunOptions};
 use crate::executor::{LogLine, StepExecutor};
 use crate::expr::strings_to_cel;
 use crate::mask::Masker;
@@ -30,7 +30,9 @@ pub async fn run_pipeline(
 ) -> RunReport {
     let started = Instant::now();
     let plan = Arc::new(plan.clone());
-    let masker = Arc::new(Masker::new(opts.secrets.values()));
+    // Every secret any job could see is masked everywhere, environments' included.
+    let masker =
+        Arc::new(Masker::new(opts.secrets.values().chain(opts.environment_secrets.values().flat_map(|m| m.values()))));
     let emit = Emit { obs: observer, masker };
 
     // `--job`: that job and what it needs, transitively.
@@ -69,7 +71,12 @@ pub async fn run_pipeline(
             // Nothing can run without the pipeline's env: every job fails with the reason.
             for i in &selected {
                 let j = &plan.jobs[*i];
-                emit.emit(RunEvent::JobSkipped { job_id: j.key.clone(), name: j.name.clone(), reason: err.clone() });
+                emit.emit(RunEvent::JobSkipped {
+                    job_id: j.key.clone(),
+                    name: j.name.clone(),
+                    status: Status::Failure,
+                    reason: err.clone(),
+                });
                 reports[*i] = Some(JobReport {
                     key: j.key.clone(),
                     name: j.name.clone(),
@@ -85,6 +92,7 @@ pub async fn run_pipeline(
     base.vars.insert("env", strings_to_cel(&pipeline_env));
 
     let single = selected.len() == 1;
+    let secrets_all = Arc::new(opts.secrets.clone());
     let base = Arc::new(base);
     let pipeline_env = Arc::new(pipeline_env);
     let opts = Arc::new(opts);
@@ -133,11 +141,12 @@ pub async fn run_pipeline(
             if flag.load(Ordering::SeqCst) {
                 started_set[i] = true;
                 let reason = "cancelled: another combination of the matrix failed (fail-fast)".to_string();
-                emit.emit(RunEvent::JobSkipped { job_id: j.key.clone(), name: j.name.clone(), reason });
+                let status = Status::Cancelled;
+                emit.emit(RunEvent::JobSkipped { job_id: j.key.clone(), name: j.name.clone(), status, reason });
                 let r = JobReport {
                     key: j.key.clone(),
                     name: j.name.clone(),
-                    status: Status::Cancelled,
+                    status,
                     duration: Duration::ZERO,
                     steps: Vec::new(),
                     outputs: BTreeMap::new(),
@@ -178,6 +187,16 @@ pub async fn run_pipeline(
                 needs.insert(n.clone(), serde_json::json!({"outputs": outputs, "result": result.as_str()}));
             }
             let mut scope = (*base).clone();
+            // A job in an environment sees that environment's secrets too; no other job does.
+            let secrets = match j.environment.as_ref().and_then(|e| opts.environment_secrets.get(&e.name)) {
+                Some(more) => {
+                    let mut all = opts.secrets.clone();
+                    all.extend(more.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    scope.vars.insert("secrets", strings_to_cel(&all));
+                    Arc::new(all)
+                }
+                None => secrets_all.clone(),
+            };
             scope.set_json("needs", &serde_json::Value::Object(needs));
             scope.set_json("matrix", &serde_json::to_value(&j.matrix).unwrap_or_default());
             scope.failed = failed;
@@ -199,7 +218,7 @@ pub async fn run_pipeline(
                         _ if failed || cancelled => (Status::Skipped, "a job it needs did not succeed".to_string()),
                         _ => (Status::Skipped, "its `if:` condition is false".to_string()),
                     };
-                    emit.emit(RunEvent::JobSkipped { job_id: j.key.clone(), name: j.name.clone(), reason });
+                    emit.emit(RunEvent::JobSkipped { job_id: j.key.clone(), name: j.name.clone(), status, reason });
                     let r = JobReport {
                         key: j.key.clone(),
                         name: j.name.clone(),
@@ -225,8 +244,51 @@ pub async fn run_pipeline(
                 executor: executor.clone(),
                 emit: emit.clone(),
                 cancel: flag,
+                secrets,
             };
-            set.spawn(async move { (i, job.run().await) });
+            let gate = j.environment.as_ref().zip(opts.gate.clone()).map(|(e, g)| {
+                let req = GateRequest {
+                    job_key: j.key.clone(),
+                    job: j.job.clone(),
+                    name: j.name.clone(),
+                    environment: e.name.clone(),
+                };
+                (g, req)
+            });
+            let emit = emit.clone();
+            set.spawn(async move {
+                // The environment's rules, before the job's first step (and before its timeout
+                // starts): a wait for an approval is no part of the job's time.
+                if let Some((gate, req)) = gate {
+                    match (gate.0)(req.clone()).await {
+                        Ok(None) => {}
+                        Ok(Some(text)) => emit.emit(RunEvent::Log(LogLine {
+                            job_id: req.job_key.clone(),
+                            step_id: String::new(),
+                            level: crate::executor::Level::Info,
+                            text,
+                        })),
+                        Err(Refusal { status, reason }) => {
+                            emit.emit(RunEvent::JobSkipped {
+                                job_id: req.job_key.clone(),
+                                name: req.name.clone(),
+                                status,
+                                reason,
+                            });
+                            let r = JobReport {
+                                key: req.job_key,
+                                name: req.name,
+                                status,
+                                duration: Duration::ZERO,
+                                steps: Vec::new(),
+                                outputs: BTreeMap::new(),
+                            };
+                            return (i, r);
+                        }
+                    }
+                }
+                (i, job.run().await)
+            });
         }
         let Some(joined) = set.join_next().await else { break };
         let (i, report) = match joined {

@@ -37,6 +37,8 @@ pub(super) struct JobRun {
     pub(super) executor: Arc<dyn StepExecutor>,
     pub(super) emit: Emit,
     pub(super) cancel: Arc<AtomicBool>,
+    /// The secrets this job's steps may be granted: the run's, and its environment's.
+    pub(super) secrets: Arc<BTreeMap<String, String>>,
 }
 
 /// What a step left for the rest of the job.
@@ -83,6 +85,10 @@ impl JobRun {
         let started = Instant::now();
         let job = self.job().clone();
         self.emit.emit(RunEvent::JobStarted { job_id: job.key.clone(), name: job.name.clone() });
+        if let Some(e) = &job.environment {
+            let (job_id, environment) = (job.key.clone(), e.name.clone());
+            self.emit.emit(RunEvent::JobEnvironment { job_id, environment, url: None });
+        }
         let deadline = job.timeout.map(|t| started + t);
         // The needs' status does not carry into the job's own steps.
         self.scope.failed = false;
@@ -192,6 +198,19 @@ impl JobRun {
                 BTreeMap::new()
             }
         };
+        // `environment.url` reads the steps as the outputs do; a bad one is logged, and does not
+        // fail a deployment that has happened.
+        if let Some(e) = &job.environment
+            && let Some(u) = &e.url
+        {
+            match eval_value(&self.plan, u, &scope) {
+                Ok(url) => {
+                    let (job_id, environment) = (job.key.clone(), e.name.clone());
+                    self.emit.emit(RunEvent::JobEnvironment { job_id, environment, url: Some(url) });
+                }
+                Err(err) => self.log(&job.key, "", Level::Warn, &format!("`environment.url`: {err}")),
+            }
+        }
         let status = if self.scope.failed {
             Status::Failure
         } else if self.scope.cancelled {
@@ -426,12 +445,8 @@ impl JobRun {
             env.insert("PATH".into(), p);
         }
         let mut req = self.request(&step.id, &step.name, uses, inputs, env.clone());
-        req.secrets = step
-            .grants
-            .secrets
-            .iter()
-            .filter_map(|n| self.opts.secrets.get(n).map(|v| (n.clone(), v.clone())))
-            .collect();
+        req.secrets =
+            step.grants.secrets.iter().filter_map(|n| self.secrets.get(n).map(|v| (n.clone(), v.clone()))).collect();
         req.grants = step.grants.clone();
         req.grants.read_only = self.opts.read_only;
         req.working_directory = wd;

@@ -75,6 +75,56 @@ pub struct RunOptions {
     /// Fills each job's own folder before its steps run (the host's checkout of the run's
     /// commit), when the run has several jobs.
     pub job_setup: Option<JobSetup>,
+    /// Secrets of deployment environments, by environment: a job in `environment: NAME` sees
+    /// these besides [`Self::secrets`] (and wins over them); no other job sees them.
+    pub environment_secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Asked before a job in an environment starts (after its `if:`): the host's protection
+    /// rules. Without it, environments are unprotected.
+    pub gate: Option<JobGate>,
+}
+
+/// What a job in an environment asks the [`JobGate`] before its first step.
+#[derive(Debug, Clone)]
+pub struct GateRequest {
+    /// The job instance.
+    pub job_key: String,
+    /// The job id in the pipeline.
+    pub job: String,
+    /// Its display name.
+    pub name: String,
+    /// The environment.
+    pub environment: String,
+}
+
+/// Why a job in an environment does not run: how it ends, and a sentence saying why.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// `failure` (a rule refused it) or `cancelled` (someone rejected it).
+    pub status: Status,
+    /// Why, for the job's record.
+    pub reason: String,
+}
+
+/// The host's protection rules for environments: may this job start? It may wait (for an
+/// approval) as long as it needs; dropping the future (a cancelled run) ends the wait. `Ok`
+/// may carry a line for the job's log (who approved it).
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct JobGate(
+    pub  Arc<
+        dyn Fn(
+                GateRequest,
+            )
+                -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>, Refusal>> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for JobGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobGate")
+    }
 }
 
 /// What prepares a job's folder: called with the folder, which exists and is empty.

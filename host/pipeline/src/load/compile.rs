@@ -155,6 +155,8 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
         }
         Some((cp, v))
     });
+    let environment =
+        j.environment.as_ref().and_then(|e| environment(cx, &sub("environment"), e, needs, &seen_ids, &matrix_keys));
     let strategy = j.strategy.clone().unwrap_or_default();
     let many = j.strategy.is_some();
     let mut jobs = Vec::with_capacity(combos.len());
@@ -202,10 +204,53 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
             timeout,
             fail_fast: strategy.fail_fast.unwrap_or(true),
             max_parallel: strategy.max_parallel,
+            environment: environment.clone(),
             steps,
         });
     }
     jobs
+}
+
+/// `environment:`: a fixed name (the host's config decides what it grants, so the event must
+/// not choose it) and a `url` that may read the job's steps, but no secret (it is shown).
+fn environment(
+    cx: &mut Cx,
+    p: &YPath,
+    e: &crate::model::EnvironmentDef,
+    needs: &[String],
+    steps: &[String],
+    matrix: &BTreeSet<String>,
+) -> Option<crate::plan::Environment> {
+    let name = e.name();
+    let mut np = p.clone();
+    if matches!(e, crate::model::EnvironmentDef::Spec(_)) {
+        np.push(Seg::Key("name".into()));
+    }
+    if name.contains("${{") {
+        cx.at_value(
+            &np,
+            format!(
+                "the environment's name must be written out (`production`), not computed (`{name}`): it decides \
+                 which secrets and rules the job gets, so the event must not choose it"
+            ),
+        );
+        return None;
+    }
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        cx.at_value(&np, format!("environment name \"{name}\" may hold only letters, digits, `-`, `_` and `.`"));
+        return None;
+    }
+    let url = e.url().map(|u| {
+        let mut up = p.clone();
+        up.push(Seg::Key("url".into()));
+        let mut secrets = BTreeSet::new();
+        let v = value(cx, &up, u.as_str(), &mut Refs { needs, steps: Some(steps), matrix, secrets: &mut secrets });
+        if !secrets.is_empty() {
+            cx.at_value(&up, "`environment.url` cannot read secrets: it is shown with the run");
+        }
+        v
+    });
+    Some(crate::plan::Environment { name: name.to_string(), url })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -10,6 +10,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 401.
     Unauthorized(String),
+    /// 403: the token is known, but may not do this.
+    Forbidden(String),
     /// 404.
     NotFound(String),
     /// 409.
@@ -50,6 +52,7 @@ impl IntoResponse for ApiError {
         let (code, msg) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),

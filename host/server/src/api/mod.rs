@@ -90,12 +90,15 @@ pub fn app(state: Arc<Shared>) -> Router {
         .route("/v1/runs/{id}/logs/stream", get(stream_logs))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/rerun", post(rerun))
+        .route("/v1/runs/{id}/approve", post(approve_run))
+        .route("/v1/runs/{id}/reject", post(reject_run))
         .route("/v1/runs/{id}/artifacts", get(list_artifacts))
         .route("/v1/runs/{id}/artifacts/{name}", get(download_artifact))
         .route("/v1/provenance/key", get(crate::provenance::provenance_key));
     if state.role == Role::All {
         r = r.route("/hooks/{app}", post(hook));
     }
+    r = r.merge(crate::console::router(&state));
     // Each handler reads its body with its own limit and a helpful 413.
     r.layer(DefaultBodyLimit::disable()).with_state(state)
 }

@@ -141,6 +141,8 @@ pub struct RunDetail {
     pub jobs: Vec<Job>,
     /// The steps' usage added up.
     pub usage: Usage,
+    /// Who approved or rejected its jobs waiting for their environments, and when.
+    pub decisions: Vec<JobDecision>,
 }
 
 /// One run.
@@ -156,7 +158,8 @@ pub(crate) async fn get_run(
 ) -> ApiResult<Json<RunDetail>> {
     let run = visible_run(&s, &caller, id)?.into();
     let jobs: Vec<Job> = s.store.jobs(id)?.into_iter().map(Job::from).collect();
-    Ok(Json(RunDetail { usage: Usage::total(&jobs), run, jobs }))
+    let decisions = s.store.decisions(id)?.into_iter().map(JobDecision::from).collect();
+    Ok(Json(RunDetail { usage: Usage::total(&jobs), run, jobs, decisions }))
 }
 
 /// Cancels a queued or running run; answers with the run once it has stopped.
@@ -241,4 +244,125 @@ pub(crate) async fn rerun(
     };
     let inserted = s.enqueue(new).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted(&run.app, inserted))).into_response())
+}
+
+/// Which waiting job to approve or reject.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideRequest {
+    /// The job (its id in the pipeline, or a matrix instance's key); default: every job of the
+    /// run waiting for an approval.
+    #[serde(default)]
+    pub job: Option<String>,
+}
+
+/// The decisions a request recorded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionList {
+    /// One per job decided.
+    pub decisions: Vec<JobDecision>,
+}
+
+/// Approves a run's jobs waiting for their environment (all of them, or `job`): they go on.
+/// Only a token among the environment's `approvers` may.
+#[utoipa::path(post, path = "/v1/runs/{id}/approve", tag = "runs", params(("id" = i64, Path, description = "Run id")),
+    request_body = DecideRequest,
+    responses((status = 200, description = "Approved", body = DecisionList),
+              (status = 400, description = "The id is malformed, or the body is not a `DecideRequest`", body = ErrorBody),
+              (status = 403, description = "The token is not among the environment's approvers", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody),
+              (status = 409, description = "No job of the run waits for an approval (or not that one)", body = ErrorBody),
+              (status = 413, description = "Too large", body = ErrorBody)),
+    security(("token" = [])))]
+pub(crate) async fn approve_run(
+    State(s): State<Arc<Shared>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<DecisionList>> {
+    decide(&s, &caller, id, &headers, body, true).await
+}
+
+/// Rejects a run's jobs waiting for their environment (all of them, or `job`): they are
+/// cancelled, and the jobs that need them skipped. Only a token among the environment's
+/// `approvers` may.
+#[utoipa::path(post, path = "/v1/runs/{id}/reject", tag = "runs", params(("id" = i64, Path, description = "Run id")),
+    request_body = DecideRequest,
+    responses((status = 200, description = "Rejected", body = DecisionList),
+              (status = 400, description = "The id is malformed, or the body is not a `DecideRequest`", body = ErrorBody),
+              (status = 403, description = "The token is not among the environment's approvers", body = ErrorBody),
+              (status = 404, description = "No such run, or the token does not reach its app", body = ErrorBody),
+              (status = 409, description = "No job of the run waits for an approval (or not that one)", body = ErrorBody),
+              (status = 413, description = "Too large", body = ErrorBody)),
+    security(("token" = [])))]
+pub(crate) async fn reject_run(
+    State(s): State<Arc<Shared>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<DecisionList>> {
+    decide(&s, &caller, id, &headers, body, false).await
+}
+
+async fn decide(
+    s: &Shared,
+    caller: &Caller,
+    id: i64,
+    headers: &HeaderMap,
+    body: Body,
+    approved: bool,
+) -> ApiResult<Json<DecisionList>> {
+    let run = visible_run(s, caller, id)?;
+    let bytes = read_body(headers, body, MAX_API_BODY_BYTES).await?;
+    let req: DecideRequest = parse_json(&bytes)?;
+    let waiting: Vec<crate::store::Job> = s
+        .store
+        .jobs(id)?
+        .into_iter()
+        .filter(|j| j.status == RunStatus::Waiting)
+        .filter(|j| req.job.as_ref().is_none_or(|want| &j.job == want || &j.key == want))
+        .collect();
+    if run.status != RunStatus::Running || waiting.is_empty() {
+        let what = match &req.job {
+            Some(j) => format!("job `{j}` of run {id} is not waiting for an approval"),
+            None => format!("no job of run {id} is waiting for an approval"),
+        };
+        return Err(ApiError::Conflict(format!("{what} (the run is {})", run.status)));
+    }
+    let app = s.config.apps.get(&run.app).ok_or_else(|| not_found_run(id))?;
+    // Every job first, so that a refusal decides none of them.
+    for j in &waiting {
+        let env_name = j.environment.clone().unwrap_or_default();
+        let approvers = app.environments.get(&env_name).map(|e| e.approvers.clone()).unwrap_or_default();
+        if !approvers.contains(&caller.name) {
+            let who = approvers.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
+            return Err(ApiError::Forbidden(format!(
+                "token `{}` may not {} job `{}`: only the approvers of environment `{env_name}` of app `{}` may \
+                 ({who}; `approvers` in skiff.toml)",
+                caller.name,
+                if approved { "approve" } else { "reject" },
+                j.key,
+                run.app
+            )));
+        }
+    }
+    let mut decisions = Vec::new();
+    for j in waiting {
+        let d = crate::store::Decision {
+            run: id,
+            attempt: run.attempt,
+            job_key: j.key.clone(),
+            environment: j.environment.clone().unwrap_or_default(),
+            approved,
+            by: caller.name.clone(),
+            at: crate::store::now_ms(),
+        };
+        // Decided already (two approvers at once): the first decision stands.
+        let d = if s.store.decide(&d)? { d } else { s.store.decision(id, run.attempt, &j.key)?.unwrap_or(d) };
+        decisions.push(JobDecision::from(d));
+    }
+    s.scheduler.decided();
+    Ok(Json(DecisionList { decisions }))
 }

@@ -73,11 +73,16 @@ pub struct Job {
     pub job: String,
     /// Display name.
     pub name: String,
-    /// `running`, `success`, `failure`, `cancelled`, `skipped`.
+    /// `waiting` (for an approval of its environment), `running`, `success`, `failure`,
+    /// `cancelled`, `skipped`.
     #[schema(value_type = String)]
     pub status: RunStatus,
-    /// Why it was skipped or failed.
+    /// Why it waits, was skipped or failed.
     pub reason: Option<String>,
+    /// The deployment environment it runs in (`environment:`).
+    pub environment: Option<String>,
+    /// The URL its `environment.url` gave when it ended.
+    pub environment_url: Option<String>,
     /// Unix ms.
     pub started_at: Option<i64>,
     /// Unix ms.
@@ -163,11 +168,43 @@ impl From<store::Job> for Job {
             name: j.name,
             status: j.status,
             reason: j.reason,
+            environment: j.environment,
+            environment_url: j.environment_url,
             started_at: j.started_at,
             finished_at: j.finished_at,
             duration_ms: j.duration_ms,
             outputs: j.outputs,
             steps: j.steps.into_iter().map(Step::from).collect(),
+        }
+    }
+}
+
+/// An approval or rejection of a job waiting for its environment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobDecision {
+    /// The job instance.
+    pub job: String,
+    /// The environment.
+    pub environment: String,
+    /// `approved` or `rejected`.
+    pub decision: String,
+    /// The name of the token that decided.
+    pub by: String,
+    /// Unix ms.
+    pub at: i64,
+    /// The run's attempt it holds for (a retry after a crash asks again).
+    pub attempt: i64,
+}
+
+impl From<store::Decision> for JobDecision {
+    fn from(d: store::Decision) -> Self {
+        JobDecision {
+            job: d.job_key,
+            environment: d.environment,
+            decision: if d.approved { "approved" } else { "rejected" }.into(),
+            by: d.by,
+            at: d.at,
+            attempt: d.attempt,
         }
     }
 }

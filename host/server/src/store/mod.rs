@@ -142,8 +142,31 @@ pub struct Job {
     pub duration_ms: Option<i64>,
     /// Its outputs (masked).
     pub outputs: BTreeMap<String, String>,
+    /// The deployment environment it runs in.
+    pub environment: Option<String>,
+    /// The URL its `environment.url` gave when it ended.
+    pub environment_url: Option<String>,
     /// Its steps in order.
     pub steps: Vec<Step>,
+}
+
+/// A decision on a job waiting for an approval of its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The run.
+    pub run: i64,
+    /// The run's attempt it holds for (a retry after a crash asks again).
+    pub attempt: i64,
+    /// The job instance.
+    pub job_key: String,
+    /// The environment.
+    pub environment: String,
+    /// Approved (true) or rejected.
+    pub approved: bool,
+    /// The name of the token that decided.
+    pub by: String,
+    /// Unix ms.
+    pub at: i64,
 }
 
 /// A step of a job, with its usage.
@@ -195,11 +218,23 @@ pub struct RunFilter {
     pub limit: Option<i64>,
 }
 
+/// What the web console also filters runs by, beside a [`RunFilter`].
+#[derive(Debug, Clone, Default)]
+pub struct RunSearch {
+    /// Only this Git ref (`refs/heads/main`).
+    pub git_ref: Option<String>,
+    /// Only runs started by this trigger (`push`, `manual`, …).
+    pub trigger: Option<String>,
+}
+
 /// What startup recovery did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// Runs put back in the queue.
     pub retried: Vec<i64>,
+    /// Runs whose jobs were all done or waiting for an approval: queued again as they were
+    /// (same attempt, their finished jobs kept), to wait again.
+    pub resumed: Vec<i64>,
     /// Runs failed.
     pub failed: Vec<i64>,
 }
@@ -228,6 +263,34 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Runs, newest first.
     fn list_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<Run>>;
+
+    /// Runs, newest first, that both `f` and `more` take. The default reads pages of
+    /// [`Self::list_runs`]; a database answers from its indexes.
+    fn search_runs(&self, f: &RunFilter, more: &RunSearch) -> anyhow::Result<Vec<Run>> {
+        let limit = f.limit.unwrap_or(50).clamp(1, 500) as usize;
+        let mut page = RunFilter { limit: Some(500), ..f.clone() };
+        let mut out = Vec::new();
+        loop {
+            let runs = self.list_runs(&page)?;
+            let Some(last) = runs.last().map(|r| r.id) else { return Ok(out) };
+            out.extend(runs.into_iter().filter(|r| {
+                more.git_ref.as_ref().is_none_or(|g| r.git_ref.as_ref() == Some(g))
+                    && more.trigger.as_ref().is_none_or(|t| &r.trigger == t)
+            }));
+            if out.len() >= limit {
+                out.truncate(limit);
+                return Ok(out);
+            }
+            page.before = Some(last);
+        }
+    }
+
+    /// The newest run of `app` for each Git ref it ran (a run without a ref counts as one).
+    fn latest_per_ref(&self, app: &str) -> anyhow::Result<Vec<Run>> {
+        let runs = self.list_runs(&RunFilter { app: Some(app.into()), limit: Some(500), ..RunFilter::default() })?;
+        let mut seen = std::collections::BTreeSet::new();
+        Ok(runs.into_iter().filter(|r| seen.insert(r.git_ref.clone())).collect())
+    }
 
     /// How many runs there are (all statuses).
     fn count_runs(&self) -> anyhow::Result<i64>;
@@ -274,6 +337,31 @@ pub trait RunStore: Send + Sync + 'static {
         outputs: Option<&BTreeMap<String, String>>,
     ) -> anyhow::Result<()>;
 
+    /// A job waits before its first step (for an approval of `environment`), with the reason.
+    #[allow(clippy::too_many_arguments)]
+    fn job_waiting(
+        &self,
+        run: i64,
+        key: &str,
+        job: &str,
+        name: &str,
+        environment: &str,
+        reason: &str,
+    ) -> anyhow::Result<()>;
+
+    /// A started job's environment, and, at its end, the URL its `environment.url` gave.
+    fn job_environment(&self, run: i64, key: &str, environment: &str, url: Option<&str>) -> anyhow::Result<()>;
+
+    /// Records a decision on a waiting job. False, and nothing changes, when the job of that
+    /// attempt was already decided.
+    fn decide(&self, d: &Decision) -> anyhow::Result<bool>;
+
+    /// The decision on a job of a run's attempt, if any.
+    fn decision(&self, run: i64, attempt: i64, key: &str) -> anyhow::Result<Option<Decision>>;
+
+    /// Every decision on a run's jobs, oldest first.
+    fn decisions(&self, run: i64) -> anyhow::Result<Vec<Decision>>;
+
     /// A step began.
     fn step_started(&self, run: i64, job: &str, step: &str, name: &str) -> anyhow::Result<()>;
 
@@ -294,7 +382,8 @@ pub trait RunStore: Send + Sync + 'static {
     fn jobs(&self, run: i64) -> anyhow::Result<Vec<Job>>;
 
     /// Startup of a single host: runs left `running` by a stopped host are queued again (once,
-    /// with `retry`) or failed with the reason.
+    /// with `retry`) or failed with the reason. A run that was only waiting (every job it had
+    /// started was over, or waiting for an approval) is queued again as it was, to wait again.
     fn recover(&self, retry: bool) -> anyhow::Result<Recovered>;
 
     /// When a cron schedule last fired (Unix seconds).

@@ -14,7 +14,9 @@ use anyhow::Context as _;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::{Inserted, Job, NewRun, Recovered, Run, RunFilter, RunStatus, RunStore, Step, Usage, now_ms};
+use super::{
+    Decision, Inserted, Job, NewRun, Recovered, Run, RunFilter, RunSearch, RunStatus, RunStore, Step, Usage, now_ms,
+};
 use crate::queue::{Lease, RunQueue};
 
 /// The schema, one step per entry; entry `n` moves `user_version` from `n` to `n + 1`.
@@ -91,6 +93,19 @@ pub const MIGRATIONS: &[&str] = &[
     // 5: the lease of a running run: who runs it, and until when unless renewed.
     "ALTER TABLE runs ADD COLUMN lease_owner TEXT;
     ALTER TABLE runs ADD COLUMN lease_expires_at INTEGER;",
+    // 6: deployment environments: a job's, the URL it gave, and who approved or rejected it.
+    "ALTER TABLE jobs ADD COLUMN environment TEXT;
+    ALTER TABLE jobs ADD COLUMN environment_url TEXT;
+    CREATE TABLE decisions (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        job_key TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        approved INTEGER NOT NULL,
+        decided_by TEXT NOT NULL,
+        decided_at INTEGER NOT NULL,
+        PRIMARY KEY (run_id, attempt, job_key)
+    );",
 ];
 
 impl ToSql for RunStatus {
@@ -103,6 +118,20 @@ impl FromSql for RunStatus {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         value.as_str()?.parse().map_err(|e| FromSqlError::Other(Box::new(e)))
     }
+}
+
+const DECISION_COLS: &str = "run_id, attempt, job_key, environment, approved, decided_by, decided_at";
+
+fn decision_row(r: &Row<'_>) -> rusqlite::Result<Decision> {
+    Ok(Decision {
+        run: r.get(0)?,
+        attempt: r.get(1)?,
+        job_key: r.get(2)?,
+        environment: r.get(3)?,
+        approved: r.get(4)?,
+        by: r.get(5)?,
+        at: r.get(6)?,
+    })
 }
 
 /// The run store and run queue of a single host, in one SQLite database.
@@ -212,6 +241,21 @@ impl RunStore for SqliteStore {
     }
 
     fn list_runs(&self, f: &RunFilter) -> anyhow::Result<Vec<Run>> {
+        self.search_runs(f, &RunSearch::default())
+    }
+
+    fn latest_per_ref(&self, app: &str) -> anyhow::Result<Vec<Run>> {
+        // One row per ref, each the ref's highest id: SQLite reads the `runs_app` index once.
+        let sql = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE id IN (SELECT MAX(id) FROM runs WHERE app = ?1 GROUP BY git_ref) ORDER BY id DESC"
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![app], run_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn search_runs(&self, f: &RunFilter, more: &RunSearch) -> anyhow::Result<Vec<Run>> {
         let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(apps) = &f.apps {
@@ -238,6 +282,14 @@ impl RunStore for SqliteStore {
         if let Some(b) = f.before {
             args.push(b.into());
             sql.push_str(&format!(" AND id < ?{}", args.len()));
+        }
+        if let Some(g) = &more.git_ref {
+            args.push(g.clone().into());
+            sql.push_str(&format!(" AND git_ref = ?{}", args.len()));
+        }
+        if let Some(t) = &more.trigger {
+            args.push(t.clone().into());
+            sql.push_str(&format!(" AND trigger = ?{}", args.len()));
         }
         args.push(f.limit.unwrap_or(50).clamp(1, 500).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
@@ -320,6 +372,53 @@ impl RunStore for SqliteStore {
         Ok(())
     }
 
+    fn job_waiting(
+        &self,
+        run: i64,
+        key: &str,
+        job: &str,
+        name: &str,
+        environment: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO jobs (run_id, job_key, job, name, status, reason, environment) VALUES (?1, ?2, ?3, ?4, 'waiting', ?5, ?6)
+             ON CONFLICT (run_id, job_key) DO UPDATE SET status = 'waiting', reason = ?5, environment = ?6",
+            params![run, key, job, name, reason, environment],
+        )?;
+        Ok(())
+    }
+
+    fn job_environment(&self, run: i64, key: &str, environment: &str, url: Option<&str>) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET environment = ?3, environment_url = COALESCE(?4, environment_url) WHERE run_id = ?1 AND job_key = ?2",
+            params![run, key, environment, url],
+        )?;
+        Ok(())
+    }
+
+    fn decide(&self, d: &Decision) -> anyhow::Result<bool> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO decisions (run_id, attempt, job_key, environment, approved, decided_by, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![d.run, d.attempt, d.job_key, d.environment, d.approved, d.by, d.at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn decision(&self, run: i64, attempt: i64, key: &str) -> anyhow::Result<Option<Decision>> {
+        let sql = format!("SELECT {DECISION_COLS} FROM decisions WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3");
+        Ok(self.conn().query_row(&sql, params![run, attempt, key], decision_row).optional()?)
+    }
+
+    fn decisions(&self, run: i64) -> anyhow::Result<Vec<Decision>> {
+        let conn = self.conn();
+        let sql = format!("SELECT {DECISION_COLS} FROM decisions WHERE run_id = ?1 ORDER BY decided_at, rowid");
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([run], decision_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn step_started(&self, run: i64, job: &str, step: &str, name: &str) -> anyhow::Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO steps (run_id, job_key, step_id, seq, name, status, started_at)
@@ -365,8 +464,9 @@ impl RunStore for SqliteStore {
     fn jobs(&self, run: i64) -> anyhow::Result<Vec<Job>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT job_key, job, name, status, reason, started_at, finished_at, duration_ms, outputs FROM jobs WHERE run_id = ?1
-             ORDER BY COALESCE(started_at, finished_at), rowid",
+            "SELECT job_key, job, name, status, reason, started_at, finished_at, duration_ms, outputs, environment, environment_url
+             FROM jobs WHERE run_id = ?1
+             ORDER BY COALESCE(started_at, finished_at) IS NULL, COALESCE(started_at, finished_at), rowid",
         )?;
         let mut jobs: Vec<Job> = stmt
             .query_map([run], |r| {
@@ -383,6 +483,8 @@ impl RunStore for SqliteStore {
                         .get::<_, Option<String>>(8)?
                         .and_then(|o| serde_json::from_str(&o).ok())
                         .unwrap_or_default(),
+                    environment: r.get(9)?,
+                    environment_url: r.get(10)?,
                     steps: Vec::new(),
                 })
             })?
@@ -430,6 +532,22 @@ impl RunStore for SqliteStore {
         let mut out = Recovered::default();
         let now = now_ms();
         for (id, interruptions) in running {
+            // Only waiting (every job it started is over, or waits for an approval): nothing was
+            // lost, so it waits again, as the same attempt with its finished jobs.
+            let parked: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND status = 'waiting')
+                    AND NOT EXISTS (SELECT 1 FROM jobs WHERE run_id = ?1 AND status = 'running')",
+                [id],
+                |r| r.get(0),
+            )?;
+            if parked {
+                tx.execute(
+                    "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1",
+                    [id],
+                )?;
+                out.resumed.push(id);
+                continue;
+            }
             if retry && interruptions == 0 {
                 tx.execute(
                     "UPDATE runs SET status = 'queued', interruptions = interruptions + 1, attempt = attempt + 1, started_at = NULL,
@@ -594,7 +712,7 @@ fn end_run(
         params![id, open, now],
     )?;
     tx.execute(
-        "UPDATE jobs SET status = ?2, finished_at = ?3, duration_ms = ?3 - started_at WHERE run_id = ?1 AND status = 'running'",
+        "UPDATE jobs SET status = ?2, finished_at = ?3, duration_ms = ?3 - started_at WHERE run_id = ?1 AND status IN ('running', 'waiting')",
         params![id, open, now],
     )?;
     Ok(n == 1)
@@ -757,5 +875,49 @@ mod tests {
         assert!(store.available(10).unwrap().is_empty());
         assert_eq!(store.recover(true).unwrap().retried, vec![1]);
         assert_eq!(store.available(10).unwrap()[0].id, 1);
+    }
+
+    #[test]
+    fn a_run_that_only_waits_is_resumed_as_it_was_and_the_first_decision_stands() {
+        let store = SqliteStore::in_memory().unwrap();
+        let a = queued(&store, "web");
+        store.lease(a, "host-1", MINUTE).unwrap().unwrap();
+        store.job_started(a, "build", "build", "build").unwrap();
+        store.job_finished(a, "build", "build", "build", RunStatus::Success, None, Some(5), None).unwrap();
+        store.job_waiting(a, "deploy", "deploy", "deploy", "production", "waiting for approval").unwrap();
+        // Another run was in the middle of a job: retried as before.
+        let b = queued(&store, "web");
+        store.lease(b, "host-1", MINUTE).unwrap().unwrap();
+        store.job_started(b, "build", "build", "build").unwrap();
+        store.job_waiting(b, "deploy", "deploy", "deploy", "production", "waiting for approval").unwrap();
+        let r = store.recover(true).unwrap();
+        assert_eq!((r.resumed, r.retried), (vec![a], vec![b]));
+        let run = store.run(a).unwrap().unwrap();
+        assert_eq!((run.status, run.attempt, run.interruptions), (RunStatus::Queued, 1, 0));
+        let jobs = store.jobs(a).unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| (j.key.as_str(), j.status)).collect::<Vec<_>>(),
+            [("build", RunStatus::Success), ("deploy", RunStatus::Waiting)]
+        );
+        assert_eq!(jobs[1].environment.as_deref(), Some("production"));
+
+        let d = Decision {
+            run: a,
+            attempt: 1,
+            job_key: "deploy".into(),
+            environment: "production".into(),
+            approved: true,
+            by: "release".into(),
+            at: 1,
+        };
+        assert!(store.decide(&d).unwrap());
+        assert!(!store.decide(&Decision { approved: false, by: "other".into(), ..d.clone() }).unwrap());
+        assert_eq!(store.decision(a, 1, "deploy").unwrap(), Some(d.clone()));
+        assert_eq!(store.decision(a, 2, "deploy").unwrap(), None, "a new attempt asks again");
+        assert_eq!(store.decisions(a).unwrap(), vec![d]);
+        // Ending the run ends the wait.
+        store.lease(a, "host-2", MINUTE).unwrap().unwrap();
+        assert!(store.complete(a, "host-2", RunStatus::Cancelled, Some("cancelled")).unwrap());
+        assert_eq!(store.jobs(a).unwrap()[1].status, RunStatus::Cancelled);
     }
 }

@@ -19,6 +19,9 @@ pub enum RunStatus {
     Queued,
     /// Running.
     Running,
+    /// A job waiting before its first step (for an approval of its environment); its reason
+    /// says what for. Jobs only: their run is `running`.
+    Waiting,
     /// Succeeded.
     Success,
     /// Failed.
@@ -32,9 +35,10 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every state, in the order above.
-    pub const ALL: [RunStatus; 6] = [
+    pub const ALL: [RunStatus; 7] = [
         RunStatus::Queued,
         RunStatus::Running,
+        RunStatus::Waiting,
         RunStatus::Success,
         RunStatus::Failure,
         RunStatus::Cancelled,
@@ -46,6 +50,7 @@ impl RunStatus {
         match self {
             RunStatus::Queued => "queued",
             RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
             RunStatus::Success => "success",
             RunStatus::Failure => "failure",
             RunStatus::Cancelled => "cancelled",

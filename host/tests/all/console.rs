@@ -1,0 +1,410 @@
+//! The web console in a real browser: headless Chromium driven over WebDriver (Debian's
+//! `chromium` and `chromium-driver`, which `scripts/setup.sh` installs) against a server on a
+//! real socket, started by the test. Without them the test fails under `CI=true` and is skipped,
+//! loudly, elsewhere.
+//!
+//! Screenshots of the main pages go to `target/console-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use skiff_server::config::ServeConfig;
+use skiff_server::{Role, start};
+
+use crate::support::Scripted;
+
+const ADMIN: &str = "console-admin";
+const TOKEN_A: &str = "console-team-a";
+const SECRET: &str = "console-hook-secret";
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Whether Chromium and its WebDriver are installed; fails under `CI=true` when not.
+fn browser_present() -> bool {
+    let found = ["chromium", "chromedriver"].iter().all(|b| {
+        Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    });
+    assert!(found || !under_ci(), "chromium and chromedriver are missing under CI=true: run scripts/setup.sh");
+    if !found {
+        eprintln!("SKIPPED: chromium or chromedriver is missing (scripts/setup.sh installs them)");
+    }
+    found
+}
+
+fn config(data: &Path) -> ServeConfig {
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+data = "{data}"
+
+[[tokens]]
+name = "admin"
+token = "{ADMIN}"
+apps = ["*"]
+
+[[tokens]]
+name = "team-a"
+token = "{TOKEN_A}"
+apps = ["web", "flaky", "evil", "manual"]
+
+[[apps]]
+name = "web"
+repository = "acme/web"
+provider = "github"
+fetch = false
+webhook-secret = "{SECRET}"
+on = {{ push = {{ branches = ["main"] }} }}
+secrets = {{ DEPLOY_TOKEN = "tok-console-1" }}
+pipeline-yaml = """
+name: web
+jobs:
+  build:
+    steps:
+      - id: slow
+        uses: diag
+        permissions:
+          secrets: [DEPLOY_TOKEN]
+          hosts: [api.example.com]
+  test:
+    needs: [build]
+    strategy:
+      matrix:
+        os: [linux, mac]
+    steps:
+      - id: check
+        uses: diag
+"""
+
+[[apps]]
+name = "flaky"
+pipeline-yaml = """
+steps:
+  - id: flaky
+    uses: diag
+"""
+
+[[apps]]
+name = "evil"
+pipeline-yaml = """
+steps:
+  - id: evil
+    uses: diag
+"""
+
+[[apps]]
+name = "manual"
+badge = "public"
+pipeline-yaml = """
+on:
+  workflow_dispatch:
+    inputs:
+      greeting:
+        type: string
+        default: hello
+      mode:
+        type: choice
+        options: [fast, slow]
+        default: fast
+steps:
+  - id: echo
+    uses: diag
+    with:
+      message: "greeting=${{{{ inputs.greeting }}}} mode=${{{{ inputs.mode }}}}"
+"""
+
+[[apps]]
+name = "other"
+pipeline-yaml = """
+steps:
+  - id: private
+    uses: diag
+    with:
+      message: other app
+"""
+"#,
+        data = data.display()
+    );
+    ServeConfig::from_toml(&text, Path::new("/"), None).unwrap()
+}
+
+fn executor() -> Scripted {
+    Scripted::new()
+        .step("slow", "log tick 1\nsleep 700\nlog tick 2\nsleep 700\nlog tick 3\nhang")
+        .step("flaky", "log about to break\nfail broken on purpose")
+        .step("evil", "log <script>alert(1)</script>\nlog \u{1b}]0;pwned\u{7}after the title\nlog 50%\r100% done\nlog \u{1b}[31mred\u{1b}[0m plain")
+}
+
+/// chromedriver on a free port of 127.0.0.1, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn driver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting chromedriver");
+    // Owned by the guard at once: killed and waited for on every path, a panic's included.
+    let d = Driver { child, url: format!("http://127.0.0.1:{port}") };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chromedriver did not listen on {port}");
+}
+
+async fn browser(d: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"] }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector).capabilities(caps).connect(&d.url).await.expect("a WebDriver session")
+}
+
+fn shots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+}
+
+async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait().at_most(Duration::from_secs(15)).for_element(Locator::Css(css)).await.unwrap_or_else(|e| {
+        panic!("{css} did not appear: {e}");
+    })
+}
+
+/// Waits until the page's text holds `what`.
+async fn wait_text(c: &Client, what: &str) {
+    for _ in 0..150 {
+        let body = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap_or_default();
+        if body.contains(what) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap_or_default();
+    panic!("the page never said {what:?}; it says:\n{body}");
+}
+
+async fn api_run(http: &reqwest::Client, base: &str, app: &str, inputs: Value) -> i64 {
+    let v: Value = http
+        .post(format!("{base}/v1/apps/{app}/runs"))
+        .bearer_auth(ADMIN)
+        .json(&json!({ "inputs": inputs }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["id"].as_i64().unwrap_or_else(|| panic!("{v}"))
+}
+
+async fn push(http: &reqwest::Client, base: &str) -> i64 {
+    let body = json!({
+        "ref": "refs/heads/main", "before": "0000", "after": "2222",
+        "repository": {"full_name": "acme/web"}, "sender": {"login": "octocat"}
+    })
+    .to_string();
+    let resp = http
+        .post(format!("{base}/hooks/web"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "console-1")
+        .header("x-hub-signature-256", skiff_edge_core::github_signature(SECRET.as_bytes(), body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    resp.json::<Value>().await.unwrap()["runs"][0]["id"].as_i64().unwrap()
+}
+
+async fn status_of(http: &reqwest::Client, base: &str, id: i64) -> Value {
+    http.get(format!("{base}/v1/runs/{id}")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap()
+}
+
+async fn wait_status(http: &reqwest::Client, base: &str, id: i64, want: &[&str]) -> Value {
+    for _ in 0..300 {
+        let r = status_of(http, base, id).await;
+        if want.contains(&r["status"].as_str().unwrap_or_default()) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("run {id} never became {want:?}: {}", status_of(http, base, id).await);
+}
+
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/")).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().starts_with("/sign-in"));
+    wait_for(c, "#token").await.send_keys(token).await.unwrap();
+    c.find(Locator::Css("form.card button[type=submit]")).await.unwrap().click().await.unwrap();
+    wait_text(c, "Signed in as").await;
+}
+
+/// One browser session walks the console: each step below needs the ones before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_browser() {
+    if !browser_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(config(dir.path()), Arc::new(executor()), Role::All).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let other = api_run(&http, &base, "other", json!({})).await;
+    wait_status(&http, &base, other, &["success"]).await;
+
+    let d = driver().await;
+    let c = browser(&d).await;
+
+    // Sign in with team A's token.
+    c.goto(&format!("{base}/")).await.unwrap();
+    wait_for(&c, "#token").await;
+    shot(&c, "sign-in").await;
+    sign_in(&c, &base, TOKEN_A).await;
+    assert_eq!(c.current_url().await.unwrap().path(), "/");
+
+    // A run started by a signed webhook appears on the open runs page without a reload.
+    c.goto(&format!("{base}/runs?app=web")).await.unwrap();
+    wait_for(&c, "#live").await;
+    c.execute("window.__notReloaded = true; return null;", vec![]).await.unwrap();
+    let run = push(&http, &base).await;
+    wait_for(&c, &format!("a[href=\"/runs/{run}\"]")).await;
+    assert_eq!(c.execute("return window.__notReloaded === true;", vec![]).await.unwrap(), json!(true));
+    shot(&c, "runs").await;
+
+    // Its log streams live: lines arrive on the open page.
+    wait_status(&http, &base, run, &["running"]).await;
+    c.goto(&format!("{base}/runs/{run}/jobs/build/steps/slow")).await.unwrap();
+    wait_for(&c, "#log-live").await;
+    c.execute("window.__notReloaded = true; return null;", vec![]).await.unwrap();
+    wait_text(&c, "tick 3").await;
+    assert_eq!(c.execute("return window.__notReloaded === true;", vec![]).await.unwrap(), json!(true));
+    assert_eq!(text_of(&c, "#L3 .t").await, "tick 3");
+    shot(&c, "log-live").await;
+
+    // The run page: jobs in stages, the matrix cells, the step's grants; then cancel it.
+    c.goto(&format!("{base}/runs/{run}")).await.unwrap();
+    let graph = text_of(&c, ".graph").await;
+    for want in ["build", "needs build", "os=linux", "os=mac", "secret: DEPLOY_TOKEN", "http: api.example.com"] {
+        assert!(graph.contains(want), "{want:?} not in {graph}");
+    }
+    shot(&c, "run").await;
+    c.find(Locator::Css("form[action$=\"/cancel\"] button")).await.unwrap().click().await.unwrap();
+    wait_status(&http, &base, run, &["cancelled"]).await;
+    wait_text(&c, "cancelled").await;
+
+    // A failed run is rerun (its failed jobs) from its page.
+    let flaky = api_run(&http, &base, "flaky", json!({})).await;
+    wait_status(&http, &base, flaky, &["failure"]).await;
+    c.goto(&format!("{base}/runs/{flaky}")).await.unwrap();
+    c.find(Locator::Css("form[action$=\"/rerun\"] input[name=failed_only]")).await.unwrap();
+    c.find(Locator::Css("form:has(input[name=failed_only]) button")).await.unwrap().click().await.unwrap();
+    wait_text(&c, "attempt 2").await;
+    let again: i64 = c.current_url().await.unwrap().path().trim_start_matches("/runs/").parse().unwrap();
+    assert_ne!(again, flaky);
+    assert_eq!(status_of(&http, &base, again).await["attempt"], 2);
+
+    // A form posted without its CSRF token is refused.
+    c.goto(&format!("{base}/runs/{flaky}")).await.unwrap();
+    c.execute(
+        "const f = document.querySelector('form[action$=\"/rerun\"]'); f.querySelector('input[name=csrf]').remove(); f.submit(); return null;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_text(&c, "403").await;
+    assert_eq!(status_of(&http, &base, again).await["attempt"], 2);
+
+    // A manual run with typed inputs from the pipeline's workflow_dispatch.
+    c.goto(&format!("{base}/apps/manual")).await.unwrap();
+    shot(&c, "app").await;
+    let greeting = wait_for(&c, "#input-greeting").await;
+    greeting.clear().await.unwrap();
+    greeting.send_keys("bonjour").await.unwrap();
+    c.find(Locator::Css("#input-mode option[value=slow]")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Css("form[action$=\"/runs\"] button[type=submit]")).await.unwrap().click().await.unwrap();
+    wait_text(&c, "manual #1").await;
+    let manual: i64 = c.current_url().await.unwrap().path().trim_start_matches("/runs/").parse().unwrap();
+    let done = wait_status(&http, &base, manual, &["success", "failure"]).await;
+    assert_eq!(done["inputs"], json!({"greeting": "bonjour", "mode": "slow"}));
+    c.goto(&format!("{base}/runs/{manual}/jobs/main/steps/echo")).await.unwrap();
+    wait_text(&c, "greeting=bonjour mode=slow").await;
+
+    // What a step prints is inert text: markup, an OSC title, carriage returns.
+    let evil = api_run(&http, &base, "evil", json!({})).await;
+    wait_status(&http, &base, evil, &["success"]).await;
+    c.goto(&format!("{base}/runs/{evil}/jobs/main/steps/evil")).await.unwrap();
+    assert_eq!(text_of(&c, "#L1 .t").await, "<script>alert(1)</script>");
+    assert_eq!(text_of(&c, "#L2 .t").await, "after the title");
+    assert_eq!(text_of(&c, "#L3 .t").await, "100% done");
+    assert_eq!(text_of(&c, "#L4 .t .fg-1").await, "red");
+    assert_eq!(c.execute("return document.querySelectorAll('#log script').length;", vec![]).await.unwrap(), json!(0));
+    let title = c.title().await.unwrap();
+    assert!(!title.contains("pwned"), "{title}");
+    // The line anchors and the search filter.
+    c.goto(&format!("{base}/runs/{evil}/jobs/main/steps/evil#L3")).await.unwrap();
+    wait_for(&c, "#L3:target").await;
+    shot(&c, "log").await;
+    wait_for(&c, "#log-filter").await.send_keys("done").await.unwrap();
+    wait_for(&c, "#L1.hidden").await;
+
+    // Team A's token reaches nothing of app `other`: not through links, not typed.
+    c.goto(&format!("{base}/runs")).await.unwrap();
+    let list = c.source().await.unwrap();
+    assert!(!list.contains(&format!("href=\"/runs/{other}\"")) && !list.contains(">other<"));
+    for path in [
+        format!("/runs/{other}"),
+        format!("/runs/{other}/jobs/main/steps/private"),
+        "/apps/other".into(),
+        "/runs?app=other".into(),
+    ] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        wait_text(&c, "404").await;
+        assert!(!c.source().await.unwrap().contains("other app"), "{path}");
+    }
+
+    // The apps page, for the record; then sign out.
+    c.goto(&format!("{base}/")).await.unwrap();
+    shot(&c, "apps").await;
+    c.find(Locator::Css(".signout button")).await.unwrap().click().await.unwrap();
+    wait_for(&c, "#token").await;
+    c.goto(&format!("{base}/runs")).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().starts_with("/sign-in"));
+
+    c.close().await.unwrap();
+    server.stop().await;
+}

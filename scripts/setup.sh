@@ -29,6 +29,8 @@ command -v htpasswd >/dev/null || missing+=(apache2-utils)
 # Headless Chromium and its WebDriver: the web console's browser tests (host/tests/all/console.rs).
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# PostgreSQL's initdb and pg_ctl: the run store's tests start a throwaway cluster (host/server/src/store/tests.rs).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -67,10 +67,12 @@ enum EdgeCommand {
 fn local_executor(
     artifacts: Arc<dyn ArtifactStore>,
     jobs: Option<skiff_runtime::jobs::JobSpaces>,
+    unsandboxed_processes: bool,
 ) -> anyhow::Result<Arc<LocalExecutor>> {
     let runtime = Runtime::new(EngineOptions { pool_size: 64, ..Default::default() }, None)?;
     let mut executor = LocalExecutor::new(Arc::new(runtime));
     executor.artifacts = Some(artifacts);
+    executor.unsandboxed_processes = unsandboxed_processes;
     if let Some(jobs) = jobs {
         executor.jobs = jobs;
     }

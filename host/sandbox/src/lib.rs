@@ -469,8 +469,17 @@ pub async fn run(
             "WARNING: skiff is running this process WITHOUT a sandbox (--unsandboxed-processes): \
              it can read and write anything the host user can, including other runs' workspaces and secrets",
         );
-        cmd = tokio::process::Command::new(&spec.program);
-        cmd.args(&spec.args).current_dir(workspace.join(&cwd)).env_clear().envs(env.iter().cloned());
+        // No mount puts the workspace at `/workspace`: paths the step gave in its terms (a
+        // script's file, `SKIFF_OUTPUT`) name the workspace where it really is.
+        let host = |v: &str| match v.strip_prefix(bwrap::WORKSPACE) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("{}{rest}", workspace.display()),
+            _ => v.to_string(),
+        };
+        cmd = tokio::process::Command::new(host(&spec.program));
+        cmd.args(spec.args.iter().map(|a| host(a)))
+            .current_dir(workspace.join(&cwd))
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.clone(), host(v))));
     } else {
         let passwd = data_pipe(bwrap::PASSWD.as_bytes().to_vec())?;
         let group_fd = data_pipe(bwrap::GROUP.as_bytes().to_vec())?;

@@ -21,6 +21,10 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     /// Data directory, relative to the config file (`--data` wins).
     pub data: Option<PathBuf>,
+    /// Where runs are stored: `sqlite` (the default: `skiff.db` in the data directory) or a
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`), sealed or `env:NAME` when it
+    /// holds a password (`--store` wins).
+    pub store: Option<String>,
     /// The key dispatches from a master are signed with (Standard Webhooks, `whsec_…` or raw).
     pub dispatch_key: Option<String>,
     /// The key being rotated out: dispatches signed with it are still accepted.
@@ -343,6 +347,8 @@ pub struct ServeConfig {
     pub listen: String,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Where runs are stored.
+    pub store: StoreLocation,
     /// The dispatch key, if dispatches from a remote master are accepted.
     pub dispatch_key: Option<Secret>,
     /// Dispatch timestamp tolerance.
@@ -371,6 +377,56 @@ pub struct ServeConfig {
     pub apps: BTreeMap<String, std::sync::Arc<AppConfig>>,
     /// The web console's users and public badges.
     pub console: crate::console::ConsoleConfig,
+}
+
+/// Where runs are stored (`store` in the config, `--store`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `skiff.db` in the data directory: one host.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database, which several hosts may share. The URL may hold a password: its
+    /// `Debug` leaves it out.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Sqlite => f.write_str("Sqlite"),
+            StoreLocation::Postgres(url) => {
+                let shown = url
+                    .parse::<postgres::Config>()
+                    .map(|c| crate::store::postgres_url_redacted(&c))
+                    .unwrap_or_else(|_| "postgres://…".into());
+                f.debug_tuple("Postgres").field(&shown).finish()
+            }
+        }
+    }
+}
+
+impl StoreLocation {
+    /// Reads a `store` value: `sqlite`, or a PostgreSQL URL written plain, sealed (`enc:v1:…`)
+    /// or as `env:NAME`. A plain URL with a password is taken, with a warning.
+    pub fn open(v: &str, key: Option<&MasterKey>) -> anyhow::Result<Self> {
+        let hidden = v.starts_with(PREFIX) || v.starts_with("env:");
+        let url = if hidden { open_value(v, key, "store")? } else { v.to_string() };
+        let url = url.trim();
+        if url == "sqlite" {
+            return Ok(StoreLocation::Sqlite);
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!("`store` must be `sqlite` or a PostgreSQL URL (`postgres://user@host:port/db`)");
+        }
+        let config: postgres::Config =
+            url.parse().map_err(|e| anyhow::anyhow!("`store`: the PostgreSQL URL cannot be read: {e}"))?;
+        if !hidden && config.get_password().is_some() {
+            tracing::warn!(
+                "`store` holds a database password in plain text; write it as `env:NAME` or seal it with `skiff serve --encrypt`"
+            );
+        }
+        Ok(StoreLocation::Postgres(url.to_string()))
+    }
 }
 
 fn secs(n: u64) -> std::time::Duration {
@@ -467,7 +523,13 @@ impl ServeConfig {
                 }
                 AppScope::Only(t.apps.clone())
             };
-            tokens.insert(bytes, Token { name: t.name, scope });
+            // A token's name is who it is: who started a run, who approved a deploy.
+            if tokens.values().any(|other: &Token| other.name == t.name) {
+                bail!("two tokens are named `{}`: give each its own name (approvals and the logs name tokens)", t.name);
+            }
+            if tokens.insert(bytes, Token { name: t.name.clone(), scope }).is_some() {
+                bail!("token `{}` has the same value as another token: give each its own secret", t.name);
+            }
         }
         // An approver is a token that reaches the app (else it could not see the run).
         for app in apps.values() {
@@ -507,6 +569,7 @@ impl ServeConfig {
         Ok(ServeConfig {
             listen: file.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
             data_dir: base.join(file.data.unwrap_or_else(|| "skiff-data".into())),
+            store: file.store.as_deref().map(|v| StoreLocation::open(v, key)).transpose()?.unwrap_or_default(),
             dispatch_key,
             dispatch_tolerance_secs: file
                 .dispatch_tolerance_secs

@@ -132,14 +132,23 @@ impl Shared {
         Ok(Arc::new(Shared { config, store, queue, logs, hub, executor, role, repos, statuses, artifacts, scheduler }))
     }
 
-    /// State with the stores in the config's data directory: the runs and their queue in
-    /// `skiff.db`, the logs in `logs/`.
+    /// State with the stores the config names: the runs and their queue in `skiff.db` in the
+    /// data directory or in PostgreSQL (`store`), the logs in `logs/` of the data directory.
     pub fn open(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: Role) -> anyhow::Result<Arc<Self>> {
         let data = config.data_dir.clone();
         std::fs::create_dir_all(&data).with_context(|| format!("creating the data directory {}", data.display()))?;
-        let db = Arc::new(store::SqliteStore::open(&data.join("skiff.db"))?);
         let logs: Arc<dyn logs::LogStore> = Arc::new(logs::FsLogStore::new(data.join("logs")));
-        Self::new(config, db.clone(), db, logs, executor, role)
+        match &config.store {
+            config::StoreLocation::Sqlite => {
+                let db = Arc::new(store::SqliteStore::open(&data.join("skiff.db"))?);
+                Self::new(config, db.clone(), db, logs, executor, role)
+            }
+            config::StoreLocation::Postgres(url) => {
+                let db = Arc::new(store::PostgresStore::connect(url)?);
+                tracing::info!("runs are stored in {}", db.url());
+                Self::new(config, db.clone(), db, logs, executor, role)
+            }
+        }
     }
 
     /// Stores a run durably and wakes the scheduler (see [`scheduler::Scheduler::enqueue`]).

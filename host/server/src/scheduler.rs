@@ -32,6 +32,10 @@ use skiff_pipeline::{
     Plan, RunEvent, RunObserver, RunOptions, RunReport, Status, StepExecutor, load_file, load_str, run_pipeline,
 };
 
+/// The most runs of one app that may wait for approvals at once; a job that would be one more
+/// fails with the reason.
+pub const MAX_WAITING_RUNS_PER_APP: usize = 16;
+
 /// How long a lease holds without renewal: a host that stops renewing its runs' leases (it
 /// died) leaves them for another to take after this long.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -659,7 +663,15 @@ impl Scheduler {
     async fn check_out(&self, app: &AppConfig, run: &Run, ws: &Path) -> Result<String, String> {
         let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
         let src = repo.source(&run.event)?;
-        let want = repo.want(&run.event, run.sha.as_deref(), run.git_ref.as_deref());
+        let mut want = repo.want(&run.event, run.sha.as_deref(), run.git_ref.as_deref());
+        // A run that checked out its commit before (resumed after a restart while a job waited
+        // for an approval, or retried) builds that commit again: a pull request's merge ref may
+        // have moved since, and what was approved must be what runs.
+        if run.started_at.is_some()
+            && let Some(sha) = run.sha.as_deref().filter(|s| s.len() >= 40)
+        {
+            want.sha = Some(sha.to_string());
+        }
         let w = ws.to_path_buf();
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&w) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("clearing {}: {e}", w.display())),
@@ -1181,7 +1193,7 @@ impl Scheduler {
         let this = self.clone();
         let app = app.clone();
         let (id, attempt) = (run.id, run.attempt);
-        let git_ref = run.git_ref.clone().or_else(|| run.event.get("ref").and_then(|v| v.as_str()).map(String::from));
+        let git_ref = gate_ref(run);
         skiff_pipeline::JobGate(Arc::new(move |req| {
             let (this, app, git_ref) = (this.clone(), app.clone(), git_ref.clone());
             Box::pin(async move { this.pass_gate(id, attempt, &app, git_ref.as_deref(), req).await })
@@ -1239,6 +1251,19 @@ impl Scheduler {
                 Err(e) => tracing::error!(run = id, "reading the decisions on its jobs: {e:#}"),
             }
             if !parked {
+                // Runs that only wait hold no slot, so without a cap anyone who may start runs
+                // could park any number of them (each with its workspace) on one environment.
+                let waiting = self.running().values().filter(|r| r.app == app.name() && r.idle()).count();
+                if waiting >= MAX_WAITING_RUNS_PER_APP {
+                    return Err(Refusal {
+                        status: Status::Failure,
+                        reason: format!(
+                            "{waiting} runs of app `{}` already wait for an approval, the most that may: approve or \
+                             reject those first (`skiff runs approve|reject`)",
+                            app.name()
+                        ),
+                    });
+                }
                 parked = true;
                 if let Err(e) = self.store.job_waiting(id, &req.job_key, &req.job, &req.name, &env.name, &reason) {
                     tracing::error!(run = id, "recording a waiting job: {e:#}");
@@ -1313,6 +1338,27 @@ impl Scheduler {
 /// Whether a webhook's payload is a pull request from another repository (a fork): GitHub's,
 /// Gitea's and Forgejo's `pull_request.head.repo` differs from `base.repo`; GitLab's
 /// `source_project_id` from `target_project_id`.
+/// The ref an environment's `branches` judge a run by, or `None` when the run has none it can
+/// be trusted for, so that no branch rule matches:
+/// a pull request's ref names its source branch (Bitbucket's, and others', `refs/heads/X`),
+/// which anyone who opens one chooses: like GitHub, a pull request is never a branch. (A manual
+/// run's ref is checked against the repository when the app has one; without one it is the
+/// label the token that may start the app's runs gave.)
+fn gate_ref(run: &Run) -> Option<String> {
+    let kind = run.event.pointer("/kind/type").or_else(|| run.event.get("kind")).and_then(|v| v.as_str());
+    if run.trigger == "pull_request" || kind.is_some_and(|k| k.contains("pull")) || is_pull_request(&run.body) {
+        return None;
+    }
+    run.git_ref.clone().or_else(|| run.event.get("ref").and_then(|v| v.as_str()).map(String::from))
+}
+
+/// Whether a webhook body is a pull (merge) request's, by the shape each forge sends.
+fn is_pull_request(body: &serde_json::Value) -> bool {
+    body.get("pull_request").is_some()
+        || body.get("pullrequest").is_some()
+        || body.get("object_kind").and_then(|k| k.as_str()) == Some("merge_request")
+}
+
 pub fn from_fork(body: &serde_json::Value) -> bool {
     let differ = |a: Option<&serde_json::Value>, b: Option<&serde_json::Value>| match (a, b) {
         (Some(a), Some(b)) => !a.is_null() && a != b,
@@ -1327,6 +1373,12 @@ pub fn from_fork(body: &serde_json::Value) -> bool {
     }
     if let Some(attrs) = body.get("object_attributes") {
         return differ(attrs.get("source_project_id"), attrs.get("target_project_id"));
+    }
+    // Bitbucket Cloud: `pullrequest.source` and `.destination`, each with its repository.
+    if let Some(pr) = body.get("pullrequest") {
+        let source = pr.pointer("/source/repository/full_name");
+        let destination = pr.pointer("/destination/repository/full_name");
+        return differ(source, destination) || (source.is_none() && destination.is_some());
     }
     false
 }
@@ -1536,6 +1588,29 @@ pub fn rerun_job(jobs: &[store::Job]) -> Result<Option<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branch_rules_judge_only_refs_a_run_can_be_trusted_for() {
+        use serde_json::json;
+        let run = |trigger: &str, git_ref: &str, body: serde_json::Value| Run {
+            trigger: trigger.into(),
+            git_ref: Some(git_ref.into()),
+            body,
+            ..Run::default()
+        };
+        assert_eq!(gate_ref(&run("push", "refs/heads/main", json!({}))).as_deref(), Some("refs/heads/main"));
+        // A pull request names its source branch, which its author chose: never a branch.
+        let bitbucket = json!({"pullrequest": {"source": {"repository": {"full_name": "eve/web"}},
+                                               "destination": {"repository": {"full_name": "acme/web"}}}});
+        assert_eq!(gate_ref(&run("push", "refs/heads/main", bitbucket.clone())), None);
+        assert_eq!(gate_ref(&run("pull_request", "refs/heads/main", json!({}))), None);
+        assert_eq!(gate_ref(&run("push", "refs/heads/main", json!({"object_kind": "merge_request"}))), None);
+        // Bitbucket forks are forks.
+        assert!(from_fork(&bitbucket));
+        let same = json!({"pullrequest": {"source": {"repository": {"full_name": "acme/web"}},
+                                          "destination": {"repository": {"full_name": "acme/web"}}}});
+        assert!(!from_fork(&same));
+    }
 
     #[test]
     fn a_plan_read_in_the_source_points_into_the_workspace_copy() {

@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// (default: `skiff-artifacts` under the temp dir). The run's folder is printed at the end.
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
+    /// Run the processes of steps granted `process` WITHOUT the bubblewrap sandbox: they see
+    /// this machine as the user running `skiff` does (rlimits only). For trusted pipelines on
+    /// your own machine that need its tools (a Rust toolchain under `~/.cargo`); said on every
+    /// step.
+    #[arg(long)]
+    pub unsandboxed_processes: bool,
     #[command(flatten)]
     pub policy: super::registry::PolicyArgs,
     #[command(flatten)]
@@ -155,7 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_id = format!("local-{millis}-{}", std::process::id());
     let artifacts_root = args.artifacts.clone().unwrap_or_else(|| std::env::temp_dir().join("skiff-artifacts"));
     let artifacts = Arc::new(LocalArtifacts::new(&artifacts_root));
-    let executor: Arc<dyn StepExecutor> = crate::local_executor(artifacts.clone(), None)?;
+    let executor: Arc<dyn StepExecutor> = crate::local_executor(artifacts.clone(), None, args.unsandboxed_processes)?;
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
         None => std::env::temp_dir().join(format!("skiff-{run_id}")),

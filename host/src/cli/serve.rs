@@ -37,6 +37,11 @@ pub struct ServeArgs {
     /// `skiff-data` beside it.
     #[arg(long, env = "SKIFF_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Where runs are stored: `sqlite` (`skiff.db` in the data directory) or a PostgreSQL URL
+    /// (`postgres://user:password@host:port/db`; also `env:NAME`); default: `store` in the
+    /// config, or `sqlite`.
+    #[arg(long, env = "SKIFF_STORE", value_name = "URL", hide_env_values = true)]
+    pub store: Option<String>,
     /// Address to listen on (default: `listen` in the config, or 127.0.0.1:8080).
     #[arg(long, env = "SKIFF_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
@@ -103,6 +108,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = config::ServeConfig::resolve(file, &base, Some(&key))
         .with_context(|| format!("in the config file {}", args.config.display()))?;
     config.data_dir = data;
+    if let Some(s) = &args.store {
+        config.store = config::StoreLocation::open(s, Some(&key)).context("`--store`")?;
+    }
     if let Some(l) = args.listen {
         config.listen = l;
     }
@@ -113,7 +121,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let jobs = config.data_dir.join("jobs");
     skiff_runtime::jobs::remove_tree(&jobs);
     let spaces = skiff_runtime::jobs::JobSpaces::new(jobs, Some(config.data_dir.join("tool-cache")));
-    let executor = crate::local_executor(skiff_server::artifact_store(&config), Some(spaces))?;
+    let executor = crate::local_executor(skiff_server::artifact_store(&config), Some(spaces), false)?;
     let server = start(config, executor, args.role.into()).await?;
     tracing::info!("listening on http://{} ({:?} role, {apps} app(s))", server.addr, args.role);
     shutdown_signal().await;

@@ -435,11 +435,13 @@ fn raw_http(base: &str, request: &str) -> String {
     answer
 }
 
-/// The edge master's Spin application published by a pipeline and served from the registry:
-/// `spin-push` sends the component (built by `scripts/build-edge.sh`, as `spin build` would)
-/// and its spin.toml to a real registry (`docker-registry`) in Spin's layout, `spin-deploy`
-/// keeps the SpinKube `SpinApp` naming it by digest, and `skiff edge up --from` that digest
-/// pulls it, serves it and dispatches a signed webhook to a real `skiff serve`.
+/// The edge master's Spin application built, published and deployed by a pipeline, then served
+/// from the registry: a `run:` step builds the component with the project's own `cargo build`
+/// (the one `spin build` runs; fresh after `scripts/build-edge.sh`, so it checks rather than
+/// recompiles; the toolchain under `~/.cargo` is why it runs with `--unsandboxed-processes`),
+/// `spin-push` sends it with its spin.toml to a real registry (`docker-registry`) in Spin's
+/// layout, `spin-deploy` keeps the SpinKube `SpinApp` naming it by digest, and `skiff edge up
+/// --from` that digest pulls it, serves it and dispatches a signed webhook to a real `skiff serve`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "edge-tests"),
@@ -451,16 +453,28 @@ async fn a_spin_app_pushed_by_a_pipeline_is_served_from_the_registry() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("ws");
     std::fs::create_dir_all(ws.join(".skiff")).unwrap();
-    std::fs::create_dir_all(ws.join("build")).unwrap();
-    std::fs::copy(spin_wasm(), ws.join("build/skiff_edge_spin.wasm")).unwrap();
     let manifest = std::fs::read_to_string(repo().join("edge-master/spin/spin.toml"))
         .unwrap()
         .replace("../../target/edge-spin/wasm32-wasip2/release/skiff_edge_spin.wasm", "build/skiff_edge_spin.wasm");
     std::fs::write(ws.join("spin.toml"), manifest).unwrap();
     let image = format!("{}/skiff/edge-master:ci", registry.addr);
+    // The build sees this machine's toolchain, as `spin build` would.
+    let mut env = serde_json::Map::new();
+    for k in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+        if let Ok(v) = std::env::var(k) {
+            env.insert(k.into(), v.into());
+        }
+    }
+    let spin_dir = repo().join("edge-master/spin");
     let pipeline = format!(
         r#"
 steps:
+  - id: build
+    run: |
+      (cd "{spin_dir}" && cargo build --offline --target wasm32-wasip2 --release)
+      mkdir -p build && cp "{built}" build/
+    env: {env}
+    permissions: {{ process: true }}
   - id: push
     uses: spin-push
     with: {{ image: "{image}" }}
@@ -472,13 +486,16 @@ steps:
       variables: |
         host_url=https://skiff.example.com
 "#,
-        addr = registry.addr
+        addr = registry.addr,
+        spin_dir = spin_dir.display(),
+        built = spin_wasm().display(),
+        env = serde_json::Value::Object(env),
     );
     std::fs::write(ws.join(".skiff/pipeline.yaml"), pipeline).unwrap();
     let store = dir.path().join("artifacts");
     let run = |ws: &Path| {
         Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["run", "--artifacts"])
+            .args(["run", "--unsandboxed-processes", "--artifacts"])
             .arg(&store)
             .current_dir(ws)
             .env("SKIFF_CACHE_DIR", crate::shared_cache_dir())

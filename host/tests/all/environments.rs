@@ -354,6 +354,38 @@ async fn a_branch_rule_refuses_a_run_of_another_ref() {
     server.halt();
 }
 
+/// A job's `if:` is decided before its environment's rules, so it sees the run's secrets only:
+/// two probes of an environment secret that may not reach this ref end the same way, whatever
+/// the secret holds (a false probe would otherwise be `skipped` and a true one refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_s_condition_cannot_probe_its_environment_s_secrets() {
+    const PROBES: &str = r#"
+jobs:
+  probe-yes:
+    environment: production
+    if: ${{ secrets.PROD_TOKEN.startsWith('pr0d') }}
+    steps:
+      - uses: diag
+  probe-no:
+    environment: production
+    if: ${{ !secrets.PROD_TOKEN.startsWith('pr0d') }}
+    steps:
+      - uses: diag
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let exec = Arc::new(Scripted::new());
+    let server = serve(dir.path(), PROBES, "", exec.clone()).await;
+    let api = Api::of(&server);
+    let id = api.trigger("web", "feature/x").await;
+    let run = api.until_status(id, "failure").await;
+    let (yes, no) = (job_of(&run, "probe-yes").unwrap(), job_of(&run, "probe-no").unwrap());
+    // Without the secret, `probe-no` holds and reaches the branch rule; `probe-yes` is false.
+    assert_eq!(no["status"], "failure", "{run:#}");
+    assert_eq!(yes["status"], "skipped", "{run:#}");
+    assert!(exec.calls().is_empty());
+    server.halt();
+}
+
 fn problems(yaml: &str) -> String {
     match skiff_pipeline::load_str(yaml, "p.yaml", Path::new(".")) {
         Ok(_) => panic!("accepted:\n{yaml}"),

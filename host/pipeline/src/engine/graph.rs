@@ -187,16 +187,16 @@ pub async fn run_pipeline(
                 needs.insert(n.clone(), serde_json::json!({"outputs": outputs, "result": result.as_str()}));
             }
             let mut scope = (*base).clone();
-            // A job in an environment sees that environment's secrets too; no other job does.
-            let secrets = match j.environment.as_ref().and_then(|e| opts.environment_secrets.get(&e.name)) {
-                Some(more) => {
+            // A job in an environment sees that environment's secrets too, and no other job
+            // does; but only once the environment's rules let it start (below): its `if:` is
+            // decided with the run's secrets alone, or a false condition would tell a job that
+            // may not deploy a bit of the environment's secrets.
+            let environment_secrets =
+                j.environment.as_ref().and_then(|e| opts.environment_secrets.get(&e.name)).map(|more| {
                     let mut all = opts.secrets.clone();
                     all.extend(more.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    scope.vars.insert("secrets", strings_to_cel(&all));
                     Arc::new(all)
-                }
-                None => secrets_all.clone(),
-            };
+                });
             scope.set_json("needs", &serde_json::Value::Object(needs));
             scope.set_json("matrix", &serde_json::to_value(&j.matrix).unwrap_or_default());
             scope.failed = failed;
@@ -234,7 +234,7 @@ pub async fn run_pipeline(
             }
             *running_per_job.entry(j.job.clone()).or_default() += 1;
             let workspace = if single { opts.workspace.clone() } else { opts.workspace.join(&j.key) };
-            let job = JobRun {
+            let mut job = JobRun {
                 plan: plan.clone(),
                 index: i,
                 opts: opts.clone(),
@@ -244,7 +244,7 @@ pub async fn run_pipeline(
                 executor: executor.clone(),
                 emit: emit.clone(),
                 cancel: flag,
-                secrets,
+                secrets: secrets_all.clone(),
             };
             let gate = j.environment.as_ref().zip(opts.gate.clone()).map(|(e, g)| {
                 let req = GateRequest {
@@ -286,6 +286,10 @@ pub async fn run_pipeline(
                             return (i, r);
                         }
                     }
+                }
+                if let Some(all) = environment_secrets {
+                    job.scope.vars.insert("secrets", strings_to_cel(all.as_ref()));
+                    job.secrets = all;
                 }
                 (i, job.run().await)
             });

@@ -158,13 +158,27 @@ fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> String {
     format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
 }
 
-/// Where to go after signing in: a path of this host only.
+/// Where to go after signing in: a path of this host only. Browsers drop tabs and newlines
+/// from URLs and read `\\` as `/`, so `/\t/evil.example` would leave the host: only printable
+/// ASCII is kept, and the second character may be neither slash.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && n.bytes().all(|b| (0x21..=0x7e).contains(&b))
+                && !matches!(n.as_bytes().get(1), Some(b'/' | b'\\'))
+                && !n.contains('\\') =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
+
+/// Password checks at once: argon2 takes about 19 MiB and tens of milliseconds each, so a flood
+/// of sign-in forms must wait its turn (or be told to come back) rather than take the host's
+/// memory and its blocking threads.
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 #[derive(Deserialize)]
 pub(super) struct NextQuery {
@@ -207,8 +221,17 @@ pub(super) async fn sign_in(
     let next = safe_next(field("next"));
     let found = match (field("token").map(str::trim).filter(|t| !t.is_empty()), field("name")) {
         (Some(token), _) => s.config.token(token).map(|t| (format!("token {}", t.name), t.scope.clone())),
-        (None, Some(name)) => {
+        // Without users, there is no password to check: no argon2 for anyone.
+        (None, Some(name)) if !s.config.console.users.is_empty() => {
             let password = field("password").unwrap_or("");
+            let Ok(_turn) = PASSWORD_CHECKS.try_acquire() else {
+                return Ok((
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "2")],
+                    "Too many sign-ins at once: try again in a moment.",
+                )
+                    .into_response());
+            };
             let user = s.config.console.users.get(name.trim());
             // Unknown names cost the same as wrong passwords.
             let hash = user.map(|u| u.password_hash.clone()).unwrap_or_else(|| DUMMY_HASH.to_string());
@@ -294,5 +317,10 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example")), "/");
         assert_eq!(safe_next(Some("https://evil.example")), "/");
         assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        // Browsers drop tabs and newlines: `/\t/evil.example` is `//evil.example` to them.
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(safe_next(Some("/\n/evil.example")), "/");
+        assert_eq!(safe_next(Some("/ /evil.example")), "/");
+        assert_eq!(safe_next(Some("/runs?app=web&status=failure")), "/runs?app=web&status=failure");
     }
 }

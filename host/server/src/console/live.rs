@@ -95,7 +95,13 @@ async fn follow(s: Arc<Shared>, id: i64, q: EventsQuery, tx: mpsc::Sender<Event>
         return;
     }
     loop {
-        let e = match rx.recv().await {
+        // A viewer who left is noticed at once, not at the next event: a quiet stream of a run
+        // that waits days for an approval would otherwise keep its task and receiver.
+        let got = tokio::select! {
+            got = rx.recv() => got,
+            () = tx.closed() => break,
+        };
+        let e = match got {
             Ok(LiveEvent::Log(r)) if r.seq <= last => continue,
             Ok(LiveEvent::Log(r)) => {
                 last = r.seq;

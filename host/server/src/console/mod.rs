@@ -136,7 +136,8 @@ pub fn router(state: &Arc<Shared>) -> Router<Arc<Shared>> {
         .layer(axum::middleware::map_response(security_headers))
 }
 
-/// What every console answer carries: no script but ours, no framing, no sniffing.
+/// What every console answer carries: no script but ours, no framing, no sniffing, no caching
+/// unless it says otherwise.
 async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
@@ -146,6 +147,9 @@ async fn security_headers(mut resp: Response) -> Response {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Pages, logs, artifacts and errors are one viewer's: no shared cache (a CDN caching
+    // `…/artifacts/dist.zip` by its extension) may keep them. Answers that are public say so.
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("private, no-store"));
     resp
 }
 

@@ -5,10 +5,17 @@
 //! [`SqliteStore`] is the store of a single host: SQLite in WAL mode; accepting a run commits
 //! with `synchronous=FULL`, so a run answered 202 survives a crash, even a power cut. It also
 //! implements the host's [`RunQueue`](crate::queue::RunQueue).
+//!
+//! [`PostgresStore`] (`store = "postgres://…"`) behaves the same, in a database several hosts
+//! may share. One behavioural test suite (`tests.rs`) runs against both.
 
+mod postgres;
 mod sqlite;
 mod status;
+#[cfg(test)]
+mod tests;
 
+pub use self::postgres::{MIGRATIONS as POSTGRES_MIGRATIONS, PostgresStore, redacted as postgres_url_redacted};
 pub use self::sqlite::{MIGRATIONS, SqliteStore};
 pub use self::status::{RunStatus, UnknownStatus};
 
@@ -384,6 +391,8 @@ pub trait RunStore: Send + Sync + 'static {
     /// Startup of a single host: runs left `running` by a stopped host are queued again (once,
     /// with `retry`) or failed with the reason. A run that was only waiting (every job it had
     /// started was over, or waiting for an approval) is queued again as it was, to wait again.
+    /// A store that several hosts share ([`PostgresStore`]) leaves the runs that a live lease
+    /// holds to their owners.
     fn recover(&self, retry: bool) -> anyhow::Result<Recovered>;
 
     /// When a cron schedule last fired (Unix seconds).

@@ -1,0 +1,923 @@
+//! The stores' behaviour: one suite, run against both [`SqliteStore`] (in memory) and
+//! [`PostgresStore`] (a database of its own in a throwaway cluster, see [`pg`]), so that the two
+//! cannot drift apart. Then what only a store that several hosts share must stand: hosts racing
+//! for the same runs, numbers and dispatch ids.
+//!
+//! Without PostgreSQL's `initdb` the PostgreSQL tests fail under `CI=true` and say `SKIPPED:`
+//! otherwise.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::queue::RunQueue;
+
+/// Both traits, as one object.
+trait Store: RunStore + RunQueue {}
+impl<T: RunStore + RunQueue> Store for T {}
+
+/// Where a behaviour differs by design, which store it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// One host.
+    Sqlite,
+    /// Shared by several hosts.
+    Postgres,
+}
+
+/// A test per behaviour and store: `store::tests::sqlite::NAME` and `store::tests::postgres::NAME`.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    let store = crate::store::SqliteStore::in_memory().unwrap();
+                    super::$name(&store, super::Kind::Sqlite);
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(db) = super::pg::database() else { return };
+                    super::$name(&db.store(), super::Kind::Postgres);
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    an_expired_lease_is_taken_by_a_second_owner_and_a_completed_one_is_not,
+    completing_closes_the_open_jobs_and_steps_and_recovery_drops_lapsed_leases,
+    a_live_lease_is_recovered_by_a_single_host_and_left_to_its_owner_when_shared,
+    recovery_fails_a_run_interrupted_twice_or_when_told_to,
+    a_run_that_only_waits_is_resumed_as_it_was_and_the_first_decision_stands,
+    run_numbers_count_per_app_and_a_rerun_keeps_its_number,
+    a_dispatch_id_stores_one_run_even_twice_in_one_batch,
+    runs_are_listed_newest_first_filtered_and_paged,
+    a_run_keeps_what_it_was_given_and_what_is_set_later,
+    jobs_and_steps_come_back_in_order_with_their_usage,
+    finishing_a_run_closes_it_once_and_cron_times_are_kept,
+);
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn queued(store: &dyn Store, app: &str) -> i64 {
+    let run = NewRun { app: app.into(), trigger: "manual".into(), ..NewRun::default() };
+    store.insert_run(&run).unwrap().id
+}
+
+fn an_expired_lease_is_taken_by_a_second_owner_and_a_completed_one_is_not(store: &dyn Store, _: Kind) {
+    let (a, b) = (queued(store, "web"), queued(store, "web"));
+    assert_eq!(store.available(10).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![a, b]);
+
+    // A lease of no length has expired at once, as a host that died right after taking it.
+    let first = store.lease(a, "host-1", Duration::ZERO).unwrap().unwrap();
+    assert!(!first.taken_over);
+    store.job_started(a, "build", "build", "build").unwrap();
+    let run = store.run(a).unwrap().unwrap();
+    assert_eq!((run.status, run.attempt), (RunStatus::Running, 1));
+    // Held by nobody alive: available again, and a second owner takes it as a new attempt.
+    assert!(store.available(10).unwrap().iter().any(|r| r.id == a));
+    let second = store.lease(a, "host-2", MINUTE).unwrap().unwrap();
+    assert!(second.taken_over);
+    let run = store.run(a).unwrap().unwrap();
+    assert_eq!((run.status, run.attempt, run.interruptions), (RunStatus::Running, 2, 1));
+    assert!(store.jobs(a).unwrap().is_empty(), "the new attempt starts with no jobs");
+    // The first owner has lost it: it can neither renew nor complete it.
+    assert!(!store.extend(a, "host-1", MINUTE).unwrap());
+    assert!(!store.complete(a, "host-1", RunStatus::Failure, Some("late")).unwrap());
+    assert_eq!(store.run(a).unwrap().unwrap().status, RunStatus::Running);
+    // A live lease is not available, nor taken.
+    assert!(!store.available(10).unwrap().iter().any(|r| r.id == a));
+    assert!(store.lease(a, "host-3", MINUTE).unwrap().is_none());
+    assert!(store.extend(a, "host-2", MINUTE).unwrap());
+
+    // Completed: over, and nobody takes it again, even once its lease would have expired.
+    assert!(store.complete(a, "host-2", RunStatus::Success, None).unwrap());
+    let run = store.run(a).unwrap().unwrap();
+    assert_eq!((run.status, run.error), (RunStatus::Success, None));
+    assert!(store.lease(a, "host-3", MINUTE).unwrap().is_none());
+    assert!(!store.extend(a, "host-2", MINUTE).unwrap());
+    assert!(!store.complete(a, "host-2", RunStatus::Failure, None).unwrap());
+    let short = store.lease(b, "host-2", Duration::ZERO).unwrap().unwrap();
+    assert!(store.complete(b, &short.owner, RunStatus::Failure, Some("failed")).unwrap());
+    assert!(store.lease(b, "host-3", MINUTE).unwrap().is_none());
+    assert!(store.available(10).unwrap().is_empty());
+    assert!(store.lease(i64::MAX, "host-3", MINUTE).unwrap().is_none(), "no such run");
+}
+
+fn completing_closes_the_open_jobs_and_steps_and_recovery_drops_lapsed_leases(store: &dyn Store, _: Kind) {
+    let a = queued(store, "web");
+    store.lease(a, "host-1", MINUTE).unwrap().unwrap();
+    store.job_started(a, "build", "build", "build").unwrap();
+    store.step_started(a, "build", "compile", "compile").unwrap();
+    assert!(store.complete(a, "host-1", RunStatus::Success, None).unwrap());
+    let jobs = store.jobs(a).unwrap();
+    assert_eq!((jobs[0].status, jobs[0].steps[0].status), (RunStatus::Cancelled, RunStatus::Cancelled));
+
+    // A host that stops leaves its run running, its lease lapsing; its next start queues it
+    // again, unleased.
+    let b = queued(store, "web");
+    store.lease(b, "host-1", Duration::ZERO).unwrap().unwrap();
+    store.job_started(b, "build", "build", "build").unwrap();
+    assert_eq!(store.recover(true).unwrap().retried, vec![b]);
+    let run = store.run(b).unwrap().unwrap();
+    assert_eq!((run.status, run.attempt, run.interruptions), (RunStatus::Queued, 2, 1));
+    assert!(store.jobs(b).unwrap().is_empty());
+    assert!(!store.extend(b, "host-1", MINUTE).unwrap());
+    let again = store.lease(b, "host-2", MINUTE).unwrap().unwrap();
+    assert!(!again.taken_over, "queued again by recovery, not taken over");
+}
+
+fn a_live_lease_is_recovered_by_a_single_host_and_left_to_its_owner_when_shared(store: &dyn Store, kind: Kind) {
+    let a = queued(store, "web");
+    store.lease(a, "host-1", MINUTE).unwrap().unwrap();
+    store.job_started(a, "build", "build", "build").unwrap();
+    let recovered = store.recover(true).unwrap();
+    match kind {
+        // The only host started again: whatever ran was its own, and is gone.
+        Kind::Sqlite => assert_eq!(recovered.retried, vec![a]),
+        // Another host may be running it right now: it goes on, and is taken over only if
+        // its lease lapses.
+        Kind::Postgres => {
+            assert_eq!(recovered, Recovered::default());
+            assert!(store.extend(a, "host-1", MINUTE).unwrap());
+            assert_eq!(store.jobs(a).unwrap().len(), 1);
+        }
+    }
+}
+
+fn recovery_fails_a_run_interrupted_twice_or_when_told_to(store: &dyn Store, _: Kind) {
+    let a = queued(store, "web");
+    store.lease(a, "host-1", Duration::ZERO).unwrap().unwrap();
+    assert_eq!(store.recover(true).unwrap().retried, vec![a]);
+    store.lease(a, "host-1", Duration::ZERO).unwrap().unwrap();
+    store.job_started(a, "build", "build", "build").unwrap();
+    store.step_started(a, "build", "compile", "compile").unwrap();
+    assert_eq!(store.recover(true).unwrap().failed, vec![a], "interrupted twice");
+    let run = store.run(a).unwrap().unwrap();
+    assert_eq!((run.status, run.interruptions), (RunStatus::Failure, 2));
+    assert!(run.error.unwrap().contains("second time"));
+    let jobs = store.jobs(a).unwrap();
+    assert_eq!((jobs[0].status, jobs[0].steps[0].status), (RunStatus::Failure, RunStatus::Failure));
+
+    let b = queued(store, "web");
+    store.lease(b, "host-1", Duration::ZERO).unwrap().unwrap();
+    assert_eq!(store.recover(false).unwrap().failed, vec![b]);
+    assert!(store.run(b).unwrap().unwrap().error.unwrap().contains("recovery = \"fail\""));
+    assert_eq!(store.recover(true).unwrap(), Recovered::default());
+}
+
+fn a_run_that_only_waits_is_resumed_as_it_was_and_the_first_decision_stands(store: &dyn Store, _: Kind) {
+    let a = queued(store, "web");
+    store.lease(a, "host-1", Duration::ZERO).unwrap().unwrap();
+    store.job_started(a, "build", "build", "build").unwrap();
+    store.job_finished(a, "build", "build", "build", RunStatus::Success, None, Some(5), None).unwrap();
+    store.job_waiting(a, "deploy", "deploy", "deploy", "production", "waiting for approval").unwrap();
+    // Another run was in the middle of a job: retried as before.
+    let b = queued(store, "web");
+    store.lease(b, "host-1", Duration::ZERO).unwrap().unwrap();
+    store.job_started(b, "build", "build", "build").unwrap();
+    store.job_waiting(b, "deploy", "deploy", "deploy", "production", "waiting for approval").unwrap();
+    let r = store.recover(true).unwrap();
+    assert_eq!((r.resumed, r.retried), (vec![a], vec![b]));
+    let run = store.run(a).unwrap().unwrap();
+    assert_eq!((run.status, run.attempt, run.interruptions), (RunStatus::Queued, 1, 0));
+    let jobs = store.jobs(a).unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| (j.key.as_str(), j.status)).collect::<Vec<_>>(),
+        [("build", RunStatus::Success), ("deploy", RunStatus::Waiting)]
+    );
+    assert_eq!(jobs[1].environment.as_deref(), Some("production"));
+    assert_eq!(jobs[1].reason.as_deref(), Some("waiting for approval"));
+
+    let d = Decision {
+        run: a,
+        attempt: 1,
+        job_key: "deploy".into(),
+        environment: "production".into(),
+        approved: true,
+        by: "release".into(),
+        at: 1,
+    };
+    assert!(store.decide(&d).unwrap());
+    assert!(!store.decide(&Decision { approved: false, by: "other".into(), ..d.clone() }).unwrap());
+    assert_eq!(store.decision(a, 1, "deploy").unwrap(), Some(d.clone()));
+    assert_eq!(store.decision(a, 2, "deploy").unwrap(), None, "a new attempt asks again");
+    let later = Decision { attempt: 2, approved: false, at: 1, ..d.clone() };
+    assert!(store.decide(&later).unwrap());
+    assert_eq!(store.decisions(a).unwrap(), vec![d, later], "same time: in the order decided");
+    // Ending the run ends the wait.
+    store.lease(a, "host-2", MINUTE).unwrap().unwrap();
+    assert!(store.complete(a, "host-2", RunStatus::Cancelled, Some("cancelled")).unwrap());
+    assert_eq!(store.jobs(a).unwrap()[1].status, RunStatus::Cancelled);
+}
+
+fn run_numbers_count_per_app_and_a_rerun_keeps_its_number(store: &dyn Store, _: Kind) {
+    let number =
+        |app: &str| store.insert_run(&NewRun { app: app.into(), trigger: "push".into(), ..NewRun::default() }).unwrap();
+    assert_eq!((number("web").number, number("web").number, number("api").number), (1, 2, 1));
+    let first = number("new");
+    assert_eq!(first.number, 1);
+    // A rerun keeps its number and does not move the counter.
+    let rerun =
+        NewRun { app: "new".into(), trigger: "rerun".into(), parent: Some((first.id, 1, 1)), ..NewRun::default() };
+    let again = store.insert_run(&rerun).unwrap();
+    assert_eq!(again.number, 1);
+    let run = store.run(again.id).unwrap().unwrap();
+    assert_eq!((run.attempt, run.parent_id), (2, Some(first.id)));
+    assert_eq!(store.max_attempt("new", 1).unwrap(), 2);
+    assert_eq!(store.max_attempt("new", 9).unwrap(), 1, "no such run: the first attempt");
+    assert_eq!(number("new").number, 2);
+    assert_eq!(store.count_runs().unwrap(), 6);
+}
+
+fn a_dispatch_id_stores_one_run_even_twice_in_one_batch(store: &dyn Store, _: Kind) {
+    let with = |app: &str, d: &str| NewRun {
+        app: app.into(),
+        trigger: "push".into(),
+        dispatch_id: Some(d.into()),
+        ..NewRun::default()
+    };
+    let first = store.insert_run(&with("web", "d-1")).unwrap();
+    assert!(!first.duplicate);
+    let batch =
+        store.insert_runs(&[with("web", "d-2"), with("web", "d-1"), with("api", "d-3"), with("web", "d-2")]).unwrap();
+    let batch: Vec<Inserted> = batch.into_iter().map(Result::unwrap).collect();
+    assert_eq!(batch[1], Inserted { duplicate: true, ..first });
+    assert!(!batch[0].duplicate && !batch[2].duplicate);
+    assert_eq!(batch[3], Inserted { duplicate: true, ..batch[0] });
+    assert_eq!((batch[0].number, batch[2].number), (2, 1), "a duplicate takes no number");
+    // Another app's run with the same dispatch id is the same delivery: the run stored first.
+    assert_eq!(store.insert_run(&with("api", "d-1")).unwrap(), Inserted { duplicate: true, ..first });
+    assert_eq!(store.count_runs().unwrap(), 3);
+    assert_eq!(store.run(first.id).unwrap().unwrap().dispatch_id.as_deref(), Some("d-1"));
+    assert_eq!(store.insert_run(&with("web", "d-4")).unwrap().number, 3);
+}
+
+fn runs_are_listed_newest_first_filtered_and_paged(store: &dyn Store, _: Kind) {
+    let mut ids = Vec::new();
+    for (app, git_ref, trigger) in [
+        ("web", "refs/heads/main", "push"),
+        ("api", "refs/heads/main", "push"),
+        ("web", "refs/heads/dev", "manual"),
+        ("web", "refs/heads/main", "push"),
+        ("docs", "", "schedule"),
+    ] {
+        let run = NewRun {
+            app: app.into(),
+            trigger: trigger.into(),
+            git_ref: (!git_ref.is_empty()).then(|| git_ref.into()),
+            ..NewRun::default()
+        };
+        ids.push(store.insert_run(&run).unwrap().id);
+    }
+    let list = |f: RunFilter| store.list_runs(&f).unwrap().iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(list(RunFilter::default()), ids.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(list(RunFilter { app: Some("web".into()), ..RunFilter::default() }), [ids[3], ids[2], ids[0]]);
+    assert_eq!(
+        list(RunFilter { apps: Some(vec!["api".into(), "docs".into()]), ..RunFilter::default() }),
+        [ids[4], ids[1]]
+    );
+    assert!(list(RunFilter { apps: Some(Vec::new()), ..RunFilter::default() }).is_empty());
+    assert_eq!(list(RunFilter { limit: Some(2), ..RunFilter::default() }), [ids[4], ids[3]]);
+    assert_eq!(list(RunFilter { before: Some(ids[3]), limit: Some(2), ..RunFilter::default() }), [ids[2], ids[1]]);
+    store.lease(ids[1], "host-1", MINUTE).unwrap().unwrap();
+    assert_eq!(list(RunFilter { status: Some(RunStatus::Running), ..RunFilter::default() }), [ids[1]]);
+
+    let search =
+        |f: RunFilter, more: RunSearch| store.search_runs(&f, &more).unwrap().iter().map(|r| r.id).collect::<Vec<_>>();
+    let main = RunSearch { git_ref: Some("refs/heads/main".into()), ..RunSearch::default() };
+    assert_eq!(search(RunFilter::default(), main.clone()), [ids[3], ids[1], ids[0]]);
+    assert_eq!(search(RunFilter { app: Some("web".into()), ..RunFilter::default() }, main), [ids[3], ids[0]]);
+    assert_eq!(
+        search(RunFilter::default(), RunSearch { trigger: Some("manual".into()), ..RunSearch::default() }),
+        [ids[2]]
+    );
+
+    let latest = store.latest_per_ref("web").unwrap();
+    assert_eq!(latest.iter().map(|r| r.id).collect::<Vec<_>>(), [ids[3], ids[2]]);
+    assert_eq!(store.latest_per_ref("docs").unwrap()[0].git_ref, None);
+    assert!(store.latest_per_ref("nope").unwrap().is_empty());
+}
+
+fn a_run_keeps_what_it_was_given_and_what_is_set_later(store: &dyn Store, _: Kind) {
+    let run = NewRun {
+        app: "web".into(),
+        trigger: "manual".into(),
+        reason: "asked for".into(),
+        git_ref: Some("refs/heads/main".into()),
+        inputs: BTreeMap::from([("level".to_string(), "3".to_string())]),
+        event: serde_json::json!({ "ref": "refs/heads/main", "sha": null, "n": [1, 2] }),
+        body: serde_json::json!({ "hook": "ü ✓ \u{1F680}" }),
+        job: Some("build".into()),
+        requested_by: Some("admin".into()),
+        pipeline: Some(".skiff/pipelines/a.yaml".into()),
+        ..NewRun::default()
+    };
+    let id = store.insert_run(&run).unwrap().id;
+    let got = store.run(id).unwrap().unwrap();
+    assert_eq!((got.app.as_str(), got.number, got.attempt, got.status), ("web", 1, 1, RunStatus::Queued));
+    assert_eq!((got.trigger.as_str(), got.reason.as_str()), ("manual", "asked for"));
+    assert_eq!((got.git_ref, got.sha, got.dispatch_id), (run.git_ref.clone(), None, None));
+    assert_eq!((got.inputs, got.event, got.body), (run.inputs.clone(), run.event.clone(), run.body.clone()));
+    assert_eq!((got.job, got.requested_by, got.pipeline), (run.job.clone(), run.requested_by.clone(), run.pipeline));
+    assert!(!got.prepared && !got.cancel_in_progress && got.concurrency_group.is_none());
+    assert!(got.created_at > 0 && got.started_at.is_none() && got.duration_ms.is_none());
+
+    store.set_sha(id, "abc123").unwrap();
+    store.set_pipeline(id, ".skiff/pipelines/b.yaml").unwrap();
+    let inputs = BTreeMap::from([("level".to_string(), "4".to_string()), ("x".to_string(), "y".to_string())]);
+    store.set_inputs(id, &inputs).unwrap();
+    store.set_prepared(id, Some("deploy-main"), true).unwrap();
+    let got = store.run(id).unwrap().unwrap();
+    assert_eq!(got.sha.as_deref(), Some("abc123"));
+    assert_eq!(got.event, serde_json::json!({ "ref": "refs/heads/main", "sha": "abc123", "n": [1, 2] }));
+    assert_eq!((got.pipeline.as_deref(), got.inputs), (Some(".skiff/pipelines/b.yaml"), inputs));
+    assert_eq!(
+        (got.prepared, got.cancel_in_progress, got.concurrency_group.as_deref()),
+        (true, true, Some("deploy-main"))
+    );
+    assert!(store.run(id + 1000).unwrap().is_none());
+
+    let later = queued(store, "web");
+    store.set_prepared(later, Some("deploy-main"), false).unwrap();
+    let last = queued(store, "web");
+    store.set_prepared(last, Some("deploy-main"), false).unwrap();
+    assert_eq!(store.queued_in_group_before("deploy-main", last).unwrap(), [id, later]);
+    store.lease(id, "host-1", MINUTE).unwrap().unwrap();
+    let leased = store.run(id).unwrap().unwrap();
+    assert!(leased.started_at.is_some() && leased.duration_ms.is_some());
+    assert_eq!(store.queued_in_group_before("deploy-main", last).unwrap(), [later]);
+    assert!(store.queued_in_group_before("other", last).unwrap().is_empty());
+}
+
+fn jobs_and_steps_come_back_in_order_with_their_usage(store: &dyn Store, _: Kind) {
+    let a = queued(store, "web");
+    store.lease(a, "host-1", MINUTE).unwrap().unwrap();
+    store.job_started(a, "build", "build", "Build").unwrap();
+    store.step_started(a, "build", "fetch", "fetch").unwrap();
+    let usage = Usage {
+        wall_ms: Some(10),
+        cpu_ms: Some(4),
+        peak_memory_bytes: Some(1 << 20),
+        egress_bytes: None,
+        log_bytes: 12,
+    };
+    store.step_finished(a, "build", "fetch", "fetch", RunStatus::Success, None, &usage).unwrap();
+    store.step_started(a, "build", "compile", "compile").unwrap();
+    store
+        .step_finished(a, "build", "compile", "compile", RunStatus::Failure, Some("exit 1"), &Usage::default())
+        .unwrap();
+    store.step_finished(a, "build", "upload", "upload", RunStatus::Skipped, None, &Usage::default()).unwrap();
+    let outputs = BTreeMap::from([("version".to_string(), "1.2".to_string())]);
+    store
+        .job_finished(a, "build", "build", "Build", RunStatus::Failure, Some("a step failed"), Some(30), Some(&outputs))
+        .unwrap();
+    // A job skipped without starting sits where it ended.
+    store.job_finished(a, "docs", "docs", "Docs", RunStatus::Skipped, Some("if: false"), None, None).unwrap();
+    store.job_started(a, "deploy", "deploy", "Deploy").unwrap();
+    store.job_environment(a, "deploy", "production", None).unwrap();
+    store.job_environment(a, "deploy", "production", Some("https://example.com")).unwrap();
+    store.job_environment(a, "deploy", "production", None).unwrap();
+
+    let jobs = store.jobs(a).unwrap();
+    assert_eq!(jobs.iter().map(|j| j.key.as_str()).collect::<Vec<_>>(), ["build", "docs", "deploy"]);
+    let build = &jobs[0];
+    assert_eq!((build.job.as_str(), build.name.as_str(), build.status), ("build", "Build", RunStatus::Failure));
+    assert_eq!(
+        (build.reason.as_deref(), build.duration_ms, &build.outputs),
+        (Some("a step failed"), Some(30), &outputs)
+    );
+    assert!(build.started_at.is_some() && build.finished_at.is_some());
+    let steps: Vec<_> = build.steps.iter().map(|s| (s.id.as_str(), s.status, s.error.as_deref())).collect();
+    assert_eq!(
+        steps,
+        [
+            ("fetch", RunStatus::Success, None),
+            ("compile", RunStatus::Failure, Some("exit 1")),
+            ("upload", RunStatus::Skipped, None)
+        ]
+    );
+    let fetch = &build.steps[0];
+    assert_eq!(
+        (
+            fetch.usage.wall_ms,
+            fetch.usage.cpu_ms,
+            fetch.usage.peak_memory_bytes,
+            fetch.usage.egress_bytes,
+            fetch.usage.log_bytes
+        ),
+        (Some(10), Some(4), Some(1 << 20), None, 12)
+    );
+    assert!(fetch.started_at.is_some() && fetch.finished_at.is_some());
+    assert!(build.steps[2].started_at.is_none());
+    let deploy = &jobs[2];
+    assert_eq!((deploy.status, deploy.environment.as_deref()), (RunStatus::Running, Some("production")));
+    assert_eq!(deploy.environment_url.as_deref(), Some("https://example.com"), "kept when no URL is given");
+    assert_eq!(
+        (jobs[1].status, jobs[1].reason.as_deref(), jobs[1].started_at),
+        (RunStatus::Skipped, Some("if: false"), None)
+    );
+
+    // A step started again (a retry) starts afresh, last in its job.
+    store.step_started(a, "build", "fetch", "fetch").unwrap();
+    let build = &store.jobs(a).unwrap()[0];
+    let again: Vec<_> = build.steps.iter().map(|s| (s.id.as_str(), s.status, s.usage.log_bytes)).collect();
+    assert_eq!(
+        again,
+        [("compile", RunStatus::Failure, 0), ("upload", RunStatus::Skipped, 0), ("fetch", RunStatus::Running, 0)]
+    );
+    assert!(store.jobs(a + 1000).unwrap().is_empty());
+}
+
+fn finishing_a_run_closes_it_once_and_cron_times_are_kept(store: &dyn Store, _: Kind) {
+    let a = queued(store, "web");
+    store.lease(a, "host-1", MINUTE).unwrap().unwrap();
+    store.job_started(a, "build", "build", "build").unwrap();
+    store.step_started(a, "build", "compile", "compile").unwrap();
+    store.job_waiting(a, "deploy", "deploy", "deploy", "production", "waiting").unwrap();
+    // Whoever holds it: a cancel from the API.
+    assert!(store.finish_run(a, RunStatus::Cancelled, Some("cancelled by admin")).unwrap());
+    assert!(!store.finish_run(a, RunStatus::Failure, None).unwrap(), "already over");
+    let run = store.run(a).unwrap().unwrap();
+    assert_eq!((run.status, run.error.as_deref()), (RunStatus::Cancelled, Some("cancelled by admin")));
+    assert!(run.finished_at.is_some());
+    let jobs = store.jobs(a).unwrap();
+    assert_eq!(
+        (jobs[0].status, jobs[0].steps[0].status, jobs[1].status),
+        (RunStatus::Cancelled, RunStatus::Cancelled, RunStatus::Cancelled)
+    );
+    assert!(!store.complete(a, "host-1", RunStatus::Success, None).unwrap(), "its lease went with it");
+    let b = queued(store, "web");
+    assert!(store.finish_run(b, RunStatus::Skipped, Some("on: does not take it")).unwrap());
+    assert!(store.lease(b, "host-1", MINUTE).unwrap().is_none());
+
+    assert_eq!(store.cron_last_fired("web", "0 * * * *").unwrap(), None);
+    store.set_cron_last_fired("web", "0 * * * *", 100).unwrap();
+    store.set_cron_last_fired("web", "0 * * * *", 160).unwrap();
+    store.set_cron_last_fired("api", "0 * * * *", 7).unwrap();
+    assert_eq!(store.cron_last_fired("web", "0 * * * *").unwrap(), Some(160));
+    assert_eq!(store.cron_last_fired("api", "0 * * * *").unwrap(), Some(7));
+    assert_eq!(store.cron_last_fired("web", "*/5 * * * *").unwrap(), None);
+}
+
+#[test]
+fn a_store_setting_never_shows_its_password() {
+    let url = "postgres://skiff:hunter2-secret@127.0.0.1:1/runs";
+    let location = crate::config::StoreLocation::open(url, None).unwrap();
+    let shown = format!("{location:?}");
+    assert!(shown.contains("skiff@127.0.0.1:1/runs") && !shown.contains("hunter2"), "{shown}");
+    // Nothing listens on port 1: the error names the database, not the password.
+    let err = format!("{:#}", PostgresStore::connect(url).unwrap_err());
+    assert!(err.contains("postgres://skiff@127.0.0.1:1/runs") && !err.contains("hunter2"), "{err}");
+    assert!(crate::config::StoreLocation::open("mysql://x", None).is_err());
+    assert_eq!(crate::config::StoreLocation::open("sqlite", None).unwrap(), crate::config::StoreLocation::Sqlite);
+    let tls = PostgresStore::connect("postgres://skiff@127.0.0.1:1/runs?sslmode=require").unwrap_err();
+    assert!(tls.to_string().contains("TLS"), "{tls}");
+}
+
+/// What only a store that several hosts share must stand, on PostgreSQL: two stores are two
+/// hosts, each with its own connections.
+mod shared {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::{Barrier, Mutex};
+    use std::time::Duration;
+
+    use super::{MINUTE, pg, queued};
+    use crate::queue::RunQueue as _;
+    use crate::store::{NewRun, PostgresStore, RunFilter, RunStatus, RunStore as _};
+
+    const RUNS: usize = 300;
+
+    #[test]
+    fn two_hosts_racing_for_the_same_runs_lease_each_exactly_once() {
+        let Some(db) = pg::database() else { return };
+        let hosts = [db.store(), db.store()];
+        let batch: Vec<NewRun> = (0..RUNS)
+            .map(|i| NewRun { app: format!("app-{}", i % 3), trigger: "push".into(), ..NewRun::default() })
+            .collect();
+        for r in hosts[0].insert_runs(&batch).unwrap() {
+            r.unwrap();
+        }
+        let taken: Mutex<Vec<(i64, String)>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for (i, host) in hosts.iter().enumerate() {
+                for worker in 0..2 {
+                    let taken = &taken;
+                    s.spawn(move || {
+                        let owner = format!("host-{i}");
+                        loop {
+                            let available = host.available(32).unwrap();
+                            if available.is_empty() {
+                                return;
+                            }
+                            // The two workers of a host walk the list from either end.
+                            let order: Vec<_> =
+                                if worker == 0 { available } else { available.into_iter().rev().collect() };
+                            for run in order {
+                                if let Some(lease) = host.lease(run.id, &owner, MINUTE).unwrap() {
+                                    assert!(!lease.taken_over);
+                                    taken.lock().unwrap().push((run.id, owner.clone()));
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        let taken = taken.into_inner().unwrap();
+        let ids: BTreeSet<i64> = taken.iter().map(|(id, _)| *id).collect();
+        assert_eq!((taken.len(), ids.len()), (RUNS, RUNS), "every run leased, none twice");
+        let per_host: BTreeSet<&str> = taken.iter().map(|(_, o)| o.as_str()).collect();
+        assert_eq!(per_host.len(), 2, "both hosts took runs");
+        for (id, owner) in &taken {
+            assert!(hosts[0].extend(*id, owner, MINUTE).unwrap(), "run {id} is held by {owner}");
+            let other = if owner == "host-0" { "host-1" } else { "host-0" };
+            assert!(!hosts[1].extend(*id, other, MINUTE).unwrap());
+        }
+        assert!(hosts[1].available(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_lapsed_lease_goes_to_the_other_host_and_the_first_cannot_complete() {
+        let Some(db) = pg::database() else { return };
+        let (one, two) = (db.store(), db.store());
+        let a = queued(&one, "web");
+        one.lease(a, "host-1", Duration::from_millis(300)).unwrap().unwrap();
+        assert!(two.lease(a, "host-2", MINUTE).unwrap().is_none(), "held");
+        assert!(two.available(10).unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(two.available(10).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [a]);
+        let lease = two.lease(a, "host-2", MINUTE).unwrap().unwrap();
+        assert!(lease.taken_over);
+        assert!(!one.extend(a, "host-1", MINUTE).unwrap());
+        assert!(!one.complete(a, "host-1", RunStatus::Success, None).unwrap(), "the first host lost it");
+        assert_eq!(two.run(a).unwrap().unwrap().status, RunStatus::Running);
+        assert!(two.complete(a, "host-2", RunStatus::Success, None).unwrap());
+        assert_eq!(one.run(a).unwrap().unwrap().status, RunStatus::Success);
+    }
+
+    #[test]
+    fn accepts_on_two_hosts_at_once_number_each_app_without_gaps_or_repeats() {
+        let Some(db) = pg::database() else { return };
+        let hosts = [db.store(), db.store()];
+        let start = Barrier::new(4);
+        std::thread::scope(|s| {
+            for host in &hosts {
+                for worker in 0..2 {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        for i in 0..40 {
+                            let run =
+                                |app: &str| NewRun { app: app.into(), trigger: "push".into(), ..NewRun::default() };
+                            if (i + worker) % 4 == 0 {
+                                // A group commit of several apps, in either order.
+                                let batch =
+                                    if worker == 0 { [run("web"), run("api")] } else { [run("api"), run("web")] };
+                                for r in host.insert_runs(&batch).unwrap() {
+                                    r.unwrap();
+                                }
+                            } else {
+                                host.insert_run(&run(if i % 2 == 0 { "web" } else { "api" })).unwrap();
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        let runs = hosts[0].list_runs(&RunFilter { limit: Some(500), ..RunFilter::default() }).unwrap();
+        let mut numbers: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for r in &runs {
+            numbers.entry(r.app.clone()).or_default().push(r.number);
+        }
+        let total: usize = numbers.values().map(Vec::len).sum();
+        assert_eq!(total, runs.len());
+        for (app, mut n) in numbers {
+            n.sort();
+            assert_eq!(n, (1..=n.len() as i64).collect::<Vec<_>>(), "{app}: unique and without gaps");
+        }
+    }
+
+    #[test]
+    fn the_same_dispatch_on_two_hosts_at_once_stores_one_run() {
+        let Some(db) = pg::database() else { return };
+        let hosts = [db.store(), db.store()];
+        const IDS: usize = 40;
+        let start = Barrier::new(4);
+        let got: Mutex<Vec<(String, crate::store::Inserted)>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for host in &hosts {
+                for _ in 0..2 {
+                    let (start, got) = (&start, &got);
+                    s.spawn(move || {
+                        start.wait();
+                        for i in 0..IDS {
+                            let d = format!("delivery-{i}");
+                            let run = NewRun {
+                                app: "web".into(),
+                                trigger: "push".into(),
+                                dispatch_id: Some(d.clone()),
+                                ..NewRun::default()
+                            };
+                            let inserted = host.insert_run(&run).unwrap();
+                            got.lock().unwrap().push((d, inserted));
+                        }
+                    });
+                }
+            }
+        });
+        let got = got.into_inner().unwrap();
+        let mut by_id: BTreeMap<String, Vec<crate::store::Inserted>> = BTreeMap::new();
+        for (d, i) in got {
+            by_id.entry(d).or_default().push(i);
+        }
+        for (d, all) in &by_id {
+            assert_eq!(all.len(), 4);
+            assert_eq!(all.iter().filter(|i| !i.duplicate).count(), 1, "{d}: stored once");
+            assert!(all.iter().all(|i| (i.id, i.number) == (all[0].id, all[0].number)), "{d}: {all:?}");
+        }
+        assert_eq!(hosts[1].count_runs().unwrap(), IDS as i64);
+        let mut numbers: Vec<i64> = by_id.values().map(|all| all[0].number).collect();
+        numbers.sort();
+        assert_eq!(numbers, (1..=IDS as i64).collect::<Vec<_>>(), "a lost race takes no number");
+    }
+
+    #[test]
+    fn hosts_starting_together_migrate_once_and_numbers_continue_from_stored_runs() {
+        let Some(db) = pg::database() else { return };
+        // A database left at version 6, with runs: the counter starts after the highest.
+        {
+            let mut c = db.client();
+            c.batch_execute("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+                .unwrap();
+            for (i, sql) in crate::store::POSTGRES_MIGRATIONS[..6].iter().enumerate() {
+                c.batch_execute(sql).unwrap();
+                c.execute("INSERT INTO schema_migrations VALUES ($1, 0)", &[&(i as i64 + 1)]).unwrap();
+            }
+            c.batch_execute(
+                "INSERT INTO runs (app, number, status, trigger, created_at) VALUES
+                    ('web', 1, 'success', 'push', 1), ('web', 41, 'success', 'push', 1), ('api', 7, 'success', 'push', 1)",
+            )
+            .unwrap();
+        }
+        let stores: Vec<PostgresStore> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3).map(|_| s.spawn(|| db.store())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(stores[0].schema_version().unwrap(), crate::store::POSTGRES_MIGRATIONS.len() as i64);
+        let applied: i64 = db.client().query_one("SELECT COUNT(*) FROM schema_migrations", &[]).unwrap().get(0);
+        assert_eq!(applied, crate::store::POSTGRES_MIGRATIONS.len() as i64, "each migration once");
+        let number = |app: &str| {
+            stores[1]
+                .insert_run(&NewRun { app: app.into(), trigger: "push".into(), ..NewRun::default() })
+                .unwrap()
+                .number
+        };
+        assert_eq!((number("web"), number("web"), number("api"), number("new")), (42, 43, 8, 1));
+        // A database from a newer skiff is refused.
+        db.client().execute("INSERT INTO schema_migrations VALUES (1000, 0)", &[]).unwrap();
+        let err = format!("{:#}", PostgresStore::connect(&db.url).unwrap_err());
+        assert!(err.contains("newer than this skiff knows"), "{err}");
+    }
+
+    /// The server calls the store from its tokio tasks: neither kind of runtime may break.
+    #[test]
+    fn the_store_answers_inside_either_kind_of_tokio_runtime() {
+        let Some(db) = pg::database() else { return };
+        let store = std::sync::Arc::new(db.store());
+        for rt in [
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
+        ] {
+            let s = store.clone();
+            let id = rt.block_on(async move {
+                let id = tokio::spawn(async move { queued(s.as_ref(), "web") }).await.unwrap();
+                tokio::task::yield_now().await;
+                id
+            });
+            assert_eq!(store.run(id).unwrap().unwrap().status, RunStatus::Queued);
+        }
+    }
+}
+
+/// A throwaway PostgreSQL cluster, one per test process, started on first use: Debian's
+/// `initdb` and `pg_ctl` (`/usr/lib/postgresql/*/bin`, or `SKIFF_PG_BIN`, or `PATH`), a temp
+/// folder, a free port on 127.0.0.1 with its socket in the folder, trust authentication, no
+/// fsync. As root, the cluster runs as the `postgres` user (else `nobody`), since `initdb`
+/// refuses root. A watcher process stops it (`pg_ctl stop -m immediate`) and removes the
+/// folder when the test process ends. Each test gets a database of its own.
+pub(super) mod pg {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    use crate::store::PostgresStore;
+
+    struct Cluster {
+        port: u16,
+    }
+
+    /// A database of its own in the cluster.
+    pub struct Database {
+        pub url: String,
+        port: u16,
+        name: String,
+    }
+
+    impl Database {
+        /// A store (a host) on it: connected and migrated.
+        pub fn store(&self) -> PostgresStore {
+            PostgresStore::connect(&self.url).unwrap()
+        }
+
+        /// A plain connection to it.
+        pub fn client(&self) -> postgres::Client {
+            connect(self.port, &self.name)
+        }
+    }
+
+    fn connect(port: u16, db: &str) -> postgres::Client {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname(db)
+            .connect(postgres::NoTls)
+            .unwrap()
+    }
+
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+    /// A new database, or `None` (after a loud `SKIPPED:`) when PostgreSQL is not installed
+    /// and `CI` is not `true`.
+    pub fn database() -> Option<Database> {
+        let cluster = match CLUSTER.get_or_init(start) {
+            Ok(c) => c,
+            Err(why) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("the PostgreSQL store tests cannot run under CI=true: {why}");
+                }
+                // Past the test harness's capture of `eprintln!`, so that `cargo test` shows it.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: a PostgreSQL store test did not run: {why}; `scripts/setup.sh` installs it"
+                );
+                return None;
+            }
+        };
+        static N: AtomicU64 = AtomicU64::new(0);
+        static CREATE: Mutex<()> = Mutex::new(());
+        let name = format!("t_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        {
+            let _one_at_a_time = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+            connect(cluster.port, "postgres").batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        }
+        Some(Database {
+            url: format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
+            port: cluster.port,
+            name,
+        })
+    }
+
+    /// The folder of `initdb` and `pg_ctl`, the newest version installed.
+    fn bin_dir() -> Option<PathBuf> {
+        // Set, it is the only place looked at (`SKIFF_PG_BIN=/nowhere` shows the skip).
+        if let Some(dir) = std::env::var_os("SKIFF_PG_BIN") {
+            let dir = PathBuf::from(dir);
+            return dir.join("initdb").is_file().then_some(dir);
+        }
+        let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+            .filter(|(_, bin)| bin.join("initdb").is_file())
+            .collect();
+        debian.sort();
+        if let Some((_, bin)) = debian.pop() {
+            return Some(bin);
+        }
+        std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file()))
+    }
+
+    fn output(cmd: &mut Command) -> Result<String, String> {
+        let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?}: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    fn start() -> Result<Cluster, String> {
+        let Some(bin) = bin_dir() else {
+            return Err(
+                "PostgreSQL's `initdb` was not found (in /usr/lib/postgresql/*/bin, SKIFF_PG_BIN or PATH)".into()
+            );
+        };
+        // Found but not working is a failure, never a skip.
+        Ok(launch(&bin).unwrap_or_else(|e| panic!("starting a PostgreSQL cluster with {}: {e}", bin.display())))
+    }
+
+    fn launch(bin: &Path) -> Result<Cluster, String> {
+        let root = tempfile::Builder::new().prefix("skiff-pg-").tempdir().map_err(|e| e.to_string())?.keep();
+        let data = root.join("data");
+        // As root, as a user initdb accepts, who owns the folder.
+        let user = if output(Command::new("id").arg("-u"))? == "0" {
+            let user = if output(Command::new("id").args(["-u", "postgres"])).is_ok() { "postgres" } else { "nobody" };
+            output(Command::new("chown").arg(user).arg(&root))?;
+            Some(user)
+        } else {
+            None
+        };
+        let as_user = |program: &Path| {
+            let mut cmd = match user {
+                Some(u) => {
+                    let mut c = Command::new("runuser");
+                    c.args(["-u", u, "--"]).arg(program);
+                    c
+                }
+                None => Command::new(program),
+            };
+            cmd.current_dir(&root);
+            cmd
+        };
+        output(as_user(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]))?;
+        let pg_ctl = bin.join("pg_ctl");
+        // Another process may take the port between asking and binding: try a few.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let options = format!(
+                "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+                root.display()
+            );
+            let started = output(
+                as_user(&pg_ctl)
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(root.join("log"))
+                    .args(["-w", "-t", "60", "-o", &options, "start"])
+                    .stdout(Stdio::null()),
+            );
+            match started {
+                Ok(_) => {
+                    watch(user, &pg_ctl, &data, &root);
+                    return Ok(Cluster { port });
+                }
+                Err(e) => last = format!("{e}\n{}", std::fs::read_to_string(root.join("log")).unwrap_or_default()),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        Err(last)
+    }
+
+    /// A process of its own session that outlives this one, then stops the cluster and
+    /// removes its folder.
+    fn watch(user: Option<&str>, pg_ctl: &Path, data: &Path, root: &Path) {
+        let run_as = user.map(|u| format!("runuser -u {u} -- ")).unwrap_or_default();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {run_as}'{pg_ctl}' -D '{data}' stop -m immediate; rm -rf '{root}'",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = data.display(),
+            root = root.display(),
+        );
+        Command::new("setsid")
+            .args(["-f", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut c| c.wait())
+            .expect("starting the PostgreSQL cluster's watcher (setsid)");
+    }
+}

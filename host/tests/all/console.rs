@@ -5,6 +5,7 @@
 //!
 //! Screenshots of the main pages go to `target/console-screenshots/`.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -140,30 +141,37 @@ fn executor() -> Scripted {
         .step("evil", "log <script>alert(1)</script>\nlog \u{1b}]0;pwned\u{7}after the title\nlog 50%\r100% done\nlog \u{1b}[31mred\u{1b}[0m plain")
 }
 
-/// chromedriver on a free port of 127.0.0.1, killed on drop.
+/// chromedriver on a free port of 127.0.0.1, in a process group of its own with its own temp
+/// dir: on drop the group (chromedriver and every Chromium process it started) is killed and the
+/// browser's profiles go with the dir.
 struct Driver {
     child: Child,
     url: String,
+    _tmp: tempfile::TempDir,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
 
 async fn driver() -> Driver {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tmp = tempfile::tempdir().unwrap();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
         .arg("--allowed-ips=127.0.0.1")
+        .env("TMPDIR", tmp.path())
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("starting chromedriver");
     // Owned by the guard at once: killed and waited for on every path, a panic's included.
-    let d = Driver { child, url: format!("http://127.0.0.1:{port}") };
+    let d = Driver { child, url: format!("http://127.0.0.1:{port}"), _tmp: tmp };
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return d;

@@ -111,7 +111,7 @@ impl LocalExecutor {
             let names: Vec<_> = builtin::names().collect();
             return Err(format!("there is no built-in step `{name}`; built-in steps are: {}", names.join(", ")));
         };
-        let step = self.runtime.load(bytes).await.map_err(|e| format!("{e:#}"))?;
+        let step = self.runtime.load_static(bytes).await.map_err(|e| format!("{e:#}"))?;
         self.builtins.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), step.clone());
         Ok(step)
     }
@@ -140,12 +140,11 @@ impl LocalExecutor {
                 Ok(s) => s,
                 Err(e) => return fail(format!("{reference}: {e}")),
             },
-            StepRef::Path(p) => match std::fs::read(p) {
-                Ok(bytes) => match self.runtime.load(&bytes).await {
-                    Ok(s) => s,
-                    Err(e) => return fail(format!("{e:#}")),
-                },
-                Err(e) => return fail(format!("cannot read step component {}: {e}", p.display())),
+            // Read and hashed again only when the file changed: never stale, and no sha256 of
+            // the whole component per step.
+            StepRef::Path(p) => match self.runtime.load_file(p).await {
+                Ok(s) => s,
+                Err(e) => return fail(format!("{e:#}")),
             },
             StepRef::Builtin(name) => match self.builtin(name).await {
                 Ok(s) => s,

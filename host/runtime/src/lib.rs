@@ -34,7 +34,7 @@ pub mod test_guests {
 }
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ use wasmtime_wasi_http::WasiHttpCtx;
 
 use self::artifact_store::ArtifactStore;
 use self::bindings::StepPre;
-use self::cache::{DiskCache, Source};
+use self::cache::{DiskCache, FileStamp, Lru, Source};
 pub use self::engine::EngineOptions;
 use self::limits::{Bytes, Limits, MemoryLimiter, Secs};
 use self::state::StepState;
@@ -187,7 +187,15 @@ pub enum LoadError {
     /// Its `describe` failed or did not return.
     #[error("{0}")]
     Describe(String),
+    /// The component file cannot be read.
+    #[error("cannot read step component {0}")]
+    Read(String),
 }
+
+/// How many compiled components a runtime keeps in memory by default (each with its
+/// `InstancePre`, a few MiB of code at most); past it the least recently used is dropped and
+/// reloaded from the on-disk cache when it runs again.
+pub const MEMORY_CAP: usize = 64;
 
 /// The shared runtime: one engine, one linker, compiled components cached.
 pub struct Runtime {
@@ -196,7 +204,20 @@ pub struct Runtime {
     options: EngineOptions,
     disk: DiskCache,
     components: component_store::ComponentStore,
-    loaded: Mutex<HashMap<[u8; 32], Arc<LoadedStep>>>,
+    /// Loaded components by digest: a step that ran before starts with a map lookup.
+    loaded: Mutex<Lru<[u8; 32], Arc<LoadedStep>>>,
+    /// The digest of each component file read, by path, with the stamp it had then: a file
+    /// left alone is not read and hashed again for every step.
+    files: Mutex<Lru<PathBuf, FileDigest>>,
+    /// The digest of bytes compiled into the binary, by address and length: they never change.
+    statics: Mutex<HashMap<(usize, usize), [u8; 32]>>,
+}
+
+#[derive(Debug, Clone)]
+struct FileDigest {
+    stamp: FileStamp,
+    hashed_at: std::time::SystemTime,
+    digest: [u8; 32],
 }
 
 /// wasmtime's error as an anyhow error for callers.
@@ -221,7 +242,26 @@ impl Runtime {
         let dir = cache_dir.unwrap_or_else(cache::default_dir);
         let components = component_store::ComponentStore::new(dir.join("components"));
         let disk = DiskCache::new(&engine, dir);
-        Ok(Self { engine, linker, options, disk, components, loaded: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            engine,
+            linker,
+            options,
+            disk,
+            components,
+            loaded: Mutex::new(Lru::new(MEMORY_CAP)),
+            files: Mutex::new(Lru::new(MEMORY_CAP * 4)),
+            statics: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Keeps at most `cap` compiled components in memory (default [`MEMORY_CAP`]).
+    pub fn with_memory_cap(self, cap: usize) -> Self {
+        Self { loaded: Mutex::new(Lru::new(cap)), files: Mutex::new(Lru::new(cap.saturating_mul(4))), ..self }
+    }
+
+    /// How many compiled components are held in memory now.
+    pub fn loaded_in_memory(&self) -> usize {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -244,8 +284,50 @@ impl Runtime {
     /// Compiles (or loads from cache) a component and reads its manifest.
     pub async fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedStep>, LoadError> {
         let digest = cache::sha256(bytes);
+        if let Some(step) = self.in_memory(&digest) {
+            return Ok(step);
+        }
         let bytes = bytes.to_vec();
         self.load_known(digest, move || Ok(bytes)).await
+    }
+
+    /// [`Runtime::load`] for bytes compiled into the binary (the built-in steps): hashed once
+    /// per runtime, and copied only if they must be compiled.
+    pub async fn load_static(&self, bytes: &'static [u8]) -> Result<Arc<LoadedStep>, LoadError> {
+        let key = (bytes.as_ptr() as usize, bytes.len());
+        let known = self.statics.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+        let digest = known.unwrap_or_else(|| {
+            let d = cache::sha256(bytes);
+            self.statics.lock().unwrap_or_else(|e| e.into_inner()).insert(key, d);
+            d
+        });
+        self.load_known(digest, move || Ok(bytes.to_vec())).await
+    }
+
+    /// The component in file `path`: read and hashed again only when the file changed (its size,
+    /// times or inode), or when it had been written less than [`FileStamp::SETTLED`] before it
+    /// was last hashed; otherwise the step it was is found by digest in memory.
+    pub async fn load_file(&self, path: &Path) -> Result<Arc<LoadedStep>, LoadError> {
+        let read_err = |e: std::io::Error| LoadError::Read(format!("{}: {e}", path.display()));
+        let stamp = FileStamp::of(&std::fs::metadata(path).map_err(read_err)?);
+        let key = path.to_path_buf();
+        let known = self.files.lock().unwrap_or_else(|e| e.into_inner()).get(&key);
+        if let Some(f) = known
+            && f.stamp == stamp
+            && f.stamp.settled_at(f.hashed_at)
+            && let Some(step) = self.in_memory(&f.digest)
+        {
+            return Ok(step);
+        }
+        let hashed_at = std::time::SystemTime::now();
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        let digest = cache::sha256(&bytes);
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(key, FileDigest { stamp, hashed_at, digest });
+        self.load_known(digest, move || Ok(bytes)).await
+    }
+
+    fn in_memory(&self, digest: &[u8; 32]) -> Option<Arc<LoadedStep>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(digest)
     }
 
     /// The shared component with this digest, from memory, the compiled cache, or the component
@@ -262,8 +344,8 @@ impl Runtime {
         digest: [u8; 32],
         bytes: impl FnOnce() -> Result<Vec<u8>, LoadError> + Send + 'static,
     ) -> Result<Arc<LoadedStep>, LoadError> {
-        if let Some(step) = self.loaded.lock().expect("cache poisoned").get(&digest) {
-            return Ok(step.clone());
+        if let Some(step) = self.in_memory(&digest) {
+            return Ok(step);
         }
         let (component, source) = {
             let engine = self.engine.clone();
@@ -276,7 +358,7 @@ impl Runtime {
         let pre = StepPre::new(pre).map_err(|e| LoadError::NotAStep(format!("{e:?}")))?;
         let manifest = self.describe(&pre).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
         let step = Arc::new(LoadedStep { digest, source, manifest, pre });
-        self.loaded.lock().expect("cache poisoned").insert(digest, step.clone());
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, step.clone());
         Ok(step)
     }
 
@@ -496,4 +578,111 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bytes` grown to `len` with a custom section, which changes nothing the component does.
+    fn padded(bytes: &[u8], len: usize) -> Vec<u8> {
+        fn leb(mut n: usize, out: &mut Vec<u8>) {
+            loop {
+                let b = (n & 0x7f) as u8;
+                n >>= 7;
+                out.push(if n == 0 { b } else { b | 0x80 });
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        let mut out = bytes.to_vec();
+        // Section id 0, a 5-byte size, a 1-byte name "p", then zeros.
+        let payload = len - bytes.len() - 1 - 5;
+        out.push(0);
+        let mut size = Vec::new();
+        leb(payload, &mut size);
+        while size.len() < 5 {
+            // A non-minimal LEB128 of the same value, so the header is always 5 bytes.
+            let last = size.len() - 1;
+            size[last] |= 0x80;
+            size.push(0);
+        }
+        out.extend(size);
+        out.extend([1, b'p']);
+        out.resize(len, 0);
+        out
+    }
+
+    fn runtime() -> Runtime {
+        // The compiled artifacts outlive the test: a debug build compiles slowly.
+        let cache = std::env::temp_dir().join("skiff-runtime-unit-cache");
+        Runtime::new(EngineOptions { pool_size: 4, ..Default::default() }, Some(cache)).unwrap()
+    }
+
+    fn hostile() -> Vec<u8> {
+        std::fs::read(test_guests::HOSTILE).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_component_file_never_runs_stale_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let (diag, hostile) = (builtin::get("diag").unwrap(), hostile());
+        let len = diag.len().max(hostile.len()) + 64;
+        let (a, b) = (padded(diag, len), padded(&hostile, len));
+        let f = dir.path().join("step.wasm");
+        std::fs::write(&f, &a).unwrap();
+        let first = rt.load_file(&f).await.unwrap();
+        assert_eq!(first.manifest.name, "diag");
+        assert!(Arc::ptr_eq(&first, &rt.load_file(&f).await.unwrap()), "the second use is a lookup");
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+
+        // Same length, same modification time: only the contents (and ctime) differ.
+        std::fs::write(&f, &b).unwrap();
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+        let second = rt.load_file(&f).await.unwrap();
+        assert_ne!(second.manifest.name, "diag", "the new contents run");
+        assert_eq!(second.digest, cache::sha256(&b));
+
+        // Replaced by another file (a new inode), back to the first contents.
+        let tmp = dir.path().join("new.wasm");
+        std::fs::write(&tmp, &a).unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
+        assert_eq!(rt.load_file(&f).await.unwrap().manifest.name, "diag");
+
+        // A file that settled is trusted by its stamp; once rewritten it is read again.
+        let settled = dir.path().join("settled.wasm");
+        std::fs::write(&settled, &b).unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&settled).unwrap().set_modified(old).unwrap();
+        rt.load_file(&settled).await.unwrap();
+        std::fs::write(&settled, &a).unwrap();
+        assert_eq!(rt.load_file(&settled).await.unwrap().manifest.name, "diag");
+        std::fs::remove_file(&settled).unwrap();
+        let gone = rt.load_file(&settled).await.unwrap_err().to_string();
+        assert!(gone.contains("cannot read step component"), "{gone}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn components_in_memory_stay_under_the_cap() {
+        let rt = runtime().with_memory_cap(2);
+        let diag = builtin::get("diag").unwrap();
+        let hostile = hostile();
+        let len = diag.len().max(hostile.len()) + 64;
+        // Four distinct components (distinct digests), two programs.
+        let steps = [padded(diag, len), padded(&hostile, len), padded(diag, len + 1), padded(&hostile, len + 1)];
+        for (i, bytes) in steps.iter().enumerate() {
+            rt.load(bytes).await.unwrap();
+            assert!(rt.loaded_in_memory() <= 2, "after {} loads: {}", i + 1, rt.loaded_in_memory());
+        }
+        assert_eq!(rt.loaded_in_memory(), 2);
+        // The dropped one still loads (from the on-disk cache), and the built-ins by address.
+        let again = rt.load(&steps[0]).await.unwrap();
+        assert_eq!(again.source, Source::Disk);
+        assert_eq!(again.manifest.name, "diag");
+        let a = rt.load_static(diag).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &rt.load_static(diag).await.unwrap()));
+        assert_eq!(rt.loaded_in_memory(), 2);
+    }
 }

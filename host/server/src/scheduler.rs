@@ -730,6 +730,20 @@ impl Scheduler {
         sha: &str,
         ws: &Path,
     ) -> Result<(Plan, Option<(String, Vec<String>)>), String> {
+        let (plan, several) = self.read_commit_plan(app, run, sha, ws).await?;
+        confine_components(&plan, ws)?;
+        Ok((plan, several))
+    }
+
+    /// [`Self::commit_plans`] without the check that its components are inside the checkout
+    /// (which needs the checkout): what a view of the run may show.
+    async fn read_commit_plan(
+        &self,
+        app: &AppConfig,
+        run: &Run,
+        sha: &str,
+        ws: &Path,
+    ) -> Result<(Plan, Option<(String, Vec<String>)>), String> {
         let repo = app.repo.as_ref().ok_or("the app fetches no repository")?;
         let src = repo.source(&run.event)?;
         let named = match &app.pipeline {
@@ -737,7 +751,6 @@ impl Scheduler {
             PipelineSource::Inline(y) => {
                 let plan = load_str(y, &format!("{} (pipeline-yaml)", app.name()), ws)
                     .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
-                confine_components(&plan, ws)?;
                 return Ok((plan, None));
             }
             PipelineSource::Path(p) => Some(p.clone()),
@@ -748,8 +761,26 @@ impl Scheduler {
         let dir = ws.join(Path::new(&path).parent().unwrap_or(Path::new("")));
         let plan = load_str(&text, &format!("{path} (commit {short})"), &dir)
             .map_err(|d| format!("the pipeline of app `{}` is invalid:\n{d}", app.name()))?;
-        confine_components(&plan, ws)?;
         Ok((plan, several))
+    }
+
+    /// The plan a repository-driven run runs (or ran), for views such as the console's run page:
+    /// the one it holds while it runs, else its pipeline read again at its commit from the
+    /// repository cache. Nothing is fetched: `None` when the commit is not (or no longer) there.
+    pub(crate) async fn commit_plan_of(&self, run: &Run) -> Option<Plan> {
+        let sha = run.sha.as_deref().filter(|s| s.len() >= 40)?;
+        if let Some((at, plan)) = self.checked_out().get(&run.id)
+            && at == sha
+        {
+            return Some(plan.clone());
+        }
+        let app = self.config.apps.get(&run.app)?;
+        let repo = app.repo.as_ref()?;
+        let src = repo.source(&run.event).ok()?;
+        if !self.repos.has_commit(&src, sha).await {
+            return None;
+        }
+        self.read_commit_plan(app, run, sha, &self.workspace_dir(run.id)).await.ok().map(|(plan, _)| plan)
     }
 
     /// A commit's pipeline file: `named`, else the first of [`DEFAULT_PIPELINES`]; its path and

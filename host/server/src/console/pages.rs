@@ -405,7 +405,11 @@ pub(super) async fn run_page(State(s): State<Arc<Shared>>, viewer: Viewer, Path(
     let run = visible_run(&s, &viewer.scope, id)?;
     let jobs = s.store.jobs(id)?;
     let app = s.config.apps.get(&run.app).cloned();
-    let plan = app.as_deref().and_then(plan_of);
+    let plan = match app.as_deref().and_then(plan_of) {
+        Some(p) => Some(p),
+        // A run of a repository-driven app: its pipeline at its commit, from the repository cache.
+        None => s.scheduler.commit_plan_of(&run).await,
+    };
     let cols = columns(plan.as_ref(), &jobs);
     let store = s.artifacts.clone();
     let artifacts = tokio::task::spawn_blocking(move || store.list(&id.to_string()))

@@ -414,6 +414,12 @@ impl RepoCache {
     }
 
     /// A file of the commit, if it is there as a regular file (a symlink is not followed).
+    /// Whether the cache holds commit `sha` of `src` already (nothing is fetched).
+    pub async fn has_commit(&self, src: &Source, sha: &str) -> bool {
+        let dir = self.dir(&src.remote);
+        dir.exists() && has_commit(&dir, sha).await
+    }
+
     pub async fn read_file(&self, src: &Source, sha: &str, path: &str) -> Result<Option<String>, String> {
         let dir = self.dir(&src.remote);
         let listed = git_local(&dir, &["ls-tree", "-z", sha, "--", path]).await?;

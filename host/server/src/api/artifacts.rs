@@ -71,7 +71,7 @@ pub(crate) async fn download_artifact(
 
 /// A blocking reader as a stream of chunks, read on a blocking thread so a large artifact
 /// neither sits in memory nor stalls the server's threads.
-fn read_in_chunks(
+pub(crate) fn read_in_chunks(
     mut reader: Box<dyn std::io::Read + Send>,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);

@@ -134,16 +134,37 @@ pub(crate) fn log_event(r: &LogRecord) -> SseEvent {
 }
 
 /// Feeds one follower: stored lines first, then live ones, without gaps or repeats.
-async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::Sender<SseEvent>) {
+async fn follow(s: Arc<Shared>, id: i64, last: u64, tx: tokio::sync::mpsc::Sender<SseEvent>) {
+    let step = |e: &LiveEvent| SseEvent::default().event("step").data(serde_json::to_string(e).unwrap_or_default());
+    follow_run(s, id, last, tx, Some(&|r: &LogRecord| Some(log_event(r))), &step).await;
+}
+
+/// How a follower shows a log line (`None`: not this follower's), and a step's change.
+pub(crate) type ShowLine<'a> = &'a (dyn Fn(&LogRecord) -> Option<SseEvent> + Sync);
+pub(crate) type ShowStep<'a> = &'a (dyn Fn(&LiveEvent) -> SseEvent + Sync);
+
+/// A run's events for one follower (the API's log stream, the console's): stored lines after
+/// `last` first, then live ones, without gaps or repeats; step changes; `end` with the run's
+/// status once it is over. `lines: None` follows steps only (no log is read). Ends as soon as
+/// the follower leaves, even while nothing happens (a run waiting days for an approval).
+pub(crate) async fn follow_run(
+    s: Arc<Shared>,
+    id: i64,
+    mut last: u64,
+    tx: tokio::sync::mpsc::Sender<SseEvent>,
+    lines: Option<ShowLine<'_>>,
+    step: ShowStep<'_>,
+) {
     use tokio::sync::broadcast::error::RecvError;
     // Subscribe before reading what is stored, so nothing falls between the two.
     let mut rx = s.hub.subscribe(id);
     let catch_up = |last: &mut u64| -> Vec<SseEvent> {
-        let lines = s.logs.read(id, *last).unwrap_or_default();
-        if let Some(l) = lines.last() {
+        let Some(show) = lines else { return Vec::new() };
+        let stored = s.logs.read(id, *last).unwrap_or_default();
+        if let Some(l) = stored.last() {
             *last = l.seq;
         }
-        lines.iter().map(log_event).collect()
+        stored.iter().filter_map(show).collect()
     };
     for e in catch_up(&mut last) {
         if tx.send(e).await.is_err() {
@@ -162,15 +183,20 @@ async fn follow(s: Arc<Shared>, id: i64, mut last: u64, tx: tokio::sync::mpsc::S
         return;
     }
     loop {
-        let e = match rx.recv().await {
+        let got = tokio::select! {
+            got = rx.recv() => got,
+            () = tx.closed() => return,
+        };
+        let e = match got {
             Ok(LiveEvent::Log(r)) if r.seq <= last => continue,
             Ok(LiveEvent::Log(r)) => {
                 last = r.seq;
-                log_event(&r)
+                match lines.and_then(|show| show(&r)) {
+                    Some(e) => e,
+                    None => continue,
+                }
             }
-            Ok(e @ LiveEvent::Step { .. }) => {
-                SseEvent::default().event("step").data(serde_json::to_string(&e).unwrap_or_default())
-            }
+            Ok(e @ LiveEvent::Step { .. }) => step(&e),
             Ok(LiveEvent::End { status }) => {
                 for e in catch_up(&mut last) {
                     let _ = tx.send(e).await;

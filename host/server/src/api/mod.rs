@@ -5,10 +5,10 @@
 //! bodies about runs, made from the store's rows; `errors` is the error type every route
 //! answers with.
 
-mod artifacts;
+pub(crate) mod artifacts;
 mod errors;
 mod hooks;
-mod logs;
+pub(crate) mod logs;
 mod runs;
 mod types;
 

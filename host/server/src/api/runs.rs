@@ -227,21 +227,7 @@ pub(crate) async fn rerun(
         (None, true) => format!("run {id}"),
         (None, false) => format!("run {id}"),
     };
-    let new = NewRun {
-        app: run.app.clone(),
-        trigger: run.trigger.clone(),
-        reason: format!("{what} again, asked by `{}`", caller.name),
-        git_ref: run.git_ref.clone(),
-        sha: run.sha.clone(),
-        inputs: run.inputs.clone(),
-        event: run.event.clone(),
-        body: run.body.clone(),
-        job,
-        pipeline: run.pipeline.clone(),
-        parent: Some((run.id, run.number, attempt)),
-        requested_by: Some(caller.name.clone()),
-        ..NewRun::default()
-    };
+    let new = NewRun::rerun_of(&run, job, attempt, format!("{what} again, asked by `{}`", caller.name), &caller.name);
     let inserted = s.enqueue(new).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted(&run.app, inserted))).into_response())
 }

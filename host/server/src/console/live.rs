@@ -60,84 +60,18 @@ pub(super) async fn run_events(
 
 /// Stored lines first, then live ones, without gaps or repeats; the end once the run is over.
 async fn follow(s: Arc<Shared>, id: i64, q: EventsQuery, tx: mpsc::Sender<Event>) {
-    use tokio::sync::broadcast::error::RecvError;
-    let quiet = q.quiet == Some(1);
     let wanted = |r: &LogRecord| {
-        !quiet && q.job.as_ref().is_none_or(|j| &r.job == j) && q.step.as_ref().is_none_or(|st| &r.step == st)
+        (q.job.as_ref().is_none_or(|j| &r.job == j) && q.step.as_ref().is_none_or(|st| &r.step == st))
+            .then(|| line_event(r))
     };
-    let mut last = q.after.unwrap_or(0);
-    // Subscribe before reading what is stored, so nothing falls between the two.
-    let mut rx = s.hub.subscribe(id);
-    let catch_up = |last: &mut u64| -> Vec<Event> {
-        if quiet {
-            return Vec::new();
-        }
-        let lines = s.logs.read(id, *last).unwrap_or_default();
-        if let Some(l) = lines.last() {
-            *last = l.seq;
-        }
-        lines.iter().filter(|r| wanted(r)).map(line_event).collect()
+    let step = |e: &LiveEvent| match e {
+        LiveEvent::Step { job, step, status, .. } => Event::default()
+            .event("step")
+            .data(serde_json::json!({ "job": job, "step": step, "status": status.as_str() }).to_string()),
+        _ => Event::default(),
     };
-    let end = |st: &str| Event::default().event("end").data(serde_json::json!({ "status": st }).to_string());
-    for e in catch_up(&mut last) {
-        if tx.send(e).await.is_err() {
-            return;
-        }
-    }
-    if let Ok(Some(run)) = s.store.run(id)
-        && run.status.is_terminal()
-    {
-        for e in catch_up(&mut last) {
-            let _ = tx.send(e).await;
-        }
-        s.hub.forget_if_idle(id);
-        let _ = tx.send(end(run.status.as_str())).await;
-        return;
-    }
-    loop {
-        // A viewer who left is noticed at once, not at the next event: a quiet stream of a run
-        // that waits days for an approval would otherwise keep its task and receiver.
-        let got = tokio::select! {
-            got = rx.recv() => got,
-            () = tx.closed() => break,
-        };
-        let e = match got {
-            Ok(LiveEvent::Log(r)) if r.seq <= last => continue,
-            Ok(LiveEvent::Log(r)) => {
-                last = r.seq;
-                if !wanted(&r) {
-                    continue;
-                }
-                line_event(&r)
-            }
-            Ok(LiveEvent::Step { job, step, status, .. }) => Event::default()
-                .event("step")
-                .data(serde_json::json!({ "job": job, "step": step, "status": status.as_str() }).to_string()),
-            Ok(LiveEvent::End { status }) => {
-                for e in catch_up(&mut last) {
-                    let _ = tx.send(e).await;
-                }
-                let _ = tx.send(end(status.as_str())).await;
-                return;
-            }
-            Err(RecvError::Lagged(_)) => {
-                for e in catch_up(&mut last) {
-                    if tx.send(e).await.is_err() {
-                        return;
-                    }
-                }
-                continue;
-            }
-            Err(RecvError::Closed) => {
-                let st = s.store.run(id).ok().flatten().map(|r| r.status.as_str()).unwrap_or_default();
-                let _ = tx.send(end(st)).await;
-                return;
-            }
-        };
-        if tx.send(e).await.is_err() {
-            return;
-        }
-    }
+    let lines: Option<crate::api::logs::ShowLine<'_>> = if q.quiet == Some(1) { None } else { Some(&wanted) };
+    crate::api::logs::follow_run(s, id, q.after.unwrap_or(0), tx, lines, &step).await;
 }
 
 #[derive(Deserialize)]

@@ -3,11 +3,10 @@
 //! lines by [`super::to_html`].
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::sync::Arc;
 
 use axum::Form;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -611,23 +610,8 @@ pub(super) async fn artifact(
         .await
         .map_err(|e| anyhow::anyhow!("opening an artifact: {e}"))?
         .map_err(|e| anyhow::anyhow!("opening an artifact of run {id}: {e}"))?;
-    let Some((a, mut reader)) = opened else { return Err(ConsoleError::NotFound) };
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let chunk = match reader.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => Ok(Bytes::copy_from_slice(&buf[..n])),
-                Err(e) => Err(e),
-            };
-            let failed = chunk.is_err();
-            if tx.blocking_send(chunk).is_err() || failed {
-                return;
-            }
-        }
-    });
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
+    let Some((a, reader)) = opened else { return Err(ConsoleError::NotFound) };
+    let body = Body::from_stream(crate::api::artifacts::read_in_chunks(reader));
     let file: String =
         a.name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     Ok((
@@ -805,21 +789,13 @@ pub(super) async fn rerun(
         Some(j) => format!("job(s) `{j}` of run {id}"),
         None => format!("run {id}"),
     };
-    let new = store::NewRun {
-        app: run.app.clone(),
-        trigger: run.trigger.clone(),
-        reason: format!("{what} again, asked by `{}` in the console", viewer.name),
-        git_ref: run.git_ref.clone(),
-        sha: run.sha.clone(),
-        inputs: run.inputs.clone(),
-        event: run.event.clone(),
-        body: run.body.clone(),
+    let new = store::NewRun::rerun_of(
+        &run,
         job,
-        pipeline: run.pipeline.clone(),
-        parent: Some((run.id, run.number, attempt)),
-        requested_by: Some(viewer.name.clone()),
-        ..store::NewRun::default()
-    };
+        attempt,
+        format!("{what} again, asked by `{}` in the console", viewer.name),
+        &viewer.name,
+    );
     let inserted = s.enqueue(new).await?;
     Ok(Redirect::to(&format!("/runs/{}", inserted.id)).into_response())
 }

@@ -59,6 +59,28 @@ pub struct NewRun {
     pub pipeline: Option<String>,
 }
 
+impl NewRun {
+    /// A rerun of `run` (all of it, or `job` and what it needs) as its next attempt after
+    /// `attempt`: the same number, commit, event and inputs.
+    pub fn rerun_of(run: &Run, job: Option<String>, attempt: i64, reason: String, requested_by: &str) -> Self {
+        NewRun {
+            app: run.app.clone(),
+            trigger: run.trigger.clone(),
+            reason,
+            git_ref: run.git_ref.clone(),
+            sha: run.sha.clone(),
+            inputs: run.inputs.clone(),
+            event: run.event.clone(),
+            body: run.body.clone(),
+            job,
+            pipeline: run.pipeline.clone(),
+            parent: Some((run.id, run.number, attempt)),
+            requested_by: Some(requested_by.to_string()),
+            ..NewRun::default()
+        }
+    }
+}
+
 /// What [`RunStore::insert_run`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inserted {

@@ -1369,6 +1369,80 @@ impl Scheduler {
 /// Whether a webhook's payload is a pull request from another repository (a fork): GitHub's,
 /// Gitea's and Forgejo's `pull_request.head.repo` differs from `base.repo`; GitLab's
 /// `source_project_id` from `target_project_id`.
+/// Why waiting jobs could not be decided.
+#[derive(Debug)]
+pub enum Undecidable {
+    /// Nothing (or not that job) waits for an approval.
+    NotWaiting(String),
+    /// The one deciding is not among the environment's approvers.
+    NotAnApprover(String),
+    /// The store failed.
+    Store(anyhow::Error),
+}
+
+/// Approves (or rejects) `run`'s jobs waiting for their environment (all of them, or `job`) as
+/// the token named `by`: every job is checked first, so a refusal decides none of them. Two
+/// approvers at once: the first decision stands. The API's and the console's approvals.
+pub(crate) fn decide_waiting(
+    s: &crate::Shared,
+    run: &Run,
+    job: Option<&str>,
+    by: &str,
+    approved: bool,
+) -> Result<Vec<store::Decision>, Undecidable> {
+    let id = run.id;
+    let waiting: Vec<store::Job> = s
+        .store
+        .jobs(id)
+        .map_err(Undecidable::Store)?
+        .into_iter()
+        .filter(|j| j.status == RunStatus::Waiting)
+        .filter(|j| job.is_none_or(|want| j.job == want || j.key == want))
+        .collect();
+    if run.status != RunStatus::Running || waiting.is_empty() {
+        let what = match job {
+            Some(j) => format!("job `{j}` of run {id} is not waiting for an approval"),
+            None => format!("no job of run {id} is waiting for an approval"),
+        };
+        return Err(Undecidable::NotWaiting(format!("{what} (the run is {})", run.status)));
+    }
+    let Some(app) = s.config.apps.get(&run.app) else {
+        return Err(Undecidable::NotWaiting(format!("app `{}` of run {id} is not configured here", run.app)));
+    };
+    for j in &waiting {
+        let env_name = j.environment.clone().unwrap_or_default();
+        let approvers = app.environments.get(&env_name).map(|e| e.approvers.clone()).unwrap_or_default();
+        if !approvers.iter().any(|a| a == by) {
+            let who = approvers.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
+            return Err(Undecidable::NotAnApprover(format!(
+                "token `{by}` may not {} job `{}`: only the approvers of environment `{env_name}` of app `{}` may \
+                 ({who}; `approvers` in skiff.toml)",
+                if approved { "approve" } else { "reject" },
+                j.key,
+                run.app
+            )));
+        }
+    }
+    let mut decisions = Vec::new();
+    for j in waiting {
+        let d = store::Decision {
+            run: id,
+            attempt: run.attempt,
+            job_key: j.key.clone(),
+            environment: j.environment.clone().unwrap_or_default(),
+            approved,
+            by: by.to_string(),
+            at: store::now_ms(),
+        };
+        let first = s.store.decide(&d).map_err(Undecidable::Store)?;
+        let d =
+            if first { d } else { s.store.decision(id, run.attempt, &j.key).map_err(Undecidable::Store)?.unwrap_or(d) };
+        decisions.push(d);
+    }
+    s.scheduler.decided();
+    Ok(decisions)
+}
+
 /// The ref an environment's `branches` judge a run by, or `None` when the run has none it can
 /// be trusted for, so that no branch rule matches:
 /// a pull request's ref names its source branch (Bitbucket's, and others', `refs/heads/X`),

@@ -136,8 +136,13 @@ impl Api {
         self.until(id, status, |r| r["status"] == status).await
     }
 
+    /// Until the run is running and `job` waits in it (after a restart the job's row still says
+    /// `waiting` while the run is queued to resume).
     async fn until_waiting(&self, id: i64, job: &str) -> Value {
-        self.until(id, "a waiting job", |r| job_of(r, job).is_some_and(|j| j["status"] == "waiting")).await
+        self.until(id, "a waiting job", |r| {
+            r["status"] == "running" && job_of(r, job).is_some_and(|j| j["status"] == "waiting")
+        })
+        .await
     }
 
     async fn logs(&self, id: i64) -> Vec<Value> {
@@ -221,6 +226,42 @@ async fn a_job_in_a_protected_environment_waits_for_an_approval() {
 }
 
 /// A rejection cancels the waiting job (and so the run); cancelling a run ends its wait.
+/// The console shows the waiting job with its buttons; only an approver's token may use them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_job_is_approved_in_the_console_by_an_approver_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = Arc::new(Scripted::new());
+    let server = serve(dir.path(), DEPLOY, "", exec.clone()).await;
+    let api = Api::of(&server);
+    let id = api.trigger("web", "main").await;
+    api.until_waiting(id, "deploy").await;
+
+    let dev = crate::support::Console::sign_in(&api.base, DEV).await;
+    let page = dev.get(&format!("/runs/{id}")).await;
+    assert!(
+        page.contains("waiting for approval of environment `production`") && page.contains("Approve deploy"),
+        "{page}"
+    );
+    assert_eq!(dev.post(&page, &format!("/runs/{id}/approve"), &[("job", "deploy")]).await, 403);
+    let release = crate::support::Console::sign_in(&api.base, RELEASE).await;
+    let page = release.get(&format!("/runs/{id}")).await;
+    // A form without its CSRF token changes nothing.
+    assert_eq!(
+        release
+            .post(
+                "name=\"csrf\" value=\"0000000000000000000000000000000000000000000000000000000000000000",
+                &format!("/runs/{id}/approve"),
+                &[]
+            )
+            .await,
+        403
+    );
+    assert_eq!(release.post(&page, &format!("/runs/{id}/approve"), &[("job", "deploy")]).await, 303);
+    let run = api.until_status(id, "success").await;
+    assert_eq!(run["decisions"][0]["by"], "release", "{run:#}");
+    server.halt();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_cancels_the_job_and_a_cancel_ends_the_wait() {
     let dir = tempfile::tempdir().unwrap();

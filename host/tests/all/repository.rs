@@ -717,38 +717,9 @@ async fn each_job_gets_its_own_checkout_of_the_commit() {
     assert!(log.contains(&format!("test sees v2 build-only=absent head={sha}")), "{log}");
     // The console draws the run's graph from the pipeline of its commit (read again from the
     // repository cache once the run is over): `test` needs `build`.
-    let page = console_page(&base, &format!("/runs/{id}")).await;
+    let page = crate::support::Console::sign_in(&base, TOKEN_ALL).await.get(&format!("/runs/{id}")).await;
     assert!(page.contains(r##"<a href="#job-build">build</a>"##), "{page}");
     server.halt();
-}
-
-/// A console page, signed in with the tests' all-apps token.
-async fn console_page(base: &str, path: &str) -> String {
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let form = http.get(format!("{base}/sign-in")).send().await.unwrap();
-    let pre = form
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("skiff_signin=").map(|v| v.split(';').next().unwrap().to_string()))
-        .expect("the sign-in form's cookie");
-    let signed = http
-        .post(format!("{base}/sign-in"))
-        .header("cookie", format!("skiff_signin={pre}"))
-        .form(&[("csrf", pre.as_str()), ("next", path), ("token", TOKEN_ALL)])
-        .send()
-        .await
-        .unwrap();
-    let session = signed
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("skiff_session="))
-        .map(|v| v.split(';').next().unwrap().to_string())
-        .expect("a session");
-    http.get(format!("{base}{path}")).header("cookie", session).send().await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test]

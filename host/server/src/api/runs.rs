@@ -303,52 +303,11 @@ async fn decide(
     let run = visible_run(s, caller, id)?;
     let bytes = read_body(headers, body, MAX_API_BODY_BYTES).await?;
     let req: DecideRequest = parse_json(&bytes)?;
-    let waiting: Vec<crate::store::Job> = s
-        .store
-        .jobs(id)?
-        .into_iter()
-        .filter(|j| j.status == RunStatus::Waiting)
-        .filter(|j| req.job.as_ref().is_none_or(|want| &j.job == want || &j.key == want))
-        .collect();
-    if run.status != RunStatus::Running || waiting.is_empty() {
-        let what = match &req.job {
-            Some(j) => format!("job `{j}` of run {id} is not waiting for an approval"),
-            None => format!("no job of run {id} is waiting for an approval"),
-        };
-        return Err(ApiError::Conflict(format!("{what} (the run is {})", run.status)));
-    }
-    let app = s.config.apps.get(&run.app).ok_or_else(|| not_found_run(id))?;
-    // Every job first, so that a refusal decides none of them.
-    for j in &waiting {
-        let env_name = j.environment.clone().unwrap_or_default();
-        let approvers = app.environments.get(&env_name).map(|e| e.approvers.clone()).unwrap_or_default();
-        if !approvers.contains(&caller.name) {
-            let who = approvers.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
-            return Err(ApiError::Forbidden(format!(
-                "token `{}` may not {} job `{}`: only the approvers of environment `{env_name}` of app `{}` may \
-                 ({who}; `approvers` in skiff.toml)",
-                caller.name,
-                if approved { "approve" } else { "reject" },
-                j.key,
-                run.app
-            )));
-        }
-    }
-    let mut decisions = Vec::new();
-    for j in waiting {
-        let d = crate::store::Decision {
-            run: id,
-            attempt: run.attempt,
-            job_key: j.key.clone(),
-            environment: j.environment.clone().unwrap_or_default(),
-            approved,
-            by: caller.name.clone(),
-            at: crate::store::now_ms(),
-        };
-        // Decided already (two approvers at once): the first decision stands.
-        let d = if s.store.decide(&d)? { d } else { s.store.decision(id, run.attempt, &j.key)?.unwrap_or(d) };
-        decisions.push(JobDecision::from(d));
-    }
-    s.scheduler.decided();
-    Ok(Json(DecisionList { decisions }))
+    let decisions =
+        crate::scheduler::decide_waiting(s, &run, req.job.as_deref(), &caller.name, approved).map_err(|e| match e {
+            crate::scheduler::Undecidable::NotWaiting(m) => ApiError::Conflict(m),
+            crate::scheduler::Undecidable::NotAnApprover(m) => ApiError::Forbidden(m),
+            crate::scheduler::Undecidable::Store(e) => ApiError::from(e),
+        })?;
+    Ok(Json(DecisionList { decisions: decisions.into_iter().map(JobDecision::from).collect() }))
 }

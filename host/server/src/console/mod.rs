@@ -126,6 +126,8 @@ pub fn router(state: &Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/runs/{id}/events", get(live::run_events))
         .route("/runs/{id}/cancel", post(pages::cancel))
         .route("/runs/{id}/rerun", post(pages::rerun))
+        .route("/runs/{id}/approve", post(pages::approve))
+        .route("/runs/{id}/reject", post(pages::reject))
         .route("/runs/{id}/jobs/{job}/steps/{step}", get(pages::log_page))
         .route("/runs/{id}/jobs/{job}/steps/{step}/raw", get(pages::raw_log))
         .route("/runs/{id}/artifacts/{name}", get(pages::artifact))

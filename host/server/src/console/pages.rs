@@ -469,6 +469,16 @@ pub(super) async fn run_page(State(s): State<Arc<Shared>>, viewer: Viewer, Path(
                                     p.needs { "needs " @for (n, need) in j.needs.iter().enumerate() { @if n > 0 { ", " } a href={"#job-" (need)} { (need) } } }
                                 }
                                 @if let Some(reason) = j.run.and_then(|r| r.reason.as_ref()) { p.muted { (reason) } }
+                                @if j.run.is_some_and(|r| r.status == RunStatus::Waiting) {
+                                    div.actions {
+                                        @for (verdict, label) in [("approve", "Approve"), ("reject", "Reject")] {
+                                            form method="post" action={"/runs/" (id) "/" (verdict)} {
+                                                (csrf(&viewer)) input type="hidden" name="job" value=(j.key);
+                                                button type="submit" { (label) " " (j.name) }
+                                            }
+                                        }
+                                    }
+                                }
                                 ol.steps {
                                     @let planned: Vec<&skiff_pipeline::plan::PlanStep> = j.plan.map(|p| p.steps.iter().collect()).unwrap_or_default();
                                     @let ran: Vec<&store::Step> = j.run.map(|r| r.steps.iter().collect()).unwrap_or_default();
@@ -763,6 +773,45 @@ pub(super) async fn cancel(
     viewer.check_csrf(&form)?;
     visible_run(&s, &viewer.scope, id)?;
     s.scheduler.cancel(id, &format!("cancelled by `{}` in the console", viewer.name)).await?;
+    Ok(Redirect::to(&format!("/runs/{id}")).into_response())
+}
+
+/// Approves (`approve`) or rejects a job waiting for its environment, as `POST
+/// /v1/runs/{id}/approve|reject` does: only for a viewer signed in with a token among the
+/// environment's `approvers`.
+pub(super) async fn approve(
+    State(s): State<Arc<Shared>>,
+    viewer: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Result<Response> {
+    decide(&s, &viewer, id, &form, true)
+}
+
+/// Rejects a job waiting for its environment: see [`approve`].
+pub(super) async fn reject(
+    State(s): State<Arc<Shared>>,
+    viewer: Viewer,
+    Path(id): Path<i64>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Result<Response> {
+    decide(&s, &viewer, id, &form, false)
+}
+
+fn decide(s: &Shared, viewer: &Viewer, id: i64, form: &[(String, String)], approved: bool) -> Result<Response> {
+    viewer.check_csrf(form)?;
+    let run = visible_run(s, &viewer.scope, id)?;
+    let Some(token) = viewer.name.strip_prefix("token ") else {
+        return Err(ConsoleError::Forbidden(
+            "Approvals are given by tokens: sign in with a token among the environment's approvers.".into(),
+        ));
+    };
+    let job = form.iter().find(|(k, _)| k == "job").map(|(_, v)| v.as_str()).filter(|v| !v.is_empty());
+    crate::scheduler::decide_waiting(s, &run, job, token, approved).map_err(|e| match e {
+        crate::scheduler::Undecidable::NotWaiting(m) => ConsoleError::Conflict(m),
+        crate::scheduler::Undecidable::NotAnApprover(m) => ConsoleError::Forbidden(m),
+        crate::scheduler::Undecidable::Store(e) => ConsoleError::Internal(e),
+    })?;
     Ok(Redirect::to(&format!("/runs/{id}")).into_response())
 }
 

@@ -139,3 +139,60 @@ pub async fn finished(http: &reqwest::Client, base: &str, token: &str, id: i64) 
     }
     panic!("run {id} did not finish");
 }
+
+/// A browser-less session of the web console: signed in with a token through the sign-in form
+/// (its cookie and CSRF field), as a browser does.
+pub struct Console {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+}
+
+impl Console {
+    pub async fn sign_in(base: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let cookie = |resp: &reqwest::Response, name: &str| {
+            resp.headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| v.strip_prefix(&format!("{name}=")).map(|v| v.split(';').next().unwrap().to_string()))
+                .unwrap_or_else(|| panic!("no {name} cookie"))
+        };
+        let form = http.get(format!("{base}/sign-in")).send().await.unwrap();
+        let pre = cookie(&form, "skiff_signin");
+        let signed = http
+            .post(format!("{base}/sign-in"))
+            .header("cookie", format!("skiff_signin={pre}"))
+            .form(&[("csrf", pre.as_str()), ("next", "/"), ("token", token)])
+            .send()
+            .await
+            .unwrap();
+        let session = format!("skiff_session={}", cookie(&signed, "skiff_session"));
+        Console { http, base: base.to_string(), session }
+    }
+
+    /// A page's HTML.
+    pub async fn get(&self, path: &str) -> String {
+        let resp = self.http.get(format!("{}{path}", self.base)).header("cookie", &self.session).send().await.unwrap();
+        resp.text().await.unwrap()
+    }
+
+    /// Posts a form of `page` (its CSRF field added) to `path`; the status.
+    pub async fn post(&self, page: &str, path: &str, fields: &[(&str, &str)]) -> u16 {
+        const FIELD: &str = "name=\"csrf\" value=\"";
+        let at = page.find(FIELD).expect("a form with its CSRF field") + FIELD.len();
+        let csrf = &page[at..at + 64];
+        let mut form = vec![("csrf", csrf)];
+        form.extend_from_slice(fields);
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.session)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    }
+}

@@ -57,6 +57,9 @@ pub struct ConfigFile {
     pub cache: Option<CacheDef>,
     /// Days a run's artifacts are kept, for apps that do not say (default 90).
     pub artifact_retention_days: Option<u32>,
+    /// Days a finished run (its record, jobs, steps, logs and artifacts) is kept, for apps that
+    /// do not say (default: for ever).
+    pub run_retention_days: Option<u32>,
     /// API tokens.
     #[serde(default)]
     pub tokens: Vec<TokenDef>,
@@ -191,6 +194,9 @@ pub struct AppDef {
     pub cache_max_size_mb: Option<u64>,
     /// Days its runs' artifacts are kept (default: the host's `artifact-retention-days`).
     pub artifact_retention_days: Option<u32>,
+    /// Days its finished runs are kept, logs and artifacts included (default: the host's
+    /// `run-retention-days`, else for ever).
+    pub run_retention_days: Option<u32>,
     /// Who sees its status badge (`/badge/{app}.svg`): `public`, or `private` (the default).
     pub badge: Option<crate::console::BadgeAccess>,
     /// Deployment environments its jobs name with `environment:`: their secrets and rules
@@ -277,6 +283,8 @@ pub struct AppConfig {
     pub components: skiff_registry::Policy,
     /// Days its runs' artifacts are kept.
     pub artifact_retention_days: u32,
+    /// Days its finished runs are kept (none: for ever).
+    pub run_retention_days: Option<u32>,
     /// Its deployment environments, by name.
     pub environments: BTreeMap<String, Environment>,
 }
@@ -438,7 +446,7 @@ pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 
 fn days(written: Option<u32>, default: u32, what: &str) -> anyhow::Result<u32> {
     match written {
-        Some(0) => bail!("`{what} = 0` would remove artifacts as they are stored: give at least 1"),
+        Some(0) => bail!("`{what} = 0` would remove what runs keep as soon as they end: give at least 1"),
         Some(d) => Ok(d),
         None => Ok(default),
     }
@@ -497,8 +505,8 @@ impl ServeConfig {
                 let bytes = mebibytes(Some(mb), 0, "`cache-max-size-mb`").with_context(|| format!("app `{name}`"))?;
                 cache.apps.insert(name.clone(), bytes);
             }
-            let app =
-                resolve_app(def, base, key, max, &host_policy, retention).with_context(|| format!("app `{name}`"))?;
+            let app = resolve_app(def, base, key, max, &host_policy, retention, file.run_retention_days)
+                .with_context(|| format!("app `{name}`"))?;
             if apps.insert(name.clone(), std::sync::Arc::new(app)).is_some() {
                 bail!("app `{name}` is defined twice");
             }
@@ -628,8 +636,13 @@ fn resolve_app(
     max: usize,
     host_policy: &skiff_registry::Policy,
     retention: u32,
+    run_retention: Option<u32>,
 ) -> anyhow::Result<AppConfig> {
     let artifact_retention_days = days(def.artifact_retention_days, retention, "artifact-retention-days")?;
+    let run_retention_days = match def.run_retention_days.or(run_retention) {
+        Some(d) => Some(days(Some(d), d, "run-retention-days")?),
+        None => None,
+    };
     let on: Triggers = match def.on.clone() {
         None => Triggers::default(),
         Some(v) => {
@@ -704,6 +717,7 @@ fn resolve_app(
         ca_bundle,
         components,
         artifact_retention_days,
+        run_retention_days,
         environments,
     })
 }

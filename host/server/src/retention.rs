@@ -1,7 +1,8 @@
-//! Artifact retention: a run's artifacts are removed once the run is older than its app's
+//! Retention. A run's artifacts are removed once the run is older than its app's
 //! `artifact-retention-days` (the host's `artifact-retention-days` for a run whose app is no
-//! longer configured, or that the run store does not know, aged by its newest artifact).
-//! `skiff serve` sweeps once at start and then every hour.
+//! longer configured, or that the run store does not know, aged by its newest artifact). With
+//! `run-retention-days`, finished runs older than that go whole: their record, jobs, steps,
+//! decisions, logs and artifacts. `skiff serve` sweeps once at start and then every hour.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,9 +51,52 @@ pub fn sweep(
     Ok(removed)
 }
 
+/// Runs pruned per store call: a large backlog goes in short transactions.
+const PRUNE_BATCH: usize = 500;
+
+/// Removes every finished run older than its app's `run-retention-days` at `now_ms`, with its
+/// logs and artifacts; returns the runs removed.
+pub fn prune(
+    store: &dyn RunStore,
+    logs: &dyn crate::logs::LogStore,
+    artifacts: &dyn ArtifactStore,
+    config: &ServeConfig,
+    now_ms: i64,
+) -> anyhow::Result<Vec<i64>> {
+    let mut removed = Vec::new();
+    for app in config.apps.values() {
+        let Some(days) = app.run_retention_days else { continue };
+        let before = now_ms.saturating_sub(i64::from(days) * DAY_MS);
+        loop {
+            let ids = store.prune_runs(app.name(), before, PRUNE_BATCH)?;
+            for id in &ids {
+                logs.remove(*id)?;
+                artifacts.remove_run(&id.to_string())?;
+            }
+            let done = ids.len() < PRUNE_BATCH;
+            removed.extend(ids);
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Sweeps until the process ends.
 pub async fn run(shared: Arc<Shared>) {
     loop {
+        let s = shared.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            prune(s.store.as_ref(), s.logs.as_ref(), s.artifacts.as_ref(), &s.config, now_ms())
+        })
+        .await;
+        match pruned {
+            Ok(Ok(runs)) if !runs.is_empty() => tracing::info!("run retention: removed {} run(s)", runs.len()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("run retention: {e:#}"),
+            Err(e) => tracing::error!("run retention: {e}"),
+        }
         let s = shared.clone();
         let swept =
             tokio::task::spawn_blocking(move || sweep(s.store.as_ref(), s.artifacts.as_ref(), &s.config, now_ms()))
@@ -121,6 +165,60 @@ pipeline-yaml = "steps: [{uses: diag}]"
         want.sort();
         assert_eq!(left, want);
         assert!(artifacts.runs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn finished_runs_older_than_their_app_s_run_retention_go_whole() {
+        use crate::logs::{FsLogStore, LogRecord, LogStore as _};
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServeConfig::from_toml(
+            r#"
+run-retention-days = 30
+
+[[apps]]
+name = "web"
+pipeline-yaml = "steps: [{uses: diag}]"
+run-retention-days = 3
+
+[[apps]]
+name = "docs"
+pipeline-yaml = "steps: [{uses: diag}]"
+"#,
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        let store = SqliteStore::open(&dir.path().join("skiff.db")).unwrap();
+        let logs = FsLogStore::new(dir.path().join("logs"));
+        let artifacts = LocalArtifacts::new(dir.path().join("artifacts"));
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let mut ids = Vec::new();
+        for app in ["web", "docs"] {
+            let id = store.insert_run(&NewRun { app: app.into(), ..NewRun::default() }).unwrap().id;
+            let line = LogRecord {
+                seq: 1,
+                ts: 0,
+                job: "main".into(),
+                step: "s".into(),
+                level: "info".into(),
+                text: "hello".into(),
+            };
+            logs.append(id, &line).unwrap();
+            logs.close(id);
+            artifacts.put(&id.to_string(), "main", "s", "a.txt", &file).unwrap();
+            store.finish_run(id, crate::store::RunStatus::Success, None).unwrap();
+            ids.push(id);
+        }
+        let ended = store.run(ids[0]).unwrap().unwrap().finished_at.unwrap();
+        let at = |days: i64| ended + days * DAY_MS + 1000;
+        assert!(prune(&store, &logs, &artifacts, &config, at(2)).unwrap().is_empty());
+        assert_eq!(prune(&store, &logs, &artifacts, &config, at(4)).unwrap(), [ids[0]]);
+        assert!(store.run(ids[0]).unwrap().is_none());
+        assert!(logs.read(ids[0], 0).unwrap().is_empty() && artifacts.list(&ids[0].to_string()).unwrap().is_empty());
+        assert_eq!(logs.read(ids[1], 0).unwrap().len(), 1);
+        // `docs` follows the host's 30 days.
+        assert_eq!(prune(&store, &logs, &artifacts, &config, at(31)).unwrap(), [ids[1]]);
     }
 
     #[test]

@@ -324,6 +324,11 @@ pub trait RunStore: Send + Sync + 'static {
     /// How many runs there are (all statuses).
     fn count_runs(&self) -> anyhow::Result<i64>;
 
+    /// Removes at most `limit` of `app`'s runs that ended before `before_ms` (their jobs, steps
+    /// and decisions with them; run numbers are not reused); returns their ids, so their logs and
+    /// artifacts can go too. Runs in progress are never removed.
+    fn prune_runs(&self, app: &str, before_ms: i64, limit: usize) -> anyhow::Result<Vec<i64>>;
+
     /// The highest attempt of run `number` of `app` (for a rerun's attempt).
     fn max_attempt(&self, app: &str, number: i64) -> anyhow::Result<i64>;
 

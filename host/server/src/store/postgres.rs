@@ -529,6 +529,23 @@ impl RunStore for PostgresStore {
         self.with(|c| Ok(c.query_one("SELECT COUNT(*) FROM runs", &[])?.try_get(0)?))
     }
 
+    fn prune_runs(&self, app: &str, before_ms: i64, limit: usize) -> anyhow::Result<Vec<i64>> {
+        let limit = limit as i64;
+        self.with(|c| {
+            // Jobs, steps and decisions go with them (ON DELETE CASCADE).
+            let rows = c.query(
+                "DELETE FROM runs WHERE id IN (
+                     SELECT id FROM runs WHERE app = $1 AND finished_at < $2
+                     AND status IN ('success', 'failure', 'cancelled', 'skipped') ORDER BY id LIMIT $3)
+                 RETURNING id",
+                &[&app, &before_ms, &limit],
+            )?;
+            let mut ids: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+            ids.sort_unstable();
+            Ok(ids)
+        })
+    }
+
     fn max_attempt(&self, app: &str, number: i64) -> anyhow::Result<i64> {
         self.with(|c| {
             Ok(c.query_one(

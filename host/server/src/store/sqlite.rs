@@ -619,6 +619,24 @@ impl RunStore for SqliteStore {
     fn count_runs(&self) -> anyhow::Result<i64> {
         Ok(self.conn().query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?)
     }
+
+    fn prune_runs(&self, app: &str, before_ms: i64, limit: usize) -> anyhow::Result<Vec<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids: Vec<i64> = {
+            let mut q = tx.prepare(
+                "SELECT id FROM runs WHERE app = ?1 AND finished_at < ?2
+                 AND status IN ('success', 'failure', 'cancelled', 'skipped') ORDER BY id LIMIT ?3",
+            )?;
+            q.query_map(params![app, before_ms, limit as i64], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            // Jobs, steps and decisions go with it (ON DELETE CASCADE).
+            tx.execute("DELETE FROM runs WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
 }
 
 impl RunQueue for SqliteStore {

@@ -61,6 +61,7 @@ suite!(
     a_run_keeps_what_it_was_given_and_what_is_set_later,
     jobs_and_steps_come_back_in_order_with_their_usage,
     finishing_a_run_closes_it_once_and_cron_times_are_kept,
+    pruning_removes_finished_runs_of_one_app_with_their_jobs_only,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -920,4 +921,22 @@ pub(super) mod pg {
             .and_then(|mut c| c.wait())
             .expect("starting the PostgreSQL cluster's watcher (setsid)");
     }
+}
+
+fn pruning_removes_finished_runs_of_one_app_with_their_jobs_only(store: &dyn Store, _: Kind) {
+    let old = queued(store, "web");
+    store.job_started(old, "build", "build", "build").unwrap();
+    store.finish_run(old, RunStatus::Success, None).unwrap();
+    let running = queued(store, "web");
+    store.lease(running, "host-a", Duration::from_secs(60)).unwrap().unwrap();
+    let other = queued(store, "docs");
+    store.finish_run(other, RunStatus::Failure, None).unwrap();
+    let later = now_ms() + 1000;
+    assert_eq!(store.prune_runs("web", later, 10).unwrap(), [old]);
+    assert!(store.run(old).unwrap().is_none() && store.jobs(old).unwrap().is_empty());
+    // A run in progress stays; so do other apps' runs; and numbers are not reused.
+    assert!(store.run(running).unwrap().is_some() && store.run(other).unwrap().is_some());
+    assert!(store.prune_runs("web", later, 10).unwrap().is_empty());
+    let next = store.insert_run(&NewRun { app: "web".into(), trigger: "push".into(), ..NewRun::default() }).unwrap();
+    assert_eq!(next.number, 3);
 }

@@ -44,14 +44,30 @@ pub fn check_inside(source: &str) -> Result<(), String> {
 /// Calls `f` with every regular file under `dir` (as `dir/…`, or bare names for `.`), in name
 /// order, descending into folders. Symbolic links are not followed.
 pub fn walk(dir: &str, f: &mut dyn FnMut(&str)) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(Result::ok).collect();
+    walk_in(std::path::Path::new("."), dir, &|_| false, f)
+}
+
+/// [`walk`] under `root`: paths are relative to `root` (`dir` `""` or `.` is its top), and a
+/// folder whose name `skip` accepts is not entered (a tool's own state, as wrangler's
+/// `.wrangler`). Entries come in name order, as libuv's scandir lists them.
+pub fn walk_in(
+    root: &std::path::Path,
+    dir: &str,
+    skip: &dyn Fn(&str) -> bool,
+    f: &mut dyn FnMut(&str),
+) -> std::io::Result<()> {
+    let dir = if dir == "." { "" } else { dir.trim_end_matches('/') };
+    let full = if dir.is_empty() { root.to_path_buf() } else { root.join(dir) };
+    let mut entries: Vec<_> = std::fs::read_dir(full)?.filter_map(Result::ok).collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
-        let rel = if dir == "." { name } else { format!("{}/{name}", dir.trim_end_matches('/')) };
         let ft = e.file_type()?;
+        let rel = if dir.is_empty() { name.clone() } else { format!("{dir}/{name}") };
         if ft.is_dir() {
-            walk(&rel, f)?;
+            if !skip(&name) {
+                walk_in(root, &rel, skip, f)?;
+            }
         } else if ft.is_file() {
             f(&rel);
         }

@@ -87,29 +87,27 @@ pub fn prune(
 pub async fn run(shared: Arc<Shared>) {
     loop {
         let s = shared.clone();
-        let pruned = tokio::task::spawn_blocking(move || {
-            prune(s.store.as_ref(), s.logs.as_ref(), s.artifacts.as_ref(), &s.config, now_ms())
-        })
-        .await;
-        match pruned {
-            Ok(Ok(runs)) if !runs.is_empty() => tracing::info!("run retention: removed {} run(s)", runs.len()),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!("run retention: {e:#}"),
-            Err(e) => tracing::error!("run retention: {e}"),
-        }
+        let pruned = move || prune(s.store.as_ref(), s.logs.as_ref(), s.artifacts.as_ref(), &s.config, now_ms());
+        sweep_once("run retention", "removed {} run(s)", pruned).await;
         let s = shared.clone();
-        let swept =
-            tokio::task::spawn_blocking(move || sweep(s.store.as_ref(), s.artifacts.as_ref(), &s.config, now_ms()))
-                .await;
-        match swept {
-            Ok(Ok(runs)) if !runs.is_empty() => {
-                tracing::info!("artifact retention: removed the artifacts of {} run(s)", runs.len());
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!("artifact retention: {e:#}"),
-            Err(e) => tracing::error!("artifact retention: {e}"),
-        }
+        let swept = move || sweep(s.store.as_ref(), s.artifacts.as_ref(), &s.config, now_ms());
+        sweep_once("artifact retention", "removed the artifacts of {} run(s)", swept).await;
         tokio::time::sleep(EVERY).await;
+    }
+}
+
+/// One sweep off the async workers; what it removed (`done`, with `{}` for the number of
+/// runs) or why it failed goes to the server's log under `what`.
+async fn sweep_once<T: Send + 'static>(
+    what: &str,
+    done: &str,
+    f: impl FnOnce() -> anyhow::Result<Vec<T>> + Send + 'static,
+) {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(runs)) if !runs.is_empty() => tracing::info!("{what}: {}", done.replace("{}", &runs.len().to_string())),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!("{what}: {e:#}"),
+        Err(e) => tracing::error!("{what}: {e}"),
     }
 }
 

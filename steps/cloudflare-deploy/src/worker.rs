@@ -582,24 +582,8 @@ fn check_part_name(name: &str) -> Result<(), String> {
 /// in name order as wrangler (libuv's scandir) lists them; wrangler's own `.wrangler` folder is
 /// skipped.
 fn walk(root: &Path, dir: &str, f: &mut dyn FnMut(&str)) -> Result<(), String> {
-    let full = if dir.is_empty() { root.to_path_buf() } else { root.join(dir) };
-    let rd =
-        std::fs::read_dir(&full).map_err(|e| format!("listing `{}`: {e}", if dir.is_empty() { "." } else { dir }))?;
-    let mut entries: Vec<_> = rd.filter_map(Result::ok).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let rel = join(dir, &name);
-        let ft = e.file_type().map_err(|e| e.to_string())?;
-        if ft.is_dir() {
-            if name != ".wrangler" {
-                walk(root, &rel, f)?;
-            }
-        } else if ft.is_file() {
-            f(&rel);
-        }
-    }
-    Ok(())
+    skiff_step_sdk::files::walk_in(root, dir, &|name| name == ".wrangler", f)
+        .map_err(|e| format!("listing `{}`: {e}", if dir.is_empty() { "." } else { dir }))
 }
 
 pub use skiff_step_sdk::files::glob_match;

@@ -168,9 +168,78 @@ pub struct JobDef {
     /// gives it that environment's secrets, and holds it to its rules (approvals, branches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<EnvironmentDef>,
+    /// The labels a host must have to take the job, as GitHub writes `runs-on`: a label
+    /// (`gpu`), a list (`[self-hosted, linux, gpu]`) or `{ labels: … }`; may use `matrix`.
+    /// Every host has `self-hosted`, `linux` and its architecture (`x64`, `arm64`), and GitHub's
+    /// Linux images (`ubuntu-latest`, `ubuntu-24.04`) mean `linux`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<RunsOnDef>,
     /// The steps, run in order.
     #[serde(default)]
     pub steps: Vec<StepDef>,
+}
+
+/// `runs-on:` of a job: a label, a list of labels, or `{ labels: … }`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RunsOnDef {
+    /// One label.
+    One(String),
+    /// Every one of these labels.
+    Many(Vec<String>),
+    /// GitHub's mapping form.
+    Spec {
+        /// A label or a list of labels.
+        labels: OneOrMany,
+    },
+}
+
+impl RunsOnDef {
+    /// The labels as written.
+    pub fn labels(&self) -> Vec<String> {
+        match self {
+            RunsOnDef::One(s) => vec![s.clone()],
+            RunsOnDef::Many(v) => v.clone(),
+            RunsOnDef::Spec { labels } => labels.to_vec(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RunsOnDef {
+    /// By hand, so that GitHub's runner groups and a wrong shape get a sentence, not "did not
+    /// match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            other => Err(D::Error::custom(format!("a `runs-on` label is a string, not `{other}`"))),
+        };
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(RunsOnDef::One(s)),
+            serde_json::Value::Array(list) => Ok(RunsOnDef::Many(list.iter().map(text).collect::<Result<_, _>>()?)),
+            serde_json::Value::Object(map) => {
+                if map.contains_key("group") {
+                    return Err(D::Error::custom(
+                        "`runs-on: { group: … }` names a GitHub runner group; Skiff's hosts have labels instead: start \
+                         the hosts with `--labels NAME` and write `runs-on: NAME`",
+                    ));
+                }
+                if let Some(key) = map.keys().find(|k| *k != "labels") {
+                    return Err(D::Error::custom(format!("`runs-on` takes `labels` only, not `{key}`")));
+                }
+                match map.get("labels") {
+                    Some(serde_json::Value::String(s)) => Ok(RunsOnDef::Spec { labels: OneOrMany::One(s.clone()) }),
+                    Some(serde_json::Value::Array(list)) => Ok(RunsOnDef::Spec {
+                        labels: OneOrMany::Many(list.iter().map(text).collect::<Result<_, _>>()?),
+                    }),
+                    _ => Err(D::Error::custom("`runs-on: { labels: … }` needs a label or a list of labels")),
+                }
+            }
+            other => Err(D::Error::custom(format!(
+                "`runs-on` is a label, a list of labels or `{{ labels: … }}`, not `{other}`"
+            ))),
+        }
+    }
 }
 
 /// A string or a list of strings.

@@ -93,8 +93,25 @@ pub struct PlanJob {
     /// `environment:`: the host gives the job this environment's secrets and holds it to
     /// the environment's rules before its first step.
     pub environment: Option<Environment>,
+    /// `runs-on:`: the labels a host needs to take the job ([`label`]ed, sorted, each once;
+    /// empty: any host).
+    pub runs_on: Vec<String>,
     /// The steps.
     pub steps: Vec<PlanStep>,
+}
+
+/// A `runs-on` label as hosts are matched on it: trimmed, lower case (labels are
+/// case-insensitive, as on GitHub), GitHub's hosted Linux images (`ubuntu-latest`,
+/// `ubuntu-24.04`) as `linux`. `Err` says what is wrong with it.
+pub fn label(written: &str) -> Result<String, String> {
+    let l = written.trim().to_ascii_lowercase();
+    if l.is_empty() {
+        return Err("a `runs-on` label is empty".into());
+    }
+    if !l.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("`runs-on` label \"{written}\" may hold only letters, digits, `-`, `_` and `.`"));
+    }
+    Ok(if l.starts_with("ubuntu-") { "linux".into() } else { l })
 }
 
 /// A job's deployment environment.
@@ -209,6 +226,13 @@ fn minutes(d: Duration) -> String {
 }
 
 impl Plan {
+    /// The labels a host needs to take the whole run: those of every job's `runs-on`, sorted,
+    /// each once (a host leases runs, not jobs, so one host takes them all).
+    pub fn labels(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> = self.jobs.iter().flat_map(|j| &j.runs_on).collect();
+        set.into_iter().cloned().collect()
+    }
+
     /// Whether a host must fetch anything before the run: shared components or container images.
     pub fn fetches(&self) -> bool {
         self.jobs.iter().flat_map(|j| &j.steps).any(|s| matches!(s.uses, Uses::Component { .. }) || s.image.is_some())
@@ -251,6 +275,9 @@ impl Plan {
                     let _ = write!(o, " url {}", quote(&u.raw));
                 }
                 let _ = writeln!(o);
+            }
+            if !j.runs_on.is_empty() {
+                let _ = writeln!(o, "  runs-on: [{}]", j.runs_on.join(", "));
             }
             kv(&mut o, "  ", "env", &j.env);
             kv(&mut o, "  ", "outputs", &j.outputs);

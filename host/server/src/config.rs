@@ -51,6 +51,13 @@ pub struct ConfigFile {
     /// The address users reach this host at (`https://ci.example.com`): commit statuses link
     /// to runs under it.
     pub public_url: Option<String>,
+    /// This host's labels, which jobs name in `runs-on:` (`--labels` wins); every host also has
+    /// `self-hosted`, `linux` and its architecture.
+    pub labels: Option<Vec<String>>,
+    /// Seconds a host holds a run without renewing its lease (default 60, at least 3): after
+    /// this long, a run whose host died or lost the database is another host's to run, and a
+    /// host that could not renew stops it.
+    pub lease_timeout_secs: Option<u64>,
     /// Shared components from registries: what every app gets unless it says more.
     pub registry: Option<RegistryDef>,
     /// The apps' caches (`uses: cache`).
@@ -273,8 +280,11 @@ pub struct AppConfig {
     pub pipeline: PipelineSource,
     /// Secrets (opened).
     pub secrets: BTreeMap<String, String>,
-    /// Runs at once.
+    /// Runs at once on this host.
     pub max_concurrent_runs: usize,
+    /// The app's own `max-concurrent-runs`, as written: it holds across every host sharing the
+    /// run store (unset: only each host's own limit applies).
+    pub max_runs_across_hosts: Option<usize>,
     /// A run's time limit.
     pub run_timeout: Option<std::time::Duration>,
     /// The CA bundle of `ca-file`, checked at start.
@@ -371,6 +381,10 @@ pub struct ServeConfig {
     pub keep_workspaces: bool,
     /// Where users reach this host; statuses link to runs under it.
     pub public_url: Option<String>,
+    /// The labels this host takes jobs for ([`host_labels`]): its own and the implicit ones.
+    pub labels: Vec<String>,
+    /// How long a run's lease holds without renewal (renewed every quarter of it).
+    pub lease_ttl: std::time::Duration,
     /// Plain HTTP to registries that are not loopback addresses.
     pub registry_insecure: bool,
     /// HTTP timeouts and connection caps.
@@ -587,6 +601,15 @@ impl ServeConfig {
             recovery: file.recovery.unwrap_or_default(),
             keep_workspaces: file.keep_workspaces.unwrap_or(false),
             public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            labels: host_labels(&file.labels.unwrap_or_default()).context("`labels`")?,
+            lease_ttl: match file.lease_timeout_secs {
+                None => std::time::Duration::from_secs(60),
+                Some(s @ 3..=86_400) => std::time::Duration::from_secs(s),
+                Some(s) => anyhow::bail!(
+                    "`lease-timeout-secs = {s}`: give between 3 and 86400 seconds (a host renews its leases every \
+                     quarter of it; 60 is the default)"
+                ),
+            },
             registry_insecure: registry.insecure.unwrap_or(false),
             conn: {
                 let d = super::conn::ConnLimits::default();
@@ -713,6 +736,7 @@ fn resolve_app(
         pipeline,
         secrets,
         max_concurrent_runs: def.max_concurrent_runs.unwrap_or(max).max(1),
+        max_runs_across_hosts: def.max_concurrent_runs.map(|m| m.max(1)),
         run_timeout: def.run_timeout_secs.map(std::time::Duration::from_secs),
         ca_bundle,
         components,
@@ -862,4 +886,24 @@ pub fn open_value(v: &str, key: Option<&MasterKey>, what: &str) -> anyhow::Resul
     }
     tracing::warn!("{what} is written in plain text; seal it with `skiff serve --encrypt`");
     Ok(v.to_string())
+}
+
+/// The labels a host takes jobs for: `self-hosted`, `linux`, its architecture as GitHub names
+/// it (`x64`, `arm64`), and `own` (checked and written as jobs match them: lower case), sorted.
+pub fn host_labels(own: &[String]) -> anyhow::Result<Vec<String>> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "x64",
+        "aarch64" => "arm64",
+        "x86" => "x86",
+        "arm" => "arm",
+        other => other,
+    };
+    let mut labels = vec!["self-hosted".to_string(), "linux".to_string(), arch.to_string()];
+    for l in own.iter().flat_map(|l| l.split(',')).filter(|l| !l.trim().is_empty()) {
+        labels
+            .push(skiff_pipeline::plan::label(l).map_err(|e| anyhow::anyhow!(e.replace("`runs-on` label", "label")))?);
+    }
+    labels.sort();
+    labels.dedup();
+    Ok(labels)
 }

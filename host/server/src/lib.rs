@@ -31,6 +31,8 @@ pub mod retention;
 pub mod scheduler;
 pub mod sse;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::sync::Arc;
 

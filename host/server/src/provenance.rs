@@ -409,7 +409,7 @@ pub fn run_subject_name(app: &str, run_id: i64) -> String {
 pub fn statement(facts: &RunFacts, materials: &Materials, artifacts: &[Artifact]) -> Statement {
     let mut subject: Vec<ResourceDescriptor> = artifacts
         .iter()
-        .filter(|a| a.name != ARTIFACT_NAME)
+        .filter(|a| !is_statement(&a.name))
         .map(|a| ResourceDescriptor {
             name: a.name.clone(),
             digest: digest_of("sha256", &a.sha256),
@@ -846,43 +846,11 @@ pub fn record(
     log: &dyn Fn(&str, &str, &str),
 ) -> anyhow::Result<Option<Recorded>> {
     let Some(materials) = materials.that_ran(report) else { return Ok(None) };
-    // Read again: the commit and the start time were recorded after the run was leased.
-    let run = store.run(id)?.with_context(|| format!("run {id} is not in the store"))?;
-    let app = config.apps.get(&run.app);
-    let text = |ptr: &str| run.event.pointer(ptr).and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
-    let repository_url = app
-        .and_then(|a| a.repo.as_ref())
-        .and_then(|r| r.source(&run.event).ok())
-        .map(|s| s.remote.url().to_string())
-        .or_else(|| text("/repository/clone_url"))
-        .or_else(|| text("/repository/html_url"));
-    let facts = RunFacts {
-        app: run.app.clone(),
-        run_id: run.id,
-        number: run.number,
-        attempt: run.attempt,
-        trigger: run.trigger.clone(),
-        event: text("/name").unwrap_or_else(|| run.trigger.clone()),
-        git_ref: run.git_ref.clone().or_else(|| text("/ref")),
-        commit: run.sha.clone().filter(|s| !s.is_empty() && s.bytes().any(|b| b != b'0')),
-        repository: text("/repository/full_name"),
-        repository_url,
-        inputs: run.inputs.clone(),
-        builder_id: builder_id(config),
-        started_ms: run.started_at,
-        finished_ms: Some(crate::store::now_ms()),
-    };
-    let artifacts: Arc<dyn skiff_runtime::artifact_store::ArtifactStore> = crate::artifact_store(config);
-    let run_key = id.to_string();
-    let stored = artifacts.list(&run_key).with_context(|| format!("listing the artifacts of run {id}"))?;
+    let facts = run_facts(config, store, id)?;
+    let artifacts = crate::artifact_store(config);
+    let stored = artifacts.list(&id.to_string()).with_context(|| format!("listing the artifacts of run {id}"))?;
     let envelope = key.sign(&statement(&facts, &materials, &stored));
-    // The artifact store takes a file: written beside the run's workspace, then stored.
-    let tmp = config.data_dir.join("work").join(format!("{id}.{ARTIFACT_NAME}"));
-    std::fs::create_dir_all(config.data_dir.join("work")).context("creating the work folder")?;
-    std::fs::write(&tmp, envelope.to_line()).with_context(|| format!("writing {}", tmp.display()))?;
-    let put = artifacts.put(&run_key, "", "provenance", ARTIFACT_NAME, &tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let artifact = put.with_context(|| format!("storing {ARTIFACT_NAME} for run {id}"))?;
+    let artifact = store_envelope(config, artifacts.as_ref(), id, "", "provenance", ARTIFACT_NAME, &envelope)?;
     let keyid = key.keyid();
     for (job, step) in materials.deploy_steps() {
         log(
@@ -897,6 +865,221 @@ pub fn record(
         );
     }
     Ok(Some(Recorded { artifact, keyid }))
+}
+
+/// What the statement says of run `id`, read from the store (the commit and the start time
+/// were recorded after the run was leased).
+fn run_facts(config: &ServeConfig, store: &dyn RunStore, id: i64) -> anyhow::Result<RunFacts> {
+    let run = store.run(id)?.with_context(|| format!("run {id} is not in the store"))?;
+    let app = config.apps.get(&run.app);
+    let text = |ptr: &str| run.event.pointer(ptr).and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
+    let repository_url = app
+        .and_then(|a| a.repo.as_ref())
+        .and_then(|r| r.source(&run.event).ok())
+        .map(|s| s.remote.url().to_string())
+        .or_else(|| text("/repository/clone_url"))
+        .or_else(|| text("/repository/html_url"));
+    Ok(RunFacts {
+        app: run.app.clone(),
+        run_id: run.id,
+        number: run.number,
+        attempt: run.attempt,
+        trigger: run.trigger.clone(),
+        event: text("/name").unwrap_or_else(|| run.trigger.clone()),
+        git_ref: run.git_ref.clone().or_else(|| text("/ref")),
+        commit: run.sha.clone().filter(|s| !s.is_empty() && s.bytes().any(|b| b != b'0')),
+        repository: text("/repository/full_name"),
+        repository_url,
+        inputs: run.inputs.clone(),
+        builder_id: builder_id(config),
+        started_ms: run.started_at,
+        finished_ms: Some(crate::store::now_ms()),
+    })
+}
+
+/// Stores a signed envelope as artifact `name` of run `id` (the artifact store takes a file:
+/// written beside the run's workspace first).
+fn store_envelope(
+    config: &ServeConfig,
+    artifacts: &dyn skiff_runtime::artifact_store::ArtifactStore,
+    id: i64,
+    job: &str,
+    step: &str,
+    name: &str,
+    envelope: &Envelope,
+) -> anyhow::Result<Artifact> {
+    let work = config.data_dir.join("work");
+    std::fs::create_dir_all(&work).context("creating the work folder")?;
+    let tmp = work.join(format!("{id}.{name}"));
+    std::fs::write(&tmp, envelope.to_line()).with_context(|| format!("writing {}", tmp.display()))?;
+    let put = artifacts.put(&id.to_string(), job, step, name, &tmp);
+    let _ = std::fs::remove_file(&tmp);
+    put.with_context(|| format!("storing {name} for run {id}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A deploy step's own statement.
+
+/// The output a step that uploads or deploys gains when it succeeds: the name of the run
+/// artifact holding its statement ([`step_artifact_name`]).
+pub const OUTPUT_ARTIFACT: &str = "provenance";
+/// The output with the sha256 (hex) of that artifact's bytes.
+pub const OUTPUT_SHA256: &str = "provenance-sha256";
+/// The output with the id of the key that signed it (as `/v1/provenance/key` names it).
+pub const OUTPUT_KEY_ID: &str = "provenance-key-id";
+
+/// The artifact of the statement of step `step` of job instance `job`.
+pub fn step_artifact_name(job: &str, step: &str) -> String {
+    format!("provenance-{job}-{step}.intoto.jsonl")
+}
+
+/// Whether an artifact is a provenance statement (the run's or a step's), which is never a
+/// subject of another statement.
+fn is_statement(name: &str) -> bool {
+    name == ARTIFACT_NAME || (name.starts_with("provenance-") && name.ends_with(".intoto.jsonl"))
+}
+
+/// The statement of a step that deployed, signed when it succeeds: its subject is what the
+/// step did (`deployed`: its outputs by digest) and the run's artifacts so far; its
+/// dependencies are those of the steps that ran before it and of the step itself.
+pub fn step_statement(
+    facts: &RunFacts,
+    materials: &Materials,
+    artifacts: &[Artifact],
+    deployed: ResourceDescriptor,
+) -> Statement {
+    let mut s = statement(facts, materials, artifacts);
+    // Without artifacts, `statement` names the run record; the deployment takes its place.
+    s.subject.retain(|d| d.name != run_subject_name(&facts.app, facts.run_id));
+    s.subject.insert(0, deployed);
+    s
+}
+
+/// What a deploy step did, as a subject: named `<job>/<step>`, digested over its outputs as
+/// compact JSON (sorted by name), the outputs themselves as an annotation with any value that
+/// holds one of the step's secrets withheld.
+pub fn deployment(job: &str, step: &str, outputs: &BTreeMap<String, String>, secrets: &[String]) -> ResourceDescriptor {
+    let bytes = serde_json::to_vec(outputs).unwrap_or_default();
+    let shown: BTreeMap<&str, &str> = outputs
+        .iter()
+        .map(|(k, v)| {
+            let secret = secrets.iter().any(|s| !s.is_empty() && v.contains(s.as_str()));
+            (k.as_str(), if secret { "***" } else { v.as_str() })
+        })
+        .collect();
+    ResourceDescriptor {
+        name: format!("{job}/{step}"),
+        digest: digest_of("sha256", &sha256_hex(&bytes)),
+        annotations: BTreeMap::from([("kind".to_string(), json!("deployment")), ("outputs".to_string(), json!(shown))]),
+        ..Default::default()
+    }
+}
+
+/// Runs a run's steps through `inner`; when a step that uploads or deploys succeeds, signs a
+/// statement of what ran up to it ([`step_statement`]), stores it as the run's artifact
+/// [`step_artifact_name`] and adds [`OUTPUT_ARTIFACT`], [`OUTPUT_SHA256`] and
+/// [`OUTPUT_KEY_ID`] to the step's outputs, so that later steps (a notification, a release
+/// note) can name it. A statement that cannot be stored fails the step: a deploy without its
+/// record is not a success. The run's own statement ([`record`]) still comes at its end.
+pub struct Attesting {
+    inner: Arc<dyn skiff_pipeline::StepExecutor>,
+    key: Arc<HostKey>,
+    config: Arc<ServeConfig>,
+    store: Arc<dyn RunStore>,
+    run: i64,
+    materials: Materials,
+    /// The steps that started, as `(job, step)`.
+    ran: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+impl Attesting {
+    /// `inner` for run `run`, whose steps are `materials`.
+    pub fn new(
+        inner: Arc<dyn skiff_pipeline::StepExecutor>,
+        key: Arc<HostKey>,
+        config: Arc<ServeConfig>,
+        store: Arc<dyn RunStore>,
+        run: i64,
+        materials: Materials,
+    ) -> Self {
+        Attesting { inner, key, config, store, run, materials, ran: Default::default() }
+    }
+
+    /// Signs and stores the statement of `job`/`step`, which just succeeded (blocking I/O: the
+    /// store and the artifact files, once per deploy step, off the async workers).
+    async fn attest(&self, job: &str, step: &str, deployed: ResourceDescriptor) -> anyhow::Result<(Artifact, String)> {
+        let mut materials = self.materials.clone();
+        {
+            let ran = self.ran.lock().unwrap_or_else(|e| e.into_inner());
+            materials.steps.retain(|s| ran.contains(&(s.job.clone(), s.step.clone())));
+        }
+        let (key, config, store, id) = (self.key.clone(), self.config.clone(), self.store.clone(), self.run);
+        let name = step_artifact_name(job, step);
+        let (job, step) = (job.to_string(), step.to_string());
+        tokio::task::spawn_blocking(move || {
+            let facts = run_facts(&config, store.as_ref(), id)?;
+            let artifacts = crate::artifact_store(&config);
+            let stored =
+                artifacts.list(&id.to_string()).with_context(|| format!("listing the artifacts of run {id}"))?;
+            let envelope = key.sign(&step_statement(&facts, &materials, &stored, deployed));
+            let artifact = store_envelope(&config, artifacts.as_ref(), id, &job, &step, &name, &envelope)?;
+            Ok((artifact, key.keyid()))
+        })
+        .await
+        .context("the provenance task stopped")?
+    }
+}
+
+impl skiff_pipeline::StepExecutor for Attesting {
+    fn run_step<'a>(
+        &'a self,
+        req: skiff_pipeline::StepRequest,
+        log: &'a (dyn Fn(skiff_pipeline::LogLine) + Send + Sync),
+    ) -> std::pin::Pin<Box<dyn Future<Output = skiff_pipeline::StepResult> + Send + 'a>> {
+        Box::pin(async move {
+            let (job, step) = (req.job_id.clone(), req.step_id.clone());
+            self.ran.lock().unwrap_or_else(|e| e.into_inner()).insert((job.clone(), step.clone()));
+            let deploys = self.materials.steps.iter().any(|s| s.deploys && s.job == job && s.step == step);
+            let secrets: Vec<String> = if deploys { req.secrets.values().cloned().collect() } else { Vec::new() };
+            let mut result = self.inner.run_step(req, log).await;
+            if !deploys || result.outcome != skiff_pipeline::StepOutcome::Success {
+                return result;
+            }
+            let deployed = deployment(&job, &step, &result.outputs, &secrets);
+            let say = |text: String| {
+                log(skiff_pipeline::LogLine {
+                    job_id: job.clone(),
+                    step_id: step.clone(),
+                    level: skiff_pipeline::Level::System,
+                    text,
+                })
+            };
+            match self.attest(&job, &step, deployed).await {
+                Ok((artifact, keyid)) => {
+                    say(format!(
+                        "[skiff] provenance of this step: artifact {} (sha256:{}), signed by this host's key {}; \
+                         outputs `{OUTPUT_ARTIFACT}` and `{OUTPUT_SHA256}` name it",
+                        artifact.name,
+                        artifact.sha256,
+                        &keyid[..16]
+                    ));
+                    result.outputs.insert(OUTPUT_ARTIFACT.into(), artifact.name);
+                    result.outputs.insert(OUTPUT_SHA256.into(), artifact.sha256);
+                    result.outputs.insert(OUTPUT_KEY_ID.into(), keyid);
+                }
+                Err(e) => {
+                    result.outcome = skiff_pipeline::StepOutcome::Failure(format!(
+                        "the step succeeded, but its provenance could not be recorded: {e:#}"
+                    ))
+                }
+            }
+            result
+        })
+    }
+
+    fn job_finished(&self, run_id: &str, job_id: &str) {
+        self.inner.job_finished(run_id, job_id)
+    }
 }
 
 /// The public key this host signs provenance with.

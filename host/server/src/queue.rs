@@ -27,6 +27,24 @@ pub struct Lease {
     pub taken_over: bool,
 }
 
+/// What must hold, over the runs every host runs, for a run to be leased.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// No other run of the app's concurrency group of this name runs (one waiting for
+    /// approvals holds its group too).
+    pub group: Option<String>,
+    /// Fewer than this many runs of the app run (those that only wait for approvals do not
+    /// count): the app's `max-concurrent-runs`.
+    pub app_max: Option<usize>,
+}
+
+impl Admission {
+    /// Whether there is anything to check.
+    pub fn is_empty(&self) -> bool {
+        self.group.is_none() && self.app_max.is_none()
+    }
+}
+
 /// Runs waiting to run, and the leases of those that run.
 pub trait RunQueue: Send + Sync + 'static {
     /// The runs that can be leased, oldest first, at most `limit`: queued runs, and running
@@ -36,7 +54,15 @@ pub trait RunQueue: Send + Sync + 'static {
     /// Takes run `id` for `owner` until `ttl` from now: the run is `running` from here. `None`
     /// when it cannot be taken: it is not queued, and not running under an expired lease
     /// (another owner holds it, or it is over).
-    fn lease(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<Option<Lease>>;
+    fn lease(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<Option<Lease>> {
+        self.lease_within(id, owner, ttl, &Admission::default())
+    }
+
+    /// [`Self::lease`], if `admission` holds at that moment across every host sharing the
+    /// queue; leases of one app are decided one at a time, so two hosts racing cannot both
+    /// admit a run past a limit.
+    fn lease_within(&self, id: i64, owner: &str, ttl: Duration, admission: &Admission)
+    -> anyhow::Result<Option<Lease>>;
 
     /// The heartbeat: `owner` still runs `id`, until `ttl` from now. A lease that expired but
     /// that nobody took is still `owner`'s (a host that stalled resumes). False when the lease

@@ -36,13 +36,6 @@ use skiff_pipeline::{
 /// fails with the reason.
 pub const MAX_WAITING_RUNS_PER_APP: usize = 16;
 
-/// How long a lease holds without renewal: a host that stops renewing its runs' leases (it
-/// died) leaves them for another to take after this long.
-pub const LEASE_TTL: Duration = Duration::from_secs(60);
-
-/// How often the leases of the runs in progress are renewed.
-const HEARTBEAT: Duration = Duration::from_secs(15);
-
 /// How many available runs one pass looks at.
 const PASS: usize = 256;
 
@@ -59,13 +52,25 @@ struct Running {
     waiting: usize,
     /// Its jobs that have started and not ended.
     jobs_running: usize,
+    /// When its lease was last taken or renewed.
+    renewed: std::time::Instant,
     /// Approved, and waiting for a slot to go on: it goes before queued runs.
     resuming: bool,
 }
 
 impl Running {
     fn new(app: String, group: Option<String>, abort: AbortHandle) -> Self {
-        Running { app, group, abort, cancel_reason: None, lost: false, waiting: 0, jobs_running: 0, resuming: false }
+        Running {
+            app,
+            group,
+            abort,
+            cancel_reason: None,
+            lost: false,
+            waiting: 0,
+            jobs_running: 0,
+            resuming: false,
+            renewed: std::time::Instant::now(),
+        }
     }
 
     /// All it does is wait for approvals: it holds no slot of the host's or its app's limit
@@ -128,7 +133,7 @@ pub struct Scheduler {
     /// Who this host is, as the owner of its leases.
     owner: String,
     /// Signs the provenance of runs that upload or deploy (created on first start).
-    provenance: crate::provenance::HostKey,
+    provenance: Arc<crate::provenance::HostKey>,
     accept: std::sync::mpsc::Sender<Pending>,
     /// Runs in progress.
     running: Mutex<HashMap<i64, Running>>,
@@ -253,7 +258,7 @@ impl Scheduler {
     /// A scheduler over the host's stores, with its writer thread (see [`Self::enqueue`]).
     pub(crate) fn new(h: Handles) -> anyhow::Result<Self> {
         let (accept, rx) = std::sync::mpsc::channel();
-        let provenance = crate::provenance::HostKey::load_or_create(&h.config.data_dir)?;
+        let provenance = Arc::new(crate::provenance::HostKey::load_or_create(&h.config.data_dir)?);
         let writer = h.store.clone();
         std::thread::Builder::new()
             .name("skiff-accept".into())
@@ -313,10 +318,10 @@ impl Scheduler {
     }
 
     /// Runs the scheduler until the process ends: a pass over the queue whenever woken, and
-    /// the leases of the runs in progress renewed every [`HEARTBEAT`] (with a pass, which
-    /// finds runs whose lease expired elsewhere).
+    /// the leases of the runs in progress renewed every quarter of `lease-timeout-secs` (with
+    /// a pass, which finds runs whose lease expired elsewhere).
     pub async fn run(self: Arc<Self>) {
-        let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut beat = tokio::time::interval(self.config.lease_ttl / 4);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(e) = self.schedule() {
@@ -329,27 +334,47 @@ impl Scheduler {
         }
     }
 
-    /// Renews the lease of every run in progress; a run whose lease is no longer this host's
-    /// is stopped.
+    /// Renews the lease of every run in progress. A run whose lease is no longer this host's
+    /// (another host took it over, or it was cancelled through another host) is stopped; so
+    /// is one whose lease this host could not renew for half the lease's time (the database
+    /// is out of reach): it stops well before the lease lapses and another host may take the
+    /// run over, since two must never run it at once.
     fn heartbeat(&self) {
+        let ttl = self.config.lease_ttl;
         let ids: Vec<i64> = self.running().keys().copied().collect();
         for id in ids {
-            match self.queue.extend(id, &self.owner, LEASE_TTL) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let mut running = self.running();
-                    if let Some(r) = running.get_mut(&id) {
-                        tracing::warn!(
-                            run = id,
-                            "run {id} is no longer this host's to run (its lease was lost); stopping it"
-                        );
-                        r.lost = true;
-                        r.cancel_reason = Some("this host lost the run's lease".into());
-                        r.abort.abort();
-                    }
+            let renewed = self.queue.extend(id, &self.owner, ttl);
+            let mut running = self.running();
+            let Some(r) = running.get_mut(&id) else { continue };
+            let why = match renewed {
+                Ok(true) => {
+                    r.renewed = std::time::Instant::now();
+                    continue;
                 }
-                Err(e) => tracing::error!(run = id, "renewing its lease: {e:#}"),
-            }
+                Ok(false) => {
+                    tracing::warn!(
+                        run = id,
+                        "run {id} is no longer this host's to run (its lease was lost); stopping it"
+                    );
+                    "this host lost the run's lease"
+                }
+                Err(e) if r.renewed.elapsed() >= ttl / 2 => {
+                    tracing::error!(
+                        run = id,
+                        "run {id}: its lease could not be renewed for {:?} ({e:#}); stopping it before the lease \
+                         lapses and another host takes it over",
+                        r.renewed.elapsed()
+                    );
+                    "this host could not reach the run store to renew the run's lease"
+                }
+                Err(e) => {
+                    tracing::error!(run = id, "renewing its lease: {e:#}");
+                    continue;
+                }
+            };
+            r.lost = true;
+            r.cancel_reason = Some(why.into());
+            r.abort.abort();
         }
     }
 
@@ -436,6 +461,12 @@ impl Scheduler {
                 waiting.push(run.app.clone());
                 continue;
             }
+            // Runs whose jobs need labels this host lacks are another host's (the API says
+            // which labels they wait for); what this host prepared for one goes.
+            if !run.labels.iter().all(|l| self.config.labels.contains(l)) {
+                self.forget_prepared(run.id);
+                continue;
+            }
             if run.status == RunStatus::Running && !self.may_take_over(&run)? {
                 continue;
             }
@@ -456,7 +487,13 @@ impl Scheduler {
             {
                 continue;
             }
-            let Some(lease) = self.queue.lease(run.id, &self.owner, LEASE_TTL)? else {
+            let Some(lease) = self.queue.lease_within(
+                run.id,
+                &self.owner,
+                self.config.lease_ttl,
+                &crate::queue::Admission { group: run.concurrency_group.clone(), app_max: app.max_runs_across_hosts },
+            )?
+            else {
                 continue;
             };
             unrecorded.retain(|&id| id != run.id);
@@ -532,7 +569,11 @@ impl Scheduler {
             Ok(true) => {
                 let records_inputs =
                     run.trigger == "manual" && plan.triggers.as_ref().is_some_and(|t| t.workflow_dispatch.is_some());
-                let as_read = plan.concurrency.is_none() && !records_inputs;
+                let labels = plan.labels();
+                if !labels.is_empty() {
+                    self.store.set_labels(run.id, &labels)?;
+                }
+                let as_read = plan.concurrency.is_none() && !records_inputs && labels.is_empty();
                 self.settle_group(run, &plan, as_read)?;
                 self.planned.lock().unwrap_or_else(|e| e.into_inner()).insert(run.id, plan);
                 Ok(if as_read { Prepared::AsRead } else { Prepared::Changed })
@@ -596,7 +637,11 @@ impl Scheduler {
             this.report_status(id, RunStatus::Queued, None);
             let r = this.prepare_commit(&run).await;
             let r = match r.and_then(|plan| this.gate(&run, &plan).map(|go| (plan, go))) {
-                Ok((plan, true)) => this.settle_group(&run, &plan, false).map_err(|e| format!("{e:#}")),
+                Ok((plan, true)) => this
+                    .store
+                    .set_labels(id, &plan.labels())
+                    .and_then(|()| this.settle_group(&run, &plan, false))
+                    .map_err(|e| format!("{e:#}")),
                 Ok((_, false)) => {
                     let _ = tokio::fs::remove_dir_all(this.workspace_dir(id)).await;
                     this.checked_out().remove(&id);
@@ -614,6 +659,18 @@ impl Scheduler {
             this.preparing().remove(&id);
             this.wake();
         });
+    }
+
+    /// Drops what this host prepared for a run another host is to run (its checkout, the
+    /// pipeline it read): that host prepares its own.
+    fn forget_prepared(&self, id: i64) {
+        self.planned.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if self.checked_out().remove(&id).is_some() {
+            let ws = self.workspace_dir(id);
+            tokio::spawn(async move {
+                let _ = tokio::fs::remove_dir_all(ws).await;
+            });
+        }
     }
 
     fn preparing(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
@@ -1169,7 +1226,19 @@ impl Scheduler {
             log_bytes: Mutex::new(HashMap::new()),
             cap: self.config.log_bytes_per_step,
         });
-        let report = run_pipeline(&plan, opts, self.executor.clone(), sink.clone()).await;
+        // Each step that uploads or deploys gets its own signed statement when it succeeds.
+        let executor: Arc<dyn StepExecutor> = match &materials {
+            Some(m) => Arc::new(crate::provenance::Attesting::new(
+                self.executor.clone(),
+                self.provenance.clone(),
+                self.config.clone(),
+                self.store.clone(),
+                id,
+                m.clone(),
+            )),
+            None => self.executor.clone(),
+        };
+        let report = run_pipeline(&plan, opts, executor, sink.clone()).await;
         if let Some(materials) = materials
             && report.success()
         {

@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// `all` serves webhooks and runs; `host` serves only the host routes.
     #[arg(long, value_enum, default_value_t = Role::All)]
     pub role: Role,
+    /// This host's labels, comma-separated (`linux,x64,gpu`): it takes the runs whose jobs'
+    /// `runs-on` it has every label of (default: `labels` in the config). Every host also has
+    /// `self-hosted`, `linux` and its architecture.
+    #[arg(long, env = "SKIFF_LABELS", value_name = "LABELS", value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
     /// A file holding the master key (base64 or hex of 32 bytes); `SKIFF_MASTER_KEY` wins.
     #[arg(long, env = "SKIFF_MASTER_KEY_FILE", value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
@@ -113,6 +118,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(l) = args.listen {
         config.listen = l;
+    }
+    if let Some(l) = &args.labels {
+        config.labels = config::host_labels(l).context("`--labels`")?;
     }
     let apps = config.apps.len();
     // Every socket is a file: take the whole allowance the host gives.

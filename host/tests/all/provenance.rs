@@ -1,8 +1,9 @@
 //! Provenance: a run of `skiff serve` that uploads gets a signed in-toto SLSA provenance
 //! statement, stored as its artifact `provenance.intoto.jsonl`; the statement verifies with the
 //! key the host serves at `/v1/provenance/key` (`skiff verify-provenance`), fails when a byte is
-//! changed or another key is given, and names the digests of what ran. A run that neither
-//! uploads nor deploys gets none.
+//! changed or another key is given, and names the digests of what ran. The step that uploads
+//! gets its own statement when it succeeds, named by its outputs for the steps after it. A run
+//! that neither uploads nor deploys gets none.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -13,10 +14,15 @@ use sha2::Digest as _;
 
 const TOKEN: &str = "admin-5e0c2a";
 
-/// `build` writes a file and keeps it as an artifact (`publish`); the `script:` step never runs.
+/// `build` writes a file and keeps it as an artifact (`publish`); the `script:` step never runs;
+/// the job hands on what `publish`'s outputs say of its statement.
 const PIPELINE: &str = r#"
 jobs:
   build:
+    outputs:
+      statement: ${{ steps.publish.outputs.provenance }}
+      statement-sha256: ${{ steps.publish.outputs.provenance-sha256 }}
+      key: ${{ steps.publish.outputs.provenance-key-id }}
     steps:
       - uses: diag
         with:
@@ -117,8 +123,8 @@ async fn a_run_that_uploads_gets_signed_provenance_of_what_ran() {
         .unwrap();
     let artifacts = list["artifacts"].as_array().unwrap();
     let names: Vec<&str> = artifacts.iter().map(|a| a["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["provenance.intoto.jsonl", "site.txt"], "{list}");
-    let site_sha = artifacts[1]["sha256"].as_str().unwrap().to_string();
+    assert_eq!(names, ["provenance-build-publish.intoto.jsonl", "provenance.intoto.jsonl", "site.txt"], "{list}");
+    let site_sha = artifacts[2]["sha256"].as_str().unwrap().to_string();
     let get = |name: &str| {
         let (http, url) = (http.clone(), format!("{base}/v1/runs/{id}/artifacts/{name}"));
         async move { http.get(url).bearer_auth(TOKEN).send().await.unwrap().bytes().await.unwrap().to_vec() }
@@ -126,7 +132,7 @@ async fn a_run_that_uploads_gets_signed_provenance_of_what_ran() {
     let envelope_bytes = get("provenance.intoto.jsonl").await;
     let site = get("site.txt").await;
     assert_eq!(sha256(&site), site_sha);
-    assert_eq!(sha256(&envelope_bytes), artifacts[0]["sha256"].as_str().unwrap());
+    assert_eq!(sha256(&envelope_bytes), artifacts[1]["sha256"].as_str().unwrap());
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("provenance.intoto.jsonl");
@@ -187,6 +193,38 @@ async fn a_run_that_uploads_gets_signed_provenance_of_what_ran() {
         logs.contains(&format!(
             "provenance of this run: artifact provenance.intoto.jsonl (sha256:{})",
             sha256(&envelope_bytes)
+        )),
+        "{logs}"
+    );
+
+    // The upload step's own statement, signed when it succeeded: its outputs name it (the job
+    // hands them on), it verifies, and its subject is what the step did and the artifact it
+    // stored, from the steps that had run by then.
+    let jobs = &run["jobs"];
+    let outputs = &jobs[0]["outputs"];
+    let step_bytes = get("provenance-build-publish.intoto.jsonl").await;
+    assert_eq!(outputs["statement"], "provenance-build-publish.intoto.jsonl", "{jobs:#}");
+    assert_eq!(outputs["statement-sha256"].as_str(), Some(sha256(&step_bytes).as_str()), "{jobs:#}");
+    assert_eq!(outputs["key"].as_str(), Some(keyid.as_str()), "{jobs:#}");
+    assert_eq!(artifacts[0]["sha256"].as_str(), Some(sha256(&step_bytes).as_str()));
+    let step_file = dir.path().join("provenance-build-publish.intoto.jsonl");
+    std::fs::write(&step_file, &step_bytes).unwrap();
+    let out = verify(&[step_file.to_str().unwrap(), "--key", pem_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let step_envelope: Value = serde_json::from_slice(&step_bytes).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD.decode(step_envelope["payload"].as_str().unwrap()).unwrap();
+    let step_statement: Value = serde_json::from_slice(&payload).unwrap();
+    let subject = step_statement["subject"].as_array().unwrap();
+    assert_eq!(subject.len(), 2, "{subject:#?}");
+    assert_eq!(subject[0]["name"], "build/publish");
+    assert_eq!(subject[0]["annotations"]["kind"], "deployment");
+    assert_eq!(subject[1], serde_json::json!({"name": "site.txt", "digest": {"sha256": site_sha}}));
+    let step_deps = step_statement["predicate"]["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+    assert!(step_deps.iter().any(|d| d["uri"] == "builtin://upload"), "{step_deps:#?}");
+    assert!(
+        logs.contains(&format!(
+            "provenance of this step: artifact provenance-build-publish.intoto.jsonl (sha256:{})",
+            sha256(&step_bytes)
         )),
         "{logs}"
     );

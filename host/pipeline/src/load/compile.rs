@@ -157,6 +157,7 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
     });
     let environment =
         j.environment.as_ref().and_then(|e| environment(cx, &sub("environment"), e, needs, &seen_ids, &matrix_keys));
+    let runs_on = j.runs_on.as_ref().map(|r| runs_on(cx, &sub("runs-on"), r, &matrix_keys)).unwrap_or_default();
     let strategy = j.strategy.clone().unwrap_or_default();
     let many = j.strategy.is_some();
     let mut jobs = Vec::with_capacity(combos.len());
@@ -192,7 +193,19 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
                 step.image = image.clone();
             }
         }
+        let mut labels: Vec<String> = Vec::new();
+        for (lp, v) in &runs_on {
+            let mut scope = expr::Scope::default();
+            scope.set_json("matrix", &serde_json::to_value(&matrix).unwrap_or_default());
+            match v.tpl.render(&scope).map_err(|e| e.to_string()).and_then(|t| crate::plan::label(&t)) {
+                Ok(l) => labels.push(l),
+                Err(e) => cx.at_value(lp, e),
+            }
+        }
+        labels.sort();
+        labels.dedup();
         jobs.push(PlanJob {
+            runs_on: labels,
             key,
             job: id.to_string(),
             name,
@@ -209,6 +222,48 @@ fn build_job(cx: &mut Cx, id: &str, j: &JobDef, p: &YPath, needs: &[String], dir
         });
     }
     jobs
+}
+
+/// `runs-on:`: each label, which may use `matrix` and nothing else (a host is chosen before
+/// the run), compiled; rendered per combination by the caller.
+fn runs_on(
+    cx: &mut Cx,
+    p: &YPath,
+    r: &crate::model::RunsOnDef,
+    matrix: &BTreeSet<String>,
+) -> Vec<(YPath, crate::plan::Value)> {
+    let written = r.labels();
+    if written.is_empty() {
+        cx.at_value(p, "`runs-on` names no label: leave it out to let any host take the job");
+    }
+    let mut out = Vec::new();
+    for (i, l) in written.iter().enumerate() {
+        let mut lp = p.clone();
+        if matches!(r, crate::model::RunsOnDef::Spec { .. }) {
+            lp.push(Seg::Key("labels".into()));
+        }
+        if !matches!(r, crate::model::RunsOnDef::One(_))
+            && !matches!(r, crate::model::RunsOnDef::Spec { labels: crate::model::OneOrMany::One(_) })
+        {
+            lp.push(Seg::Index(i));
+        }
+        let mut no_secrets = BTreeSet::new();
+        let v = value(cx, &lp, l, &mut Refs { needs: &[], steps: None, matrix, secrets: &mut no_secrets });
+        let outside = v.tpl.exprs().find_map(|e| e.refs.iter().find(|r| r[0] != "matrix").map(|r| (e, r[0].clone())));
+        if let Some((e, root)) = outside {
+            let at = cx.map.inside(&lp, l, e.offset);
+            cx.err(
+                at,
+                format!(
+                    "`runs-on` can use only `matrix` (a host is chosen before the run), not `{root}` in `{}`",
+                    e.source
+                ),
+            );
+            continue;
+        }
+        out.push((lp, v));
+    }
+    out
 }
 
 /// `environment:`: a fixed name (the host's config decides what it grants, so the event must

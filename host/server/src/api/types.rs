@@ -62,6 +62,19 @@ pub struct Run {
     pub duration_ms: Option<i64>,
     /// Whether a newer run of its group cancels it while it runs.
     pub cancel_in_progress: bool,
+    /// The labels a host needs to take it (its jobs' `runs-on`), once its pipeline was read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs_on: Vec<String>,
+    /// Why a queued run has not started, when a host has read its pipeline: the labels it
+    /// waits for a host to have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+/// Why a queued run that needs `labels` waits (`None` for any other).
+pub fn waiting_for(status: RunStatus, labels: &[String]) -> Option<String> {
+    (status == RunStatus::Queued && !labels.is_empty())
+        .then(|| format!("a host with the labels {}: start one with `skiff serve --labels …`", labels.join(", ")))
 }
 
 /// A job of a run.
@@ -156,6 +169,8 @@ impl From<store::Run> for Run {
             finished_at: r.finished_at,
             duration_ms: r.duration_ms,
             cancel_in_progress: r.cancel_in_progress,
+            waiting_for: waiting_for(r.status, &r.labels),
+            runs_on: r.labels,
         }
     }
 }

@@ -148,6 +148,8 @@ pub struct Run {
     pub prepared: bool,
     /// Whether a newer run of its group cancels it while it runs.
     pub cancel_in_progress: bool,
+    /// The labels a host needs to take it (its jobs' `runs-on`), once its pipeline was read.
+    pub labels: Vec<String>,
 }
 
 /// A job of a run.
@@ -337,6 +339,10 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Which of its commit's pipelines a run runs.
     fn set_pipeline(&self, id: i64, pipeline: &str) -> anyhow::Result<()>;
+
+    /// The labels a host needs to take a run (its jobs' `runs-on`), once its pipeline is read;
+    /// empty: any host.
+    fn set_labels(&self, id: i64, labels: &[String]) -> anyhow::Result<()>;
 
     /// A manual run's inputs, checked against the pipeline's `workflow_dispatch` and with its
     /// defaults.

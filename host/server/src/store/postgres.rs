@@ -24,7 +24,7 @@ use postgres::{Client, NoTls, Row, Transaction};
 use super::{
     Decision, Inserted, Job, NewRun, Recovered, Run, RunFilter, RunSearch, RunStatus, RunStore, Step, Usage, now_ms,
 };
-use crate::queue::{Lease, RunQueue};
+use crate::queue::{Admission, Lease, RunQueue};
 
 /// The schema, one step per entry, as [`super::MIGRATIONS`] for SQLite: entry `n` moves the
 /// version in `schema_migrations` from `n` to `n + 1`, in one transaction.
@@ -123,6 +123,11 @@ pub const MIGRATIONS: &[&str] = &[
     "CREATE TABLE run_numbers (app TEXT PRIMARY KEY, next BIGINT NOT NULL);
     INSERT INTO run_numbers (app, next) SELECT app, MAX(number) + 1 FROM runs GROUP BY app;
     CREATE INDEX runs_app_number ON runs(app, number);",
+    // 8: the labels a host needs to take the run (its jobs' `runs-on`), comma-separated; known
+    // once the run's pipeline is read. The running runs of an app, which a lease counts for
+    // its app's limit and concurrency group whatever the number of runs stored.
+    "ALTER TABLE runs ADD COLUMN labels TEXT;
+    CREATE INDEX runs_running ON runs(app) WHERE status = 'running';",
 ];
 
 /// Unix ms by the database's clock: the one clock every host sharing the database agrees on,
@@ -135,7 +140,7 @@ const MIGRATION_LOCK: i64 = 0x736b_6966_665f_6d69; // "skiff_mi"
 /// Idle connections kept for reuse; more are opened when calls overlap, and closed after.
 const IDLE: usize = 8;
 
-const RUN_COLS: &str = "id, app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, job, parent_id, requested_by, concurrency_group, interruptions, error, created_at, started_at, finished_at, event, body, prepared, cancel_in_progress, pipeline";
+const RUN_COLS: &str = "id, app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, job, parent_id, requested_by, concurrency_group, interruptions, error, created_at, started_at, finished_at, event, body, prepared, cancel_in_progress, pipeline, labels";
 
 const DECISION_COLS: &str = "run_id, attempt, job_key, environment, approved, decided_by, decided_at";
 
@@ -176,6 +181,10 @@ fn run_row(r: &Row) -> anyhow::Result<Run> {
         prepared: r.try_get(22)?,
         cancel_in_progress: r.try_get(23)?,
         pipeline: r.try_get(24)?,
+        labels: r
+            .try_get::<_, Option<String>>(25)?
+            .map(|l| l.split(',').map(String::from).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -569,6 +578,12 @@ impl RunStore for PostgresStore {
         Ok(())
     }
 
+    fn set_labels(&self, id: i64, labels: &[String]) -> anyhow::Result<()> {
+        let labels = (!labels.is_empty()).then(|| labels.join(","));
+        self.execute("UPDATE runs SET labels = $2 WHERE id = $1", &[&id, &labels])?;
+        Ok(())
+    }
+
     fn set_inputs(&self, id: i64, inputs: &BTreeMap<String, String>) -> anyhow::Result<()> {
         let json = serde_json::to_string(inputs)?;
         self.execute("UPDATE runs SET inputs = $2 WHERE id = $1", &[&id, &json])?;
@@ -897,14 +912,48 @@ impl RunQueue for PostgresStore {
         })
     }
 
-    fn lease(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<Option<Lease>> {
+    fn lease_within(
+        &self,
+        id: i64,
+        owner: &str,
+        ttl: Duration,
+        admission: &Admission,
+    ) -> anyhow::Result<Option<Lease>> {
         self.with(|c| {
             let mut tx = c.transaction()?;
             // The row, unless another host is leasing it right now: then it is theirs, and
             // this host moves on without waiting.
-            let sql = format!("SELECT status, lease_expires_at, {DB_NOW} FROM runs WHERE id = $1 FOR UPDATE SKIP LOCKED");
+            let sql =
+                format!("SELECT status, lease_expires_at, {DB_NOW}, app FROM runs WHERE id = $1 FOR UPDATE SKIP LOCKED");
             let Some(row) = tx.query_opt(&sql, &[&id])? else { return Ok(None) };
-            let (status, expiry, now): (String, Option<i64>, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let (status, expiry, mut now): (String, Option<i64>, i64) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            if !admission.is_empty() {
+                // One lease of the app at a time, across hosts: the counts below then see
+                // every lease committed before this one.
+                let app: String = row.try_get(3)?;
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&app])?;
+                now = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
+                let running = "SELECT COUNT(*) FROM runs r WHERE r.app = $1 AND r.id <> $2 AND r.status = 'running'
+                        AND r.lease_expires_at > $3";
+                if let Some(group) = &admission.group {
+                    let sql = format!("{running} AND r.concurrency_group = $4");
+                    let n: i64 = tx.query_one(&sql, &[&app, &id, &now, group])?.try_get(0)?;
+                    if n > 0 {
+                        return Ok(None);
+                    }
+                }
+                if let Some(max) = admission.app_max {
+                    let sql = format!(
+                        "{running} AND (EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.status = 'running')
+                            OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.status = 'waiting'))"
+                    );
+                    let n: i64 = tx.query_one(&sql, &[&app, &id, &now])?.try_get(0)?;
+                    if usize::try_from(n).unwrap_or(usize::MAX) >= max {
+                        return Ok(None);
+                    }
+                }
+            }
             let expires_at = now.saturating_add(millis(ttl));
             let taken_over = match status.as_str() {
                 "queued" => false,

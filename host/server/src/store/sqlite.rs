@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use super::{
     Decision, Inserted, Job, NewRun, Recovered, Run, RunFilter, RunSearch, RunStatus, RunStore, Step, Usage, now_ms,
 };
-use crate::queue::{Lease, RunQueue};
+use crate::queue::{Admission, Lease, RunQueue};
 
 /// The schema, one step per entry; entry `n` moves `user_version` from `n` to `n + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -112,6 +112,11 @@ pub const MIGRATIONS: &[&str] = &[
     "CREATE TABLE run_numbers (app TEXT PRIMARY KEY, next INTEGER NOT NULL) WITHOUT ROWID;
     INSERT INTO run_numbers (app, next) SELECT app, MAX(number) + 1 FROM runs GROUP BY app;
     CREATE INDEX runs_app_number ON runs(app, number);",
+    // 8: the labels a host needs to take the run (its jobs' `runs-on`), comma-separated; known
+    // once the run's pipeline is read. The running runs of an app, which a lease counts for
+    // its app's limit and concurrency group whatever the number of runs stored.
+    "ALTER TABLE runs ADD COLUMN labels TEXT;
+    CREATE INDEX runs_running ON runs(app) WHERE status = 'running';",
 ];
 
 impl ToSql for RunStatus {
@@ -145,7 +150,7 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-const RUN_COLS: &str = "id, app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, job, parent_id, requested_by, concurrency_group, interruptions, error, created_at, started_at, finished_at, event, body, prepared, cancel_in_progress, pipeline";
+const RUN_COLS: &str = "id, app, number, attempt, status, trigger, reason, git_ref, sha, dispatch_id, inputs, job, parent_id, requested_by, concurrency_group, interruptions, error, created_at, started_at, finished_at, event, body, prepared, cancel_in_progress, pipeline, labels";
 
 fn run_row(r: &Row<'_>) -> rusqlite::Result<Run> {
     let inputs: String = r.get(10)?;
@@ -180,6 +185,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<Run> {
         prepared: r.get(22)?,
         cancel_in_progress: r.get(23)?,
         pipeline: r.get(24)?,
+        labels: r.get::<_, Option<String>>(25)?.map(|l| l.split(',').map(String::from).collect()).unwrap_or_default(),
     })
 }
 
@@ -315,6 +321,12 @@ impl RunStore for SqliteStore {
 
     fn set_pipeline(&self, id: i64, pipeline: &str) -> anyhow::Result<()> {
         self.conn().execute("UPDATE runs SET pipeline = ?2 WHERE id = ?1", params![id, pipeline])?;
+        Ok(())
+    }
+
+    fn set_labels(&self, id: i64, labels: &[String]) -> anyhow::Result<()> {
+        let labels = (!labels.is_empty()).then(|| labels.join(","));
+        self.conn().execute("UPDATE runs SET labels = ?2 WHERE id = ?1", params![id, labels])?;
         Ok(())
     }
 
@@ -660,12 +672,42 @@ impl RunQueue for SqliteStore {
         Ok(runs)
     }
 
-    fn lease(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<Option<Lease>> {
+    fn lease_within(
+        &self,
+        id: i64,
+        owner: &str,
+        ttl: Duration,
+        admission: &Admission,
+    ) -> anyhow::Result<Option<Lease>> {
         let mut conn = self.conn();
         // IMMEDIATE: the write lock from the start, so two processes on one file cannot both
-        // see the run available.
+        // see the run available, nor admit two runs past a limit.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let now = now_ms();
+        if !admission.is_empty() {
+            let running =
+                "SELECT COUNT(*) FROM runs r WHERE r.app = (SELECT app FROM runs WHERE id = ?1) AND r.id <> ?1
+                AND r.status = 'running' AND r.lease_expires_at > ?2";
+            if let Some(group) = &admission.group {
+                let n: i64 =
+                    tx.query_row(&format!("{running} AND r.concurrency_group = ?3"), params![id, now, group], |r| {
+                        r.get(0)
+                    })?;
+                if n > 0 {
+                    return Ok(None);
+                }
+            }
+            if let Some(max) = admission.app_max {
+                let sql = format!(
+                    "{running} AND (EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.status = 'running')
+                        OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = r.id AND j.status = 'waiting'))"
+                );
+                let n: i64 = tx.query_row(&sql, params![id, now], |r| r.get(0))?;
+                if usize::try_from(n).unwrap_or(usize::MAX) >= max {
+                    return Ok(None);
+                }
+            }
+        }
         let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         let queued = tx.execute(
             "UPDATE runs SET status = 'running', started_at = ?2, error = NULL, lease_owner = ?3, lease_expires_at = ?4,

@@ -1,5 +1,6 @@
 //! The stores' behaviour: one suite, run against both [`SqliteStore`] (in memory) and
-//! [`PostgresStore`] (a database of its own in a throwaway cluster, see [`pg`]), so that the two
+//! [`PostgresStore`] (a database of its own in a throwaway cluster, see
+//! [`crate::testing::postgres`]), so that the two
 //! cannot drift apart. Then what only a store that several hosts share must stand: hosts racing
 //! for the same runs, numbers and dispatch ids.
 //!
@@ -41,7 +42,7 @@ macro_rules! suite {
             $(
                 #[test]
                 fn $name() {
-                    let Some(db) = super::pg::database() else { return };
+                    let Some(db) = crate::testing::postgres::database() else { return };
                     super::$name(&db.store(), super::Kind::Postgres);
                 }
             )*
@@ -62,6 +63,7 @@ suite!(
     jobs_and_steps_come_back_in_order_with_their_usage,
     finishing_a_run_closes_it_once_and_cron_times_are_kept,
     pruning_removes_finished_runs_of_one_app_with_their_jobs_only,
+    a_lease_is_admitted_only_within_the_group_and_the_app_s_limit,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -335,7 +337,10 @@ fn a_run_keeps_what_it_was_given_and_what_is_set_later(store: &dyn Store, _: Kin
     let inputs = BTreeMap::from([("level".to_string(), "4".to_string()), ("x".to_string(), "y".to_string())]);
     store.set_inputs(id, &inputs).unwrap();
     store.set_prepared(id, Some("deploy-main"), true).unwrap();
+    assert!(store.run(id).unwrap().unwrap().labels.is_empty());
+    store.set_labels(id, &["gpu".to_string(), "linux".to_string()]).unwrap();
     let got = store.run(id).unwrap().unwrap();
+    assert_eq!(got.labels, ["gpu", "linux"]);
     assert_eq!(got.sha.as_deref(), Some("abc123"));
     assert_eq!(got.event, serde_json::json!({ "ref": "refs/heads/main", "sha": "abc123", "n": [1, 2] }));
     assert_eq!((got.pipeline.as_deref(), got.inputs), (Some(".skiff/pipelines/b.yaml"), inputs));
@@ -489,9 +494,10 @@ mod shared {
     use std::sync::{Barrier, Mutex};
     use std::time::Duration;
 
-    use super::{MINUTE, pg, queued};
+    use super::{MINUTE, queued};
     use crate::queue::RunQueue as _;
     use crate::store::{NewRun, PostgresStore, RunFilter, RunStatus, RunStore as _};
+    use crate::testing::postgres as pg;
 
     const RUNS: usize = 300;
 
@@ -707,222 +713,6 @@ mod shared {
     }
 }
 
-/// A throwaway PostgreSQL cluster, one per test process, started on first use: Debian's
-/// `initdb` and `pg_ctl` (`/usr/lib/postgresql/*/bin`, or `SKIFF_PG_BIN`, or `PATH`), a temp
-/// folder, a free port on 127.0.0.1 with its socket in the folder, trust authentication, no
-/// fsync. As root, the cluster runs as the `postgres` user (else `nobody`), since `initdb`
-/// refuses root. A watcher process stops it (`pg_ctl stop -m immediate`) and removes the
-/// folder when the test process ends. Each test gets a database of its own.
-pub(super) mod pg {
-    use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Mutex, OnceLock};
-
-    use crate::store::PostgresStore;
-
-    struct Cluster {
-        port: u16,
-    }
-
-    /// A database of its own in the cluster.
-    pub struct Database {
-        pub url: String,
-        port: u16,
-        name: String,
-    }
-
-    impl Database {
-        /// A store (a host) on it: connected and migrated.
-        pub fn store(&self) -> PostgresStore {
-            PostgresStore::connect(&self.url).unwrap()
-        }
-
-        /// A plain connection to it.
-        pub fn client(&self) -> postgres::Client {
-            connect(self.port, &self.name)
-        }
-    }
-
-    fn connect(port: u16, db: &str) -> postgres::Client {
-        postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .dbname(db)
-            .connect(postgres::NoTls)
-            .unwrap()
-    }
-
-    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-
-    /// A new database, or `None` (after a loud `SKIPPED:`) when PostgreSQL is not installed
-    /// and `CI` is not `true`.
-    pub fn database() -> Option<Database> {
-        let cluster = match CLUSTER.get_or_init(start) {
-            Ok(c) => c,
-            Err(why) => {
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("the PostgreSQL store tests cannot run under CI=true: {why}");
-                }
-                // Past the test harness's capture of `eprintln!`, so that `cargo test` shows it.
-                use std::io::Write as _;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED: a PostgreSQL store test did not run: {why}; `scripts/setup.sh` installs it"
-                );
-                return None;
-            }
-        };
-        static N: AtomicU64 = AtomicU64::new(0);
-        static CREATE: Mutex<()> = Mutex::new(());
-        let name = format!("t_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        {
-            let _one_at_a_time = CREATE.lock().unwrap_or_else(|e| e.into_inner());
-            connect(cluster.port, "postgres").batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        }
-        Some(Database {
-            url: format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
-            port: cluster.port,
-            name,
-        })
-    }
-
-    /// The folder of `initdb` and `pg_ctl`, the newest version installed.
-    fn bin_dir() -> Option<PathBuf> {
-        // Set, it is the only place looked at (`SKIFF_PG_BIN=/nowhere` shows the skip).
-        if let Some(dir) = std::env::var_os("SKIFF_PG_BIN") {
-            let dir = PathBuf::from(dir);
-            return dir.join("initdb").is_file().then_some(dir);
-        }
-        let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-            .filter(|(_, bin)| bin.join("initdb").is_file())
-            .collect();
-        debian.sort();
-        if let Some((_, bin)) = debian.pop() {
-            return Some(bin);
-        }
-        std::env::var_os("PATH")
-            .and_then(|p| std::env::split_paths(&p).find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file()))
-    }
-
-    fn output(cmd: &mut Command) -> Result<String, String> {
-        let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{cmd:?}: {}\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    }
-
-    fn start() -> Result<Cluster, String> {
-        let Some(bin) = bin_dir() else {
-            return Err(
-                "PostgreSQL's `initdb` was not found (in /usr/lib/postgresql/*/bin, SKIFF_PG_BIN or PATH)".into()
-            );
-        };
-        // Found but not working is a failure, never a skip.
-        Ok(launch(&bin).unwrap_or_else(|e| panic!("starting a PostgreSQL cluster with {}: {e}", bin.display())))
-    }
-
-    fn launch(bin: &Path) -> Result<Cluster, String> {
-        let root = tempfile::Builder::new().prefix("skiff-pg-").tempdir().map_err(|e| e.to_string())?.keep();
-        let data = root.join("data");
-        // As root, as a user initdb accepts, who owns the folder.
-        let user = if output(Command::new("id").arg("-u"))? == "0" {
-            let user = if output(Command::new("id").args(["-u", "postgres"])).is_ok() { "postgres" } else { "nobody" };
-            output(Command::new("chown").arg(user).arg(&root))?;
-            Some(user)
-        } else {
-            None
-        };
-        let as_user = |program: &Path| {
-            let mut cmd = match user {
-                Some(u) => {
-                    let mut c = Command::new("runuser");
-                    c.args(["-u", u, "--"]).arg(program);
-                    c
-                }
-                None => Command::new(program),
-            };
-            cmd.current_dir(&root);
-            cmd
-        };
-        output(as_user(&bin.join("initdb")).arg("-D").arg(&data).args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-            "--no-instructions",
-        ]))?;
-        let pg_ctl = bin.join("pg_ctl");
-        // Another process may take the port between asking and binding: try a few.
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let options = format!(
-                "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-                root.display()
-            );
-            let started = output(
-                as_user(&pg_ctl)
-                    .arg("-D")
-                    .arg(&data)
-                    .arg("-l")
-                    .arg(root.join("log"))
-                    .args(["-w", "-t", "60", "-o", &options, "start"])
-                    .stdout(Stdio::null()),
-            );
-            match started {
-                Ok(_) => {
-                    watch(user, &pg_ctl, &data, &root);
-                    return Ok(Cluster { port });
-                }
-                Err(e) => last = format!("{e}\n{}", std::fs::read_to_string(root.join("log")).unwrap_or_default()),
-            }
-        }
-        let _ = std::fs::remove_dir_all(&root);
-        Err(last)
-    }
-
-    /// A process of its own session that outlives this one, then stops the cluster and
-    /// removes its folder.
-    fn watch(user: Option<&str>, pg_ctl: &Path, data: &Path, root: &Path) {
-        let run_as = user.map(|u| format!("runuser -u {u} -- ")).unwrap_or_default();
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {run_as}'{pg_ctl}' -D '{data}' stop -m immediate; rm -rf '{root}'",
-            pid = std::process::id(),
-            pg_ctl = pg_ctl.display(),
-            data = data.display(),
-            root = root.display(),
-        );
-        Command::new("setsid")
-            .args(["-f", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .and_then(|mut c| c.wait())
-            .expect("starting the PostgreSQL cluster's watcher (setsid)");
-    }
-}
-
 fn pruning_removes_finished_runs_of_one_app_with_their_jobs_only(store: &dyn Store, _: Kind) {
     let old = queued(store, "web");
     store.job_started(old, "build", "build", "build").unwrap();
@@ -939,4 +729,34 @@ fn pruning_removes_finished_runs_of_one_app_with_their_jobs_only(store: &dyn Sto
     assert!(store.prune_runs("web", later, 10).unwrap().is_empty());
     let next = store.insert_run(&NewRun { app: "web".into(), trigger: "push".into(), ..NewRun::default() }).unwrap();
     assert_eq!(next.number, 3);
+}
+
+fn a_lease_is_admitted_only_within_the_group_and_the_app_s_limit(store: &dyn Store, _: Kind) {
+    use crate::queue::Admission;
+    let group = |g: &str| Admission { group: Some(g.into()), app_max: None };
+    let at_most = |n: usize| Admission { group: None, app_max: Some(n) };
+    let (first, second) = (queued(store, "web"), queued(store, "web"));
+    store.set_prepared(first, Some("deploy"), false).unwrap();
+    store.set_prepared(second, Some("deploy"), false).unwrap();
+    assert!(store.lease_within(first, "host-1", MINUTE, &group("deploy")).unwrap().is_some());
+    // The group is held, whichever host asks; another group, or another app's, is not.
+    assert!(store.lease_within(second, "host-2", MINUTE, &group("deploy")).unwrap().is_none());
+    assert_eq!(store.run(second).unwrap().unwrap().status, RunStatus::Queued);
+    let other = queued(store, "docs");
+    store.set_prepared(other, Some("deploy"), false).unwrap();
+    assert!(store.lease_within(other, "host-2", MINUTE, &group("deploy")).unwrap().is_some());
+
+    // The app's limit counts its running runs on every host, not a run that only waits for
+    // approvals, nor a run whose lease lapsed.
+    let (third, fourth, fifth) = (queued(store, "web"), queued(store, "web"), queued(store, "web"));
+    assert!(store.lease_within(third, "host-2", MINUTE, &at_most(2)).unwrap().is_some());
+    assert!(store.lease_within(fourth, "host-1", MINUTE, &at_most(2)).unwrap().is_none());
+    store.job_waiting(third, "deploy", "deploy", "deploy", "production", "waiting for an approval").unwrap();
+    assert!(store.lease_within(fourth, "host-1", Duration::ZERO, &at_most(2)).unwrap().is_some());
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(store.lease_within(fifth, "host-1", MINUTE, &at_most(2)).unwrap().is_some(), "fourth's lease lapsed");
+
+    // Once the group's run ends, the next one is admitted.
+    assert!(store.complete(first, "host-1", RunStatus::Success, None).unwrap());
+    assert!(store.lease_within(second, "host-2", MINUTE, &group("deploy")).unwrap().is_some());
 }

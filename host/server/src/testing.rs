@@ -1,0 +1,225 @@
+//! What the test suites of Skiff's crates share and that needs this crate's insides: a
+//! throwaway PostgreSQL cluster for the store tests here and the host-pool tests of `skiff`
+//! (which turn on the `testing` feature).
+
+/// A throwaway PostgreSQL cluster, one per test process, started on first use: Debian's
+/// `initdb` and `pg_ctl` (`/usr/lib/postgresql/*/bin`, or `SKIFF_PG_BIN`, or `PATH`), a temp
+/// folder, a free port on 127.0.0.1 with its socket in the folder, trust authentication, no
+/// fsync. As root, the cluster runs as the `postgres` user (else `nobody`), since `initdb`
+/// refuses root. A watcher process stops it (`pg_ctl stop -m immediate`) and removes the
+/// folder when the test process ends. Each test gets a database of its own.
+pub mod postgres {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    use crate::store::PostgresStore;
+
+    struct Cluster {
+        port: u16,
+    }
+
+    /// A database of its own in the cluster.
+    pub struct Database {
+        /// `postgres://postgres@127.0.0.1:PORT/NAME`.
+        pub url: String,
+        port: u16,
+        name: String,
+    }
+
+    impl Database {
+        /// A store (a host) on it: connected and migrated.
+        pub fn store(&self) -> PostgresStore {
+            PostgresStore::connect(&self.url).unwrap()
+        }
+
+        /// A plain connection to it.
+        pub fn client(&self) -> postgres::Client {
+            connect(self.port, &self.name)
+        }
+    }
+
+    fn connect(port: u16, db: &str) -> postgres::Client {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .dbname(db)
+            .connect(postgres::NoTls)
+            .unwrap()
+    }
+
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+    /// A new database, or `None` (after a loud `SKIPPED:`) when PostgreSQL is not installed
+    /// and `CI` is not `true`. Callable from async tests too: the synchronous client runs on
+    /// a thread of its own.
+    pub fn database() -> Option<Database> {
+        std::thread::scope(|s| s.spawn(create).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    }
+
+    fn create() -> Option<Database> {
+        let cluster = match CLUSTER.get_or_init(start) {
+            Ok(c) => c,
+            Err(why) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("the PostgreSQL store tests cannot run under CI=true: {why}");
+                }
+                // Past the test harness's capture of `eprintln!`, so that `cargo test` shows it.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: a PostgreSQL store test did not run: {why}; `scripts/setup.sh` installs it"
+                );
+                return None;
+            }
+        };
+        static N: AtomicU64 = AtomicU64::new(0);
+        static CREATE: Mutex<()> = Mutex::new(());
+        let name = format!("t_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        {
+            let _one_at_a_time = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+            connect(cluster.port, "postgres").batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        }
+        Some(Database {
+            url: format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
+            port: cluster.port,
+            name,
+        })
+    }
+
+    /// The folder of `initdb` and `pg_ctl`, the newest version installed.
+    fn bin_dir() -> Option<PathBuf> {
+        // Set, it is the only place looked at (`SKIFF_PG_BIN=/nowhere` shows the skip).
+        if let Some(dir) = std::env::var_os("SKIFF_PG_BIN") {
+            let dir = PathBuf::from(dir);
+            return dir.join("initdb").is_file().then_some(dir);
+        }
+        let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+            .filter(|(_, bin)| bin.join("initdb").is_file())
+            .collect();
+        debian.sort();
+        if let Some((_, bin)) = debian.pop() {
+            return Some(bin);
+        }
+        std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file()))
+    }
+
+    fn output(cmd: &mut Command) -> Result<String, String> {
+        let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?}: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    fn start() -> Result<Cluster, String> {
+        let Some(bin) = bin_dir() else {
+            return Err(
+                "PostgreSQL's `initdb` was not found (in /usr/lib/postgresql/*/bin, SKIFF_PG_BIN or PATH)".into()
+            );
+        };
+        // Found but not working is a failure, never a skip.
+        Ok(launch(&bin).unwrap_or_else(|e| panic!("starting a PostgreSQL cluster with {}: {e}", bin.display())))
+    }
+
+    fn launch(bin: &Path) -> Result<Cluster, String> {
+        let root = tempfile::Builder::new().prefix("skiff-pg-").tempdir().map_err(|e| e.to_string())?.keep();
+        let data = root.join("data");
+        // As root, as a user initdb accepts, who owns the folder.
+        let user = if output(Command::new("id").arg("-u"))? == "0" {
+            let user = if output(Command::new("id").args(["-u", "postgres"])).is_ok() { "postgres" } else { "nobody" };
+            output(Command::new("chown").arg(user).arg(&root))?;
+            Some(user)
+        } else {
+            None
+        };
+        let as_user = |program: &Path| {
+            let mut cmd = match user {
+                Some(u) => {
+                    let mut c = Command::new("runuser");
+                    c.args(["-u", u, "--"]).arg(program);
+                    c
+                }
+                None => Command::new(program),
+            };
+            cmd.current_dir(&root);
+            cmd
+        };
+        output(as_user(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]))?;
+        let pg_ctl = bin.join("pg_ctl");
+        // Another process may take the port between asking and binding: try a few.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let options = format!(
+                "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+                root.display()
+            );
+            let started = output(
+                as_user(&pg_ctl)
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(root.join("log"))
+                    .args(["-w", "-t", "60", "-o", &options, "start"])
+                    .stdout(Stdio::null()),
+            );
+            match started {
+                Ok(_) => {
+                    watch(user, &pg_ctl, &data, &root);
+                    return Ok(Cluster { port });
+                }
+                Err(e) => last = format!("{e}\n{}", std::fs::read_to_string(root.join("log")).unwrap_or_default()),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        Err(last)
+    }
+
+    /// A process of its own session that outlives this one, then stops the cluster and
+    /// removes its folder.
+    fn watch(user: Option<&str>, pg_ctl: &Path, data: &Path, root: &Path) {
+        let run_as = user.map(|u| format!("runuser -u {u} -- ")).unwrap_or_default();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {run_as}'{pg_ctl}' -D '{data}' stop -m immediate; rm -rf '{root}'",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = data.display(),
+            root = root.display(),
+        );
+        Command::new("setsid")
+            .args(["-f", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut c| c.wait())
+            .expect("starting the PostgreSQL cluster's watcher (setsid)");
+    }
+}

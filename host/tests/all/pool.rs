@@ -1,0 +1,364 @@
+//! A pool of real `skiff serve` processes sharing one real PostgreSQL (a throwaway cluster,
+//! `skiff_server::testing::postgres`), with `lease-timeout-secs = 3`: a host killed with
+//! SIGKILL in the middle of a run, a host cut off from the database (through a TCP proxy the
+//! test cuts), a cancel through one host of a run on another, and one concurrency group raced
+//! from two hosts. The step of each run holds an HTTP request open to a gate server of the
+//! test's own, so the test sees where and how many times a run is running, and when it stops.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use crate::serve::ServeProcess;
+
+const TOKEN: &str = "pool-admin-token";
+
+/// An HTTP server whose requests are held open until released: it counts arrivals and how
+/// many are open at once (a request whose client went away is no longer open).
+struct Gate {
+    port: u16,
+    arrived: AtomicUsize,
+    open: AtomicUsize,
+    most_open: AtomicUsize,
+    closed_by_client: AtomicUsize,
+    /// Requests are answered at once from here on.
+    released: watch::Sender<bool>,
+    /// Answer after this long without a release (0: wait for the release).
+    hold_ms: AtomicUsize,
+    changed: Notify,
+}
+
+impl Gate {
+    async fn start() -> Arc<Gate> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gate = Arc::new(Gate {
+            port: listener.local_addr().unwrap().port(),
+            arrived: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            most_open: AtomicUsize::new(0),
+            closed_by_client: AtomicUsize::new(0),
+            released: watch::channel(false).0,
+            hold_ms: AtomicUsize::new(0),
+            changed: Notify::new(),
+        });
+        let g = gate.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(g.clone().serve(sock));
+            }
+        });
+        gate
+    }
+
+    async fn serve(self: Arc<Self>, mut sock: TcpStream) {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let now_open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_open.fetch_max(now_open, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        let mut released = self.released.subscribe();
+        let hold = self.hold_ms.load(Ordering::SeqCst) as u64;
+        let answered = tokio::select! {
+            _ = released.wait_for(|r| *r) => true,
+            _ = tokio::time::sleep(Duration::from_millis(hold)), if hold > 0 => true,
+            // The client went away (its host was killed, or stopped the step).
+            _ = sock.read(&mut buf) => false,
+        };
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        if answered {
+            let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+        } else {
+            self.closed_by_client.fetch_add(1, Ordering::SeqCst);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `check` holds of the gate (at most 60 s).
+    async fn until(&self, what: &str, check: impl Fn(&Gate) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !check(self) {
+            assert!(Instant::now() < deadline, "the gate waited for {what}: {self:?}");
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.changed.notified()).await;
+        }
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "arrived {}, open {}, at most {} open, {} closed by the client",
+            self.arrived(),
+            self.open.load(Ordering::SeqCst),
+            self.most_open.load(Ordering::SeqCst),
+            self.closed_by_client.load(Ordering::SeqCst)
+        )
+    }
+}
+
+/// A TCP proxy to PostgreSQL that the test can cut (every connection dropped, new ones
+/// refused) and mend.
+struct Proxy {
+    port: u16,
+    cut: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, _) = watch::channel(false);
+        let flag = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut = flag.subscribe();
+                if *cut.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// The port in a `postgres://…@127.0.0.1:PORT/db` URL.
+fn port_of(url: &str) -> u16 {
+    let after = url.rsplit_once("127.0.0.1:").unwrap().1;
+    after.split('/').next().unwrap().parse().unwrap()
+}
+
+fn config(port: u16, data: &Path, store: &str, gate: u16) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:{port}"
+data = "{data}"
+store = "{store}"
+lease-timeout-secs = 3
+
+[[tokens]]
+name = "admin"
+token = "{TOKEN}"
+apps = ["*"]
+
+[[apps]]
+name = "hold"
+pipeline-yaml = """
+steps:
+  - id: wait
+    uses: diag
+    with:
+      fetch: http://127.0.0.1:{gate}/hold
+    permissions:
+      hosts: ["127.0.0.1:{gate}"]
+"""
+
+[[apps]]
+name = "group"
+pipeline-yaml = """
+concurrency: deploy
+steps:
+  - id: deploy
+    uses: diag
+    with:
+      fetch: http://127.0.0.1:{gate}/group
+    permissions:
+      hosts: ["127.0.0.1:{gate}"]
+"""
+"#,
+        data = data.display(),
+    )
+}
+
+struct Host {
+    serve: ServeProcess,
+    data: PathBuf,
+}
+
+impl Host {
+    async fn start(root: &Path, name: &str, store: &str, gate: u16) -> Host {
+        let data = root.join(name);
+        let d = data.clone();
+        let store = store.to_string();
+        let serve = ServeProcess::start_with(&data, move |port| config(port, &d, &store, gate)).await;
+        Host { serve, data }
+    }
+
+    /// Whether this host holds run `id`'s workspace: it is running it.
+    fn runs(&self, id: i64) -> bool {
+        self.data.join("work").join(id.to_string()).exists()
+    }
+}
+
+async fn trigger(host: &Host, app: &str) -> i64 {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/apps/{app}/runs", host.serve.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+}
+
+async fn run(host: &Host, id: i64) -> Value {
+    let url = format!("{}/v1/runs/{id}", host.serve.base);
+    reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap()
+}
+
+async fn until_over(host: &Host, id: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = run(host, id).await;
+        if !matches!(r["status"].as_str(), Some("queued" | "running")) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end: {r:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The host among `hosts` that runs `id` (its step is at the gate).
+fn runner(hosts: &[&Host], id: i64) -> usize {
+    let on: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].runs(id)).collect();
+    assert_eq!(on.len(), 1, "run {id} has a workspace on hosts {on:?}");
+    on[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_a_host_killed_with_sigkill_completes_on_another() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let mut hosts = Vec::new();
+    for name in ["a", "b", "c"] {
+        hosts.push(Host::start(root.path(), name, &db.url, gate.port).await);
+    }
+    let id = trigger(&hosts[0], "hold").await;
+    gate.until("the step on its first host", |g| g.arrived() == 1).await;
+    let first = runner(&hosts.iter().collect::<Vec<_>>(), id);
+    hosts[first].serve.kill();
+
+    // Another host takes the run over once the lease lapses, as its next attempt; never two
+    // at once.
+    gate.until("the step on another host", |g| g.arrived() == 2).await;
+    let alive: Vec<&Host> = hosts.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, h)| h).collect();
+    runner(&alive, id);
+    gate.released.send_replace(true);
+    let done = until_over(alive[0], id).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(done["attempt"], 2, "{done:#}");
+    assert_eq!(gate.most_open.load(Ordering::SeqCst), 1, "{gate:?}");
+    assert_eq!(gate.arrived(), 2, "{gate:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_from_the_database_stops_its_run_and_never_ends_it_after_another_did() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let proxy = Proxy::start(port_of(&db.url)).await;
+    let via_proxy = db.url.replace(&format!(":{}/", port_of(&db.url)), &format!(":{}/", proxy.port));
+    let b = Host::start(root.path(), "b", &via_proxy, gate.port).await;
+    let id = trigger(&b, "hold").await;
+    gate.until("the step on host B", |g| g.arrived() == 1).await;
+    assert!(b.runs(id));
+    let a = Host::start(root.path(), "a", &db.url, gate.port).await;
+
+    // B loses the database: it stops the step itself, before its lease lapses; then A takes
+    // the run over.
+    proxy.set_cut(true);
+    gate.until("host B to stop its step", |g| g.closed_by_client.load(Ordering::SeqCst) == 1).await;
+    gate.until("the step on host A", |g| g.arrived() == 2).await;
+    assert!(a.runs(id));
+    gate.released.send_replace(true);
+    let done = until_over(&a, id).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(done["attempt"], 2, "{done:#}");
+
+    // B comes back: it does not run the step again, nor record an end of its own.
+    proxy.set_cut(false);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = run(&b, id).await;
+    assert_eq!((after["status"].clone(), after["attempt"].clone()), (json!("success"), json!(2)), "{after:#}");
+    assert_eq!(after["error"], Value::Null, "{after:#}");
+    assert_eq!(gate.arrived(), 2, "{gate:?}");
+    assert_eq!(gate.most_open.load(Ordering::SeqCst), 1, "{gate:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_through_one_host_stops_the_run_on_another() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let a = Host::start(root.path(), "a", &db.url, gate.port).await;
+    let b = Host::start(root.path(), "b", &db.url, gate.port).await;
+    let id = trigger(&a, "hold").await;
+    gate.until("the step", |g| g.arrived() == 1).await;
+    let hosts = [&a, &b];
+    let other = hosts[1 - runner(&hosts, id)];
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/runs/{id}/cancel", other.serve.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    gate.until("the step to stop", |g| g.closed_by_client.load(Ordering::SeqCst) == 1).await;
+    let done = until_over(other, id).await;
+    assert_eq!(done["status"], "cancelled", "{done:#}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(run(&a, id).await["status"], "cancelled", "the host that ran it did not overwrite the cancel");
+    assert_eq!(gate.arrived(), 1, "{gate:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_concurrency_group_raced_from_two_hosts_runs_one_at_a_time() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    gate.hold_ms.store(400, Ordering::SeqCst);
+    let a = Host::start(root.path(), "a", &db.url, gate.port).await;
+    let b = Host::start(root.path(), "b", &db.url, gate.port).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for round in 0..3 {
+        // Both hosts accept a run of the group at the same moment.
+        let (x, y) = tokio::join!(trigger(&a, "group"), trigger(&b, "group"));
+        for id in [x, y] {
+            let done = until_over(&a, id).await;
+            assert!(matches!(done["status"].as_str(), Some("success" | "cancelled")), "round {round}: {done:#}");
+            seen.lock().unwrap().push(done["status"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(gate.most_open.load(Ordering::SeqCst), 1, "two runs of one group at once: {gate:?}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().filter(|s| *s == "success").count() >= 3, "{seen:?}");
+}

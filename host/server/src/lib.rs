@@ -135,20 +135,21 @@ impl Shared {
     }
 
     /// State with the stores the config names: the runs and their queue in `skiff.db` in the
-    /// data directory or in PostgreSQL (`store`), the logs in `logs/` of the data directory.
+    /// data directory with the logs in its `logs/`, or all of them in PostgreSQL (`store`),
+    /// which every host and instance sharing it reads.
     pub fn open(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: Role) -> anyhow::Result<Arc<Self>> {
         let data = config.data_dir.clone();
         std::fs::create_dir_all(&data).with_context(|| format!("creating the data directory {}", data.display()))?;
-        let logs: Arc<dyn logs::LogStore> = Arc::new(logs::FsLogStore::new(data.join("logs")));
         match &config.store {
             config::StoreLocation::Sqlite => {
                 let db = Arc::new(store::SqliteStore::open(&data.join("skiff.db"))?);
+                let logs = Arc::new(logs::FsLogStore::new(data.join("logs")));
                 Self::new(config, db.clone(), db, logs, executor, role)
             }
             config::StoreLocation::Postgres(url) => {
                 let db = Arc::new(store::PostgresStore::connect(url)?);
-                tracing::info!("runs are stored in {}", db.url());
-                Self::new(config, db.clone(), db, logs, executor, role)
+                tracing::info!("runs and their logs are stored in {}", db.url());
+                Self::new(config, db.clone(), db.clone(), db, executor, role)
             }
         }
     }

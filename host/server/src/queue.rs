@@ -30,8 +30,9 @@ pub struct Lease {
 /// What must hold, over the runs every host runs, for a run to be leased.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admission {
-    /// No other run of the app's concurrency group of this name runs (one waiting for
-    /// approvals holds its group too).
+    /// No other run of the app's concurrency group of this name holds a live lease (one
+    /// waiting for approvals holds its group too, and so does one ended through another host
+    /// until its own host has stopped it).
     pub group: Option<String>,
     /// Fewer than this many runs of the app run (those that only wait for approvals do not
     /// count): the app's `max-concurrent-runs`.
@@ -69,6 +70,11 @@ pub trait RunQueue: Send + Sync + 'static {
     /// is no longer `owner`'s (another owner took it, or the run ended): the owner should stop
     /// running it.
     fn extend(&self, id: i64, owner: &str, ttl: Duration) -> anyhow::Result<bool>;
+
+    /// `owner` stopped running `id`, which someone else ended (a cancel through another
+    /// host): its lease, which held the run's group and app slot until now, is released.
+    /// Nothing changes when the lease is not `owner`'s or the run still runs.
+    fn release(&self, id: i64, owner: &str) -> anyhow::Result<()>;
 
     /// `owner` finished running `id`: the run ends with `status` (its open jobs and steps too)
     /// and the lease is released. False, and nothing changes, when the lease is not `owner`'s.

@@ -406,6 +406,11 @@ impl Scheduler {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether run `id` is in progress on this host (its followers hear it through the hub).
+    pub fn runs_here(&self, id: i64) -> bool {
+        self.running().contains_key(&id)
+    }
+
     /// How many runs are in progress.
     pub fn running_count(&self) -> usize {
         self.running().len()
@@ -1004,6 +1009,12 @@ impl Scheduler {
             tracing::error!(run = id, "recording its end: {e:#}");
             true
         });
+        if !recorded {
+            // Ended elsewhere (a cancel through another host): stopped now, it frees its group.
+            if let Err(e) = self.queue.release(id, &self.owner) {
+                tracing::error!(run = id, "releasing its lease: {e:#}");
+            }
+        }
         self.logs.close(id);
         // The workspace goes before anyone hears the run ended.
         if !self.config.keep_workspaces {

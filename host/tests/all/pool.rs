@@ -32,6 +32,9 @@ struct Gate {
     /// Answer after this long without a release (0: wait for the release).
     hold_ms: AtomicUsize,
     changed: Notify,
+    /// The request lines open now, and the most seen open together.
+    open_paths: Mutex<Vec<String>>,
+    overlap: Mutex<Vec<String>>,
 }
 
 impl Gate {
@@ -46,6 +49,8 @@ impl Gate {
             released: watch::channel(false).0,
             hold_ms: AtomicUsize::new(0),
             changed: Notify::new(),
+            open_paths: Mutex::new(Vec::new()),
+            overlap: Mutex::new(Vec::new()),
         });
         let g = gate.clone();
         tokio::spawn(async move {
@@ -66,6 +71,14 @@ impl Gate {
             }
         }
         self.arrived.fetch_add(1, Ordering::SeqCst);
+        let path = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+        {
+            let mut open = self.open_paths.lock().unwrap();
+            open.push(path.clone());
+            if open.len() > 1 {
+                *self.overlap.lock().unwrap() = open.clone();
+            }
+        }
         let now_open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_open.fetch_max(now_open, Ordering::SeqCst);
         self.changed.notify_waiters();
@@ -78,6 +91,7 @@ impl Gate {
             _ = sock.read(&mut buf) => false,
         };
         self.open.fetch_sub(1, Ordering::SeqCst);
+        self.open_paths.lock().unwrap().retain(|p| *p != path);
         if answered {
             let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
         } else {
@@ -104,10 +118,11 @@ impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "arrived {}, open {}, at most {} open, {} closed by the client",
+            "arrived {}, open {}, at most {} open ({:?}), {} closed by the client",
             self.arrived(),
             self.open.load(Ordering::SeqCst),
             self.most_open.load(Ordering::SeqCst),
+            self.overlap.lock().unwrap(),
             self.closed_by_client.load(Ordering::SeqCst)
         )
     }
@@ -188,7 +203,7 @@ steps:
   - id: deploy
     uses: diag
     with:
-      fetch: http://127.0.0.1:{gate}/group
+      fetch: http://127.0.0.1:{gate}/group/${{{{ run.id }}}}/${{{{ run.attempt }}}}
     permissions:
       hosts: ["127.0.0.1:{gate}"]
 """
@@ -361,4 +376,49 @@ async fn one_concurrency_group_raced_from_two_hosts_runs_one_at_a_time() {
     assert_eq!(gate.most_open.load(Ordering::SeqCst), 1, "two runs of one group at once: {gate:?}");
     let seen = seen.lock().unwrap();
     assert!(seen.iter().filter(|s| *s == "success").count() >= 3, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_is_followed_live_through_an_instance_the_run_is_not_on() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let a = Host::start(root.path(), "a", &db.url, gate.port).await;
+    let id = trigger(&a, "hold").await;
+    gate.until("the step on host A", |g| g.arrived() == 1).await;
+    assert!(a.runs(id));
+    // B starts after the run did: it is not B's.
+    let b = Host::start(root.path(), "b", &db.url, gate.port).await;
+
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/runs/{id}/logs/stream", b.serve.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    use futures::StreamExt as _;
+    // The line the step wrote before it went to the gate arrives while the step still waits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text.contains("wrote ") {
+        let chunk = tokio::time::timeout_at(deadline.into(), body.next()).await.expect("no live line through B");
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    assert_eq!(run(&b, id).await["status"], "running", "{text}");
+    assert!(!b.runs(id), "the run is A's");
+    gate.released.send_replace(true);
+    while !text.contains("event: end") {
+        let chunk = tokio::time::timeout_at(deadline.into(), body.next()).await.expect("no end through B");
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    assert!(text.contains("GET http://127.0.0.1:") && text.contains(r#""status":"success""#), "{text}");
+    // The stored log reads the same through either instance.
+    let read = |h: &Host| {
+        let url = format!("{}/v1/runs/{id}/logs?format=text", h.serve.base);
+        async move { reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap() }
+    };
+    let (from_a, from_b) = (read(&a).await, read(&b).await);
+    assert!(from_a.contains("wrote ") && from_a == from_b, "{from_a}\n---\n{from_b}");
 }

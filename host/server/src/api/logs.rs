@@ -139,6 +139,9 @@ async fn follow(s: Arc<Shared>, id: i64, last: u64, tx: tokio::sync::mpsc::Sende
     follow_run(s, id, last, tx, Some(&|r: &LogRecord| Some(log_event(r))), &step).await;
 }
 
+/// How often a follower reads the store for a run this host does not run.
+const REMOTE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How a follower shows a log line (`None`: not this follower's), and a step's change.
 pub(crate) type ShowLine<'a> = &'a (dyn Fn(&LogRecord) -> Option<SseEvent> + Sync);
 pub(crate) type ShowStep<'a> = &'a (dyn Fn(&LiveEvent) -> SseEvent + Sync);
@@ -182,10 +185,34 @@ pub(crate) async fn follow_run(
         let _ = tx.send(end(run.status.as_str())).await;
         return;
     }
+    // A run on another host (instances sharing a PostgreSQL store) sends nothing through this
+    // host's hub: its lines and its end are read from the store every so often.
+    let mut poll = tokio::time::interval(REMOTE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let got = tokio::select! {
             got = rx.recv() => got,
             () = tx.closed() => return,
+            _ = poll.tick() => {
+                if s.scheduler.runs_here(id) {
+                    continue;
+                }
+                for e in catch_up(&mut last) {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                if let Ok(Some(run)) = s.store.run(id)
+                    && run.status.is_terminal()
+                {
+                    for e in catch_up(&mut last) {
+                        let _ = tx.send(e).await;
+                    }
+                    let _ = tx.send(end(run.status.as_str())).await;
+                    return;
+                }
+                continue;
+            }
         };
         let e = match got {
             Ok(LiveEvent::Log(r)) if r.seq <= last => continue,

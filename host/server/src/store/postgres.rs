@@ -124,10 +124,22 @@ pub const MIGRATIONS: &[&str] = &[
     INSERT INTO run_numbers (app, next) SELECT app, MAX(number) + 1 FROM runs GROUP BY app;
     CREATE INDEX runs_app_number ON runs(app, number);",
     // 8: the labels a host needs to take the run (its jobs' `runs-on`), comma-separated; known
-    // once the run's pipeline is read. The running runs of an app, which a lease counts for
-    // its app's limit and concurrency group whatever the number of runs stored.
+    // once the run's pipeline is read. The leased runs of an app, which a lease counts for its
+    // app's limit and concurrency group whatever the number of runs stored.
     "ALTER TABLE runs ADD COLUMN labels TEXT;
-    CREATE INDEX runs_running ON runs(app) WHERE status = 'running';",
+    CREATE INDEX runs_leased ON runs(app) WHERE lease_owner IS NOT NULL;",
+    // 9 (PostgreSQL only): step logs, so that any instance serves and follows a run's log,
+    // whichever host writes it; they go with their run.
+    "CREATE TABLE log_lines (
+        run_id BIGINT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        seq BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        job TEXT NOT NULL,
+        step TEXT NOT NULL,
+        level TEXT NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );",
 ];
 
 /// Unix ms by the database's clock: the one clock every host sharing the database agrees on,
@@ -428,7 +440,12 @@ fn end_run(
 ) -> anyhow::Result<bool> {
     let now = now_ms();
     let n = tx.execute(
-        "UPDATE runs SET status = $2, error = $3, finished_at = $4, lease_owner = NULL, lease_expires_at = NULL
+        // Ended by someone else than the host running it (a cancel through another host), a run
+        // keeps that host's lease until the host stops it and releases it ([`RunQueue::release`]),
+        // or the lease lapses: its group and its app's slot stay taken meanwhile.
+        "UPDATE runs SET status = $2, error = $3, finished_at = $4,
+            lease_owner = CASE WHEN $5::TEXT IS NULL AND status = 'running' THEN lease_owner END,
+            lease_expires_at = CASE WHEN $5::TEXT IS NULL AND status = 'running' THEN lease_expires_at END
          WHERE id = $1 AND status IN ('queued', 'running') AND ($5::TEXT IS NULL OR (status = 'running' AND lease_owner = $5::TEXT))",
         &[&id, &status.as_str(), &error, &now, &owner],
     )?;
@@ -894,6 +911,57 @@ impl RunStore for PostgresStore {
     }
 }
 
+/// Step logs in the shared database ([`MIGRATIONS`] 9): any instance reads what any host
+/// wrote, and followers on other instances poll it (see `api::logs::follow_run`).
+impl crate::logs::LogStore for PostgresStore {
+    fn append(&self, run: i64, rec: &crate::logs::LogRecord) -> std::io::Result<()> {
+        // PostgreSQL's text holds no NUL.
+        let text = rec.text.replace('\0', "\u{fffd}");
+        let seq = i64::try_from(rec.seq).unwrap_or(i64::MAX);
+        // A line of the same number replaces one a host that lost the run wrote before this
+        // attempt began.
+        self.execute(
+            "INSERT INTO log_lines (run_id, seq, ts, job, step, level, text) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (run_id, seq) DO UPDATE SET ts = EXCLUDED.ts, job = EXCLUDED.job, step = EXCLUDED.step,
+                 level = EXCLUDED.level, text = EXCLUDED.text",
+            &[&run, &seq, &rec.ts, &rec.job, &rec.step, &rec.level, &text],
+        )
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+
+    fn read(&self, run: i64, after: u64) -> std::io::Result<Vec<crate::logs::LogRecord>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT seq, ts, job, step, level, text FROM log_lines WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+                &[&run, &after],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(crate::logs::LogRecord {
+                        seq: u64::try_from(r.try_get::<_, i64>(0)?).unwrap_or(0),
+                        ts: r.try_get(1)?,
+                        job: r.try_get(2)?,
+                        step: r.try_get(3)?,
+                        level: r.try_get(4)?,
+                        text: r.try_get(5)?,
+                    })
+                })
+                .collect()
+        })
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+
+    fn close(&self, _run: i64) {}
+
+    fn remove(&self, run: i64) -> std::io::Result<()> {
+        self.execute("DELETE FROM log_lines WHERE run_id = $1", &[&run])
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+}
+
 impl RunQueue for PostgresStore {
     fn available(&self, limit: usize) -> anyhow::Result<Vec<Run>> {
         // A plain read: offering a run locks nothing, so listing never makes another host's
@@ -934,8 +1002,10 @@ impl RunQueue for PostgresStore {
                 let app: String = row.try_get(3)?;
                 tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&app])?;
                 now = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
-                let running = "SELECT COUNT(*) FROM runs r WHERE r.app = $1 AND r.id <> $2 AND r.status = 'running'
-                        AND r.lease_expires_at > $3";
+                // Runs held by a live lease: running, or ended through another host and not yet
+                // stopped by their own.
+                let running = "SELECT COUNT(*) FROM runs r WHERE r.app = $1 AND r.id <> $2
+                        AND r.lease_owner IS NOT NULL AND r.lease_expires_at > $3";
                 if let Some(group) = &admission.group {
                     let sql = format!("{running} AND r.concurrency_group = $4");
                     let n: i64 = tx.query_one(&sql, &[&app, &id, &now, group])?.try_get(0)?;
@@ -988,6 +1058,14 @@ impl RunQueue for PostgresStore {
             "UPDATE runs SET lease_expires_at = {DB_NOW} + $3 WHERE id = $1 AND lease_owner = $2 AND status = 'running'"
         );
         Ok(self.execute(&sql, &[&id, &owner, &millis(ttl)])? == 1)
+    }
+
+    fn release(&self, id: i64, owner: &str) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND status <> 'running'",
+            &[&id, &owner],
+        )?;
+        Ok(())
     }
 
     fn complete(&self, id: i64, owner: &str, status: RunStatus, error: Option<&str>) -> anyhow::Result<bool> {

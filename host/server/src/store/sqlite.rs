@@ -113,10 +113,10 @@ pub const MIGRATIONS: &[&str] = &[
     INSERT INTO run_numbers (app, next) SELECT app, MAX(number) + 1 FROM runs GROUP BY app;
     CREATE INDEX runs_app_number ON runs(app, number);",
     // 8: the labels a host needs to take the run (its jobs' `runs-on`), comma-separated; known
-    // once the run's pipeline is read. The running runs of an app, which a lease counts for
-    // its app's limit and concurrency group whatever the number of runs stored.
+    // once the run's pipeline is read. The leased runs of an app, which a lease counts for its
+    // app's limit and concurrency group whatever the number of runs stored.
     "ALTER TABLE runs ADD COLUMN labels TEXT;
-    CREATE INDEX runs_running ON runs(app) WHERE status = 'running';",
+    CREATE INDEX runs_leased ON runs(app) WHERE lease_owner IS NOT NULL;",
 ];
 
 impl ToSql for RunStatus {
@@ -685,9 +685,10 @@ impl RunQueue for SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let now = now_ms();
         if !admission.is_empty() {
+            // Runs held by a live lease: running, or ended by someone else and not yet stopped.
             let running =
                 "SELECT COUNT(*) FROM runs r WHERE r.app = (SELECT app FROM runs WHERE id = ?1) AND r.id <> ?1
-                AND r.status = 'running' AND r.lease_expires_at > ?2";
+                AND r.lease_owner IS NOT NULL AND r.lease_expires_at > ?2";
             if let Some(group) = &admission.group {
                 let n: i64 =
                     tx.query_row(&format!("{running} AND r.concurrency_group = ?3"), params![id, now, group], |r| {
@@ -743,6 +744,14 @@ impl RunQueue for SqliteStore {
         Ok(n == 1)
     }
 
+    fn release(&self, id: i64, owner: &str) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1 AND lease_owner = ?2 AND status <> 'running'",
+            params![id, owner],
+        )?;
+        Ok(())
+    }
+
     fn complete(&self, id: i64, owner: &str, status: RunStatus, error: Option<&str>) -> anyhow::Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -765,7 +774,11 @@ fn end_run(
 ) -> rusqlite::Result<bool> {
     let now = now_ms();
     let n = tx.execute(
-        "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4, lease_owner = NULL, lease_expires_at = NULL
+        // Ended by someone else than the host running it, a run keeps that host's lease until
+        // the host stops it and releases it ([`RunQueue::release`]), or the lease lapses.
+        "UPDATE runs SET status = ?2, error = ?3, finished_at = ?4,
+            lease_owner = CASE WHEN ?5 IS NULL AND status = 'running' THEN lease_owner END,
+            lease_expires_at = CASE WHEN ?5 IS NULL AND status = 'running' THEN lease_expires_at END
          WHERE id = ?1 AND status IN ('queued', 'running') AND (?5 IS NULL OR (status = 'running' AND lease_owner = ?5))",
         params![id, status, error, now, owner],
     )?;

@@ -759,4 +759,17 @@ fn a_lease_is_admitted_only_within_the_group_and_the_app_s_limit(store: &dyn Sto
     // Once the group's run ends, the next one is admitted.
     assert!(store.complete(first, "host-1", RunStatus::Success, None).unwrap());
     assert!(store.lease_within(second, "host-2", MINUTE, &group("deploy")).unwrap().is_some());
+
+    // A run ended through another host (a cancel) holds its group until its own host has
+    // stopped it and released its lease; another owner cannot release it.
+    assert!(store.finish_run(second, RunStatus::Cancelled, Some("cancelled")).unwrap());
+    let next = queued(store, "web");
+    store.set_prepared(next, Some("deploy"), false).unwrap();
+    assert!(store.lease_within(next, "host-1", MINUTE, &group("deploy")).unwrap().is_none());
+    store.release(second, "host-1").unwrap();
+    assert!(store.lease_within(next, "host-1", MINUTE, &group("deploy")).unwrap().is_none());
+    assert!(!store.complete(second, "host-2", RunStatus::Cancelled, None).unwrap(), "it was ended already");
+    store.release(second, "host-2").unwrap();
+    assert_eq!(store.run(second).unwrap().unwrap().status, RunStatus::Cancelled);
+    assert!(store.lease_within(next, "host-1", MINUTE, &group("deploy")).unwrap().is_some());
 }

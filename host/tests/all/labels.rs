@@ -109,6 +109,11 @@ async fn a_run_waits_with_its_reason_until_a_host_with_its_labels_takes_it() {
     assert_eq!(waiting["runs_on"], json!(["gpu", "self-hosted"]), "{waiting:#}");
     let why = waiting["waiting_for"].as_str().unwrap_or_default();
     assert!(why.contains("a host with the labels gpu, self-hosted") && why.contains("--labels"), "{waiting:#}");
+    // The console's run page says so too.
+    let console = crate::support::Console::sign_in(&format!("http://{}", server.addr), ADMIN).await;
+    let page = console.get(&format!("/runs/{gpu}")).await;
+    assert!(page.contains("Waiting for a host with the labels gpu, self-hosted"), "{page}");
+    assert!(page.contains("<dt>Runs on</dt><dd><code>gpu, self-hosted</code></dd>"), "{page}");
     // Later runs of other apps are not held up by it.
     let again = trigger(&http, &server, "any").await;
     until(&http, &server, again, "success", |r| r["status"] == "success").await;

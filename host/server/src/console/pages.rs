@@ -420,6 +420,9 @@ pub(super) async fn run_page(State(s): State<Arc<Shared>>, viewer: Viewer, Path(
     let body = html! {
         nav aria-label="Breadcrumb" { a href={"/runs?app=" (enc(&run.app))} { (run.app) } " › run #" (run.number) }
         h1 { (title) @if run.attempt > 1 { " (attempt " (run.attempt) ")" } " " (status(run.status)) }
+        @if !run.status.is_terminal() {
+            noscript { p.muted { "Without JavaScript this page does not follow the run: reload it to see its progress." } }
+        }
         div #live data-events=[(!run.status.is_terminal()).then(|| format!("/runs/{id}/events?quiet=1"))] {
             dl.facts {
                 dt { "Event" } dd { (run.trigger) }
@@ -430,7 +433,9 @@ pub(super) async fn run_page(State(s): State<Arc<Shared>>, viewer: Viewer, Path(
                 dt { "Created" } dd { (when(run.created_at)) }
                 dt { "Duration" } dd { (duration(run.duration_ms)) }
                 @if let Some(p) = run.parent_id { dt { "Repeats" } dd { a href={"/runs/" (p)} { "run " (p) } } }
+                @if !run.labels.is_empty() { dt { "Runs on" } dd { code { (run.labels.join(", ")) } } }
             }
+            @if let Some(w) = crate::api::waiting_for(run.status, &run.labels) { p.muted role="status" { "Waiting for " (w) } }
             @if let Some(e) = &run.error { p.error { (e) } }
             @if !run.inputs.is_empty() {
                 h2 { "Inputs" }
@@ -520,11 +525,20 @@ pub(super) async fn run_page(State(s): State<Arc<Shared>>, viewer: Viewer, Path(
     Ok(html_response(page(Some(&viewer), &title, body)))
 }
 
-/// `/runs/{id}/jobs/{job}/steps/{step}`: a step's log, live while the run runs.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct LogQuery {
+    /// Show only the lines that hold this text (any case).
+    q: Option<String>,
+}
+
+/// `/runs/{id}/jobs/{job}/steps/{step}`: a step's log, live while the run runs. `?q=` hides the
+/// lines without that text, so the search box works as a plain form without the script (which
+/// filters as one types).
 pub(super) async fn log_page(
     State(s): State<Arc<Shared>>,
     viewer: Viewer,
     Path((id, job, step)): Path<(i64, String, String)>,
+    Query(query): Query<LogQuery>,
 ) -> Result<Response> {
     let run = visible_run(&s, &viewer.scope, id)?;
     let jobs = s.store.jobs(id)?;
@@ -542,15 +556,22 @@ pub(super) async fn log_page(
     let last = lines.last().map(|l| l.seq).unwrap_or(0);
     let live = !run.status.is_terminal();
     let base = format!("/runs/{id}/jobs/{}/steps/{}", enc(&job), enc(&step));
+    let q = nonempty(&query.q);
+    let needle = q.as_deref().map(str::to_lowercase);
     let mut n = 0;
     let mut rendered = String::new();
     for r in &lines {
         for text in r.text.lines() {
             n += 1;
+            // Hidden, not left out: line numbers and the live script's count stay whole.
+            let hidden = needle
+                .as_deref()
+                .is_some_and(|q| !skiff_pipeline::inert::terminal_text(text, false).to_lowercase().contains(q));
             let _ = std::fmt::Write::write_fmt(
                 &mut rendered,
                 format_args!(
-                    "<li id=\"L{n}\"><a class=\"ln\" href=\"#L{n}\" aria-label=\"Line {n}\">{n}</a><span class=\"t\">{}</span></li>",
+                    "<li id=\"L{n}\"{}><a class=\"ln\" href=\"#L{n}\" aria-label=\"Line {n}\">{n}</a><span class=\"t\">{}</span></li>",
+                    if hidden { " class=\"hidden\"" } else { "" },
                     super::to_html(text)
                 ),
             );
@@ -565,10 +586,16 @@ pub(super) async fn log_page(
         }
         h1 { (name) " " @if let Some(x) = st { (status(x.status)) } }
         div.logbar {
-            label for="log-filter" { "Search this log" }
-            input #log-filter type="search" placeholder="Filter lines (needs JavaScript)" data-log="log";
+            form method="get" action=(base) role="search" {
+                label for="log-filter" { "Search this log" } " "
+                input #log-filter type="search" name="q" value=[q.as_deref()] placeholder="Filter lines" data-log="log";
+                " " button type="submit" { "Filter" }
+            }
             a href={(base) "/raw"} download { "Download raw log" }
             @if live { span #log-live role="status" { "Live" } }
+        }
+        @if live {
+            noscript { p.muted { "Without JavaScript this log does not follow the run: reload the page for new lines." } }
         }
         ol #log class="log" data-events=[live.then(|| format!("/runs/{id}/events?job={}&step={}&after={last}", enc(&job), enc(&step)))] {
             (PreEscaped(rendered))

@@ -1,4 +1,5 @@
-//! The console through the router with `oneshot`: sign-in, scopes, CSRF, inert logs, badges.
+//! The console through the router with `oneshot`: sign-in, scopes, CSRF, inert logs, badges,
+//! artifacts.
 //! Runs and logs are written to the stores directly; the browser tests (`host/tests/all/
 //! console.rs`) run real ones.
 
@@ -41,6 +42,10 @@ apps = ["*"]
 name = "a-only"
 token = "tok-a"
 apps = ["a"]
+[[tokens]]
+name = "b-only"
+token = "tok-b"
+apps = ["b"]
 [[users]]
 name = "alice"
 password-hash = "{hash}"
@@ -257,6 +262,16 @@ async fn logs_are_inert_text_and_settings_show_secret_names_only() {
     assert!(page.body.contains("100% done") && !page.body.contains("50%"));
     assert!(page.body.contains("<span class=\"fg-1\">red</span>"));
     assert!(page.body.contains("id=\"L4\""));
+    // The search box is a form too: `?q=` hides the other lines (any case), numbers kept.
+    let found = get(&router, &format!("/runs/{id}/jobs/j/steps/s?q=DONE"), &cookie).await;
+    assert!(found.body.contains("<li id=\"L3\"><a"), "{}", found.body);
+    for hidden in ["L1", "L2", "L4"] {
+        assert!(found.body.contains(&format!("<li id=\"{hidden}\" class=\"hidden\">")), "{hidden}");
+    }
+    assert!(found.body.contains("name=\"q\" value=\"DONE\""));
+    // Only what is shown is searched: the OSC title's text is not there to find.
+    let title = get(&router, &format!("/runs/{id}/jobs/j/steps/s?q=pwned"), &cookie).await;
+    assert!(title.body.contains("<li id=\"L2\" class=\"hidden\">"));
     let raw = get(&router, &format!("/runs/{id}/jobs/j/steps/s/raw"), &cookie).await;
     assert_eq!(raw.body, "<script>alert(1)</script>\nafter title\n100% done\nred\n");
     assert!(raw.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
@@ -303,4 +318,59 @@ async fn run_lists_filter_by_branch_and_event_and_page() {
     assert!(first.body.contains("rel=\"next\""));
     let latest = s.store.latest_per_ref("a").unwrap();
     assert_eq!(latest.len(), 2);
+}
+
+#[tokio::test]
+async fn artifacts_are_listed_and_downloaded_by_a_viewer_of_their_app_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, router) = setup(dir.path());
+    let id = run(&s, "a");
+    // Bytes that are not UTF-8 text, to see them come back as they were stored.
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let file = dir.path().join("dist.tar.gz");
+    std::fs::write(&file, &bytes).unwrap();
+    // Where the executor stores a step's artifacts: the host's store, opened on its data dir.
+    let stored = crate::artifact_store(&s.config).put(&id.to_string(), "build", "pack", "dist.tar.gz", &file).unwrap();
+
+    let cookie = sign_in(&router, "token=tok-a").await;
+    let page = get(&router, &format!("/runs/{id}"), &cookie).await;
+    assert_eq!(page.status, StatusCode::OK);
+    // Its row: a download link, the size, the digest's start, the job and step that stored it.
+    let start = page.body.find("<h2>Artifacts</h2>").expect("an Artifacts section");
+    let section = &page.body[start..];
+    assert!(!section.contains("None."), "{section}");
+    let href_at = section.find("href=\"").unwrap() + "href=\"".len();
+    let href = &section[href_at..href_at + section[href_at..].find('"').unwrap()];
+    assert!(href.starts_with(&format!("/runs/{id}/artifacts/")), "{href}");
+    assert!(section.contains("download>dist.tar.gz</a>"), "{section}");
+    assert!(section.contains("2.9 KiB"), "{section}");
+    assert!(section.contains(&stored.sha256[..12]), "{section}");
+    assert!(section.contains("build/pack"), "{section}");
+
+    // The link downloads the bytes, as an attachment.
+    let resp = router
+        .clone()
+        .oneshot(Request::get(href).header(header::COOKIE, &cookie).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let headers = resp.headers().clone();
+    assert_eq!(headers[header::CONTENT_DISPOSITION], "attachment; filename=\"dist.tar.gz\"");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
+    assert_eq!(headers[header::CACHE_CONTROL], "private, no-store");
+    let got = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    assert_eq!(got.as_ref(), bytes.as_slice());
+    // A name the run did not store is not there.
+    assert_eq!(get(&router, &format!("/runs/{id}/artifacts/other.zip"), &cookie).await.status, StatusCode::NOT_FOUND);
+
+    // A viewer of app `b` reaches neither the run nor its artifact, and learns nothing of them.
+    let other = sign_in(&router, "token=tok-b").await;
+    for path in [format!("/runs/{id}"), href.to_string(), format!("/runs/{id}/artifacts/dist.tar.gz")] {
+        let a = get(&router, &path, &other).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!a.body.contains("dist.tar.gz") && a.headers.get(header::CONTENT_DISPOSITION).is_none(), "{path}");
+    }
+    // Signed out, the download sends to sign-in.
+    let anon = get(&router, href, "").await;
+    assert_eq!(anon.status, StatusCode::SEE_OTHER);
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
@@ -62,6 +63,9 @@ pub struct ConfigFile {
     pub registry: Option<RegistryDef>,
     /// The apps' caches (`uses: cache`).
     pub cache: Option<CacheDef>,
+    /// Artifacts and caches in an S3-compatible bucket, shared by every host (default: the
+    /// data directory).
+    pub objects: Option<ObjectsDef>,
     /// Days a run's artifacts are kept, for apps that do not say (default 90).
     pub artifact_retention_days: Option<u32>,
     /// Days a finished run (its record, jobs, steps, logs and artifacts) is kept, for apps that
@@ -104,6 +108,24 @@ pub struct CacheDef {
     /// The most each app's cache holds, in MiB, unless the app says (default 10240, 10 GiB);
     /// past it the least recently used entries go.
     pub max_size_mb: Option<u64>,
+}
+
+/// `[objects]`: an S3-compatible bucket for artifacts and caches.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ObjectsDef {
+    /// `s3://BUCKET` or `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// The endpoint of an S3-compatible service (`https://ACCOUNT.r2.cloudflarestorage.com`,
+    /// `https://oss-cn-hangzhou.aliyuncs.com`, `http://127.0.0.1:9000`); default Amazon S3.
+    pub endpoint: Option<String>,
+    /// The region (default `us-east-1`; `auto` for R2).
+    pub region: Option<String>,
+    /// The access key id (sealed, `env:` or plain); without it, the environment's
+    /// (`AWS_ACCESS_KEY_ID`, an instance role).
+    pub access_key_id: Option<String>,
+    /// The secret access key (sealed, `env:` or plain).
+    pub secret_access_key: Option<String>,
 }
 
 /// What happens to a run that was running when the host stopped.
@@ -391,6 +413,10 @@ pub struct ServeConfig {
     pub conn: super::conn::ConnLimits,
     /// How much each app's cache holds.
     pub cache: skiff_runtime::artifact_store::CacheLimits,
+    /// `[objects]`, resolved: where artifacts and caches go instead of the data directory.
+    pub objects: Option<crate::bucket::BucketConfig>,
+    /// The client of `objects` (see [`Self::set_data_dir`]).
+    pub bucket: Option<Arc<crate::bucket::Bucket>>,
     /// Days a run's artifacts are kept when its app is not configured (any more).
     pub artifact_retention_days: u32,
     /// Tokens by SHA-256.
@@ -588,7 +614,8 @@ impl ServeConfig {
                     .with_previous(previous),
             );
         }
-        Ok(ServeConfig {
+        let objects = file.objects.as_ref().map(|o| objects(o, key)).transpose().context("`[objects]`")?;
+        let mut config = ServeConfig {
             listen: file.listen.unwrap_or_else(|| "127.0.0.1:8080".into()),
             data_dir: base.join(file.data.unwrap_or_else(|| "skiff-data".into())),
             store: file.store.as_deref().map(|v| StoreLocation::open(v, key)).transpose()?.unwrap_or_default(),
@@ -625,11 +652,26 @@ impl ServeConfig {
                 }
             },
             cache,
+            objects,
+            bucket: None,
             artifact_retention_days: retention,
             tokens,
             apps,
             console,
-        })
+        };
+        let data = config.data_dir.clone();
+        config.set_data_dir(data)?;
+        Ok(config)
+    }
+
+    /// Moves the data directory (`--data`); the bucket's client spools cache entries there.
+    pub fn set_data_dir(&mut self, dir: PathBuf) -> anyhow::Result<()> {
+        self.bucket = match &self.objects {
+            Some(o) => Some(Arc::new(crate::bucket::Bucket::new(o, self.cache.clone(), dir.join("spool"))?)),
+            None => None,
+        };
+        self.data_dir = dir;
+        Ok(())
     }
 
     /// The token whose hash is `sha256(presented)`.
@@ -870,6 +912,38 @@ pub fn read_ca_bundle(path: &Path) -> anyhow::Result<std::sync::Arc<str>> {
     skiff_runtime::capabilities::connect::tls_config(Some(&pem))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(pem.into())
+}
+
+/// `[objects]`, checked: an `s3://` URL, both keys or neither, opened.
+fn objects(o: &ObjectsDef, key: Option<&MasterKey>) -> anyhow::Result<crate::bucket::BucketConfig> {
+    let rest = o
+        .url
+        .strip_prefix("s3://")
+        .with_context(|| format!("`url = \"{}\"`: write the bucket as `s3://BUCKET` or `s3://BUCKET/PREFIX`", o.url))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        bail!("`url = \"{}\"` names no bucket: write `s3://BUCKET`", o.url);
+    }
+    let open = |v: &Option<String>, what: &str| v.as_deref().map(|v| open_value(v, key, what)).transpose();
+    let access_key_id = open(&o.access_key_id, "[objects] access-key-id")?;
+    let secret_access_key = open(&o.secret_access_key, "[objects] secret-access-key")?;
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        bail!("give both `access-key-id` and `secret-access-key`, or neither (the environment's credentials are used)");
+    }
+    if let Some(e) = &o.endpoint
+        && !(e.starts_with("https://") || e.starts_with("http://"))
+    {
+        bail!("`endpoint = \"{e}\"`: give a URL (`https://…`, or `http://…` for a server on a private network)");
+    }
+    Ok(crate::bucket::BucketConfig {
+        bucket: bucket.to_string(),
+        prefix: prefix.trim_matches('/').to_string(),
+        allow_http: o.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
+        endpoint: o.endpoint.clone(),
+        region: o.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        access_key_id,
+        secret_access_key,
+    })
 }
 
 /// Opens a secret value: `enc:v1:…` with the master key, `env:NAME` from the environment, or

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bucket;
 pub mod config;
 pub mod conn;
 pub mod console;
@@ -55,10 +56,14 @@ pub enum Role {
     Host,
 }
 
-/// The artifact store of a host: `artifacts/` in its data directory, and the apps' caches in
-/// `cache/` under the config's caps. The executor that runs the steps, the API that lists and
-/// serves artifacts and the retention sweep open the same one.
+/// The artifact store of a host: the bucket of `[objects]`, shared by every host, or else
+/// `artifacts/` in its data directory, and the apps' caches in `cache/`, under the config's
+/// caps. The executor that runs the steps, the API that lists and serves artifacts and the
+/// retention sweep open the same one.
 pub fn artifact_store(config: &ServeConfig) -> Arc<dyn ArtifactStore> {
+    if let Some(b) = &config.bucket {
+        return b.clone();
+    }
     Arc::new(
         LocalArtifacts::new(config.data_dir.join("artifacts"))
             .with_cache(config.data_dir.join("cache"), config.cache.clone()),

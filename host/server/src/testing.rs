@@ -223,3 +223,79 @@ pub mod postgres {
             .expect("starting the PostgreSQL cluster's watcher (setsid)");
     }
 }
+
+/// A real S3-compatible server for tests: `s3s-fs` (crates.io: `cargo install s3s-fs --version
+/// 0.14.1 --features binary`; `scripts/setup.sh` builds it into `target/tools/bin`), found
+/// through `SKIFF_S3S_FS`, there, or `PATH`. A missing server is a failure, never a skip.
+pub mod s3 {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// The access key id the server takes.
+    pub const ACCESS_KEY: &str = "AKTEST";
+    /// Its secret key.
+    pub const SECRET_KEY: &str = "SKTEST";
+
+    /// `s3s-fs` on a free port of 127.0.0.1, serving a folder with one bucket, `bucket`;
+    /// stopped when dropped.
+    pub struct S3Server {
+        /// Its port.
+        pub port: u16,
+        /// The folder it serves (`bucket/` is the bucket).
+        pub root: tempfile::TempDir,
+        child: std::process::Child,
+    }
+
+    impl Drop for S3Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Where `s3s-fs` is.
+    pub fn binary() -> PathBuf {
+        if let Ok(p) = std::env::var("SKIFF_S3S_FS") {
+            return p.into();
+        }
+        let installed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/bin/s3s-fs");
+        if installed.is_file() {
+            return installed;
+        }
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).find(|p| p.is_file()))
+            .expect(
+                "this test needs the s3s-fs server: run scripts/setup.sh, or `cargo install s3s-fs --version 0.14.1 \
+                 --features binary` and set SKIFF_S3S_FS",
+            )
+    }
+
+    impl S3Server {
+        /// Starts one and waits until it listens.
+        pub fn start() -> Self {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir(root.path().join("bucket")).unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = std::process::Command::new(binary())
+                .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", ACCESS_KEY])
+                .args(["--secret-key", SECRET_KEY])
+                .arg(root.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            S3Server { port, root, child }
+        }
+
+        /// `http://127.0.0.1:PORT`.
+        pub fn endpoint(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+    }
+}

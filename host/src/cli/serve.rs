@@ -112,7 +112,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut config = config::ServeConfig::resolve(file, &base, Some(&key))
         .with_context(|| format!("in the config file {}", args.config.display()))?;
-    config.data_dir = data;
+    config.set_data_dir(data)?;
     if let Some(s) = &args.store {
         config.store = config::StoreLocation::open(s, Some(&key)).context("`--store`")?;
     }

@@ -771,61 +771,10 @@ async fn checkout_git_mode_fetches_one_commit_and_keeps_the_token_out_of_git_con
 
 // ---------------------------------------------------------------- upload
 
-/// `s3s-fs` (crates.io: `cargo install s3s-fs --version 0.14.1 --features binary`),
-/// found through `SKIFF_S3S_FS` or `PATH`.
-fn s3s_fs() -> Option<std::path::PathBuf> {
-    if let Ok(p) = std::env::var("SKIFF_S3S_FS") {
-        return Some(p.into());
-    }
-    // Where scripts/setup.sh installs it.
-    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/s3s-fs");
-    if installed.is_file() {
-        return Some(installed);
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).find(|p| p.is_file()))
-}
-
-struct S3 {
-    port: u16,
-    root: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_s3(bin: &Path) -> S3 {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir(root.path().join("bucket")).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = std::process::Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", "AKTEST", "--secret-key", "SKTEST"])
-        .arg(root.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    S3 { port, root, child }
-}
-
 #[tokio::test]
 async fn upload_to_an_s3_compatible_server_with_sigv4_and_multipart() {
     // scripts/setup.sh installs it; a missing server is a failure, never a skip.
-    let bin = s3s_fs().expect(
-        "this test needs the s3s-fs server: run scripts/setup.sh, or `cargo install s3s-fs --version 0.14.1 --features binary` and set SKIFF_S3S_FS",
-    );
-    let s3 = start_s3(&bin);
+    let s3 = skiff_server::testing::s3::S3Server::start();
     let ws = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(ws.path().join("dist/css")).unwrap();
     std::fs::write(ws.path().join("dist/index.html"), "<h1>hi</h1>").unwrap();

@@ -170,7 +170,7 @@ fn port_of(url: &str) -> u16 {
     after.split('/').next().unwrap().parse().unwrap()
 }
 
-fn config(port: u16, data: &Path, store: &str, gate: u16) -> String {
+fn config(port: u16, data: &Path, store: &str, gate: u16, extra: &str) -> String {
     format!(
         r#"
 listen = "127.0.0.1:{port}"
@@ -207,6 +207,17 @@ steps:
     permissions:
       hosts: ["127.0.0.1:{gate}"]
 """
+
+[[apps]]
+name = "art"
+pipeline-yaml = """
+steps:
+  - uses: diag
+    with: {{ message: built on one host, file: out.txt }}
+  - uses: upload
+    with: {{ target: artifact, source: out.txt, name: out.txt }}
+"""
+{extra}
 "#,
         data = data.display(),
     )
@@ -219,10 +230,14 @@ struct Host {
 
 impl Host {
     async fn start(root: &Path, name: &str, store: &str, gate: u16) -> Host {
+        Self::start_with(root, name, store, gate, "").await
+    }
+
+    async fn start_with(root: &Path, name: &str, store: &str, gate: u16, extra: &str) -> Host {
         let data = root.join(name);
         let d = data.clone();
-        let store = store.to_string();
-        let serve = ServeProcess::start_with(&data, move |port| config(port, &d, &store, gate)).await;
+        let (store, extra) = (store.to_string(), extra.to_string());
+        let serve = ServeProcess::start_with(&data, move |port| config(port, &d, &store, gate, &extra)).await;
         Host { serve, data }
     }
 
@@ -421,4 +436,51 @@ async fn a_log_is_followed_live_through_an_instance_the_run_is_not_on() {
     };
     let (from_a, from_b) = (read(&a).await, read(&b).await);
     assert!(from_a.contains("wrote ") && from_a == from_b, "{from_a}\n---\n{from_b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_stored_on_one_host_downloads_through_another_from_the_bucket() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let s3 = skiff_server::testing::s3::S3Server::start();
+    let objects = format!(
+        "[objects]\nurl = \"s3://bucket/pool\"\nendpoint = \"{}\"\naccess-key-id = \"{}\"\nsecret-access-key = \"{}\"\n",
+        s3.endpoint(),
+        skiff_server::testing::s3::ACCESS_KEY,
+        skiff_server::testing::s3::SECRET_KEY
+    );
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let a = Host::start_with(root.path(), "a", &db.url, gate.port, &objects).await;
+    let id = trigger(&a, "art").await;
+    let done = until_over(&a, id).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    // B starts after the run: it never held the artifact, yet serves it.
+    let b = Host::start_with(root.path(), "b", &db.url, gate.port, &objects).await;
+    let http = reqwest::Client::new();
+    let list: Value = http
+        .get(format!("{}/v1/runs/{id}/artifacts", b.serve.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"out.txt") && names.contains(&"provenance.intoto.jsonl"), "{list:#}");
+    let body = http
+        .get(format!("{}/v1/runs/{id}/artifacts/out.txt", b.serve.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.starts_with("built on one host"), "{body}");
+    // In the bucket, not in either host's data folder.
+    assert!(s3.root.path().join(format!("bucket/pool/artifact-records/{id}/out.txt.json")).is_file());
+    for h in [&a, &b] {
+        assert!(!h.data.join("artifacts").join(id.to_string()).exists());
+    }
 }

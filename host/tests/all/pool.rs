@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use crate::serve::ServeProcess;
 
 const TOKEN: &str = "pool-admin-token";
+const WEBHOOK_SECRET: &str = "pool-webhook-secret";
 
 /// An HTTP server whose requests are held open until released: it counts arrivals and how
 /// many are open at once (a request whose client went away is no longer open).
@@ -206,6 +207,20 @@ steps:
       fetch: http://127.0.0.1:{gate}/group/${{{{ run.id }}}}/${{{{ run.attempt }}}}
     permissions:
       hosts: ["127.0.0.1:{gate}"]
+"""
+
+[[apps]]
+name = "hooked"
+repository = "acme/web"
+provider = "github"
+fetch = false
+webhook-secret = "{WEBHOOK_SECRET}"
+on = {{ push = {{ branches = ["main"] }} }}
+max-concurrent-runs = 64
+pipeline-yaml = """
+steps:
+  - id: quick
+    uses: diag
 """
 
 [[apps]]
@@ -483,4 +498,90 @@ async fn an_artifact_stored_on_one_host_downloads_through_another_from_the_bucke
     for h in [&a, &b] {
         assert!(!h.data.join("artifacts").join(id.to_string()).exists());
     }
+}
+
+/// A burst of signed GitHub webhooks spread over two API instances (both also hosts) sharing
+/// one PostgreSQL: each delivery is stored once, gets one run, and every run succeeds once.
+/// Each delivery is sent to both instances (as an edge master's retry to another instance
+/// would), so each instance races the other for the same dispatch id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_3000_webhooks_over_two_instances_is_stored_once_and_run_once() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let a = Host::start_with(root.path(), "a", &db.url, gate.port, "max-concurrent-runs = 64").await;
+    let b = Host::start_with(root.path(), "b", &db.url, gate.port, "max-concurrent-runs = 64").await;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let n = 3000;
+    let send = |base: String, i: usize| {
+        let http = http.clone();
+        async move {
+            let body = serde_json::to_vec(&json!({
+                "ref": "refs/heads/main", "before": "0000", "after": format!("{:040x}", i + 1),
+                "repository": {"full_name": "acme/web"}, "sender": {"login": "octocat"}
+            }))
+            .unwrap();
+            let sig = skiff_edge_core::github_signature(WEBHOOK_SECRET.as_bytes(), &body);
+            let resp = http
+                .post(format!("{base}/hooks/hooked"))
+                .header("x-github-event", "push")
+                .header("x-github-delivery", format!("burst-{i}"))
+                .header("x-hub-signature-256", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            assert!(status == 200 || status == 202, "delivery {i}: {status} {text}");
+            (i, base, status, text)
+        }
+    };
+    let bases = [a.serve.base.clone(), b.serve.base.clone()];
+    use futures::StreamExt as _;
+    let answers = futures::stream::iter((0..n).flat_map(|i| [(i, 0), (i, 1)]))
+        .map(|(i, k)| send(bases[(i + k) % 2].clone(), i))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+
+    // Every delivery is one run, and every run ends in success, once.
+    let count = |filter: &str| -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM runs WHERE app = 'hooked'{filter}");
+        tokio::task::block_in_place(|| db.client().query_one(sql.as_str(), &[]).unwrap().get(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (runs, done) = (count(""), count(" AND status = 'success'"));
+        if runs != n as i64 {
+            let ids: Vec<String> = tokio::task::block_in_place(|| {
+                db.client()
+                    .query("SELECT dispatch_id FROM runs WHERE app = 'hooked'", &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+                    .collect()
+            });
+            let missing: Vec<usize> =
+                (0..n).filter(|i| !ids.iter().any(|d| d.starts_with(&format!("burst-{i}:")))).collect();
+            let answers: Vec<_> = answers.iter().filter(|a| missing.contains(&a.0)).collect();
+            panic!("{runs} runs for {n} deliveries; missing {missing:?}: {answers:#?}");
+        }
+        if done == runs {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of {runs} runs succeeded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats: (i64, i64, i64) = tokio::task::block_in_place(|| {
+        let row = db
+            .client()
+            .query_one(
+                "SELECT COUNT(DISTINCT dispatch_id), MAX(attempt)::BIGINT, COUNT(DISTINCT number) FROM runs WHERE app = 'hooked'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    });
+    assert_eq!(stats, (n as i64, 1, n as i64), "distinct deliveries, one attempt each, distinct numbers");
 }

@@ -10,11 +10,14 @@
 //! - `cache/<app>/<entry>/<sha256>` and `cache-records/<app>/<entry>.json`: a cache entry,
 //!   where `<entry>` is the digest of its scope, key and version (names from a pipeline never
 //!   become paths as written).
+//! - `logs/<run>/<job>/<step>.jsonl`: a finished run's log, one object per step
+//!   ([`BucketLogs`]); the lines of a run in progress stay in the run store's own log store.
 //!
 //! The artifact store's interface is synchronous (steps call it from blocking code); the
 //! bucket's client is async, so calls run on a small runtime of the bucket's own and the
 //! caller's thread waits. Reads stream: a download never holds a whole artifact in memory.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +28,8 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 use sha2::{Digest as _, Sha256};
 use skiff_runtime::artifact_store::{Artifact, ArtifactStore, CacheEntry, CacheLimits, CacheWrite, valid_name};
+
+use crate::logs::{LogRecord, LogStore, file_part};
 
 /// Bytes read from a file per upload request part.
 const CHUNK: usize = 8 << 20;
@@ -485,6 +490,80 @@ impl ArtifactStore for Bucket {
     }
 }
 
+/// Logs written to `live` (the data directory, or PostgreSQL) while their run goes, and kept
+/// as one object per step in the bucket once it ends ([`LogStore::archive`]), so that the
+/// database holds only what is in progress and any instance reads any finished log.
+pub struct BucketLogs {
+    live: Arc<dyn LogStore>,
+    bucket: Arc<Bucket>,
+}
+
+impl BucketLogs {
+    /// Finished logs in `bucket`, the rest in `live`.
+    pub fn new(live: Arc<dyn LogStore>, bucket: Arc<Bucket>) -> Self {
+        BucketLogs { live, bucket }
+    }
+
+    fn run_prefix(&self, run: i64) -> Key {
+        self.bucket.key(&["logs", &run.to_string()])
+    }
+}
+
+impl LogStore for BucketLogs {
+    fn append(&self, run: i64, rec: &LogRecord) -> std::io::Result<()> {
+        self.live.append(run, rec)
+    }
+
+    fn read(&self, run: i64, after: u64) -> std::io::Result<Vec<LogRecord>> {
+        // The live store first: a log archived meanwhile is then in the bucket whole (it is
+        // uploaded before the live copy goes), and a line seen in both counts once.
+        let mut lines: BTreeMap<u64, LogRecord> = self.live.read(run, after)?.into_iter().map(|r| (r.seq, r)).collect();
+        for key in self.bucket.keys(self.run_prefix(run))? {
+            let Some(bytes) = self.bucket.get_bytes(key.clone())? else { continue };
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let rec: LogRecord =
+                    serde_json::from_slice(line).map_err(|e| io(format!("the log object {key}: {e}")))?;
+                if rec.seq > after {
+                    lines.entry(rec.seq).or_insert(rec);
+                }
+            }
+        }
+        Ok(lines.into_values().collect())
+    }
+
+    fn close(&self, run: i64) {
+        self.live.close(run);
+    }
+
+    fn archive(&self, run: i64) -> std::io::Result<()> {
+        let lines = self.live.read(run, 0)?;
+        if lines.is_empty() {
+            return Ok(());
+        }
+        // One object per step; ids that read alike as file names share one, in order.
+        let mut steps: BTreeMap<(String, String), Vec<u8>> = BTreeMap::new();
+        for rec in &lines {
+            let out = steps.entry((file_part(&rec.job), file_part(&rec.step))).or_default();
+            serde_json::to_writer(&mut *out, rec).map_err(io)?;
+            out.push(b'\n');
+        }
+        let run_id = run.to_string();
+        for ((job, step), bytes) in steps {
+            self.bucket.put_bytes(self.bucket.key(&["logs", &run_id, &job, &format!("{step}.jsonl")]), bytes)?;
+        }
+        // Uploaded whole: the live copy can go.
+        self.live.remove(run)
+    }
+
+    fn remove(&self, run: i64) -> std::io::Result<()> {
+        self.live.remove(run)?;
+        for key in self.bucket.keys(self.run_prefix(run))? {
+            self.bucket.delete(key)?;
+        }
+        Ok(())
+    }
+}
+
 /// A name no two uploads share.
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -561,12 +640,11 @@ impl Drop for BucketCacheWrite {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::testing::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
-    use std::time::Duration;
 
-    fn bucket(s3: &S3Server, prefix: &str, limit: u64, spool: &Path) -> Bucket {
+    pub fn bucket(s3: &S3Server, prefix: &str, limit: u64, spool: &Path) -> Bucket {
         let config = BucketConfig {
             bucket: "bucket".into(),
             prefix: prefix.into(),
@@ -579,6 +657,14 @@ mod tests {
         let limits = CacheLimits { default_bytes: limit, apps: Default::default() };
         Bucket::new(&config, limits, spool.to_path_buf()).unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::bucket;
+    use super::*;
+    use crate::testing::s3::S3Server;
+    use std::time::Duration;
 
     fn read_all(mut r: Box<dyn Read + Send>) -> Vec<u8> {
         let mut v = Vec::new();
@@ -678,6 +764,74 @@ mod tests {
                 .starts_with("cache-"))
         );
         assert!(b.cache_open("web", "refs/heads/main", "huge", "v1").unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::tests_support::bucket;
+    use super::*;
+    use crate::logs::FsLogStore;
+    use crate::testing::s3::S3Server;
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().is_dir() { out.extend(files(&e.path())) } else { out.push(e.path()) }
+        }
+        out
+    }
+
+    #[test]
+    fn a_finished_log_moves_to_the_bucket_one_object_per_step_and_reads_the_same_everywhere() {
+        let s3 = S3Server::start();
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(bucket(&s3, "ci", CacheLimits::DEFAULT_BYTES, dir.path()));
+        let live: Arc<dyn LogStore> = Arc::new(FsLogStore::new(dir.path().join("logs")));
+        let logs = BucketLogs::new(live.clone(), b.clone());
+        let rec = |seq, job: &str, step: &str, text: &str| LogRecord {
+            seq,
+            ts: 1,
+            job: job.into(),
+            step: step.into(),
+            level: "stdout".into(),
+            text: text.into(),
+        };
+        let lines = vec![
+            rec(1, "build", "make", "one"),
+            rec(2, "build", "pack", "two"),
+            rec(3, "build", "make", "three"),
+            rec(4, "test/x", "../up", "four\nlines"),
+        ];
+        for l in &lines {
+            logs.append(5, l).unwrap();
+        }
+        // In progress: from the live store.
+        assert_eq!(logs.read(5, 0).unwrap(), lines);
+        logs.close(5);
+        logs.archive(5).unwrap();
+        assert!(live.read(5, 0).unwrap().is_empty(), "the live copy goes once the bucket has it");
+        assert_eq!(logs.read(5, 0).unwrap(), lines);
+        assert_eq!(logs.read(5, 2).unwrap(), lines[2..]);
+        let mut objects: Vec<String> = files(&s3.root.path().join("bucket/ci/logs/5"))
+            .iter()
+            .map(|p| p.strip_prefix(s3.root.path().join("bucket/ci/logs/5")).unwrap().display().to_string())
+            .collect();
+        objects.sort();
+        assert_eq!(objects, ["build/make.jsonl", "build/pack.jsonl", "test_x/_.._up.jsonl"]);
+        // Another instance, with a live store of its own, reads the same.
+        let other = BucketLogs::new(Arc::new(FsLogStore::new(dir.path().join("other"))), b.clone());
+        assert_eq!(other.read(5, 0).unwrap(), lines);
+        // A line in both places (a reader between the upload and the live copy's removal)
+        // counts once.
+        logs.append(5, &lines[0]).unwrap();
+        assert_eq!(logs.read(5, 0).unwrap(), lines);
+        // Nothing to archive: nothing written.
+        logs.archive(6).unwrap();
+        assert!(!s3.root.path().join("bucket/ci/logs/6").exists());
+        logs.remove(5).unwrap();
+        assert!(logs.read(5, 0).unwrap().is_empty());
+        assert!(files(&s3.root.path().join("bucket/ci/logs")).is_empty());
     }
 }
 

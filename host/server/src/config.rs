@@ -443,10 +443,11 @@ impl std::fmt::Debug for StoreLocation {
         match self {
             StoreLocation::Sqlite => f.write_str("Sqlite"),
             StoreLocation::Postgres(url) => {
-                let shown = url
-                    .parse::<postgres::Config>()
+                let shown = crate::store::pg_tls::read(url)
+                    .ok()
+                    .and_then(|a| a.url.parse::<postgres::Config>().ok())
                     .map(|c| crate::store::postgres_url_redacted(&c))
-                    .unwrap_or_else(|_| "postgres://…".into());
+                    .unwrap_or_else(|| "postgres://…".into());
                 f.debug_tuple("Postgres").field(&shown).finish()
             }
         }
@@ -466,8 +467,11 @@ impl StoreLocation {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             bail!("`store` must be `sqlite` or a PostgreSQL URL (`postgres://user@host:port/db`)");
         }
+        let asked = crate::store::pg_tls::read(url).context("`store`")?;
         let config: postgres::Config =
-            url.parse().map_err(|e| anyhow::anyhow!("`store`: the PostgreSQL URL cannot be read: {e}"))?;
+            asked.url.parse().map_err(|e| anyhow::anyhow!("`store`: the PostgreSQL URL cannot be read: {e}"))?;
+        // A missing or unreadable `sslrootcert` is said now, not at the first connection.
+        crate::store::pg_tls::transport(&asked).context("`store`")?;
         if !hidden && config.get_password().is_some() {
             tracing::warn!(
                 "`store` holds a database password in plain text; write it as `env:NAME` or seal it with `skiff serve --encrypt`"

@@ -141,22 +141,28 @@ impl Shared {
 
     /// State with the stores the config names: the runs and their queue in `skiff.db` in the
     /// data directory with the logs in its `logs/`, or all of them in PostgreSQL (`store`),
-    /// which every host and instance sharing it reads.
+    /// which every host and instance sharing it reads; with `[objects]`, finished logs move to
+    /// the bucket.
     pub fn open(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: Role) -> anyhow::Result<Arc<Self>> {
         let data = config.data_dir.clone();
         std::fs::create_dir_all(&data).with_context(|| format!("creating the data directory {}", data.display()))?;
-        match &config.store {
-            config::StoreLocation::Sqlite => {
-                let db = Arc::new(store::SqliteStore::open(&data.join("skiff.db"))?);
-                let logs = Arc::new(logs::FsLogStore::new(data.join("logs")));
-                Self::new(config, db.clone(), db, logs, executor, role)
-            }
-            config::StoreLocation::Postgres(url) => {
-                let db = Arc::new(store::PostgresStore::connect(url)?);
-                tracing::info!("runs and their logs are stored in {}", db.url());
-                Self::new(config, db.clone(), db.clone(), db, executor, role)
-            }
+        let (store, queue, mut logs): (Arc<dyn store::RunStore>, Arc<dyn queue::RunQueue>, Arc<dyn logs::LogStore>) =
+            match &config.store {
+                config::StoreLocation::Sqlite => {
+                    let db = Arc::new(store::SqliteStore::open(&data.join("skiff.db"))?);
+                    (db.clone(), db, Arc::new(logs::FsLogStore::new(data.join("logs"))))
+                }
+                config::StoreLocation::Postgres(url) => {
+                    let db = Arc::new(store::PostgresStore::connect(url)?);
+                    tracing::info!("runs and their logs are stored in {}", db.url());
+                    (db.clone(), db.clone(), db)
+                }
+            };
+        if let Some(bucket) = &config.bucket {
+            tracing::info!("finished logs, artifacts and caches are kept in {}", bucket.shown());
+            logs = Arc::new(bucket::BucketLogs::new(logs, bucket.clone()));
         }
+        Self::new(config, store, queue, logs, executor, role)
     }
 
     /// Stores a run durably and wakes the scheduler (see [`scheduler::Scheduler::enqueue`]).

@@ -1,5 +1,6 @@
-//! Step logs: stored per step behind [`LogStore`] (the data directory today, an object store
-//! later), capped per step, and broadcast live to followers ([`Hub`]).
+//! Step logs: stored per step behind [`LogStore`] (the data directory, or PostgreSQL; once a
+//! run ends, one object per step in the bucket when there is one: `bucket::BucketLogs`),
+//! capped per step, and broadcast live to followers ([`Hub`]).
 //!
 //! Lines arrive already masked by the pipeline engine; nothing here sees a secret.
 
@@ -38,8 +39,13 @@ pub trait LogStore: Send + Sync + 'static {
     fn append(&self, run: i64, rec: &LogRecord) -> std::io::Result<()>;
     /// The run's lines with `seq > after`, in `seq` order.
     fn read(&self, run: i64, after: u64) -> std::io::Result<Vec<LogRecord>>;
-    /// The run's logs are complete (files can be closed).
+    /// This host writes no more of the run's logs (files can be closed).
     fn close(&self, run: i64);
+    /// The run's logs are complete and this host wrote their last line: where a store keeps
+    /// finished logs elsewhere (a bucket), they move there now. Blocking.
+    fn archive(&self, _run: i64) -> std::io::Result<()> {
+        Ok(())
+    }
     /// Drops a run's logs (before a retry).
     fn remove(&self, run: i64) -> std::io::Result<()>;
 }
@@ -62,7 +68,7 @@ impl FsLogStore {
 }
 
 /// A job or step id as a file name: ids come from the pipeline, so anything unusual is replaced.
-fn file_part(s: &str) -> String {
+pub(crate) fn file_part(s: &str) -> String {
     let clean: String =
         s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     if clean.is_empty() || clean.starts_with('.') { format!("_{clean}") } else { clean }

@@ -1016,6 +1016,16 @@ impl Scheduler {
             }
         }
         self.logs.close(id);
+        let lost = self.running().get(&id).is_some_and(|r| r.lost);
+        if recorded || !lost {
+            // This host wrote the log's last line: it moves to where finished logs are kept.
+            let logs = self.logs.clone();
+            match tokio::task::spawn_blocking(move || logs.archive(id)).await {
+                Ok(Err(e)) => tracing::warn!(run = id, "archiving its log (it stays where it is): {e}"),
+                Err(e) => tracing::warn!(run = id, "archiving its log: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
         // The workspace goes before anyone hears the run ended.
         if !self.config.keep_workspaces {
             let _ = tokio::fs::remove_dir_all(self.workspace_dir(id)).await;

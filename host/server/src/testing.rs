@@ -18,12 +18,21 @@ pub mod postgres {
 
     struct Cluster {
         port: u16,
+        /// The folder of its Unix socket, where the tests' own connections go (a TLS-only
+        /// cluster refuses plain TCP).
+        socket: PathBuf,
+        /// For a TLS-only cluster: the authority that signed its certificate (PEM).
+        ca: Option<PathBuf>,
     }
 
     /// A database of its own in the cluster.
     pub struct Database {
         /// `postgres://postgres@127.0.0.1:PORT/NAME`.
         pub url: String,
+        /// For a database of [`tls_database`]: the authority its server's certificate is
+        /// signed by (a PEM file), which `url` does not name.
+        pub ca: Option<PathBuf>,
+        socket: PathBuf,
         port: u16,
         name: String,
     }
@@ -36,13 +45,13 @@ pub mod postgres {
 
         /// A plain connection to it.
         pub fn client(&self) -> postgres::Client {
-            connect(self.port, &self.name)
+            connect(&self.socket, self.port, &self.name)
         }
     }
 
-    fn connect(port: u16, db: &str) -> postgres::Client {
+    fn connect(socket: &Path, port: u16, db: &str) -> postgres::Client {
         postgres::Config::new()
-            .host("127.0.0.1")
+            .host_path(socket)
             .port(port)
             .user("postgres")
             .dbname(db)
@@ -51,16 +60,28 @@ pub mod postgres {
     }
 
     static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    static TLS_CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
     /// A new database, or `None` (after a loud `SKIPPED:`) when PostgreSQL is not installed
     /// and `CI` is not `true`. Callable from async tests too: the synchronous client runs on
     /// a thread of its own.
     pub fn database() -> Option<Database> {
-        std::thread::scope(|s| s.spawn(create).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        std::thread::scope(|s| {
+            s.spawn(|| create(&CLUSTER, false)).join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
     }
 
-    fn create() -> Option<Database> {
-        let cluster = match CLUSTER.get_or_init(start) {
+    /// A new database in a second cluster that takes TCP connections over TLS only
+    /// (`hostssl`, and `hostnossl … reject`), with a certificate for `127.0.0.1` (an IP
+    /// address, no DNS name) signed by an authority of its own ([`Database::ca`]).
+    pub fn tls_database() -> Option<Database> {
+        std::thread::scope(|s| {
+            s.spawn(|| create(&TLS_CLUSTER, true)).join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    fn create(which: &'static OnceLock<Result<Cluster, String>>, tls: bool) -> Option<Database> {
+        let cluster = match which.get_or_init(|| start(tls)) {
             Ok(c) => c,
             Err(why) => {
                 if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -80,10 +101,14 @@ pub mod postgres {
         let name = format!("t_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         {
             let _one_at_a_time = CREATE.lock().unwrap_or_else(|e| e.into_inner());
-            connect(cluster.port, "postgres").batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+            connect(&cluster.socket, cluster.port, "postgres")
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
         }
         Some(Database {
             url: format!("postgres://postgres@127.0.0.1:{}/{name}", cluster.port),
+            ca: cluster.ca.clone(),
+            socket: cluster.socket.clone(),
             port: cluster.port,
             name,
         })
@@ -128,17 +153,50 @@ pub mod postgres {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
-    fn start() -> Result<Cluster, String> {
+    fn start(tls: bool) -> Result<Cluster, String> {
         let Some(bin) = bin_dir() else {
             return Err(
                 "PostgreSQL's `initdb` was not found (in /usr/lib/postgresql/*/bin, SKIFF_PG_BIN or PATH)".into()
             );
         };
         // Found but not working is a failure, never a skip.
-        Ok(launch(&bin).unwrap_or_else(|e| panic!("starting a PostgreSQL cluster with {}: {e}", bin.display())))
+        Ok(launch(&bin, tls).unwrap_or_else(|e| panic!("starting a PostgreSQL cluster with {}: {e}", bin.display())))
     }
 
-    fn launch(bin: &Path) -> Result<Cluster, String> {
+    /// A certificate authority and a server certificate for 127.0.0.1 it signed, written to
+    /// `data` (`server.crt`, `server.key`, owned by `user`, private) and `root` (`ca.pem`).
+    fn certificates(root: &Path, data: &Path, user: Option<&str>) -> Result<PathBuf, String> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+        let e = |e: rcgen::Error| e.to_string();
+        let ca_key = KeyPair::generate().map_err(e)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "skiff test authority");
+        let ca = ca.self_signed(&ca_key).map_err(e)?;
+        let key = KeyPair::generate().map_err(e)?;
+        let mut server = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        server.subject_alt_names = vec![SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())];
+        let server = server.signed_by(&key, &ca, &ca_key).map_err(e)?;
+        let io = |e: std::io::Error| e.to_string();
+        std::fs::write(data.join("server.crt"), server.pem()).map_err(io)?;
+        std::fs::write(data.join("server.key"), key.serialize_pem()).map_err(io)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        if let Some(u) = user {
+            output(Command::new("chown").arg(u).arg(data.join("server.crt")).arg(data.join("server.key")))?;
+        }
+        // Only TLS over TCP; the socket stays open for the tests' own connections.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .map_err(io)?;
+        let ca_file = root.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).map_err(io)?;
+        Ok(ca_file)
+    }
+
+    fn launch(bin: &Path, tls: bool) -> Result<Cluster, String> {
         let root = tempfile::Builder::new().prefix("skiff-pg-").tempdir().map_err(|e| e.to_string())?.keep();
         let data = root.join("data");
         // As root, as a user initdb accepts, who owns the folder.
@@ -172,15 +230,19 @@ pub mod postgres {
             "--no-sync",
             "--no-instructions",
         ]))?;
+        let ca = if tls { Some(certificates(&root, &data, user)?) } else { None };
         let pg_ctl = bin.join("pg_ctl");
         // Another process may take the port between asking and binding: try a few.
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let options = format!(
+            let mut options = format!(
                 "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
                 root.display()
             );
+            if tls {
+                options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+            }
             let started = output(
                 as_user(&pg_ctl)
                     .arg("-D")
@@ -193,7 +255,7 @@ pub mod postgres {
             match started {
                 Ok(_) => {
                     watch(user, &pg_ctl, &data, &root);
-                    return Ok(Cluster { port });
+                    return Ok(Cluster { port, socket: root.clone(), ca });
                 }
                 Err(e) => last = format!("{e}\n{}", std::fs::read_to_string(root.join("log")).unwrap_or_default()),
             }

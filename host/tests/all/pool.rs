@@ -438,12 +438,23 @@ async fn a_log_is_followed_live_through_an_instance_the_run_is_not_on() {
     }
     assert_eq!(run(&b, id).await["status"], "running", "{text}");
     assert!(!b.runs(id), "the run is A's");
+    // The running step's state arrives too (read from the store: B's hub hears nothing of A's).
+    while !text.contains("event: step") {
+        let chunk = tokio::time::timeout_at(deadline.into(), body.next()).await.expect("no step event through B");
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
     gate.released.send_replace(true);
     while !text.contains("event: end") {
         let chunk = tokio::time::timeout_at(deadline.into(), body.next()).await.expect("no end through B");
         text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
     }
     assert!(text.contains("GET http://127.0.0.1:") && text.contains(r#""status":"success""#), "{text}");
+    let steps: Vec<&str> = text.split("\n\n").filter(|e| e.starts_with("event: step")).collect();
+    assert!(
+        steps.iter().any(|e| e.contains(r#""status":"running""#))
+            && steps.iter().filter(|e| e.contains(r#""status":"success""#)).count() >= 2,
+        "the step and its job start and end, seen through B: {text}"
+    );
     // The stored log reads the same through either instance.
     let read = |h: &Host| {
         let url = format!("{}/v1/runs/{id}/logs?format=text", h.serve.base);
@@ -454,7 +465,7 @@ async fn a_log_is_followed_live_through_an_instance_the_run_is_not_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_artifact_stored_on_one_host_downloads_through_another_from_the_bucket() {
+async fn an_artifact_and_a_log_stored_on_one_host_read_through_another_from_the_bucket() {
     let Some(db) = skiff_server::testing::postgres::database() else { return };
     let s3 = skiff_server::testing::s3::S3Server::start();
     let objects = format!(
@@ -498,6 +509,42 @@ async fn an_artifact_stored_on_one_host_downloads_through_another_from_the_bucke
     for h in [&a, &b] {
         assert!(!h.data.join("artifacts").join(id.to_string()).exists());
     }
+
+    // The finished log moves from the database to the bucket, one object per step, and reads
+    // the same through the instance that never ran it.
+    // The synchronous client lives and dies on a thread of its own, off the test's runtime.
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut pg = db.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n: i64 = pg.query_one("SELECT COUNT(*) FROM log_lines WHERE run_id = $1", &[&id]).unwrap().get(0);
+            if n == 0 || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(rows, 0, "the log left the database");
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().is_dir() { files(&e.path(), out) } else { out.push(e.path()) }
+        }
+    }
+    let mut objects = Vec::new();
+    files(&s3.root.path().join(format!("bucket/pool/logs/{id}")), &mut objects);
+    assert!(objects.len() >= 2 && objects.iter().all(|p| p.extension().is_some_and(|e| e == "jsonl")), "{objects:?}");
+    let log = http
+        .get(format!("{}/v1/runs/{id}/logs?format=text", b.serve.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("wrote ") && log.lines().count() >= 2, "{log}");
 }
 
 /// A burst of signed GitHub webhooks spread over two API instances (both also hosts) sharing

@@ -1,6 +1,7 @@
 //! A run's logs: stored lines (JSON or plain text) and a live Server-Sent Events stream.
 
 use super::*;
+use std::collections::HashMap;
 
 /// Where to start reading logs.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -186,9 +187,11 @@ pub(crate) async fn follow_run(
         return;
     }
     // A run on another host (instances sharing a PostgreSQL store) sends nothing through this
-    // host's hub: its lines and its end are read from the store every so often.
+    // host's hub: its lines, its jobs' and steps' changes and its end are read from the store
+    // every so often.
     let mut poll = tokio::time::interval(REMOTE_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut states: HashMap<(String, String), RunStatus> = HashMap::new();
     loop {
         let got = tokio::select! {
             got = rx.recv() => got,
@@ -202,11 +205,19 @@ pub(crate) async fn follow_run(
                         return;
                     }
                 }
+                for e in changed_steps(&*s.store, id, &mut states) {
+                    if tx.send(step(&e)).await.is_err() {
+                        return;
+                    }
+                }
                 if let Ok(Some(run)) = s.store.run(id)
                     && run.status.is_terminal()
                 {
                     for e in catch_up(&mut last) {
                         let _ = tx.send(e).await;
+                    }
+                    for e in changed_steps(&*s.store, id, &mut states) {
+                        let _ = tx.send(step(&e)).await;
                     }
                     let _ = tx.send(end(run.status.as_str())).await;
                     return;
@@ -249,4 +260,27 @@ pub(crate) async fn follow_run(
             return;
         }
     }
+}
+
+/// The jobs and steps of run `id` whose state differs from `seen` (all of them the first
+/// time), as the events the host running it sends, with `seen` brought up to date.
+fn changed_steps(
+    store: &dyn crate::store::RunStore,
+    id: i64,
+    seen: &mut HashMap<(String, String), RunStatus>,
+) -> Vec<LiveEvent> {
+    let Ok(jobs) = store.jobs(id) else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut note = |job: &str, step: &str, name: &str, status: RunStatus| {
+        if seen.insert((job.to_string(), step.to_string()), status) != Some(status) {
+            out.push(LiveEvent::Step { job: job.into(), step: step.into(), name: name.into(), status });
+        }
+    };
+    for j in &jobs {
+        note(&j.key, "", &j.name, j.status);
+        for st in &j.steps {
+            note(&j.key, &st.id, &st.name, st.status);
+        }
+    }
+    out
 }

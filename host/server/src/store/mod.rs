@@ -9,6 +9,7 @@
 //! [`PostgresStore`] (`store = "postgres://…"`) behaves the same, in a database several hosts
 //! may share. One behavioural test suite (`tests.rs`) runs against both.
 
+pub(crate) mod pg_tls;
 mod postgres;
 mod sqlite;
 mod status;

@@ -11,7 +11,7 @@
 //! The client is the synchronous `postgres` crate, from a small pool of connections: the
 //! store's methods are synchronous (see [`RunStore`]). Called from the server's tokio tasks, a
 //! call runs under `block_in_place` (the server's runtime has several threads), so the client's
-//! own runtime never nests in the server's. Plain TCP: no TLS yet.
+//! own runtime never nests in the server's. TLS as libpq's URLs ask for it (see [`pg_tls`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -20,6 +20,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Transaction};
+
+use super::pg_tls::{self, Transport};
 
 use super::{
     Decision, Inserted, Job, NewRun, Recovered, Run, RunFilter, RunSearch, RunStatus, RunStore, Step, Usage, now_ms,
@@ -260,6 +262,7 @@ pub fn redacted(config: &postgres::Config) -> String {
 /// The run store and run queue in a PostgreSQL database, which several hosts may share.
 pub struct PostgresStore {
     config: postgres::Config,
+    transport: Transport,
     shown: String,
     idle: Mutex<Vec<Client>>,
 }
@@ -275,14 +278,10 @@ impl PostgresStore {
     /// PostgreSQL's `key=value` form) and migrates it. Errors name the database without its
     /// password.
     pub fn connect(url: &str) -> anyhow::Result<Self> {
+        let asked = pg_tls::read(url)?;
+        let transport = pg_tls::transport(&asked)?;
         let mut config: postgres::Config =
-            url.parse().map_err(|e| anyhow::anyhow!("the run store's PostgreSQL URL cannot be read: {e}"))?;
-        if !matches!(config.get_ssl_mode(), postgres::config::SslMode::Disable | postgres::config::SslMode::Prefer) {
-            anyhow::bail!(
-                "the run store's PostgreSQL URL asks for TLS (`sslmode=require`), which skiff does not speak yet: \
-                 reach the database over a private network and leave `sslmode` out"
-            );
-        }
+            asked.url.parse().map_err(|e| anyhow::anyhow!("the run store's PostgreSQL URL cannot be read: {e}"))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -290,7 +289,7 @@ impl PostgresStore {
             config.application_name("skiff");
         }
         let shown = redacted(&config);
-        let store = PostgresStore { config, shown, idle: Mutex::new(Vec::new()) };
+        let store = PostgresStore { config, transport, shown, idle: Mutex::new(Vec::new()) };
         store.with(migrate).with_context(|| format!("the run store {}", store.shown))?;
         Ok(store)
     }
@@ -307,13 +306,17 @@ impl PostgresStore {
 
     /// Runs `f` on a connection from the pool (a new one when none is idle), off the async
     /// runtime (see [`blocking`]).
-    fn with<R: Send>(&self, f: impl FnOnce(&mut Client) -> anyhow::Result<R> + Send) -> anyhow::Result<R> {
+    pub(super) fn with<R: Send>(&self, f: impl FnOnce(&mut Client) -> anyhow::Result<R> + Send) -> anyhow::Result<R> {
         blocking(|| {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut client = match idle {
                 Some(c) if !c.is_closed() => c,
                 _ => {
-                    self.config.connect(NoTls).with_context(|| format!("connecting to the run store {}", self.shown))?
+                    let connected = match &self.transport {
+                        Transport::Plain => self.config.connect(NoTls).map_err(|e| pg_tls::explain(e, false)),
+                        Transport::Tls(tls) => self.config.connect(tls.clone()).map_err(|e| pg_tls::explain(e, true)),
+                    };
+                    connected.with_context(|| format!("connecting to the run store {}", self.shown))?
                 }
             };
             let result = f(&mut client);

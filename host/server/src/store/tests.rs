@@ -483,8 +483,69 @@ fn a_store_setting_never_shows_its_password() {
     assert!(err.contains("postgres://skiff@127.0.0.1:1/runs") && !err.contains("hunter2"), "{err}");
     assert!(crate::config::StoreLocation::open("mysql://x", None).is_err());
     assert_eq!(crate::config::StoreLocation::open("sqlite", None).unwrap(), crate::config::StoreLocation::Sqlite);
-    let tls = PostgresStore::connect("postgres://skiff@127.0.0.1:1/runs?sslmode=require").unwrap_err();
-    assert!(tls.to_string().contains("TLS"), "{tls}");
+    let mode = format!("{:#}", PostgresStore::connect("postgres://skiff@127.0.0.1:1/runs?sslmode=allow").unwrap_err());
+    assert!(mode.contains("`sslmode=allow`") && mode.contains("verify-full"), "{mode}");
+    let orphan =
+        format!("{:#}", PostgresStore::connect("postgres://skiff@127.0.0.1:1/runs?sslrootcert=/x").unwrap_err());
+    assert!(orphan.contains("add `sslmode=verify-full`"), "{orphan}");
+    let missing = crate::config::StoreLocation::open(
+        "postgres://skiff@127.0.0.1:1/runs?sslmode=verify-full&sslrootcert=/nowhere/ca.pem",
+        None,
+    )
+    .unwrap_err();
+    assert!(format!("{missing:#}").contains("/nowhere/ca.pem"), "{missing:#}");
+}
+
+#[test]
+fn the_store_url_tls_options_are_read_as_libpq_writes_them() {
+    use super::pg_tls::read;
+    let a = read("postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x").unwrap();
+    assert_eq!(a.url, "postgres://u@h/db?application_name=x&sslmode=require");
+    assert!(a.tls && a.rootcert.as_deref() == Some(std::path::Path::new("/etc/ca.pem")));
+    let a = read("postgres://u@h/db?sslmode=require").unwrap();
+    assert!(a.tls && a.rootcert.is_none());
+    assert!(read("postgres://u@h/db?sslmode=verify-ca").unwrap().tls);
+    let a = read("postgres://u@h/db?sslmode=disable").unwrap();
+    assert!(!a.tls && a.url.ends_with("?sslmode=disable"));
+    let a = read("postgres://u@h/db").unwrap();
+    assert!(!a.tls && a.url == "postgres://u@h/db");
+    assert!(read("host=h user=u sslmode=require").unwrap().tls);
+    assert!(!read("host=h user=u").unwrap().tls);
+}
+
+/// A cluster that takes TLS only, with a certificate its own authority signed for 127.0.0.1.
+#[test]
+fn a_store_over_tls_checks_the_servers_certificate_and_is_refused_in_plain_text() {
+    let Some(db) = crate::testing::postgres::tls_database() else { return };
+    let ca = db.ca.clone().unwrap();
+    let good = format!("{}?sslmode=verify-full&sslrootcert={}", db.url, ca.display());
+    let store = PostgresStore::connect(&good).unwrap();
+    assert!(store.schema_version().unwrap() > 0);
+    let ssl: bool = store
+        .with(|c| Ok(c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])?.try_get(0)?))
+        .unwrap();
+    assert!(ssl, "the store's connection is encrypted");
+
+    // Plain text: the server refuses, and the error says what to add.
+    let plain = format!("{:#}", PostgresStore::connect(&db.url).unwrap_err());
+    assert!(plain.contains("sslmode=verify-full"), "{plain}");
+    // TLS to a server nobody vouched for: refused, with what to name.
+    let unknown = format!("{:#}", PostgresStore::connect(&format!("{}?sslmode=require", db.url)).unwrap_err());
+    assert!(unknown.contains("sslrootcert"), "{unknown}");
+    // A certificate for 127.0.0.1 does not serve `localhost`.
+    let other_name = good.replace("127.0.0.1", "localhost");
+    let named = format!("{:#}", PostgresStore::connect(&other_name).unwrap_err());
+    assert!(named.contains("does not name the host"), "{named}");
+    // Another authority's file: refused too.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = dir.path().join("other.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&stranger, params.self_signed(&key).unwrap().pem()).unwrap();
+    let wrong = format!("{}?sslmode=verify-full&sslrootcert={}", db.url, stranger.display());
+    let wrong = format!("{:#}", PostgresStore::connect(&wrong).unwrap_err());
+    assert!(wrong.contains("not signed by a trusted authority"), "{wrong}");
 }
 
 /// What only a store that several hosts share must stand, on PostgreSQL: two stores are two

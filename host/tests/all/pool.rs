@@ -632,3 +632,63 @@ async fn a_burst_of_3000_webhooks_over_two_instances_is_stored_once_and_run_once
     });
     assert_eq!(stats, (n as i64, 1, n as i64), "distinct deliveries, one attempt each, distinct numbers");
 }
+
+/// A browser signed in to the web console through one instance is signed in through every
+/// instance sharing the store, and signing out through another ends it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_session_started_on_one_instance_holds_on_another_until_signed_out_there() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let a = Host::start(root.path(), "a", &db.url, gate.port).await;
+    let b = Host::start(root.path(), "b", &db.url, gate.port).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let cookie_of = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| c.split(';').next().filter(|kv| kv.starts_with(&format!("{name}="))).map(String::from))
+    };
+
+    let page = http.get(format!("{}/sign-in", a.serve.base)).send().await.unwrap();
+    let pre = cookie_of(&page, "skiff_signin").expect("the sign-in form's cookie");
+    let csrf = pre.split_once('=').unwrap().1.to_string();
+    let signed = http
+        .post(format!("{}/sign-in", a.serve.base))
+        .header("cookie", &pre)
+        .form(&[("csrf", csrf.as_str()), ("next", "/runs"), ("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303);
+    let session = cookie_of(&signed, "skiff_session").expect("a session cookie");
+
+    let page = |h: &Host, cookie: Option<String>| {
+        let mut req = http.get(format!("{}/runs", h.serve.base));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let on_b = page(&b, Some(session.clone())).await;
+    assert_eq!(on_b.status(), 200, "the session started on A holds on B");
+    let html = on_b.text().await.unwrap();
+    assert_eq!(page(&b, None).await.status(), 303, "without it, B asks to sign in");
+
+    // Sign out through B, with the session's own form token from B's page.
+    let field = r#"name="csrf" value=""#;
+    let at = html.find(field).expect("a form with the session's token") + field.len();
+    let token = &html[at..at + html[at..].find('"').unwrap()];
+    let out = http
+        .post(format!("{}/sign-out", b.serve.base))
+        .header("cookie", &session)
+        .form(&[("csrf", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let on_a = page(&a, Some(session)).await;
+    assert_eq!(on_a.status(), 303, "signed out through B, the session is over on A too");
+    assert!(on_a.headers()["location"].to_str().unwrap().starts_with("/sign-in"));
+}

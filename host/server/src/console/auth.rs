@@ -1,15 +1,15 @@
 //! Sign-in, sessions and CSRF tokens.
 //!
-//! A session is kept in this process's memory under the SHA-256 of a random 256-bit id; the
+//! A session is kept in the run store under the SHA-256 of a random 256-bit id, so every
+//! instance sharing the store (a pool on PostgreSQL) knows it, and a restart keeps it; the
 //! browser holds the id in an HttpOnly, SameSite=Strict cookie (Secure when the console is
-//! reached over HTTPS). It ends after [`SESSION_TTL`], at sign-out, or when the host restarts.
+//! reached over HTTPS). It ends after [`SESSION_TTL`] or at sign-out, on every instance.
 //! Each session has its own CSRF token, which every form that changes something must send
 //! back; the sign-in form, before any session, is bound to a random cookie the same way
 //! (double submit).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Form;
 use axum::extract::{FromRequestParts, Query, State};
@@ -41,16 +41,22 @@ pub struct Viewer {
     pub csrf: String,
 }
 
-#[derive(Debug, Clone)]
-struct Session {
-    viewer: Viewer,
-    expires: Instant,
+/// The console's sessions, in the run store.
+pub struct Sessions {
+    store: Arc<dyn crate::store::RunStore>,
 }
 
-/// The console's sessions.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Session>>,
+/// A viewer as a session row keeps it.
+#[derive(serde::Serialize, Deserialize)]
+struct StoredViewer {
+    name: String,
+    /// `None`: every app.
+    apps: Option<Vec<String>>,
+    csrf: String,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn random_hex() -> String {
@@ -59,34 +65,48 @@ fn random_hex() -> String {
     hex::encode(b)
 }
 
-fn key(id: &str) -> [u8; 32] {
-    sha2::Sha256::digest(id.as_bytes()).into()
+/// What the store keys a session by: never the cookie itself.
+fn key(id: &str) -> String {
+    hex::encode(sha2::Sha256::digest(id.as_bytes()))
 }
 
 impl Sessions {
+    /// Sessions kept in `store`.
+    pub fn new(store: Arc<dyn crate::store::RunStore>) -> Self {
+        Sessions { store }
+    }
+
     /// Starts a session; returns its id (the cookie's value).
-    pub fn start(&self, name: String, scope: AppScope) -> String {
+    pub fn start(&self, name: String, scope: AppScope) -> anyhow::Result<String> {
         let id = random_hex();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k)
-        {
-            map.remove(&oldest);
-        }
-        let viewer = Viewer { name, scope, csrf: random_hex() };
-        map.insert(key(&id), Session { viewer, expires: now + SESSION_TTL });
-        id
+        let apps = match scope {
+            AppScope::All => None,
+            AppScope::Only(apps) => Some(apps),
+        };
+        let viewer = serde_json::to_string(&StoredViewer { name, apps, csrf: random_hex() })?;
+        let now = now_ms();
+        let ttl = i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
+        self.store.session_save(&key(&id), &viewer, now.saturating_add(ttl), now, MAX_SESSIONS)?;
+        Ok(id)
     }
 
     fn get(&self, id: &str) -> Option<Viewer> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&key(id)).filter(|s| s.expires > Instant::now()).map(|s| s.viewer.clone())
+        let stored = match self.store.session(&key(id), now_ms()) {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!("reading a console session: {e:#}");
+                return None;
+            }
+        };
+        let v: StoredViewer = serde_json::from_str(&stored).ok()?;
+        let scope = v.apps.map_or(AppScope::All, AppScope::Only);
+        Some(Viewer { name: v.name, scope, csrf: v.csrf })
     }
 
     fn end(&self, id: &str) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(id));
+        if let Err(e) = self.store.session_end(&key(id)) {
+            tracing::warn!("ending a console session: {e:#}");
+        }
     }
 }
 
@@ -250,7 +270,7 @@ pub(super) async fn sign_in(
         return Ok(sign_in_form(&s, &headers, StatusCode::UNAUTHORIZED, &next, Some(msg)));
     };
     tracing::info!(viewer = %name, "signed in to the console");
-    let id = sessions.start(name, scope);
+    let id = sessions.start(name, scope).map_err(|e| anyhow::anyhow!("starting a console session: {e:#}"))?;
     let tls = over_tls(&s, &headers);
     let mut resp = Redirect::to(&next).into_response();
     let h = resp.headers_mut();

@@ -112,8 +112,7 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// The console's routes, merged into the host's router by [`crate::api::app`].
 pub fn router(state: &Arc<Shared>) -> Router<Arc<Shared>> {
-    let sessions = Arc::new(Sessions::default());
-    let _ = state;
+    let sessions = Arc::new(Sessions::new(state.store.clone()));
     Router::new()
         .route("/", get(pages::apps))
         .route("/sign-in", get(auth::sign_in_page).post(auth::sign_in))

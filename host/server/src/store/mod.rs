@@ -434,4 +434,15 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Records when a cron schedule fired.
     fn set_cron_last_fired(&self, app: &str, cron: &str, at: i64) -> anyhow::Result<()>;
+
+    /// Keeps a web console session (`viewer`, as its JSON) under `id` (a digest of the
+    /// cookie, never the cookie) until `expires_ms`, with every instance sharing the store.
+    /// Expired sessions go; past `max`, the ones closest to expiring go first.
+    fn session_save(&self, id: &str, viewer: &str, expires_ms: i64, now_ms: i64, max: usize) -> anyhow::Result<()>;
+
+    /// The viewer of a session that has not expired at `now_ms`.
+    fn session(&self, id: &str, now_ms: i64) -> anyhow::Result<Option<String>>;
+
+    /// Ends a session (sign-out).
+    fn session_end(&self, id: &str) -> anyhow::Result<()>;
 }

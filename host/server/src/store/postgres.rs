@@ -142,6 +142,10 @@ pub const MIGRATIONS: &[&str] = &[
         text TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     );",
+    // 10: the web console's sessions, under the digest of their cookie, so that a browser
+    // signed in through one instance is signed in through all.
+    "CREATE TABLE console_sessions (id TEXT PRIMARY KEY, viewer TEXT NOT NULL, expires_at BIGINT NOT NULL);
+    CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);",
 ];
 
 /// Unix ms by the database's clock: the one clock every host sharing the database agrees on,
@@ -902,6 +906,38 @@ impl RunStore for PostgresStore {
                 None => None,
             })
         })
+    }
+
+    fn session_save(&self, id: &str, viewer: &str, expires_ms: i64, now_ms: i64, max: usize) -> anyhow::Result<()> {
+        let keep = i64::try_from(max.saturating_sub(1)).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("DELETE FROM console_sessions WHERE expires_at <= $1", &[&now_ms])?;
+            tx.execute(
+                "DELETE FROM console_sessions WHERE id IN
+                     (SELECT id FROM console_sessions ORDER BY expires_at DESC OFFSET $1)",
+                &[&keep],
+            )?;
+            tx.execute(
+                "INSERT INTO console_sessions (id, viewer, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET viewer = EXCLUDED.viewer, expires_at = EXCLUDED.expires_at",
+                &[&id, &viewer, &expires_ms],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn session(&self, id: &str, now_ms: i64) -> anyhow::Result<Option<String>> {
+        self.with(|c| {
+            let row =
+                c.query_opt("SELECT viewer FROM console_sessions WHERE id = $1 AND expires_at > $2", &[&id, &now_ms])?;
+            Ok(row.map(|r| r.try_get(0)).transpose()?)
+        })
+    }
+
+    fn session_end(&self, id: &str) -> anyhow::Result<()> {
+        self.execute("DELETE FROM console_sessions WHERE id = $1", &[&id]).map(|_| ())
     }
 
     fn set_cron_last_fired(&self, app: &str, cron: &str, at: i64) -> anyhow::Result<()> {

@@ -117,6 +117,9 @@ pub const MIGRATIONS: &[&str] = &[
     // app's limit and concurrency group whatever the number of runs stored.
     "ALTER TABLE runs ADD COLUMN labels TEXT;
     CREATE INDEX runs_leased ON runs(app) WHERE lease_owner IS NOT NULL;",
+    // 9: the web console's sessions, under the digest of their cookie.
+    "CREATE TABLE console_sessions (id TEXT PRIMARY KEY, viewer TEXT NOT NULL, expires_at INTEGER NOT NULL);
+    CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);",
 ];
 
 impl ToSql for RunStatus {
@@ -617,6 +620,40 @@ impl RunStore for SqliteStore {
              ON CONFLICT (app, cron) DO UPDATE SET last_fired = ?3",
             params![app, cron, at],
         )?;
+        Ok(())
+    }
+
+    fn session_save(&self, id: &str, viewer: &str, expires_ms: i64, now_ms: i64, max: usize) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM console_sessions WHERE expires_at <= ?1", [now_ms])?;
+        let keep = i64::try_from(max.saturating_sub(1)).unwrap_or(i64::MAX);
+        tx.execute(
+            "DELETE FROM console_sessions WHERE id IN
+                 (SELECT id FROM console_sessions ORDER BY expires_at DESC LIMIT -1 OFFSET ?1)",
+            [keep],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO console_sessions (id, viewer, expires_at) VALUES (?1, ?2, ?3)",
+            params![id, viewer, expires_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn session(&self, id: &str, now_ms: i64) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT viewer FROM console_sessions WHERE id = ?1 AND expires_at > ?2",
+                params![id, now_ms],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn session_end(&self, id: &str) -> anyhow::Result<()> {
+        self.conn().execute("DELETE FROM console_sessions WHERE id = ?1", [id])?;
         Ok(())
     }
 

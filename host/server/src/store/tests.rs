@@ -64,9 +64,31 @@ suite!(
     finishing_a_run_closes_it_once_and_cron_times_are_kept,
     pruning_removes_finished_runs_of_one_app_with_their_jobs_only,
     a_lease_is_admitted_only_within_the_group_and_the_app_s_limit,
+    console_sessions_expire_end_and_keep_within_their_cap,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+fn console_sessions_expire_end_and_keep_within_their_cap(store: &dyn Store, _: Kind) {
+    store.session_save("a", r#"{"who":"a"}"#, 2_000, 1_000, 3).unwrap();
+    store.session_save("b", r#"{"who":"b"}"#, 3_000, 1_000, 3).unwrap();
+    assert_eq!(store.session("a", 1_500).unwrap().as_deref(), Some(r#"{"who":"a"}"#));
+    assert_eq!(store.session("a", 2_000).unwrap(), None, "expired at its time");
+    assert_eq!(store.session("nobody", 1_000).unwrap(), None);
+    // Saving sweeps the expired: `a` is gone for good, even read with an older clock.
+    store.session_save("c", "{}", 4_000, 2_500, 3).unwrap();
+    assert_eq!(store.session("a", 1_500).unwrap(), None);
+    // At the cap, the one closest to expiring makes room.
+    store.session_save("d", "{}", 5_000, 2_500, 3).unwrap();
+    store.session_save("e", "{}", 6_000, 2_500, 3).unwrap();
+    assert_eq!(store.session("b", 2_600).unwrap(), None, "b expired first, so it went first");
+    for id in ["c", "d", "e"] {
+        assert!(store.session(id, 2_600).unwrap().is_some(), "{id}");
+    }
+    store.session_end("d").unwrap();
+    assert_eq!(store.session("d", 2_600).unwrap(), None);
+    store.session_end("d").unwrap();
+}
 
 fn queued(store: &dyn Store, app: &str) -> i64 {
     let run = NewRun { app: app.into(), trigger: "manual".into(), ..NewRun::default() };

@@ -82,6 +82,8 @@ fn local_executor(
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Each running step holds descriptors: the usual soft limit of 1,024 would cap a host.
+    skiff_runtime::engine::raise_open_file_limit();
     let result = match cli.command {
         Command::Step(cmd) => step::run(cmd).await,
         Command::Run(args) => cli::run::run(args).await,

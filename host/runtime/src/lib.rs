@@ -410,7 +410,9 @@ impl Runtime {
                 log: log.clone(),
                 traffic: traffic.clone(),
             },
-            limiter: MemoryLimiter::new(inv.limits.memory),
+            // A pool of small reservations holds no memory past its reservation: the step's
+            // limit says so, rather than a failed growth the guest reports as a crash.
+            limiter: MemoryLimiter::new(inv.limits.memory.min(self.options.memory_reservation.unwrap_or(u64::MAX))),
             log: LogHost { log: log.clone() },
             secrets: SecretsHost { secrets: inv.secrets.clone(), log: log.clone() },
             process: ProcessHost {
@@ -523,7 +525,7 @@ impl Runtime {
                 let status = if log.exceeded() {
                     StepStatus::LogLimit(format!("log limit {} reached", Bytes(limits.log_bytes)))
                 } else if data.limiter.exceeded {
-                    StepStatus::MemoryLimit(format!("memory limit {} exceeded", Bytes(limits.memory)))
+                    StepStatus::MemoryLimit(format!("memory limit {} exceeded", Bytes(data.limiter.limit)))
                 } else if data.cpu_exceeded {
                     StepStatus::CpuLimit(format!("CPU limit {} exceeded", Secs(limits.cpu)))
                 } else {
@@ -622,6 +624,30 @@ mod tests {
 
     fn hostile() -> Vec<u8> {
         std::fs::read(test_guests::HOSTILE).unwrap()
+    }
+
+    /// A pool of 20,000 slots (40,000 linear memories) of 64 MiB reservations: with wasmtime's
+    /// 4 GiB each it would need 160 TiB of address space, more than x86-64 gives a process.
+    /// Its steps run, and one that allocates without end meets the reservation as its memory
+    /// limit, reported as such.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_of_20000_small_reservations_runs_steps_and_caps_memory_at_the_reservation() {
+        let cache = std::env::temp_dir().join("skiff-runtime-unit-cache");
+        let options = EngineOptions { pool_size: 20_000, memory_reservation: Some(64 << 20), ..Default::default() };
+        let rt = Runtime::new(options, Some(cache)).unwrap();
+        let step = rt.load(&hostile()).await.unwrap();
+        let ws = tempfile::tempdir().unwrap();
+        let inv = |attack: &str| StepInvocation {
+            run_id: "t".into(),
+            step_id: "s".into(),
+            inputs: [("attack".to_string(), attack.to_string())].into(),
+            workspace: ws.path().to_path_buf(),
+            ..Default::default()
+        };
+        let ok = rt.run(&step, inv("noop"), Arc::new(|_| {})).await;
+        assert!(ok.status.succeeded(), "{:?}", ok.status);
+        let hog = rt.run(&step, inv("alloc"), Arc::new(|_| {})).await;
+        assert_eq!(hog.status, StepStatus::MemoryLimit("memory limit 64 MiB exceeded".into()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -369,22 +369,41 @@ fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::
     Ok(())
 }
 
-/// A cache entry on its way into the local folder: a temporary file in the app's folder,
-/// renamed into its scope on commit.
-struct LocalCacheWrite {
-    store: LocalArtifacts,
+/// A cache entry's bytes on their way to a spool file, refused past the app's cap. Dropped
+/// before [`Spool::finish`], the file goes.
+pub struct Spool {
     file: Option<std::fs::File>,
-    tmp: PathBuf,
-    data: PathBuf,
-    record: PathBuf,
-    entry: CacheEntry,
-    app: String,
+    path: PathBuf,
+    size: u64,
     limit: u64,
 }
 
-impl Write for LocalCacheWrite {
+impl Spool {
+    /// A new spool file at `path`, for at most `limit` bytes.
+    pub fn create(path: PathBuf, limit: u64) -> std::io::Result<Self> {
+        let file = std::fs::File::create(&path)?;
+        Ok(Spool { file: Some(file), path, size: 0, limit })
+    }
+
+    /// Bytes written.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file, written whole: from now on its owner removes or keeps it.
+    pub fn finish(&mut self) -> std::io::Result<std::fs::File> {
+        self.file.take().ok_or_else(|| std::io::Error::other("the entry was committed"))
+    }
+}
+
+impl Write for Spool {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.entry.size + buf.len() as u64 > self.limit {
+        if self.size + buf.len() as u64 > self.limit {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::FileTooLarge,
                 format!("the entry is larger than the app's cache cap of {} MiB", self.limit >> 20),
@@ -392,7 +411,7 @@ impl Write for LocalCacheWrite {
         }
         let file = self.file.as_mut().ok_or_else(|| std::io::Error::other("the entry was committed"))?;
         let n = file.write(buf)?;
-        self.entry.size += n as u64;
+        self.size += n as u64;
         Ok(n)
     }
 
@@ -401,28 +420,56 @@ impl Write for LocalCacheWrite {
     }
 }
 
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A cache entry on its way into the local folder: a temporary file in the app's folder,
+/// renamed into its scope on commit.
+struct LocalCacheWrite {
+    store: LocalArtifacts,
+    spool: Spool,
+    data: PathBuf,
+    record: PathBuf,
+    entry: CacheEntry,
+    app: String,
+}
+
+impl Write for LocalCacheWrite {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.spool.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.spool.flush()
+    }
+}
+
 impl CacheWrite for LocalCacheWrite {
     fn commit(mut self: Box<Self>) -> std::io::Result<CacheEntry> {
-        let file = self.file.take().ok_or_else(|| std::io::Error::other("the entry was committed"))?;
-        file.sync_data()?;
+        let file = self.spool.finish()?;
+        let synced = file.sync_data();
         drop(file);
-        std::fs::create_dir_all(self.data.parent().expect("entries have a folder"))?;
-        std::fs::rename(&self.tmp, &self.data)?;
+        let moved = synced.and_then(|()| {
+            std::fs::create_dir_all(self.data.parent().expect("entries have a folder"))?;
+            std::fs::rename(self.spool.path(), &self.data)
+        });
+        if let Err(e) = moved {
+            let _ = std::fs::remove_file(self.spool.path());
+            return Err(e);
+        }
         let now = now_ms();
+        self.entry.size = self.spool.size();
         self.entry.created_ms = now;
         self.entry.used_ms = now;
         let json = serde_json::to_vec(&self.entry).map_err(std::io::Error::other)?;
         write_atomically(&self.record, |f| f.write_all(&json))?;
         self.store.evict(&self.app, &self.record)?;
         Ok(self.entry.clone())
-    }
-}
-
-impl Drop for LocalCacheWrite {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 
@@ -551,12 +598,10 @@ impl ArtifactStore for LocalArtifacts {
         let (data, record) = self.entry_paths(app, scope, key, version)?;
         let app_dir = self.app_dir(app)?;
         std::fs::create_dir_all(&app_dir)?;
-        let tmp = temp_beside(&app_dir.join("entry.tar"));
-        let file = std::fs::File::create(&tmp)?;
+        let spool = Spool::create(temp_beside(&app_dir.join("entry.tar")), self.limits.of(app))?;
         Ok(Box::new(LocalCacheWrite {
             store: self.clone(),
-            file: Some(file),
-            tmp,
+            spool,
             data,
             record,
             entry: CacheEntry {
@@ -568,7 +613,6 @@ impl ArtifactStore for LocalArtifacts {
                 used_ms: 0,
             },
             app: app.into(),
-            limit: self.limits.of(app),
         }))
     }
 

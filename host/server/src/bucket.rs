@@ -27,7 +27,7 @@ use futures::StreamExt as _;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 use sha2::{Digest as _, Sha256};
-use skiff_runtime::artifact_store::{Artifact, ArtifactStore, CacheEntry, CacheLimits, CacheWrite, valid_name};
+use skiff_runtime::artifact_store::{Artifact, ArtifactStore, CacheEntry, CacheLimits, CacheWrite, Spool, valid_name};
 
 use crate::logs::{LogRecord, LogStore, file_part};
 
@@ -465,8 +465,7 @@ impl ArtifactStore for Bucket {
     fn cache_create(&self, app: &str, scope: &str, key: &str, version: &str) -> std::io::Result<Box<dyn CacheWrite>> {
         check("app", app)?;
         std::fs::create_dir_all(&self.spool)?;
-        let tmp = self.spool.join(format!("cache-{}", uuid_like()));
-        let file = std::fs::File::create(&tmp)?;
+        let spool = Spool::create(self.spool.join(format!("cache-{}", uuid_like())), self.limits.of(app))?;
         Ok(Box::new(BucketCacheWrite {
             bucket: self.0.clone(),
             app: app.into(),
@@ -479,9 +478,7 @@ impl ArtifactStore for Bucket {
                 created_ms: 0,
                 used_ms: 0,
             },
-            limit: self.limits.of(app),
-            file: Some(file),
-            tmp,
+            spool,
         }))
     }
 
@@ -577,37 +574,27 @@ struct BucketCacheWrite {
     app: String,
     id: String,
     entry: CacheEntry,
-    limit: u64,
-    file: Option<std::fs::File>,
-    tmp: PathBuf,
+    spool: Spool,
 }
 
 impl Write for BucketCacheWrite {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.entry.size + buf.len() as u64 > self.limit {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                format!("the entry is larger than the app's cache cap of {} MiB", self.limit >> 20),
-            ));
-        }
-        let file = self.file.as_mut().ok_or_else(|| io("the entry was committed"))?;
-        let n = file.write(buf)?;
-        self.entry.size += n as u64;
-        Ok(n)
+        self.spool.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+        self.spool.flush()
     }
 }
 
 impl CacheWrite for BucketCacheWrite {
     fn commit(mut self: Box<Self>) -> std::io::Result<CacheEntry> {
-        let file = self.file.take().ok_or_else(|| io("the entry was committed"))?;
-        drop(file);
+        drop(self.spool.finish()?);
+        self.entry.size = self.spool.size();
+        let tmp = self.spool.path().to_path_buf();
         let bucket = self.bucket.clone();
         let result = (|| {
-            let (sha256, _) = bucket.upload(&self.tmp, bucket.key(&["cache", &self.app, &self.id, "upload"]))?;
+            let (sha256, _) = bucket.upload(&tmp, bucket.key(&["cache", &self.app, &self.id, "upload"]))?;
             let object = bucket.key(&["cache", &self.app, &self.id, &sha256]);
             let store = bucket.store.clone();
             let src = bucket.key(&["cache", &self.app, &self.id, "upload"]);
@@ -626,16 +613,8 @@ impl CacheWrite for BucketCacheWrite {
             bucket.evict(&self.app, &record_key)?;
             Ok(self.entry.clone())
         })();
-        let _ = std::fs::remove_file(&self.tmp);
+        let _ = std::fs::remove_file(&tmp);
         result
-    }
-}
-
-impl Drop for BucketCacheWrite {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 

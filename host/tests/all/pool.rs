@@ -274,9 +274,14 @@ async fn trigger(host: &Host, app: &str) -> i64 {
     r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
 }
 
+/// The body of `GET path` through `host`, as the admin.
+async fn get_text(host: &Host, path: &str) -> String {
+    let url = format!("{}{path}", host.serve.base);
+    reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap()
+}
+
 async fn run(host: &Host, id: i64) -> Value {
-    let url = format!("{}/v1/runs/{id}", host.serve.base);
-    reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap()
+    serde_json::from_str(&get_text(host, &format!("/v1/runs/{id}")).await).unwrap()
 }
 
 async fn until_over(host: &Host, id: i64) -> Value {
@@ -456,11 +461,8 @@ async fn a_log_is_followed_live_through_an_instance_the_run_is_not_on() {
         "the step and its job start and end, seen through B: {text}"
     );
     // The stored log reads the same through either instance.
-    let read = |h: &Host| {
-        let url = format!("{}/v1/runs/{id}/logs?format=text", h.serve.base);
-        async move { reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap() }
-    };
-    let (from_a, from_b) = (read(&a).await, read(&b).await);
+    let path = format!("/v1/runs/{id}/logs?format=text");
+    let (from_a, from_b) = (get_text(&a, &path).await, get_text(&b, &path).await);
     assert!(from_a.contains("wrote ") && from_a == from_b, "{from_a}\n---\n{from_b}");
 }
 
@@ -482,27 +484,10 @@ async fn an_artifact_and_a_log_stored_on_one_host_read_through_another_from_the_
     assert_eq!(done["status"], "success", "{done:#}");
     // B starts after the run: it never held the artifact, yet serves it.
     let b = Host::start_with(root.path(), "b", &db.url, gate.port, &objects).await;
-    let http = reqwest::Client::new();
-    let list: Value = http
-        .get(format!("{}/v1/runs/{id}/artifacts", b.serve.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = serde_json::from_str(&get_text(&b, &format!("/v1/runs/{id}/artifacts")).await).unwrap();
     let names: Vec<&str> = list["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"out.txt") && names.contains(&"provenance.intoto.jsonl"), "{list:#}");
-    let body = http
-        .get(format!("{}/v1/runs/{id}/artifacts/out.txt", b.serve.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_text(&b, &format!("/v1/runs/{id}/artifacts/out.txt")).await;
     assert!(body.starts_with("built on one host"), "{body}");
     // In the bucket, not in either host's data folder.
     assert!(s3.root.path().join(format!("bucket/pool/artifact-records/{id}/out.txt.json")).is_file());
@@ -535,15 +520,7 @@ async fn an_artifact_and_a_log_stored_on_one_host_read_through_another_from_the_
     let mut objects = Vec::new();
     files(&s3.root.path().join(format!("bucket/pool/logs/{id}")), &mut objects);
     assert!(objects.len() >= 2 && objects.iter().all(|p| p.extension().is_some_and(|e| e == "jsonl")), "{objects:?}");
-    let log = http
-        .get(format!("{}/v1/runs/{id}/logs?format=text", b.serve.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = get_text(&b, &format!("/v1/runs/{id}/logs?format=text")).await;
     assert!(log.contains("wrote ") && log.lines().count() >= 2, "{log}");
 }
 

@@ -504,6 +504,16 @@ impl BucketLogs {
     fn run_prefix(&self, run: i64) -> Key {
         self.bucket.key(&["logs", &run.to_string()])
     }
+
+    /// The lines of one step's log object (none when there is no such object).
+    fn object(&self, key: Key) -> std::io::Result<Vec<LogRecord>> {
+        let Some(bytes) = self.bucket.get_bytes(key.clone())? else { return Ok(Vec::new()) };
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|line| serde_json::from_slice(line).map_err(|e| io(format!("the log object {key}: {e}"))))
+            .collect()
+    }
 }
 
 impl LogStore for BucketLogs {
@@ -516,10 +526,7 @@ impl LogStore for BucketLogs {
         // uploaded before the live copy goes), and a line seen in both counts once.
         let mut lines: BTreeMap<u64, LogRecord> = self.live.read(run, after)?.into_iter().map(|r| (r.seq, r)).collect();
         for key in self.bucket.keys(self.run_prefix(run))? {
-            let Some(bytes) = self.bucket.get_bytes(key.clone())? else { continue };
-            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let rec: LogRecord =
-                    serde_json::from_slice(line).map_err(|e| io(format!("the log object {key}: {e}")))?;
+            for rec in self.object(key)? {
                 if rec.seq > after {
                     lines.entry(rec.seq).or_insert(rec);
                 }
@@ -538,15 +545,23 @@ impl LogStore for BucketLogs {
             return Ok(());
         }
         // One object per step; ids that read alike as file names share one, in order.
-        let mut steps: BTreeMap<(String, String), Vec<u8>> = BTreeMap::new();
-        for rec in &lines {
-            let out = steps.entry((file_part(&rec.job), file_part(&rec.step))).or_default();
-            serde_json::to_writer(&mut *out, rec).map_err(io)?;
-            out.push(b'\n');
+        let mut steps: BTreeMap<(String, String), BTreeMap<u64, LogRecord>> = BTreeMap::new();
+        for rec in lines {
+            steps.entry((file_part(&rec.job), file_part(&rec.step))).or_default().insert(rec.seq, rec);
         }
         let run_id = run.to_string();
-        for ((job, step), bytes) in steps {
-            self.bucket.put_bytes(self.bucket.key(&["logs", &run_id, &job, &format!("{step}.jsonl")]), bytes)?;
+        for ((job, step), mut lines) in steps {
+            let key = self.bucket.key(&["logs", &run_id, &job, &format!("{step}.jsonl")]);
+            // A run archived before (it waited for an approval, then went on) keeps those lines.
+            for rec in self.object(key.clone())? {
+                lines.entry(rec.seq).or_insert(rec);
+            }
+            let mut out = Vec::new();
+            for rec in lines.values() {
+                serde_json::to_writer(&mut out, rec).map_err(io)?;
+                out.push(b'\n');
+            }
+            self.bucket.put_bytes(key, out)?;
         }
         // Uploaded whole: the live copy can go.
         self.live.remove(run)
@@ -805,6 +820,16 @@ mod log_tests {
         // counts once.
         logs.append(5, &lines[0]).unwrap();
         assert_eq!(logs.read(5, 0).unwrap(), lines);
+        // A run that went on after it was archived (an approval): the second part joins the
+        // first, also in a step object that both parts wrote to.
+        let more = vec![rec(5, "build", "make", "after the wait"), rec(6, "deploy", "", "approved")];
+        for l in &more {
+            logs.append(5, l).unwrap();
+        }
+        logs.archive(5).unwrap();
+        let all: Vec<LogRecord> = lines.iter().chain(&more).cloned().collect();
+        assert_eq!(logs.read(5, 0).unwrap(), all);
+        assert_eq!(other.read(5, 4).unwrap(), more);
         // Nothing to archive: nothing written.
         logs.archive(6).unwrap();
         assert!(!s3.root.path().join("bucket/ci/logs/6").exists());

@@ -224,17 +224,23 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
     })
 }
 
-/// Waits until the page's text holds `what`.
+/// The page's text; empty while a navigation has no `body` yet.
+async fn body_text(c: &Client) -> String {
+    match c.find(Locator::Css("body")).await {
+        Ok(body) => body.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until the page's text holds `what` (a form just sent may still be loading the next).
 async fn wait_text(c: &Client, what: &str) {
     for _ in 0..150 {
-        let body = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap_or_default();
-        if body.contains(what) {
+        if body_text(c).await.contains(what) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let body = c.find(Locator::Css("body")).await.unwrap().text().await.unwrap_or_default();
-    panic!("the page never said {what:?}; it says:\n{body}");
+    panic!("the page never said {what:?}; it says:\n{}", body_text(c).await);
 }
 
 async fn api_run(http: &reqwest::Client, base: &str, app: &str, inputs: Value) -> i64 {

@@ -46,12 +46,21 @@ pub struct Sessions {
     store: Arc<dyn crate::store::RunStore>,
 }
 
-/// A viewer as a session row keeps it.
+/// Who signed in: their scope is read from the configuration on every request, so a token or
+/// user removed from it (or given fewer apps) loses its sessions with the next start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
+pub enum SignedIn {
+    /// With the API token of this name.
+    Token(String),
+    /// A `[[users]]` user.
+    User(String),
+}
+
+/// A session as its row keeps it.
 #[derive(serde::Serialize, Deserialize)]
 struct StoredViewer {
-    name: String,
-    /// `None`: every app.
-    apps: Option<Vec<String>>,
+    who: SignedIn,
     csrf: String,
 }
 
@@ -77,20 +86,18 @@ impl Sessions {
     }
 
     /// Starts a session; returns its id (the cookie's value).
-    pub fn start(&self, name: String, scope: AppScope) -> anyhow::Result<String> {
+    pub fn start(&self, who: SignedIn) -> anyhow::Result<String> {
         let id = random_hex();
-        let apps = match scope {
-            AppScope::All => None,
-            AppScope::Only(apps) => Some(apps),
-        };
-        let viewer = serde_json::to_string(&StoredViewer { name, apps, csrf: random_hex() })?;
+        let viewer = serde_json::to_string(&StoredViewer { who, csrf: random_hex() })?;
         let now = now_ms();
         let ttl = i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
         self.store.session_save(&key(&id), &viewer, now.saturating_add(ttl), now, MAX_SESSIONS)?;
         Ok(id)
     }
 
-    fn get(&self, id: &str) -> Option<Viewer> {
+    /// The viewer of session `id`, with the scope `config` gives them now; none when the
+    /// session is unknown, over, or its token or user is no longer configured.
+    fn get(&self, id: &str, config: &crate::config::ServeConfig) -> Option<Viewer> {
         let stored = match self.store.session(&key(id), now_ms()) {
             Ok(found) => found?,
             Err(e) => {
@@ -99,8 +106,17 @@ impl Sessions {
             }
         };
         let v: StoredViewer = serde_json::from_str(&stored).ok()?;
-        let scope = v.apps.map_or(AppScope::All, AppScope::Only);
-        Some(Viewer { name: v.name, scope, csrf: v.csrf })
+        let (name, scope) = match v.who {
+            SignedIn::Token(name) => {
+                let scope = config.tokens.values().find(|t| t.name == name)?.scope.clone();
+                (format!("token {name}"), scope)
+            }
+            SignedIn::User(name) => {
+                let scope = config.console.users.get(&name)?.scope.clone();
+                (name, scope)
+            }
+        };
+        Some(Viewer { name, scope, csrf: v.csrf })
     }
 
     fn end(&self, id: &str) {
@@ -129,8 +145,8 @@ fn sessions(parts: &Parts) -> Arc<Sessions> {
 impl FromRequestParts<Arc<Shared>> for Viewer {
     type Rejection = ConsoleError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Arc<Shared>) -> Result<Self> {
-        let found = cookie(&parts.headers, COOKIE).and_then(|id| sessions(parts).get(id));
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Shared>) -> Result<Self> {
+        let found = cookie(&parts.headers, COOKIE).and_then(|id| sessions(parts).get(id, &s.config));
         found.ok_or_else(|| {
             let next = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
             ConsoleError::SignIn(next.to_string())
@@ -144,8 +160,8 @@ pub struct MaybeViewer(pub Option<Viewer>);
 impl FromRequestParts<Arc<Shared>> for MaybeViewer {
     type Rejection = ConsoleError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Arc<Shared>) -> Result<Self> {
-        Ok(MaybeViewer(cookie(&parts.headers, COOKIE).and_then(|id| sessions(parts).get(id))))
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Shared>) -> Result<Self> {
+        Ok(MaybeViewer(cookie(&parts.headers, COOKIE).and_then(|id| sessions(parts).get(id, &s.config))))
     }
 }
 
@@ -240,7 +256,7 @@ pub(super) async fn sign_in(
     }
     let next = safe_next(field("next"));
     let found = match (field("token").map(str::trim).filter(|t| !t.is_empty()), field("name")) {
-        (Some(token), _) => s.config.token(token).map(|t| (format!("token {}", t.name), t.scope.clone())),
+        (Some(token), _) => s.config.token(token).map(|t| SignedIn::Token(t.name.clone())),
         // Without users, there is no password to check: no argon2 for anyone.
         (None, Some(name)) if !s.config.console.users.is_empty() => {
             let password = field("password").unwrap_or("");
@@ -261,16 +277,16 @@ pub(super) async fn sign_in(
                     .await
                     .map_err(|e| anyhow::anyhow!("checking a password: {e}"))?
             };
-            user.filter(|_| ok).map(|u| (name.trim().to_string(), u.scope.clone()))
+            user.filter(|_| ok).map(|_| SignedIn::User(name.trim().to_string()))
         }
         _ => None,
     };
-    let Some((name, scope)) = found else {
+    let Some(who) = found else {
         let msg = "That token, name or password is not known here.";
         return Ok(sign_in_form(&s, &headers, StatusCode::UNAUTHORIZED, &next, Some(msg)));
     };
-    tracing::info!(viewer = %name, "signed in to the console");
-    let id = sessions.start(name, scope).map_err(|e| anyhow::anyhow!("starting a console session: {e:#}"))?;
+    tracing::info!(viewer = ?who, "signed in to the console");
+    let id = sessions.start(who).map_err(|e| anyhow::anyhow!("starting a console session: {e:#}"))?;
     let tls = over_tls(&s, &headers);
     let mut resp = Redirect::to(&next).into_response();
     let h = resp.headers_mut();

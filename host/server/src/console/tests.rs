@@ -30,6 +30,11 @@ impl skiff_pipeline::StepExecutor for Idle {
 }
 
 fn setup(dir: &Path) -> (Arc<Shared>, axum::Router) {
+    setup_with(dir, |t| t)
+}
+
+/// [`setup`] with its configuration's text changed by `edit`.
+fn setup_with(dir: &Path, edit: impl Fn(String) -> String) -> (Arc<Shared>, axum::Router) {
     let hash = super::hash_password("pw-alice").unwrap();
     let text = format!(
         r#"
@@ -69,7 +74,7 @@ steps:
 "#,
         data = dir.display()
     );
-    let config = ServeConfig::from_toml(&text, Path::new("/"), None).unwrap();
+    let config = ServeConfig::from_toml(&edit(text), Path::new("/"), None).unwrap();
     let s = Shared::open(config, Arc::new(Idle), Role::All).unwrap();
     let router = crate::app(s.clone());
     (s, router)
@@ -373,4 +378,30 @@ async fn artifacts_are_listed_and_downloaded_by_a_viewer_of_their_app_only() {
     // Signed out, the download sends to sign-in.
     let anon = get(&router, href, "").await;
     assert_eq!(anon.status, StatusCode::SEE_OTHER);
+}
+
+/// Sessions outlive a restart, but not the token or user they were made with: each request
+/// reads the viewer's scope from the configuration as it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_survives_a_restart_but_not_its_token_s_removal_or_a_narrower_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, router) = setup(dir.path());
+    let admin = sign_in(&router, "token=tok-admin").await;
+    let a_only = sign_in(&router, "token=tok-a").await;
+    let alice = sign_in(&router, "name=alice&password=pw-alice").await;
+    assert_eq!(get(&router, "/apps/a", &alice).await.status, StatusCode::OK);
+    drop((s, router));
+
+    // Restarted with the token `a-only` gone and alice moved from app a to app b.
+    let (_s, router) = setup_with(dir.path(), |t| {
+        t.replace("[[tokens]]\nname = \"a-only\"\ntoken = \"tok-a\"\napps = [\"a\"]\n", "")
+            .replace("password-hash = ", "apps = [\"b\"]\npassword-hash = ")
+            .replace("\"\napps = [\"a\"]\n[[apps]]", "\"\n[[apps]]")
+    });
+    assert_eq!(get(&router, "/runs", &admin).await.status, StatusCode::OK, "the session outlived the restart");
+    let gone = get(&router, "/runs", &a_only).await;
+    assert_eq!(gone.status, StatusCode::SEE_OTHER, "the token was removed: its session is over");
+    assert!(gone.headers[header::LOCATION].to_str().unwrap().starts_with("/sign-in"));
+    assert_eq!(get(&router, "/apps/a", &alice).await.status, StatusCode::NOT_FOUND, "alice no longer sees a");
+    assert_eq!(get(&router, "/apps/b", &alice).await.status, StatusCode::OK);
 }

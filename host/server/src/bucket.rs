@@ -525,12 +525,25 @@ impl LogStore for BucketLogs {
         // The live store first: a log archived meanwhile is then in the bucket whole (it is
         // uploaded before the live copy goes), and a line seen in both counts once.
         let mut lines: BTreeMap<u64, LogRecord> = self.live.read(run, after)?.into_iter().map(|r| (r.seq, r)).collect();
-        for key in self.bucket.keys(self.run_prefix(run))? {
-            for rec in self.object(key)? {
-                if rec.seq > after {
+        let archived = (|| {
+            let mut out = Vec::new();
+            for key in self.bucket.keys(self.run_prefix(run))? {
+                out.extend(self.object(key)?.into_iter().filter(|r| r.seq > after));
+            }
+            Ok::<_, std::io::Error>(out)
+        })();
+        match archived {
+            Ok(recs) => {
+                for rec in recs {
                     lines.entry(rec.seq).or_insert(rec);
                 }
             }
+            // The bucket out of reach: a log still in the live store has every line there (its
+            // copy goes only once the bucket has it all), so a run in progress stays readable.
+            Err(e) if !lines.is_empty() => {
+                tracing::warn!(run, "reading its archived log: {e}; showing the live copy");
+            }
+            Err(e) => return Err(e),
         }
         Ok(lines.into_values().collect())
     }
@@ -836,6 +849,15 @@ mod log_tests {
         logs.remove(5).unwrap();
         assert!(logs.read(5, 0).unwrap().is_empty());
         assert!(files(&s3.root.path().join("bucket/ci/logs")).is_empty());
+
+        // The bucket out of reach: a log still in the live store reads from there; a log only
+        // in the bucket is an error, never an empty log.
+        logs.append(9, &lines[0]).unwrap();
+        logs.archive(9).unwrap();
+        logs.append(8, &lines[1]).unwrap();
+        drop(s3);
+        assert_eq!(logs.read(8, 0).unwrap(), lines[1..2]);
+        assert!(logs.read(9, 0).is_err(), "run 9's log is only in the bucket");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Runs per second end to end across a pool of hosts: 1, 2 and 3 real `skiff serve` processes
 //! sharing one PostgreSQL (a throwaway cluster, `skiff_server::testing::postgres`), and one
-//! host on its default SQLite store beside one on PostgreSQL. The same one-step Wasm pipeline
+//! host on its default SQLite store beside one on PostgreSQL; with jobs leased one by one (the
+//! default on PostgreSQL) and, as the baseline, runs leased whole (`lease-jobs = false`). The same one-step Wasm pipeline
 //! (`uses: diag`) on every host; N runs submitted through the API (`POST /v1/apps/{app}/runs`),
 //! spread round-robin over the hosts, 32 requests in flight; the clock runs from the first
 //! submit until the store holds all N in a terminal state. Then every run must have succeeded,
@@ -34,8 +35,11 @@ struct Host {
     child: Child,
 }
 
-fn config(port: u16, data: &Path, store: Option<&str>) -> String {
-    let store = store.map(|s| format!("store = \"{s}\"\n")).unwrap_or_default();
+fn config(port: u16, data: &Path, store: Option<&str>, lease_jobs: bool) -> String {
+    let mut store = store.map(|s| format!("store = \"{s}\"\n")).unwrap_or_default();
+    if !lease_jobs {
+        store.push_str("lease-jobs = false\n");
+    }
     let app = |name: &str| {
         format!(
             r#"
@@ -67,12 +71,12 @@ apps = ["*"]
 }
 
 impl Host {
-    async fn start(root: &Path, name: &str, store: Option<&str>) -> Host {
+    async fn start(root: &Path, name: &str, store: Option<&str>, lease_jobs: bool) -> Host {
         let data = root.join(name);
         std::fs::create_dir_all(&data).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cfg = data.join("skiff.toml");
-        std::fs::write(&cfg, config(port, &data, store)).unwrap();
+        std::fs::write(&cfg, config(port, &data, store, lease_jobs)).unwrap();
         let log = std::fs::File::create(data.join("serve.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["serve", "--config"])
@@ -250,11 +254,16 @@ struct Figures {
 }
 
 /// One configuration: `hosts` hosts on `store` (None: each its own SQLite), `n` runs.
-async fn measure(hosts: usize, store: Option<&skiff_server::testing::postgres::Database>, n: usize) -> Figures {
+async fn measure(
+    hosts: usize,
+    store: Option<&skiff_server::testing::postgres::Database>,
+    n: usize,
+    lease_jobs: bool,
+) -> Figures {
     let root = tempfile::tempdir().unwrap();
     let mut pool = Vec::new();
     for i in 0..hosts {
-        pool.push(Host::start(root.path(), &format!("h{i}"), store.map(|d| d.url.as_str())).await);
+        pool.push(Host::start(root.path(), &format!("h{i}"), store.map(|d| d.url.as_str()), lease_jobs).await);
     }
     // The synchronous PostgreSQL client runs its own runtime: made, used and dropped beside
     // this one's workers.
@@ -353,10 +362,20 @@ async fn main() {
     let mut base = None;
     for hosts in 1..=3 {
         let db = database();
-        let f = measure(hosts, Some(&db), n).await;
+        let f = measure(hosts, Some(&db), n, true).await;
         let b = *base.get_or_insert(f.rate);
-        row(&format!("{hosts} host{} on PostgreSQL", if hosts > 1 { "s" } else { "" }), &f, b);
+        row(&format!("{hosts} host{} on PostgreSQL, jobs leased", if hosts > 1 { "s" } else { "" }), &f, b);
     }
-    let f = measure(1, None, n).await;
+    // What leasing each job costs: the same pools leasing whole runs (`lease-jobs = false`).
+    for hosts in [1, 3] {
+        let db = database();
+        let f = measure(hosts, Some(&db), n, false).await;
+        row(
+            &format!("{hosts} host{} on PostgreSQL, runs leased whole", if hosts > 1 { "s" } else { "" }),
+            &f,
+            base.unwrap(),
+        );
+    }
+    let f = measure(1, None, n, false).await;
     row("1 host on SQLite (its default store)", &f, base.unwrap());
 }

@@ -21,8 +21,8 @@ pub mod script;
 pub mod source;
 
 pub use engine::{
-    GateRequest, JobGate, JobReport, JobSetup, Refusal, RunEvent, RunObserver, RunOptions, RunReport, Status,
-    StepReport, run_pipeline,
+    GateRequest, JobDispatch, JobGate, JobReport, JobSetup, JobTicket, Refusal, RunEvent, RunObserver, RunOptions,
+    RunReport, Status, StepReport, run_job, run_pipeline,
 };
 pub use executor::{Grants, Level, LogLine, StepExecutor, StepOutcome, StepRef, StepRequest, StepResult, Usage};
 pub use load::{Diagnostic, Diagnostics, load_file, load_str};

@@ -55,6 +55,10 @@ pub struct ConfigFile {
     /// This host's labels, which jobs name in `runs-on:` (`--labels` wins); every host also has
     /// `self-hosted`, `linux` and its architecture.
     pub labels: Option<Vec<String>>,
+    /// Jobs, rather than whole runs, go to the hosts of the pool: the host that takes a run runs
+    /// its graph, and each job instance is leased by any host whose labels cover its `runs-on`
+    /// (default: on with a PostgreSQL store, off with SQLite, whose store one host owns).
+    pub lease_jobs: Option<bool>,
     /// Seconds a host holds a run without renewing its lease (default 60, at least 3): after
     /// this long, a run whose host died or lost the database is another host's to run, and a
     /// host that could not renew stops it.
@@ -405,6 +409,8 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// The labels this host takes jobs for ([`host_labels`]): its own and the implicit ones.
     pub labels: Vec<String>,
+    /// `lease-jobs` as the config says it (see [`ServeConfig::leases_jobs`]).
+    pub lease_jobs: Option<bool>,
     /// How long a run's lease holds without renewal (renewed every quarter of it).
     pub lease_ttl: std::time::Duration,
     /// Plain HTTP to registries that are not loopback addresses.
@@ -505,6 +511,12 @@ fn mebibytes(written: Option<u64>, default: u64, what: &str) -> anyhow::Result<u
 }
 
 impl ServeConfig {
+    /// Whether jobs, rather than whole runs, are leased by the hosts of a pool (`lease-jobs`;
+    /// by default when the store is PostgreSQL, which hosts share).
+    pub fn leases_jobs(&self) -> bool {
+        self.lease_jobs.unwrap_or(matches!(self.store, StoreLocation::Postgres(_)))
+    }
+
     /// Reads `path`; relative paths in it are relative to its folder.
     pub fn load(path: &Path, key: Option<&MasterKey>) -> anyhow::Result<Self> {
         let text =
@@ -633,6 +645,7 @@ impl ServeConfig {
             keep_workspaces: file.keep_workspaces.unwrap_or(false),
             public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
             labels: host_labels(&file.labels.unwrap_or_default()).context("`labels`")?,
+            lease_jobs: file.lease_jobs,
             lease_ttl: match file.lease_timeout_secs {
                 None => std::time::Duration::from_secs(60),
                 Some(s @ 3..=86_400) => std::time::Duration::from_secs(s),

@@ -78,7 +78,7 @@ pub struct Shared {
     /// The run store.
     pub store: Arc<dyn store::RunStore>,
     /// The run queue (the same database as the run store, for SQLite).
-    pub queue: Arc<dyn queue::RunQueue>,
+    pub queue: Arc<dyn queue::Queue>,
     /// The log store.
     pub logs: Arc<dyn logs::LogStore>,
     /// Live log channels.
@@ -103,7 +103,7 @@ impl Shared {
     pub fn new(
         config: ServeConfig,
         store: Arc<dyn store::RunStore>,
-        queue: Arc<dyn queue::RunQueue>,
+        queue: Arc<dyn queue::Queue>,
         logs: Arc<dyn logs::LogStore>,
         executor: Arc<dyn StepExecutor>,
         role: Role,
@@ -146,7 +146,7 @@ impl Shared {
     pub fn open(config: ServeConfig, executor: Arc<dyn StepExecutor>, role: Role) -> anyhow::Result<Arc<Self>> {
         let data = config.data_dir.clone();
         std::fs::create_dir_all(&data).with_context(|| format!("creating the data directory {}", data.display()))?;
-        let (store, queue, mut logs): (Arc<dyn store::RunStore>, Arc<dyn queue::RunQueue>, Arc<dyn logs::LogStore>) =
+        let (store, queue, mut logs): (Arc<dyn store::RunStore>, Arc<dyn queue::Queue>, Arc<dyn logs::LogStore>) =
             match &config.store {
                 config::StoreLocation::Sqlite => {
                     let db = Arc::new(store::SqliteStore::open(&data.join("skiff.db"))?);

@@ -80,3 +80,90 @@ pub trait RunQueue: Send + Sync + 'static {
     /// and the lease is released. False, and nothing changes, when the lease is not `owner`'s.
     fn complete(&self, id: i64, owner: &str, status: RunStatus, error: Option<&str>) -> anyhow::Result<bool>;
 }
+
+/// A job instance offered to the pool: the host running its run's graph puts it here, any
+/// host with its labels leases it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOffer {
+    /// The run.
+    pub run: i64,
+    /// The run's attempt: a job of an earlier attempt is never leased.
+    pub attempt: i64,
+    /// The job instance.
+    pub key: String,
+    /// The labels a host needs to take it.
+    pub labels: Vec<String>,
+    /// What the host needs to run it ([`skiff_pipeline::JobTicket`] as JSON).
+    pub ticket: String,
+}
+
+/// A job instance held by a host until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLease {
+    /// The run.
+    pub run: i64,
+    /// The run's attempt.
+    pub attempt: i64,
+    /// The job instance.
+    pub key: String,
+    /// [`JobOffer::ticket`].
+    pub ticket: String,
+    /// Which time the job is taken, from 1: 2 when its first host stopped renewing its lease.
+    pub tries: i64,
+}
+
+/// Where an offered job is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// No host has taken it yet.
+    Queued,
+    /// `owner` runs it.
+    Running {
+        /// The host.
+        owner: String,
+        /// Which time it is taken, from 1.
+        tries: i64,
+    },
+    /// It ended: its report ([`skiff_pipeline::JobReport`] as JSON).
+    Done(String),
+    /// It was called off (its run ended or was cancelled).
+    Cancelled,
+    /// It was taken twice and its host stopped both times: it is not taken again, and its run
+    /// fails it.
+    Abandoned,
+}
+
+/// Jobs, rather than whole runs, leased across a pool of hosts: the host that leased a run runs
+/// its graph and offers each job instance here when its `needs` are done; a host whose labels
+/// cover the job's leases it with `FOR UPDATE SKIP LOCKED`, renews the lease while it runs it
+/// and completes it with the job's report, which the graph reads back. A job whose lease
+/// expires (its host died or lost the database) is leased again by another host, once.
+pub trait JobQueue: Send + Sync + 'static {
+    /// Offers a job instance; an offer of the same job of the same attempt replaces one not
+    /// taken yet.
+    fn offer_job(&self, offer: &JobOffer) -> anyhow::Result<()>;
+
+    /// Leases for `owner` the oldest offered job whose labels are all in `labels`, of a run
+    /// still running at that attempt, or one whose lease expired (taken again; one that already
+    /// moved once ends as failed instead). `None` when there is nothing to take.
+    fn lease_job(&self, owner: &str, labels: &[String], ttl: Duration) -> anyhow::Result<Option<JobLease>>;
+
+    /// The heartbeat of a job: false when the job is no longer `owner`'s (another host took it
+    /// over, or it was called off): the owner should stop running it.
+    fn extend_job(&self, run: i64, attempt: i64, key: &str, owner: &str, ttl: Duration) -> anyhow::Result<bool>;
+
+    /// `owner` finished the job with `report`. False, and nothing changes, when it is no
+    /// longer `owner`'s.
+    fn complete_job(&self, run: i64, attempt: i64, key: &str, owner: &str, report: &str) -> anyhow::Result<bool>;
+
+    /// Where an offered job is; `None` when it was never offered.
+    fn job_state(&self, run: i64, attempt: i64, key: &str) -> anyhow::Result<Option<JobState>>;
+
+    /// Calls off a run's jobs not done: every one (`key` `None`) or one. Their hosts stop them
+    /// at their next heartbeat.
+    fn cancel_jobs(&self, run: i64, key: Option<&str>) -> anyhow::Result<()>;
+}
+
+/// Both queues, as one store keeps them: runs, and the jobs of runs spread over a pool.
+pub trait Queue: RunQueue + JobQueue {}
+impl<T: RunQueue + JobQueue> Queue for T {}

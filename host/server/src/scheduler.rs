@@ -10,6 +10,8 @@
 //! (another host stopped renewing it) is taken over as at a restart: run again once with
 //! `recovery = "retry"`, else failed with the reason.
 
+mod jobs;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use tokio::task::AbortHandle;
 
 use super::config::{AppConfig, PipelineSource, Recovery, ServeConfig};
 use super::logs::{Hub, LiveEvent, LogRecord, LogStore};
-use super::queue::RunQueue;
+use super::queue::{JobLease, JobOffer, JobState, Queue};
 use super::repository::fetch::RepoCache;
 use super::repository::status::Reporter;
 use super::store::{self, Inserted, NewRun, Run, RunStatus, RunStore, Usage, now_ms};
@@ -99,7 +101,7 @@ pub enum Cancelled {
 pub(crate) struct Handles {
     pub config: Arc<ServeConfig>,
     pub store: Arc<dyn RunStore>,
-    pub queue: Arc<dyn RunQueue>,
+    pub queue: Arc<dyn Queue>,
     pub logs: Arc<dyn LogStore>,
     pub hub: Arc<Hub>,
     pub executor: Arc<dyn StepExecutor>,
@@ -123,7 +125,7 @@ enum Prepared {
 pub struct Scheduler {
     config: Arc<ServeConfig>,
     store: Arc<dyn RunStore>,
-    queue: Arc<dyn RunQueue>,
+    queue: Arc<dyn Queue>,
     logs: Arc<dyn LogStore>,
     hub: Arc<Hub>,
     executor: Arc<dyn StepExecutor>,
@@ -152,6 +154,12 @@ pub struct Scheduler {
     slots: Notify,
     halted: AtomicBool,
     draining: AtomicBool,
+    /// Jobs this host leased from the pool and runs (`lease-jobs`).
+    jobs_here: Mutex<HashMap<jobs::JobId, jobs::JobHere>>,
+    /// A job was offered, or one here ended: look at the pool now.
+    job_wake: Notify,
+    /// A job here ended: the graph waiting for it looks now.
+    job_done: tokio::sync::broadcast::Sender<jobs::JobId>,
 }
 
 type Pending = (NewRun, tokio::sync::oneshot::Sender<anyhow::Result<Inserted>>);
@@ -286,6 +294,9 @@ impl Scheduler {
             slots: Notify::new(),
             halted: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            jobs_here: Mutex::default(),
+            job_wake: Notify::new(),
+            job_done: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -323,13 +334,19 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>) {
         let mut beat = tokio::time::interval(self.config.lease_ttl / 4);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.config.leases_jobs() {
+            tokio::spawn(self.clone().lease_jobs());
+        }
         loop {
             if let Err(e) = self.schedule() {
                 tracing::error!("scheduler: {e:#}");
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = beat.tick() => self.heartbeat(),
+                _ = beat.tick() => {
+                    self.heartbeat();
+                    self.job_heartbeat();
+                }
             }
         }
     }
@@ -400,6 +417,9 @@ impl Scheduler {
         for r in self.running().values() {
             r.abort.abort();
         }
+        for j in self.jobs_here().values() {
+            j.abort.abort();
+        }
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Running>> {
@@ -411,9 +431,9 @@ impl Scheduler {
         self.running().contains_key(&id)
     }
 
-    /// How many runs are in progress.
+    /// How many runs are in progress, with the jobs of the pool this host runs.
     pub fn running_count(&self) -> usize {
-        self.running().len()
+        self.running().len() + self.jobs_here().len()
     }
 
     /// One pass over the queue; none while the host drains.
@@ -468,7 +488,9 @@ impl Scheduler {
             }
             // Runs whose jobs need labels this host lacks are another host's (the API says
             // which labels they wait for); what this host prepared for one goes.
-            if !run.labels.iter().all(|l| self.config.labels.contains(l)) {
+            // With jobs leased across the pool, any host runs the graph and each job goes to a
+            // host with its labels.
+            if !self.config.leases_jobs() && !run.labels.iter().all(|l| self.config.labels.contains(l)) {
                 self.forget_prepared(run.id);
                 continue;
             }
@@ -525,6 +547,12 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The labels a host needs to take a run: those of all its jobs, unless jobs are leased
+    /// one by one (then each job waits for its own, and the run for none).
+    fn run_labels(&self, plan: &Plan) -> Vec<String> {
+        if self.config.leases_jobs() { Vec::new() } else { plan.labels() }
+    }
+
     /// A running run whose lease expired (its host stopped renewing it) is taken over as at a
     /// restart: it runs again once with `recovery = "retry"`; otherwise it fails with the reason.
     /// One of this host's own is not: the heartbeat renews it.
@@ -574,7 +602,7 @@ impl Scheduler {
             Ok(true) => {
                 let records_inputs =
                     run.trigger == "manual" && plan.triggers.as_ref().is_some_and(|t| t.workflow_dispatch.is_some());
-                let labels = plan.labels();
+                let labels = self.run_labels(&plan);
                 if !labels.is_empty() {
                     self.store.set_labels(run.id, &labels)?;
                 }
@@ -644,7 +672,7 @@ impl Scheduler {
             let r = match r.and_then(|plan| this.gate(&run, &plan).map(|go| (plan, go))) {
                 Ok((plan, true)) => this
                     .store
-                    .set_labels(id, &plan.labels())
+                    .set_labels(id, &this.run_labels(&plan))
                     .and_then(|()| this.settle_group(&run, &plan, false))
                     .map_err(|e| format!("{e:#}")),
                 Ok((_, false)) => {
@@ -1015,6 +1043,12 @@ impl Scheduler {
                 tracing::error!(run = id, "releasing its lease: {e:#}");
             }
         }
+        if self.config.leases_jobs()
+            && let Err(e) = self.queue.cancel_jobs(id, None)
+        {
+            // Their hosts stop them anyway once the run is over: their leases need it running.
+            tracing::warn!(run = id, "calling off its jobs in the pool: {e:#}");
+        }
         self.logs.close(id);
         let lost = self.running().get(&id).is_some_and(|r| r.lost);
         if recorded || !lost {
@@ -1180,7 +1214,6 @@ impl Scheduler {
                 tracing::info!(run = run.id, image = %f.reference, cached = f.cached, "container image ready");
             }
         }
-        let job_ids: HashMap<String, String> = plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect();
         for j in run.job.iter().flat_map(|j| j.split(',')).map(str::trim).filter(|j| !j.is_empty()) {
             if plan.instances(j).next().is_none() {
                 return Err(format!("the pipeline has no job `{j}` any more"));
@@ -1197,35 +1230,14 @@ impl Scheduler {
         };
         let job = if reuse.is_empty() { run.job.clone() } else { None };
         reuse.extend(kept.clone());
-        let untrusted = from_fork(&run.body) && !app.trust_fork_pull_requests;
         // A run that uploads or deploys gets signed provenance; what it says of the workspace (the
         // pipeline file, components by path) is read now, before a step could change it.
         let materials = crate::provenance::Materials::collect(&app, &plan, &ws)
             .map_err(|e| format!("recording the run's provenance: {e}"))?;
-        let opts = RunOptions {
-            run_id: run.id.to_string(),
-            run_number: run.number as u64,
-            run_attempt: run.attempt as u32,
-            event: run.event.clone(),
-            body: run.body.clone(),
-            // A fork's pull request runs code from anyone: it gets no secrets and may only read
-            // unless the app trusts forks (as on GitHub).
-            secrets: if untrusted { BTreeMap::new() } else { app.secrets.clone() },
-            read_only: untrusted,
-            inputs: run.inputs.clone(),
-            workspace: ws,
-            job,
-            reuse,
-            ca_bundle: app.ca_bundle.clone(),
-            job_setup,
-            // An environment's secrets go to its jobs only; a fork's pull request gets none.
-            environment_secrets: if untrusted {
-                BTreeMap::new()
-            } else {
-                app.environments.iter().map(|(n, e)| (n.clone(), e.secrets.clone())).collect()
-            },
-            gate: Some(self.environment_gate(&run, &app)),
-        };
+        let mut opts = self.run_options(&run, &app, ws, job_setup);
+        opts.job = job;
+        opts.reuse = reuse;
+        opts.gate = Some(self.environment_gate(&run, &app));
         // A resumed run's log goes on after what it has.
         let seq = if resuming {
             let logs = self.logs.clone();
@@ -1238,15 +1250,11 @@ impl Scheduler {
         } else {
             0
         };
-        let sink = Arc::new(Sink {
-            run: run.id,
-            scheduler: self.clone(),
-            kept: kept.keys().cloned().collect(),
-            seq: AtomicU64::new(seq),
-            job_ids,
-            log_bytes: Mutex::new(HashMap::new()),
-            cap: self.config.log_bytes_per_step,
-        });
+        let sink = Arc::new(Sink::new(&self, &run, &plan, kept.keys().cloned().collect(), None));
+        sink.seq.store(seq, Ordering::SeqCst);
+        if self.config.leases_jobs() {
+            opts.dispatch = Some(self.job_dispatch(&run, sink.clone()));
+        }
         // Each step that uploads or deploys gets its own signed statement when it succeeds.
         let executor: Arc<dyn StepExecutor> = match &materials {
             Some(m) => Arc::new(crate::provenance::Attesting::new(
@@ -1603,11 +1611,56 @@ struct Sink {
     job_ids: HashMap<String, String>,
     log_bytes: Mutex<HashMap<(String, String), u64>>,
     cap: u64,
+    /// With jobs leased across hosts, several hosts write one run's log: each writer numbers
+    /// its lines by the clock (see [`clock_seq`]), told apart by this salt (0 for the host
+    /// running the graph, one more than the job's index for a job's host).
+    salt: Option<u64>,
+}
+
+/// Bits under a millisecond in a clock-numbered line: 9 for the writer's salt, 6 for lines
+/// within one millisecond (more run ahead of the clock, still in order).
+const SALT_BITS: u32 = 9;
+const CLOCK_SHIFT: u32 = SALT_BITS + 6;
+/// Lines are numbered from 2026-01-01, so numbers stay under 2^53 (exact in JavaScript) for
+/// eight years.
+const CLOCK_EPOCH_MS: i64 = 1_767_225_600_000;
+
+/// The next clock-numbered line after `last` (a number without its salt): the time in ms,
+/// shifted, or one more than the last when the clock has not moved on. Lines from several
+/// hosts interleave by time; a follower reading a run's log looks back a while
+/// ([`LOG_LOOKBACK`](crate::api::logs)) for lines that reached the store late.
+fn clock_seq(last: &AtomicU64, salt: u64) -> u64 {
+    let now = (now_ms() - CLOCK_EPOCH_MS).max(0) as u64;
+    let at = now << CLOCK_SHIFT;
+    let mut prev = last.load(Ordering::SeqCst);
+    loop {
+        let next = at.max(prev + (1 << SALT_BITS));
+        match last.compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next | (salt & ((1 << SALT_BITS) - 1)),
+            Err(p) => prev = p,
+        }
+    }
 }
 
 const TRUNCATED: u64 = u64::MAX;
 
 impl Sink {
+    /// A sink for run `run` (its pipeline `plan`): `kept` are jobs of a resumed run recorded
+    /// already; `salt` numbers its lines by the clock (jobs leased across hosts) for a writer
+    /// other than the graph's host.
+    fn new(scheduler: &Arc<Scheduler>, run: &Run, plan: &Plan, kept: HashSet<String>, salt: Option<u64>) -> Self {
+        Sink {
+            run: run.id,
+            scheduler: scheduler.clone(),
+            kept,
+            seq: AtomicU64::new(0),
+            job_ids: plan.jobs.iter().map(|j| (j.key.clone(), j.job.clone())).collect(),
+            log_bytes: Mutex::new(HashMap::new()),
+            cap: scheduler.config.log_bytes_per_step,
+            salt: salt.or(scheduler.config.leases_jobs().then_some(0)),
+        }
+    }
+
     fn job_id<'a>(&'a self, key: &'a str) -> &'a str {
         self.job_ids.get(key).map(String::as_str).unwrap_or(key)
     }
@@ -1619,8 +1672,12 @@ impl Sink {
     }
 
     fn write_line(&self, job: &str, step: &str, level: &str, text: String) {
+        let seq = match self.salt {
+            Some(salt) => clock_seq(&self.seq, salt),
+            None => self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+        };
         let rec = LogRecord {
-            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            seq,
             ts: now_ms(),
             job: job.to_string(),
             step: step.to_string(),

@@ -192,6 +192,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // environment nobody configured.
         environment_secrets: Default::default(),
         gate: None,
+        dispatch: None,
     };
 
     let report = if args.json {

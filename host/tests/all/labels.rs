@@ -1,7 +1,7 @@
 //! Labels: `runs-on:` in a pipeline as GitHub writes it, and hosts with `labels` that take
 //! only the runs whose jobs they can run. One host on SQLite (a run no host can take waits,
 //! with the reason in the API, until a host with the label starts), and two hosts sharing a
-//! real PostgreSQL (each run goes to the host with its labels).
+//! real PostgreSQL (each job goes to the host with its labels).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +37,42 @@ jobs:
     runs-on: [self-hosted, GPU]
     steps:
       - id: train
+        uses: diag
+"""
+
+[[apps]]
+name = "split"
+pipeline-yaml = """
+jobs:
+  build:
+    outputs:
+      word: ${{ steps.make.outputs.message }}
+    steps:
+      - id: make
+        uses: diag
+        with: { message: "built-${{ run.id }}" }
+  train:
+    needs: build
+    runs-on: gpu
+    strategy: { matrix: { size: [s, m] } }
+    steps:
+      - id: fit
+        uses: diag
+        with: { message: "trained ${{ needs.build.outputs.word }} ${{ matrix.size }}" }
+"""
+
+[[apps]]
+name = "tpu"
+pipeline-yaml = """
+jobs:
+  quick:
+    steps:
+      - id: quick
+        uses: diag
+  big:
+    runs-on: tpu
+    steps:
+      - id: never
         uses: diag
 """
 "#;
@@ -149,7 +185,8 @@ async fn two_hosts_on_one_postgres_each_take_the_runs_they_have_the_labels_for()
     }
     for id in &trains {
         let r = until(&http, &host_a, *id, "success", |r| r["status"] == "success").await;
-        assert_eq!(r["runs_on"], json!(["gpu", "self-hosted"]), "{r:#}");
+        // Jobs are leased one by one here: the run waits for no labels, its job for its own.
+        assert!(r.get("runs_on").is_none() && r.get("waiting_for").is_none(), "{r:#}");
     }
     let on_b = gpu.calls().iter().filter(|c| c.step_id == "train").count();
     assert_eq!(on_b, trains.len(), "every run that needs `gpu` ran on the host with it, once");
@@ -165,6 +202,73 @@ async fn two_hosts_on_one_postgres_each_take_the_runs_they_have_the_labels_for()
     }
     let ran = |e: &Scripted| e.calls().iter().filter(|c| c.step_id == "anywhere").count();
     assert_eq!(ran(&plain) + ran(&gpu), anys.len(), "each run once");
+
+    host_a.stop().await;
+    host_b.stop().await;
+}
+
+/// With PostgreSQL, jobs rather than runs are leased: one run's jobs go to the hosts with
+/// their labels, each job once, and a job's outputs reach the jobs that need it on another
+/// host. A job no host can take waits, saying for what, while the rest of its run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_of_one_run_go_to_the_hosts_with_their_labels_and_hand_on_their_outputs() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let store = format!("store = \"{}\"", db.url);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (plain, gpu) = (Arc::new(Scripted::new()), Arc::new(Scripted::new()));
+    let host_a = serve(a.path(), &store, plain.clone()).await;
+    let host_b = serve(b.path(), &format!("{store}\nlabels = [\"gpu\"]"), gpu.clone()).await;
+    let http = reqwest::Client::new();
+
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(trigger(&http, &host_a, "split").await);
+    }
+    for id in &ids {
+        let r = until(&http, &host_b, *id, "success", |r| r["status"] == "success").await;
+        let jobs: Vec<(&str, &str)> = r["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| (j["key"].as_str().unwrap(), j["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(jobs.len(), 3, "{r:#}");
+        assert!(jobs.iter().all(|(_, st)| *st == "success"), "{r:#}");
+        assert_eq!(r["attempt"], 1, "{r:#}");
+    }
+    // Every `train` combination ran on B, the host with `gpu`, with `build`'s output from
+    // wherever `build` ran; each job once.
+    let fits: Vec<String> =
+        gpu.calls().iter().filter(|c| c.step_id == "fit").map(|c| c.inputs["message"].clone()).collect();
+    assert_eq!(fits.len(), 2 * ids.len(), "{fits:?}");
+    for id in &ids {
+        for size in ["s", "m"] {
+            let want = format!("trained built-{id} {size}");
+            assert_eq!(fits.iter().filter(|f| **f == want).count(), 1, "{want} in {fits:?}");
+        }
+    }
+    assert!(plain.calls().iter().all(|c| c.step_id != "fit"), "host A ran a job it has no label for");
+    let makes = plain.calls().iter().chain(gpu.calls().iter()).filter(|c| c.step_id == "make").count();
+    assert_eq!(makes, ids.len(), "each build once, on either host");
+
+    // No host has `tpu`: that job waits with its reason; the run's other job runs meanwhile.
+    let id = trigger(&http, &host_a, "tpu").await;
+    let waiting = until(&http, &host_a, id, "a job waiting for tpu", |r| {
+        r["jobs"].as_array().is_some_and(|j| {
+            j.iter().any(|j| j["key"] == "quick" && j["status"] == "success")
+                && j.iter().any(|j| j["key"] == "big" && j["status"] == "queued")
+        })
+    })
+    .await;
+    assert_eq!(waiting["status"], "running", "{waiting:#}");
+    let big = waiting["jobs"].as_array().unwrap().iter().find(|j| j["key"] == "big").unwrap().clone();
+    assert_eq!(big["reason"], "waiting for a host with the labels tpu", "{waiting:#}");
+    let r = http.post(format!("http://{}/v1/runs/{id}/cancel", host_b.addr)).bearer_auth(ADMIN).send().await.unwrap();
+    assert!(r.status().is_success());
+    let over = until(&http, &host_a, id, "cancelled", |r| r["status"] == "cancelled").await;
+    let big = over["jobs"].as_array().unwrap().iter().find(|j| j["key"] == "big").unwrap().clone();
+    assert_eq!(big["status"], "cancelled", "{over:#}");
+    assert!(plain.calls().iter().chain(gpu.calls().iter()).all(|c| c.step_id != "never"));
 
     host_a.stop().await;
     host_b.stop().await;

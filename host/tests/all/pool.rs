@@ -224,6 +224,21 @@ steps:
 """
 
 [[apps]]
+name = "train"
+pipeline-yaml = """
+jobs:
+  train:
+    runs-on: gpu
+    steps:
+      - id: wait
+        uses: diag
+        with:
+          fetch: http://127.0.0.1:{gate}/train
+        permissions:
+          hosts: ["127.0.0.1:{gate}"]
+"""
+
+[[apps]]
 name = "art"
 pipeline-yaml = """
 steps:
@@ -256,10 +271,36 @@ impl Host {
         Host { serve, data }
     }
 
+    /// A host with `labels = ["gpu"]`.
+    async fn start_gpu(root: &Path, name: &str, store: &str, gate: u16) -> Host {
+        let data = root.join(name);
+        let (d, store) = (data.clone(), store.to_string());
+        let serve = ServeProcess::start_with(&data, move |port| {
+            format!("labels = [\"gpu\"]\n{}", config(port, &d, &store, gate, ""))
+        })
+        .await;
+        Host { serve, data }
+    }
+
     /// Whether this host holds run `id`'s workspace: it is running it.
     fn runs(&self, id: i64) -> bool {
         self.data.join("work").join(id.to_string()).exists()
     }
+
+    /// Whether this host holds a workspace of a job of run `id` that it leased from the pool.
+    fn runs_job_of(&self, id: i64) -> bool {
+        let prefix = format!("job-{id}-");
+        std::fs::read_dir(self.data.join("work"))
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
+            .unwrap_or(false)
+    }
+}
+
+/// The host among `hosts` that runs a job of run `id` (its step is at the gate).
+fn job_runner(hosts: &[&Host], id: i64) -> usize {
+    let on: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].runs_job_of(id)).collect();
+    assert_eq!(on.len(), 1, "a job of run {id} has a workspace on hosts {on:?}");
+    on[0]
 }
 
 async fn trigger(host: &Host, app: &str) -> i64 {
@@ -299,7 +340,15 @@ async fn until_over(host: &Host, id: i64) -> Value {
 /// The host among `hosts` that runs `id` (its step is at the gate).
 fn runner(hosts: &[&Host], id: i64) -> usize {
     let on: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].runs(id)).collect();
-    assert_eq!(on.len(), 1, "run {id} has a workspace on hosts {on:?}");
+    let work: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            std::fs::read_dir(h.data.join("work"))
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(on.len(), 1, "run {id} has a workspace on hosts {on:?}: {work:?}");
     on[0]
 }
 
@@ -328,6 +377,83 @@ async fn a_run_on_a_host_killed_with_sigkill_completes_on_another() {
     assert_eq!(done["attempt"], 2, "{done:#}");
     assert_eq!(gate.most_open.load(Ordering::SeqCst), 1, "{gate:?}");
     assert_eq!(gate.arrived(), 2, "{gate:?}");
+}
+
+/// Jobs, not runs, are leased: the run's graph stays on the host that took it (the only one
+/// without `gpu`), its job moves from a killed host to another with the label as its second
+/// try, and the run goes on as the same attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_on_a_host_killed_with_sigkill_completes_on_another_in_the_same_attempt() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let a = Host::start(root.path(), "a", &db.url, gate.port).await;
+    let id = trigger(&a, "train").await;
+    // No host has `gpu` yet: the graph runs on A, its job waits and says for what.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let r = run(&a, id).await;
+        if r["jobs"][0]["status"] == "queued" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the job never waited for a host: {r:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(waiting["status"], "running", "{waiting:#}");
+    assert_eq!(waiting["jobs"][0]["reason"], "waiting for a host with the labels gpu", "{waiting:#}");
+    assert!(a.runs(id) && !a.runs_job_of(id));
+
+    let mut gpus = vec![
+        Host::start_gpu(root.path(), "b", &db.url, gate.port).await,
+        Host::start_gpu(root.path(), "c", &db.url, gate.port).await,
+    ];
+    gate.until("the job on a host with gpu", |g| g.arrived() == 1).await;
+    let first = job_runner(&gpus.iter().collect::<Vec<_>>(), id);
+    gpus[first].serve.kill();
+    let other = &gpus[1 - first];
+    gate.until("the job on the other host with gpu", |g| g.arrived() == 2).await;
+    assert!(other.runs_job_of(id));
+    gate.released.send_replace(true);
+    let done = until_over(&a, id).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(done["attempt"], 1, "the run went on; only its job moved: {done:#}");
+    assert_eq!(gate.most_open.load(Ordering::SeqCst), 1, "never twice at once: {gate:?}");
+    assert_eq!(gate.arrived(), 2, "{gate:?}");
+    let log = get_text(&a, &format!("/v1/runs/{id}/logs?format=text")).await;
+    assert!(log.contains("the host that ran this job before stopped; try 2 of it"), "{log}");
+}
+
+/// A job's host cut off from the database stops the job before its lease lapses; another host
+/// takes it, and the first, back, does not complete it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_s_host_cut_off_from_the_database_stops_it_and_another_host_finishes_it() {
+    let Some(db) = skiff_server::testing::postgres::database() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let gate = Gate::start().await;
+    let proxy = Proxy::start(port_of(&db.url)).await;
+    let via_proxy = db.url.replace(&format!(":{}/", port_of(&db.url)), &format!(":{}/", proxy.port));
+    let a = Host::start(root.path(), "a", &db.url, gate.port).await;
+    let b = Host::start_gpu(root.path(), "b", &via_proxy, gate.port).await;
+    let id = trigger(&a, "train").await;
+    gate.until("the job on host B", |g| g.arrived() == 1).await;
+    assert!(b.runs_job_of(id) && a.runs(id));
+    let c = Host::start_gpu(root.path(), "c", &db.url, gate.port).await;
+
+    proxy.set_cut(true);
+    gate.until("host B to stop the job", |g| g.closed_by_client.load(Ordering::SeqCst) == 1).await;
+    gate.until("the job on host C", |g| g.arrived() == 2).await;
+    assert!(c.runs_job_of(id));
+    gate.released.send_replace(true);
+    let done = until_over(&a, id).await;
+    assert_eq!((done["status"].clone(), done["attempt"].clone()), (json!("success"), json!(1)), "{done:#}");
+
+    proxy.set_cut(false);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = run(&b, id).await;
+    assert_eq!((after["status"].clone(), after["attempt"].clone()), (json!("success"), json!(1)), "{after:#}");
+    assert_eq!(after["jobs"][0]["status"], "success", "{after:#}");
+    assert_eq!(gate.arrived(), 2, "{gate:?}");
+    assert_eq!(gate.most_open.load(Ordering::SeqCst), 1, "{gate:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -991,7 +991,8 @@ impl ServeProcess {
             .args(["serve", "--config"])
             .arg(cfg)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            // Beside its config, for a failing test to be read.
+            .stderr(std::fs::File::create(cfg.with_file_name("serve.log")).unwrap())
             .spawn()
             .unwrap()
     }

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::executor::{LogLine, Usage};
 use crate::mask::Masker;
 
 /// How a step, job or run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// It succeeded.
@@ -148,7 +148,7 @@ impl RunObserver for NoObserver {
 }
 
 /// A step's result, for the summary.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     /// Step id.
     pub id: String,
@@ -164,8 +164,8 @@ pub struct StepReport {
     pub summary: Option<String>,
 }
 
-/// A job's result.
-#[derive(Debug, Clone, Serialize)]
+/// A job's result (a job run on another host sends it back as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobReport {
     /// Job instance key.
     pub key: String,

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use super::events::{Emit, JobReport, RunEvent, RunObserver, RunReport, Status, ms};
 use super::job::{JobRun, eval_map};
-use super::{GateRequest, Refusal, RunOptions};
+use super::{GateRequest, JobTicket, Refusal, RunOptions};
 use crate::executor::{LogLine, StepExecutor};
-use crate::expr::strings_to_cel;
+use crate::expr::{Scope, strings_to_cel};
 use crate::mask::Masker;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlanJob};
 
 /// The result of one job instance, for its dependents.
 #[derive(Debug, Clone)]
@@ -30,10 +30,7 @@ pub async fn run_pipeline(
 ) -> RunReport {
     let started = Instant::now();
     let plan = Arc::new(plan.clone());
-    // Every secret any job could see is masked everywhere, environments' included.
-    let masker =
-        Arc::new(Masker::new(opts.secrets.values().chain(opts.environment_secrets.values().flat_map(|m| m.values()))));
-    let emit = Emit { obs: observer, masker };
+    let emit = Emit { obs: observer, masker: run_masker(&opts) };
 
     // `--job`: that job and what it needs, transitively.
     let selected: Vec<usize> = match &opts.job {
@@ -186,19 +183,15 @@ pub async fn run_pipeline(
                 }
                 needs.insert(n.clone(), serde_json::json!({"outputs": outputs, "result": result.as_str()}));
             }
-            let mut scope = (*base).clone();
-            // A job in an environment sees that environment's secrets too, and no other job
-            // does; but only once the environment's rules let it start (below): its `if:` is
-            // decided with the run's secrets alone, or a false condition would tell a job that
-            // may not deploy a bit of the environment's secrets.
-            let environment_secrets =
-                j.environment.as_ref().and_then(|e| opts.environment_secrets.get(&e.name)).map(|more| {
-                    let mut all = opts.secrets.clone();
-                    all.extend(more.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    Arc::new(all)
-                });
-            scope.set_json("needs", &serde_json::Value::Object(needs));
-            scope.set_json("matrix", &serde_json::to_value(&j.matrix).unwrap_or_default());
+            let ticket = JobTicket {
+                key: j.key.clone(),
+                name: j.name.clone(),
+                needs: serde_json::Value::Object(needs),
+                dir: if single { String::new() } else { j.key.clone() },
+                labels: j.runs_on.clone(),
+            };
+            let mut scope = job_scope(&base, j, &ticket);
+            let environment_secrets = job_secrets(&opts, j);
             scope.failed = failed;
             scope.cancelled = cancelled;
             started_set[i] = true;
@@ -233,7 +226,8 @@ pub async fn run_pipeline(
                 }
             }
             *running_per_job.entry(j.job.clone()).or_default() += 1;
-            let workspace = if single { opts.workspace.clone() } else { opts.workspace.join(&j.key) };
+            let workspace = ticket.workspace(&opts.workspace);
+            let dispatch = opts.dispatch.clone();
             let mut job = JobRun {
                 plan: plan.clone(),
                 index: i,
@@ -287,6 +281,9 @@ pub async fn run_pipeline(
                         }
                     }
                 }
+                if let Some(dispatch) = dispatch {
+                    return (i, (dispatch.0)(ticket, job.cancel.clone()).await);
+                }
                 if let Some(all) = environment_secrets {
                     job.scope.vars.insert("secrets", strings_to_cel(all.as_ref()));
                     job.secrets = all;
@@ -314,6 +311,95 @@ pub async fn run_pipeline(
         reports[i] = Some(report);
     }
     finish(&opts, &emit, started, reports)
+}
+
+/// Every secret any job of the run could see, masked everywhere, environments' included.
+fn run_masker(opts: &RunOptions) -> Arc<Masker> {
+    Arc::new(Masker::new(opts.secrets.values().chain(opts.environment_secrets.values().flat_map(|m| m.values()))))
+}
+
+/// The contexts a job instance's expressions see: the run's (`base`, with the pipeline's
+/// `env`), its `needs` and its `matrix`.
+fn job_scope(base: &Scope, j: &PlanJob, ticket: &JobTicket) -> Scope {
+    let mut scope = base.clone();
+    scope.set_json("needs", &ticket.needs);
+    scope.set_json("matrix", &serde_json::to_value(&j.matrix).unwrap_or_default());
+    scope
+}
+
+/// The secrets of a job in an environment: the run's and that environment's (which win). No
+/// other job sees them, and this one only once the environment's rules let it start: its `if:`
+/// is decided with the run's secrets alone, or a false condition would tell a job that may not
+/// deploy a bit of the environment's secrets.
+fn job_secrets(opts: &RunOptions, j: &PlanJob) -> Option<Arc<BTreeMap<String, String>>> {
+    j.environment.as_ref().and_then(|e| opts.environment_secrets.get(&e.name)).map(|more| {
+        let mut all = opts.secrets.clone();
+        all.extend(more.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Arc::new(all)
+    })
+}
+
+/// Runs one job instance of a run whose graph runs elsewhere (a host that leased the job from
+/// a pool): the same contexts, workspace and events as if [`run_pipeline`] had started it here.
+/// `opts` is the run's, as the host running its graph has it; `cancel` stops the job.
+pub async fn run_job(
+    plan: &Plan,
+    opts: RunOptions,
+    ticket: JobTicket,
+    executor: Arc<dyn StepExecutor>,
+    observer: Arc<dyn RunObserver>,
+    cancel: Arc<AtomicBool>,
+) -> JobReport {
+    let emit = Emit { obs: observer, masker: run_masker(&opts) };
+    let failed = |name: String, reason: String| {
+        emit.emit(RunEvent::JobSkipped {
+            job_id: ticket.key.clone(),
+            name: name.clone(),
+            status: Status::Failure,
+            reason,
+        });
+        JobReport {
+            key: ticket.key.clone(),
+            name,
+            status: Status::Failure,
+            duration: Duration::ZERO,
+            steps: Vec::new(),
+            outputs: BTreeMap::new(),
+        }
+    };
+    let Some(index) = plan.jobs.iter().position(|j| j.key == ticket.key) else {
+        let why = format!("the pipeline read on this host has no job `{}`", ticket.key);
+        return failed(ticket.key.clone(), why);
+    };
+    let plan = Arc::new(plan.clone());
+    let j = &plan.jobs[index];
+    let mut base = opts.scope();
+    let pipeline_env = match eval_map(&plan, &plan.env, &base) {
+        Ok(e) => e,
+        Err(e) => return failed(j.name.clone(), e),
+    };
+    base.vars.insert("env", strings_to_cel(&pipeline_env));
+    let mut scope = job_scope(&base, j, &ticket);
+    let secrets = match job_secrets(&opts, j) {
+        Some(all) => {
+            scope.vars.insert("secrets", strings_to_cel(all.as_ref()));
+            all
+        }
+        None => Arc::new(opts.secrets.clone()),
+    };
+    let job = JobRun {
+        plan: plan.clone(),
+        index,
+        workspace: ticket.workspace(&opts.workspace),
+        opts: Arc::new(opts),
+        scope,
+        pipeline_env: Arc::new(pipeline_env),
+        executor,
+        emit,
+        cancel,
+        secrets,
+    };
+    job.run().await
 }
 
 fn tracing_panic(emit: &Emit, msg: &str) {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use events::{JobReport, NoObserver, RunEvent, RunObserver, RunReport, Status, StepReport};
-pub use graph::run_pipeline;
+pub use graph::{run_job, run_pipeline};
 
 /// The `PATH` a process gets when its environment names none (as the process sandbox,
 /// `skiff-sandbox`, sets it); `$SKIFF_PATH` entries go in front of it.
@@ -81,6 +81,55 @@ pub struct RunOptions {
     /// Asked before a job in an environment starts (after its `if:`): the host's protection
     /// rules. Without it, environments are unprotected.
     pub gate: Option<JobGate>,
+    /// Runs each job instance somewhere else (a pool of hosts leasing jobs) instead of in this
+    /// process: the run's graph stays here, its jobs go where [`JobDispatch`] sends them.
+    pub dispatch: Option<JobDispatch>,
+}
+
+/// What a job instance needs, besides the run, to run anywhere: it travels as JSON to the host
+/// that leases it, which runs it with [`run_job`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobTicket {
+    /// The job instance (`build`, `test-2`).
+    pub key: String,
+    /// Its display name.
+    pub name: String,
+    /// The `needs` context: each needed job's `outputs` and `result`.
+    pub needs: serde_json::Value,
+    /// Its folder under the run's workspace; empty when the run has one job, which runs in the
+    /// workspace itself.
+    pub dir: String,
+    /// The labels a host needs to run it (its `runs-on`).
+    pub labels: Vec<String>,
+}
+
+impl JobTicket {
+    /// Where the job runs, in the run's workspace `run`.
+    pub fn workspace(&self, run: &std::path::Path) -> PathBuf {
+        if self.dir.is_empty() { run.to_path_buf() } else { run.join(&self.dir) }
+    }
+}
+
+/// Runs a job instance elsewhere and waits for its report. The flag says the job should stop
+/// (another combination of its matrix failed, with fail-fast); dropping the future (the run
+/// was cancelled) abandons it.
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct JobDispatch(
+    pub  Arc<
+        dyn Fn(
+                JobTicket,
+                Arc<std::sync::atomic::AtomicBool>,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = JobReport> + Send>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for JobDispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobDispatch")
+    }
 }
 
 /// What a job in an environment asks the [`JobGate`] before its first step.

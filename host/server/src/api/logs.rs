@@ -1,7 +1,7 @@
 //! A run's logs: stored lines (JSON or plain text) and a live Server-Sent Events stream.
 
 use super::*;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// Where to start reading logs.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -154,7 +154,7 @@ pub(crate) type ShowStep<'a> = &'a (dyn Fn(&LiveEvent) -> SseEvent + Sync);
 pub(crate) async fn follow_run(
     s: Arc<Shared>,
     id: i64,
-    mut last: u64,
+    last: u64,
     tx: tokio::sync::mpsc::Sender<SseEvent>,
     lines: Option<ShowLine<'_>>,
     step: ShowStep<'_>,
@@ -162,13 +162,14 @@ pub(crate) async fn follow_run(
     use tokio::sync::broadcast::error::RecvError;
     // Subscribe before reading what is stored, so nothing falls between the two.
     let mut rx = s.hub.subscribe(id);
-    let catch_up = |last: &mut u64| -> Vec<SseEvent> {
+    // With jobs leased across hosts, several hosts write the run's log, and a line may reach
+    // the store after a later one from another host: the follower looks back a while.
+    let window = if s.config.leases_jobs() { LOG_LOOKBACK } else { 0 };
+    let mut last = Seen { floor: last, last, window, recent: BTreeSet::new() };
+    let catch_up = |seen: &mut Seen| -> Vec<SseEvent> {
         let Some(show) = lines else { return Vec::new() };
-        let stored = s.logs.read(id, *last).unwrap_or_default();
-        if let Some(l) = stored.last() {
-            *last = l.seq;
-        }
-        stored.iter().filter_map(show).collect()
+        let stored = s.logs.read(id, seen.read_from()).unwrap_or_default();
+        stored.iter().filter(|r| seen.fresh(r.seq)).filter_map(show).collect()
     };
     for e in catch_up(&mut last) {
         if tx.send(e).await.is_err() {
@@ -197,7 +198,7 @@ pub(crate) async fn follow_run(
             got = rx.recv() => got,
             () = tx.closed() => return,
             _ = poll.tick() => {
-                if s.scheduler.runs_here(id) {
+                if s.scheduler.runs_here(id) && window == 0 {
                     continue;
                 }
                 for e in catch_up(&mut last) {
@@ -226,15 +227,17 @@ pub(crate) async fn follow_run(
             }
         };
         let e = match got {
-            Ok(LiveEvent::Log(r)) if r.seq <= last => continue,
-            Ok(LiveEvent::Log(r)) => {
-                last = r.seq;
-                match lines.and_then(|show| show(&r)) {
-                    Some(e) => e,
-                    None => continue,
+            Ok(LiveEvent::Log(r)) if !last.fresh(r.seq) => continue,
+            Ok(LiveEvent::Log(r)) => match lines.and_then(|show| show(&r)) {
+                Some(e) => e,
+                None => continue,
+            },
+            Ok(e @ LiveEvent::Step { .. }) => {
+                if let LiveEvent::Step { job, step, status, .. } = &e {
+                    states.insert((job.clone(), step.clone()), *status);
                 }
+                step(&e)
             }
-            Ok(e @ LiveEvent::Step { .. }) => step(&e),
             Ok(LiveEvent::End { status }) => {
                 for e in catch_up(&mut last) {
                     let _ = tx.send(e).await;
@@ -259,6 +262,39 @@ pub(crate) async fn follow_run(
         if tx.send(e).await.is_err() {
             return;
         }
+    }
+}
+
+/// How far back (in clock-numbered log lines: 2 s) a follower of a run whose jobs several
+/// hosts write reads again, for lines that reached the store after later ones.
+pub(crate) const LOG_LOOKBACK: u64 = 2_000 << 15;
+
+/// The lines a follower has sent: every one up to `floor` (what it asked to resume after), and
+/// those of the last `window` seqs by number.
+struct Seen {
+    floor: u64,
+    last: u64,
+    window: u64,
+    recent: BTreeSet<u64>,
+}
+
+impl Seen {
+    /// Where to read the store from.
+    fn read_from(&self) -> u64 {
+        self.floor.max(self.last.saturating_sub(self.window))
+    }
+
+    /// Whether line `seq` is still to be sent; it counts as sent from here.
+    fn fresh(&mut self, seq: u64) -> bool {
+        if seq <= self.read_from() || !self.recent.insert(seq) {
+            return false;
+        }
+        self.last = self.last.max(seq);
+        let keep = self.last.saturating_sub(self.window);
+        if self.recent.first().is_some_and(|&f| f <= keep) {
+            self.recent = self.recent.split_off(&(keep + 1));
+        }
+        true
     }
 }
 

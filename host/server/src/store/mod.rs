@@ -378,6 +378,9 @@ pub trait RunStore: Send + Sync + 'static {
         outputs: Option<&BTreeMap<String, String>>,
     ) -> anyhow::Result<()>;
 
+    /// A job waits for a host of the pool to take it, with the reason (the labels it needs).
+    fn job_queued(&self, run: i64, key: &str, job: &str, name: &str, reason: &str) -> anyhow::Result<()>;
+
     /// A job waits before its first step (for an approval of `environment`), with the reason.
     #[allow(clippy::too_many_arguments)]
     fn job_waiting(
@@ -445,4 +448,27 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Ends a session (sign-out).
     fn session_end(&self, id: &str) -> anyhow::Result<()>;
+}
+
+/// Whether a host with `have` may take a job needing `needs` (comma-separated `runs-on`).
+pub(crate) fn covers(have: &[String], needs: &str) -> bool {
+    needs.split(',').filter(|l| !l.is_empty()).all(|l| have.iter().any(|h| h == l))
+}
+
+/// A `job_queue` row as a [`JobState`](crate::queue::JobState).
+pub(crate) fn job_state(
+    state: String,
+    owner: Option<String>,
+    report: Option<String>,
+    tries: i64,
+) -> anyhow::Result<crate::queue::JobState> {
+    use crate::queue::JobState;
+    Ok(match (state.as_str(), owner, report) {
+        ("queued", ..) => JobState::Queued,
+        ("running", Some(owner), _) => JobState::Running { owner, tries },
+        ("done", _, Some(report)) => JobState::Done(report),
+        ("cancelled", ..) => JobState::Cancelled,
+        ("abandoned", ..) => JobState::Abandoned,
+        (other, ..) => anyhow::bail!("the job queue holds a job in a state it does not know: `{other}`"),
+    })
 }

@@ -127,20 +127,83 @@ pub fn explain(e: postgres::Error, tls: bool) -> anyhow::Error {
     let text = format!("{e:#}");
     let source = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
     let all = format!("{text} {source}");
-    if tls && all.contains("invalid peer certificate") {
-        if all.contains("NotValidForName") || all.contains("not valid for name") {
-            return anyhow::anyhow!(
-                "{all}: the server's certificate does not name the host in the run store's URL; \
-                 connect by a name the certificate holds"
-            );
-        }
-        return anyhow::anyhow!(
-            "{all}: the server's certificate is not signed by a trusted authority; \
-             name its authority with `sslrootcert=/path/ca.pem` in the run store's URL"
-        );
+    if tls && let Some(cert) = refused_certificate(&e) {
+        use rustls::CertificateError as C;
+        let hint = match cert {
+            C::UnknownIssuer | C::BadSignature => {
+                "the server's certificate is not signed by a trusted authority; name its authority with \
+                 `sslrootcert=/path/ca.pem` in the run store's URL"
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the server's certificate does not name the host in the run store's URL; connect by a name the \
+                 certificate holds"
+            }
+            C::Expired | C::ExpiredContext { .. } => {
+                "the server's certificate has expired; renew it on the server (or check this host's clock)"
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet; check the clocks of this host and the server"
+            }
+            C::Revoked => "the server's certificate was revoked by its authority; the server needs a new one",
+            _ => "the server's certificate was refused; the server needs a certificate this host can verify",
+        };
+        return anyhow::anyhow!("{all}: {hint}");
     }
     if !tls && all.contains("no encryption") {
         return anyhow::anyhow!("{all}: the server accepts only TLS; add `sslmode=verify-full` to the run store's URL");
     }
     anyhow::Error::new(e)
+}
+
+/// Why rustls refused the server's certificate, found in the error's causes (an I/O error
+/// carries rustls' own error inside, which its `source` skips).
+fn refused_certificate<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::CertificateError> {
+    let mut next: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(rustls::Error::InvalidCertificate(c)) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(c);
+            }
+        }
+        next = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_certificate;
+    use rustls::CertificateError;
+
+    /// The connection's error carries rustls' inside an I/O error, below others: the reason is
+    /// found by its type, so an expired certificate is not reported as an unknown authority.
+    #[test]
+    fn a_refused_certificate_is_found_by_its_type_under_an_io_error() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error connecting to server")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrap = |c: CertificateError| {
+            Outer(std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(c)))
+        };
+        assert!(matches!(refused_certificate(&wrap(CertificateError::Expired)), Some(CertificateError::Expired)));
+        assert!(matches!(
+            refused_certificate(&wrap(CertificateError::UnknownIssuer)),
+            Some(CertificateError::UnknownIssuer)
+        ));
+        let other = Outer(std::io::Error::other("connection refused"));
+        assert!(refused_certificate(&other).is_none());
+    }
 }

@@ -26,7 +26,7 @@ use super::pg_tls::{self, Transport};
 use super::{
     Decision, Inserted, Job, NewRun, Recovered, Run, RunFilter, RunSearch, RunStatus, RunStore, Step, Usage, now_ms,
 };
-use crate::queue::{Admission, Lease, RunQueue};
+use crate::queue::{Admission, JobLease, JobOffer, JobQueue, JobState, Lease, RunQueue};
 
 /// The schema, one step per entry, as [`super::MIGRATIONS`] for SQLite: entry `n` moves the
 /// version in `schema_migrations` from `n` to `n + 1`, in one transaction.
@@ -146,6 +146,23 @@ pub const MIGRATIONS: &[&str] = &[
     // signed in through one instance is signed in through all.
     "CREATE TABLE console_sessions (id TEXT PRIMARY KEY, viewer TEXT NOT NULL, expires_at BIGINT NOT NULL);
     CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);",
+    // 11: job instances offered to the pool of hosts (see `queue::JobQueue`).
+    "CREATE TABLE job_queue (
+        run_id BIGINT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        attempt BIGINT NOT NULL,
+        job_key TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        ticket TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        expires_at BIGINT,
+        tries BIGINT NOT NULL DEFAULT 0,
+        report TEXT,
+        offered_at BIGINT NOT NULL,
+        seq BIGSERIAL,
+        PRIMARY KEY (run_id, attempt, job_key)
+    );
+    CREATE INDEX job_queue_open ON job_queue(seq) WHERE state IN ('queued', 'running');",
 ];
 
 /// Unix ms by the database's clock: the one clock every host sharing the database agrees on,
@@ -465,7 +482,7 @@ fn end_run(
         &[&id, &open.as_str(), &now],
     )?;
     tx.execute(
-        "UPDATE jobs SET status = $2, finished_at = $3, duration_ms = $3 - started_at WHERE run_id = $1 AND status IN ('running', 'waiting')",
+        "UPDATE jobs SET status = $2, finished_at = $3, duration_ms = $3 - started_at WHERE run_id = $1 AND status IN ('running', 'waiting', 'queued')",
         &[&id, &open.as_str(), &now],
     )?;
     Ok(n == 1)
@@ -676,6 +693,15 @@ impl RunStore for PostgresStore {
              ON CONFLICT (run_id, job_key) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
                 finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms, outputs = EXCLUDED.outputs",
             &[&run, &key, &job, &name, &status.as_str(), &reason, &now_ms(), &duration, &outputs],
+        )?;
+        Ok(())
+    }
+
+    fn job_queued(&self, run: i64, key: &str, job: &str, name: &str, reason: &str) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO jobs (run_id, job_key, job, name, status, reason) VALUES ($1, $2, $3, $4, 'queued', $5)
+             ON CONFLICT (run_id, job_key) DO UPDATE SET status = 'queued', reason = EXCLUDED.reason",
+            &[&run, &key, &job, &name, &reason],
         )?;
         Ok(())
     }
@@ -1114,5 +1140,116 @@ impl RunQueue for PostgresStore {
             tx.commit()?;
             Ok(ended)
         })
+    }
+}
+
+impl JobQueue for PostgresStore {
+    fn offer_job(&self, o: &JobOffer) -> anyhow::Result<()> {
+        self.execute(
+            "INSERT INTO job_queue (run_id, attempt, job_key, labels, ticket, state, offered_at)
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6)
+             ON CONFLICT (run_id, attempt, job_key) DO UPDATE SET labels = EXCLUDED.labels, ticket = EXCLUDED.ticket,
+                state = 'queued', owner = NULL, expires_at = NULL, tries = 0, report = NULL, offered_at = EXCLUDED.offered_at
+             WHERE job_queue.state <> 'running'",
+            &[&o.run, &o.attempt, &o.key, &o.labels.join(","), &o.ticket, &now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn lease_job(&self, owner: &str, labels: &[String], ttl: Duration) -> anyhow::Result<Option<JobLease>> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
+            // Rows another host is leasing right now are skipped, not waited for; those this
+            // host cannot take (labels) stay for others.
+            let rows = tx.query(
+                "SELECT q.run_id, q.attempt, q.job_key, q.labels, q.ticket, q.state, q.tries, r.status, r.attempt
+                 FROM job_queue q JOIN runs r ON r.id = q.run_id
+                 WHERE (q.state = 'queued' OR (q.state = 'running' AND q.expires_at <= $1))
+                    -- Only while the run's graph is alive: a run whose host died is taken over
+                    -- as a new attempt, and this job with it.
+                    AND (r.status <> 'running' OR r.lease_expires_at > $1)
+                    -- A job of a run taken over waits until no host may still run it for the
+                    -- attempt before (its lease there has ended or lapsed): never twice at once.
+                    AND NOT EXISTS (SELECT 1 FROM job_queue o WHERE o.run_id = q.run_id AND o.attempt < q.attempt
+                        AND o.state IN ('running', 'cancelled') AND o.expires_at > $1)
+                 ORDER BY q.seq LIMIT 64 FOR UPDATE OF q SKIP LOCKED",
+                &[&now],
+            )?;
+            let mut found = None;
+            for row in rows {
+                let (run, attempt, key): (i64, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let (state, tries): (String, i64) = (row.try_get(5)?, row.try_get(6)?);
+                let (run_status, run_attempt): (String, i64) = (row.try_get(7)?, row.try_get(8)?);
+                let pk: [&(dyn ToSql + Sync); 3] = [&run, &attempt, &key];
+                if run_status != "running" || run_attempt != attempt {
+                    // Its run ended or started over: nobody waits for this job any more.
+                    tx.execute(
+                        "UPDATE job_queue SET state = 'cancelled' WHERE run_id = $1 AND attempt = $2 AND job_key = $3",
+                        &pk,
+                    )?;
+                    continue;
+                }
+                if state == "running" && tries >= 2 {
+                    // Its host stopped a second time: the run's graph fails it (see `JobState::Abandoned`).
+                    tx.execute(
+                        "UPDATE job_queue SET state = 'abandoned' WHERE run_id = $1 AND attempt = $2 AND job_key = $3",
+                        &pk,
+                    )?;
+                    continue;
+                }
+                let needs: String = row.try_get(3)?;
+                if !super::covers(labels, &needs) {
+                    continue;
+                }
+                tx.execute(
+                    "UPDATE job_queue SET state = 'running', owner = $4, expires_at = $5, tries = tries + 1
+                     WHERE run_id = $1 AND attempt = $2 AND job_key = $3",
+                    &[&run, &attempt, &key, &owner, &now.saturating_add(millis(ttl))],
+                )?;
+                found = Some(JobLease { run, attempt, key, ticket: row.try_get(4)?, tries: tries + 1 });
+                break;
+            }
+            tx.commit()?;
+            Ok(found)
+        })
+    }
+
+    fn extend_job(&self, run: i64, attempt: i64, key: &str, owner: &str, ttl: Duration) -> anyhow::Result<bool> {
+        let sql = format!(
+            "UPDATE job_queue q SET expires_at = {DB_NOW} + $5
+             WHERE q.run_id = $1 AND q.attempt = $2 AND q.job_key = $3 AND q.owner = $4 AND q.state = 'running'
+                AND EXISTS (SELECT 1 FROM runs r WHERE r.id = q.run_id AND r.attempt = q.attempt AND r.status = 'running')"
+        );
+        Ok(self.execute(&sql, &[&run, &attempt, &key, &owner, &millis(ttl)])? == 1)
+    }
+
+    fn complete_job(&self, run: i64, attempt: i64, key: &str, owner: &str, report: &str) -> anyhow::Result<bool> {
+        let n = self.execute(
+            "UPDATE job_queue SET state = 'done', report = $5, expires_at = NULL
+             WHERE run_id = $1 AND attempt = $2 AND job_key = $3 AND owner = $4 AND state = 'running'",
+            &[&run, &attempt, &key, &owner, &report],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn job_state(&self, run: i64, attempt: i64, key: &str) -> anyhow::Result<Option<JobState>> {
+        self.with(|c| {
+            let row = c.query_opt(
+                "SELECT state, owner, report, tries FROM job_queue WHERE run_id = $1 AND attempt = $2 AND job_key = $3",
+                &[&run, &attempt, &key],
+            )?;
+            let Some(row) = row else { return Ok(None) };
+            super::job_state(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?).map(Some)
+        })
+    }
+
+    fn cancel_jobs(&self, run: i64, key: Option<&str>) -> anyhow::Result<()> {
+        self.execute(
+            "UPDATE job_queue SET state = 'cancelled'
+             WHERE run_id = $1 AND ($2::TEXT IS NULL OR job_key = $2::TEXT) AND state IN ('queued', 'running')",
+            &[&run, &key],
+        )?;
+        Ok(())
     }
 }

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 use super::{
     Decision, Inserted, Job, NewRun, Recovered, Run, RunFilter, RunSearch, RunStatus, RunStore, Step, Usage, now_ms,
 };
-use crate::queue::{Admission, Lease, RunQueue};
+use crate::queue::{Admission, JobLease, JobOffer, JobQueue, JobState, Lease, RunQueue};
 
 /// The schema, one step per entry; entry `n` moves `user_version` from `n` to `n + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -120,6 +120,22 @@ pub const MIGRATIONS: &[&str] = &[
     // 9: the web console's sessions, under the digest of their cookie.
     "CREATE TABLE console_sessions (id TEXT PRIMARY KEY, viewer TEXT NOT NULL, expires_at INTEGER NOT NULL);
     CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);",
+    // 10: job instances offered to a pool of hosts (see `queue::JobQueue`).
+    "CREATE TABLE job_queue (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL,
+        job_key TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        ticket TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        expires_at INTEGER,
+        tries INTEGER NOT NULL DEFAULT 0,
+        report TEXT,
+        offered_at INTEGER NOT NULL,
+        PRIMARY KEY (run_id, attempt, job_key)
+    );
+    CREATE INDEX job_queue_open ON job_queue(state) WHERE state IN ('queued', 'running');",
 ];
 
 impl ToSql for RunStatus {
@@ -389,6 +405,15 @@ impl RunStore for SqliteStore {
             "INSERT INTO jobs (run_id, job_key, job, name, status, reason, finished_at, duration_ms, outputs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (run_id, job_key) DO UPDATE SET status = ?5, reason = ?6, finished_at = ?7, duration_ms = ?8, outputs = ?9",
             params![run, key, job, name, status, reason, now, duration_ms.map(|d| d as i64), outputs],
+        )?;
+        Ok(())
+    }
+
+    fn job_queued(&self, run: i64, key: &str, job: &str, name: &str, reason: &str) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO jobs (run_id, job_key, job, name, status, reason) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)
+             ON CONFLICT (run_id, job_key) DO UPDATE SET status = 'queued', reason = ?5",
+            params![run, key, job, name, reason],
         )?;
         Ok(())
     }
@@ -828,7 +853,7 @@ fn end_run(
         params![id, open, now],
     )?;
     tx.execute(
-        "UPDATE jobs SET status = ?2, finished_at = ?3, duration_ms = ?3 - started_at WHERE run_id = ?1 AND status IN ('running', 'waiting')",
+        "UPDATE jobs SET status = ?2, finished_at = ?3, duration_ms = ?3 - started_at WHERE run_id = ?1 AND status IN ('running', 'waiting', 'queued')",
         params![id, open, now],
     )?;
     Ok(n == 1)
@@ -954,5 +979,117 @@ mod tests {
             store.insert_run(&NewRun { app: app.into(), trigger: "push".into(), ..NewRun::default() }).unwrap().number
         };
         assert_eq!((number("web"), number("web"), number("api"), number("new")), (42, 43, 8, 1));
+    }
+}
+
+impl JobQueue for SqliteStore {
+    fn offer_job(&self, o: &JobOffer) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO job_queue (run_id, attempt, job_key, labels, ticket, state, offered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)
+             ON CONFLICT (run_id, attempt, job_key) DO UPDATE SET labels = excluded.labels, ticket = excluded.ticket,
+                state = 'queued', owner = NULL, expires_at = NULL, tries = 0, report = NULL, offered_at = excluded.offered_at
+             WHERE job_queue.state <> 'running'",
+            params![o.run, o.attempt, o.key, o.labels.join(","), o.ticket, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn lease_job(&self, owner: &str, labels: &[String], ttl: Duration) -> anyhow::Result<Option<JobLease>> {
+        let mut conn = self.conn();
+        // IMMEDIATE: two processes on one file never take the same job.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        type Candidate = (i64, i64, String, String, String, String, i64, String, i64);
+        let rows: Vec<Candidate> = tx
+            .prepare_cached(
+                "SELECT q.run_id, q.attempt, q.job_key, q.labels, q.ticket, q.state, q.tries, r.status, r.attempt
+                 FROM job_queue q JOIN runs r ON r.id = q.run_id
+                 WHERE (q.state = 'queued' OR (q.state = 'running' AND q.expires_at <= ?1))
+                    -- Only while the run's graph is alive: a run whose host died is taken over
+                    -- as a new attempt, and this job with it.
+                    AND (r.status <> 'running' OR r.lease_expires_at > ?1)
+                    -- A job of a run taken over waits until no host may still run it for the
+                    -- attempt before (its lease there has ended or lapsed): never twice at once.
+                    AND NOT EXISTS (SELECT 1 FROM job_queue o WHERE o.run_id = q.run_id AND o.attempt < q.attempt
+                        AND o.state IN ('running', 'cancelled') AND o.expires_at > ?1)
+                 ORDER BY q.rowid LIMIT 64",
+            )?
+            .query_map([now], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut found = None;
+        for (run, attempt, key, needs, ticket, state, tries, run_status, run_attempt) in rows {
+            let set = |state: &str| {
+                tx.execute(
+                    "UPDATE job_queue SET state = ?4 WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3",
+                    params![run, attempt, key, state],
+                )
+            };
+            if run_status != "running" || run_attempt != attempt {
+                set("cancelled")?;
+                continue;
+            }
+            if state == "running" && tries >= 2 {
+                set("abandoned")?;
+                continue;
+            }
+            if !super::covers(labels, &needs) {
+                continue;
+            }
+            let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            tx.execute(
+                "UPDATE job_queue SET state = 'running', owner = ?4, expires_at = ?5, tries = tries + 1
+                 WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3",
+                params![run, attempt, key, owner, expires_at],
+            )?;
+            found = Some(JobLease { run, attempt, key, ticket, tries: tries + 1 });
+            break;
+        }
+        tx.commit()?;
+        Ok(found)
+    }
+
+    fn extend_job(&self, run: i64, attempt: i64, key: &str, owner: &str, ttl: Duration) -> anyhow::Result<bool> {
+        let expires_at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let n = self.conn().execute(
+            "UPDATE job_queue SET expires_at = ?5
+             WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3 AND owner = ?4 AND state = 'running'
+                AND EXISTS (SELECT 1 FROM runs r WHERE r.id = job_queue.run_id AND r.attempt = job_queue.attempt
+                    AND r.status = 'running')",
+            params![run, attempt, key, owner, expires_at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn complete_job(&self, run: i64, attempt: i64, key: &str, owner: &str, report: &str) -> anyhow::Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE job_queue SET state = 'done', report = ?5, expires_at = NULL
+             WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3 AND owner = ?4 AND state = 'running'",
+            params![run, attempt, key, owner, report],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn job_state(&self, run: i64, attempt: i64, key: &str) -> anyhow::Result<Option<JobState>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT state, owner, report, tries FROM job_queue WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3",
+                params![run, attempt, key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(state, owner, report, tries)| super::job_state(state, owner, report, tries)).transpose()
+    }
+
+    fn cancel_jobs(&self, run: i64, key: Option<&str>) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE job_queue SET state = 'cancelled'
+             WHERE run_id = ?1 AND (?2 IS NULL OR job_key = ?2) AND state IN ('queued', 'running')",
+            params![run, key],
+        )?;
+        Ok(())
     }
 }

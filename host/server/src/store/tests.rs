@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::queue::RunQueue;
+use crate::queue::{JobOffer, JobQueue, JobState, RunQueue};
 
-/// Both traits, as one object.
-trait Store: RunStore + RunQueue {}
-impl<T: RunStore + RunQueue> Store for T {}
+/// The traits, as one object.
+trait Store: RunStore + RunQueue + JobQueue {}
+impl<T: RunStore + RunQueue + JobQueue> Store for T {}
 
 /// Where a behaviour differs by design, which store it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,7 @@ suite!(
     pruning_removes_finished_runs_of_one_app_with_their_jobs_only,
     a_lease_is_admitted_only_within_the_group_and_the_app_s_limit,
     console_sessions_expire_end_and_keep_within_their_cap,
+    jobs_are_leased_by_labels_renewed_moved_once_and_called_off,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -88,6 +89,118 @@ fn console_sessions_expire_end_and_keep_within_their_cap(store: &dyn Store, _: K
     store.session_end("d").unwrap();
     assert_eq!(store.session("d", 2_600).unwrap(), None);
     store.session_end("d").unwrap();
+}
+
+fn offer(run: i64, attempt: i64, key: &str, labels: &[&str]) -> JobOffer {
+    let labels = labels.iter().map(|l| l.to_string()).collect();
+    JobOffer { run, attempt, key: key.into(), labels, ticket: format!("{{\"key\":\"{key}\"}}") }
+}
+
+fn jobs_are_leased_by_labels_renewed_moved_once_and_called_off(store: &dyn Store, _: Kind) {
+    let linux: Vec<String> = vec!["linux".into(), "x64".into()];
+    let gpu: Vec<String> = vec!["gpu".into(), "linux".into()];
+    let a = queued(store, "web");
+    store.lease(a, "graph-host", MINUTE).unwrap().unwrap();
+    store.offer_job(&offer(a, 1, "build", &[])).unwrap();
+    store.offer_job(&offer(a, 1, "train", &["gpu"])).unwrap();
+    assert_eq!(store.job_state(a, 1, "build").unwrap(), Some(JobState::Queued));
+    assert_eq!(store.job_state(a, 1, "nope").unwrap(), None);
+
+    // The oldest job the host's labels cover; a job needing a label it lacks stays for another.
+    let one = store.lease_job("host-1", &linux, MINUTE).unwrap().unwrap();
+    assert_eq!((one.run, one.attempt, one.key.as_str(), one.tries), (a, 1, "build", 1));
+    assert_eq!(one.ticket, r#"{"key":"build"}"#);
+    assert!(store.lease_job("host-1", &linux, MINUTE).unwrap().is_none(), "train needs gpu");
+    let two = store.lease_job("host-2", &gpu, Duration::ZERO).unwrap().unwrap();
+    assert_eq!(two.key, "train");
+    assert_eq!(store.job_state(a, 1, "build").unwrap(), Some(JobState::Running { owner: "host-1".into(), tries: 1 }));
+    assert!(store.extend_job(a, 1, "build", "host-1", MINUTE).unwrap());
+    assert!(!store.extend_job(a, 1, "build", "host-2", MINUTE).unwrap(), "not host-2's");
+
+    // host-2's lease lapsed: another host with the labels takes the job again, as its second
+    // try; host-2 can neither renew nor complete it any more.
+    let moved = store.lease_job("host-3", &gpu, Duration::ZERO).unwrap().unwrap();
+    assert_eq!((moved.key.as_str(), moved.tries), ("train", 2));
+    assert!(!store.extend_job(a, 1, "train", "host-2", MINUTE).unwrap());
+    assert!(!store.complete_job(a, 1, "train", "host-2", "{}").unwrap());
+    // Its second host stopped too: it is not taken a third time, and the run's graph fails it.
+    assert!(store.lease_job("host-4", &gpu, MINUTE).unwrap().is_none());
+    assert_eq!(store.job_state(a, 1, "train").unwrap(), Some(JobState::Abandoned));
+
+    // Completed by its owner, with the report its graph reads back; only once.
+    assert!(store.complete_job(a, 1, "build", "host-1", r#"{"status":"success"}"#).unwrap());
+    assert_eq!(store.job_state(a, 1, "build").unwrap(), Some(JobState::Done(r#"{"status":"success"}"#.into())));
+    assert!(!store.complete_job(a, 1, "build", "host-1", "{}").unwrap());
+    assert!(!store.extend_job(a, 1, "build", "host-1", MINUTE).unwrap());
+
+    // A run's jobs are called off when it ends, one by one (fail-fast) or all; a running job's
+    // host finds its lease gone.
+    store.offer_job(&offer(a, 1, "deploy", &[])).unwrap();
+    store.offer_job(&offer(a, 1, "notify", &[])).unwrap();
+    store.offer_job(&offer(a, 1, "lint", &[])).unwrap();
+    store.cancel_jobs(a, Some("deploy")).unwrap();
+    assert_eq!(store.job_state(a, 1, "deploy").unwrap(), Some(JobState::Cancelled));
+    let notify = store.lease_job("host-1", &linux, MINUTE).unwrap().unwrap();
+    assert_eq!(notify.key, "notify");
+    store.cancel_jobs(a, None).unwrap();
+    assert!(!store.extend_job(a, 1, "notify", "host-1", MINUTE).unwrap());
+    assert!(!store.complete_job(a, 1, "notify", "host-1", "{}").unwrap());
+    assert_eq!(store.job_state(a, 1, "lint").unwrap(), Some(JobState::Cancelled));
+    assert!(store.lease_job("host-1", &linux, MINUTE).unwrap().is_none());
+
+    // A job of a run that ended, or of an earlier attempt, is never taken; a job's lease does
+    // not outlive its run.
+    store.offer_job(&offer(a, 1, "late", &[])).unwrap();
+    let late = store.lease_job("host-1", &linux, MINUTE).unwrap().unwrap();
+    assert_eq!(late.key, "late");
+    store.offer_job(&offer(a, 0, "stale", &[])).unwrap();
+    assert!(store.complete(a, "graph-host", RunStatus::Success, None).unwrap());
+    assert!(!store.extend_job(a, 1, "late", "host-1", MINUTE).unwrap(), "the run is over");
+    store.offer_job(&offer(a, 1, "after", &[])).unwrap();
+    assert!(store.lease_job("host-1", &linux, MINUTE).unwrap().is_none());
+    assert_eq!(store.job_state(a, 1, "after").unwrap(), Some(JobState::Cancelled));
+    assert_eq!(store.job_state(a, 0, "stale").unwrap(), Some(JobState::Cancelled));
+
+    // A queued job's record says what it waits for, and the run's end closes it.
+    let b = queued(store, "web");
+    store.lease(b, "graph-host", MINUTE).unwrap().unwrap();
+    store.job_queued(b, "train", "train", "Train", "waiting for a host with the labels gpu").unwrap();
+    let jobs = store.jobs(b).unwrap();
+    assert_eq!(
+        (jobs[0].status, jobs[0].reason.as_deref()),
+        (RunStatus::Queued, Some("waiting for a host with the labels gpu"))
+    );
+    assert!(store.complete(b, "graph-host", RunStatus::Cancelled, Some("cancelled")).unwrap());
+    assert_eq!(store.jobs(b).unwrap()[0].status, RunStatus::Cancelled);
+
+    // A run taken over (its graph's host died) runs a job of its new attempt only once no host
+    // may still run that job for the attempt before: never twice at once.
+    let c = queued(store, "web");
+    store.lease(c, "graph-1", Duration::from_millis(300)).unwrap().unwrap();
+    store.offer_job(&offer(c, 1, "build", &[])).unwrap();
+    store.lease_job("host-1", &linux, Duration::from_millis(800)).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(350));
+    assert!(store.lease(c, "graph-2", MINUTE).unwrap().unwrap().taken_over);
+    store.offer_job(&offer(c, 2, "build", &[])).unwrap();
+    assert!(store.lease_job("host-2", &linux, MINUTE).unwrap().is_none(), "attempt 1's build may still run");
+    assert!(!store.extend_job(c, 1, "build", "host-1", MINUTE).unwrap(), "host-1 finds it is no longer its");
+    std::thread::sleep(Duration::from_millis(500));
+    let again = store.lease_job("host-2", &linux, MINUTE).unwrap().unwrap();
+    assert_eq!((again.attempt, again.key.as_str(), again.tries), (2, "build", 1));
+
+    // A job whose run's graph host stopped renewing the run is not moved: the run is taken
+    // over as a new attempt first, with the job.
+    let d = queued(store, "web");
+    store.lease(d, "graph-1", Duration::from_millis(300)).unwrap().unwrap();
+    store.offer_job(&offer(d, 1, "build", &[])).unwrap();
+    store.lease_job("host-1", &linux, Duration::ZERO).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(350));
+    assert!(store.lease_job("host-2", &linux, MINUTE).unwrap().is_none(), "the graph is gone");
+    assert!(store.lease(d, "graph-2", MINUTE).unwrap().unwrap().taken_over);
+    store.offer_job(&offer(d, 2, "build", &[])).unwrap();
+    let fresh = store.lease_job("host-2", &linux, MINUTE).unwrap().unwrap();
+    assert_eq!((fresh.attempt, fresh.tries), (2, 1));
+    assert_eq!(store.job_state(d, 1, "build").unwrap(), Some(JobState::Cancelled));
 }
 
 fn queued(store: &dyn Store, app: &str) -> i64 {
@@ -631,6 +744,43 @@ mod shared {
             assert!(!hosts[1].extend(*id, other, MINUTE).unwrap());
         }
         assert!(hosts[1].available(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hosts_racing_for_the_same_jobs_lease_each_exactly_once() {
+        use crate::queue::{JobOffer, JobQueue as _};
+        let Some(db) = pg::database() else { return };
+        let hosts = [db.store(), db.store(), db.store()];
+        let run = queued(&hosts[0], "web");
+        hosts[0].lease(run, "graph", MINUTE).unwrap().unwrap();
+        const JOBS: usize = 200;
+        for i in 0..JOBS {
+            let offer = JobOffer { run, attempt: 1, key: format!("job-{i}"), labels: vec![], ticket: "{}".into() };
+            hosts[0].offer_job(&offer).unwrap();
+        }
+        let taken: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for (i, host) in hosts.iter().enumerate() {
+                for worker in 0..2 {
+                    let taken = &taken;
+                    s.spawn(move || {
+                        let owner = format!("host-{i}-{worker}");
+                        while let Some(lease) = host.lease_job(&owner, &[], MINUTE).unwrap() {
+                            assert_eq!(lease.tries, 1);
+                            taken.lock().unwrap().push((lease.key, owner.clone()));
+                        }
+                    });
+                }
+            }
+        });
+        let taken = taken.into_inner().unwrap();
+        let keys: BTreeSet<&str> = taken.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!((taken.len(), keys.len()), (JOBS, JOBS), "every job leased, none twice");
+        let owners: BTreeSet<&str> = taken.iter().map(|(_, o)| o.as_str()).collect();
+        assert!(owners.len() > 1, "more than one host took jobs: {owners:?}");
+        for (key, owner) in &taken {
+            assert!(hosts[1].extend_job(run, 1, key, owner, MINUTE).unwrap(), "{key} is held by {owner}");
+        }
     }
 
     #[test]

@@ -144,24 +144,39 @@ pub trait JobQueue: Send + Sync + 'static {
     fn offer_job(&self, offer: &JobOffer) -> anyhow::Result<()>;
 
     /// Leases for `owner` the oldest offered job whose labels are all in `labels`, of a run
-    /// still running at that attempt, or one whose lease expired (taken again; one that already
-    /// moved once ends as failed instead). `None` when there is nothing to take.
-    fn lease_job(&self, owner: &str, labels: &[String], ttl: Duration) -> anyhow::Result<Option<JobLease>>;
+    /// still running at that attempt on a live host (of `only_runs`, when given). Jobs whose
+    /// lease expired are offered again first (their second try), or, taken twice already,
+    /// abandoned; jobs of runs that ended or started over are called off. `None` when there
+    /// is nothing to take.
+    fn lease_job(
+        &self,
+        owner: &str,
+        labels: &[String],
+        ttl: Duration,
+        only_runs: Option<&[i64]>,
+    ) -> anyhow::Result<Option<JobLease>>;
 
-    /// The heartbeat of a job: false when the job is no longer `owner`'s (another host took it
-    /// over, or it was called off): the owner should stop running it.
-    fn extend_job(&self, run: i64, attempt: i64, key: &str, owner: &str, ttl: Duration) -> anyhow::Result<bool>;
+    /// The heartbeat of a job: false when the lease is no longer `owner`'s (another try took
+    /// it over, it was called off, or its run ended): the owner should stop running it.
+    fn extend_job(&self, lease: &JobLease, owner: &str, ttl: Duration) -> anyhow::Result<bool>;
 
-    /// `owner` finished the job with `report`. False, and nothing changes, when it is no
-    /// longer `owner`'s.
-    fn complete_job(&self, run: i64, attempt: i64, key: &str, owner: &str, report: &str) -> anyhow::Result<bool>;
+    /// `owner` finished the job with `report`. False, and nothing changes, when the lease is
+    /// no longer `owner`'s.
+    fn complete_job(&self, lease: &JobLease, owner: &str, report: &str) -> anyhow::Result<bool>;
 
     /// Where an offered job is; `None` when it was never offered.
     fn job_state(&self, run: i64, attempt: i64, key: &str) -> anyhow::Result<Option<JobState>>;
 
-    /// Calls off a run's jobs not done: every one (`key` `None`) or one. Their hosts stop them
-    /// at their next heartbeat.
-    fn cancel_jobs(&self, run: i64, key: Option<&str>) -> anyhow::Result<()>;
+    /// Calls off the jobs of a run's attempt not done: every one (`key` `None`) or one. Their
+    /// hosts stop them at their next heartbeat.
+    fn cancel_jobs(&self, run: i64, attempt: i64, key: Option<&str>) -> anyhow::Result<()>;
+
+    /// The run's attempt is over: its jobs leave the queue (a host still running one finds its
+    /// lease gone).
+    fn forget_jobs(&self, run: i64, attempt: i64) -> anyhow::Result<()>;
+
+    /// Unix ms by the clock every host sharing the queue agrees on (the database's).
+    fn clock_ms(&self) -> anyhow::Result<i64>;
 }
 
 /// Both queues, as one store keeps them: runs, and the jobs of runs spread over a pool.

@@ -44,6 +44,8 @@ const PASS: usize = 256;
 /// A run in progress.
 struct Running {
     app: String,
+    /// The attempt this host runs.
+    attempt: i64,
     group: Option<String>,
     abort: AbortHandle,
     cancel_reason: Option<String>,
@@ -61,9 +63,10 @@ struct Running {
 }
 
 impl Running {
-    fn new(app: String, group: Option<String>, abort: AbortHandle) -> Self {
+    fn new(app: String, attempt: i64, group: Option<String>, abort: AbortHandle) -> Self {
         Running {
             app,
+            attempt,
             group,
             abort,
             cancel_reason: None,
@@ -267,6 +270,13 @@ impl Scheduler {
     pub(crate) fn new(h: Handles) -> anyhow::Result<Self> {
         let (accept, rx) = std::sync::mpsc::channel();
         let provenance = Arc::new(crate::provenance::HostKey::load_or_create(&h.config.data_dir)?);
+        // Folders of jobs leased from the pool by this host's previous life: those jobs run
+        // elsewhere now.
+        if let Ok(work) = std::fs::read_dir(h.config.data_dir.join("work")) {
+            for e in work.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let writer = h.store.clone();
         std::thread::Builder::new()
             .name("skiff-accept".into())
@@ -343,10 +353,7 @@ impl Scheduler {
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = beat.tick() => {
-                    self.heartbeat();
-                    self.job_heartbeat();
-                }
+                _ = beat.tick() => self.heartbeat(),
             }
         }
     }
@@ -535,11 +542,12 @@ impl Scheduler {
             let id = run.id;
             let group = run.concurrency_group.clone();
             let app_name = run.app.clone();
+            let attempt = run.attempt;
             let timeout = app.run_timeout;
             let this = self.clone();
             let app = app.clone();
             let task = tokio::spawn(async move { this.execute(run, app).await });
-            let r = Running::new(app_name, group, task.abort_handle());
+            let r = Running::new(app_name, attempt, group, task.abort_handle());
             running.insert(id, r);
             drop(running);
             tokio::spawn(self.clone().supervise(id, task, timeout));
@@ -1043,14 +1051,16 @@ impl Scheduler {
                 tracing::error!(run = id, "releasing its lease: {e:#}");
             }
         }
-        if self.config.leases_jobs()
-            && let Err(e) = self.queue.cancel_jobs(id, None)
-        {
-            // Their hosts stop them anyway once the run is over: their leases need it running.
-            tracing::warn!(run = id, "calling off its jobs in the pool: {e:#}");
-        }
         self.logs.close(id);
-        let lost = self.running().get(&id).is_some_and(|r| r.lost);
+        let (lost, attempt) = self.running().get(&id).map_or((false, 0), |r| (r.lost, r.attempt));
+        // This attempt's jobs leave the pool (their hosts stop them at their next heartbeat);
+        // a run taken over by another host keeps the jobs of its new attempt.
+        if self.config.leases_jobs()
+            && !lost
+            && let Err(e) = self.queue.forget_jobs(id, attempt)
+        {
+            tracing::warn!(run = id, "removing its jobs from the pool (their hosts stop them anyway): {e:#}");
+        }
         if recorded || !lost {
             // This host wrote the log's last line: it moves to where finished logs are kept.
             let logs = self.logs.clone();
@@ -1615,22 +1625,24 @@ struct Sink {
     /// its lines by the clock (see [`clock_seq`]), told apart by this salt (0 for the host
     /// running the graph, one more than the job's index for a job's host).
     salt: Option<u64>,
+    /// The database's clock less this host's, in ms, for clock-numbered lines.
+    clock_offset: i64,
 }
 
-/// Bits under a millisecond in a clock-numbered line: 9 for the writer's salt, 6 for lines
+/// Bits under a millisecond in a clock-numbered line: 9 for the writer's salt, 7 for lines
 /// within one millisecond (more run ahead of the clock, still in order).
 const SALT_BITS: u32 = 9;
-const CLOCK_SHIFT: u32 = SALT_BITS + 6;
+const CLOCK_SHIFT: u32 = SALT_BITS + 7;
 /// Lines are numbered from 2026-01-01, so numbers stay under 2^53 (exact in JavaScript) for
-/// eight years.
+/// four years.
 const CLOCK_EPOCH_MS: i64 = 1_767_225_600_000;
 
 /// The next clock-numbered line after `last` (a number without its salt): the time in ms,
 /// shifted, or one more than the last when the clock has not moved on. Lines from several
 /// hosts interleave by time; a follower reading a run's log looks back a while
 /// ([`LOG_LOOKBACK`](crate::api::logs)) for lines that reached the store late.
-fn clock_seq(last: &AtomicU64, salt: u64) -> u64 {
-    let now = (now_ms() - CLOCK_EPOCH_MS).max(0) as u64;
+fn clock_seq(last: &AtomicU64, salt: u64, now_ms: i64) -> u64 {
+    let now = (now_ms - CLOCK_EPOCH_MS).max(0) as u64;
     let at = now << CLOCK_SHIFT;
     let mut prev = last.load(Ordering::SeqCst);
     loop {
@@ -1658,6 +1670,14 @@ impl Sink {
             log_bytes: Mutex::new(HashMap::new()),
             cap: scheduler.config.log_bytes_per_step,
             salt: salt.or(scheduler.config.leases_jobs().then_some(0)),
+            // The database's clock, which every writer of the run's log shares.
+            clock_offset: match scheduler.queue.clock_ms() {
+                Ok(db) => db - now_ms(),
+                Err(e) => {
+                    tracing::warn!(run = run.id, "reading the database's clock (log lines use this host's): {e:#}");
+                    0
+                }
+            },
         }
     }
 
@@ -1673,7 +1693,7 @@ impl Sink {
 
     fn write_line(&self, job: &str, step: &str, level: &str, text: String) {
         let seq = match self.salt {
-            Some(salt) => clock_seq(&self.seq, salt),
+            Some(salt) => clock_seq(&self.seq, salt, now_ms() + self.clock_offset),
             None => self.seq.fetch_add(1, Ordering::SeqCst) + 1,
         };
         let rec = LogRecord {

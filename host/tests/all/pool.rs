@@ -403,7 +403,7 @@ async fn a_job_on_a_host_killed_with_sigkill_completes_on_another_in_the_same_at
     assert_eq!(waiting["jobs"][0]["reason"], "waiting for a host with the labels gpu", "{waiting:#}");
     assert!(a.runs(id) && !a.runs_job_of(id));
 
-    let mut gpus = vec![
+    let mut gpus = [
         Host::start_gpu(root.path(), "b", &db.url, gate.port).await,
         Host::start_gpu(root.path(), "c", &db.url, gate.port).await,
     ];

@@ -185,7 +185,9 @@ pub async fn run_pipeline(
             }
             let ticket = JobTicket {
                 key: j.key.clone(),
+                job: j.job.clone(),
                 name: j.name.clone(),
+                environment: j.environment.as_ref().map(|e| e.name.clone()),
                 needs: serde_json::Value::Object(needs),
                 dir: if single { String::new() } else { j.key.clone() },
                 labels: j.runs_on.clone(),

@@ -92,8 +92,13 @@ pub struct RunOptions {
 pub struct JobTicket {
     /// The job instance (`build`, `test-2`).
     pub key: String,
+    /// The job's id in the pipeline (`test`).
+    pub job: String,
     /// Its display name.
     pub name: String,
+    /// The deployment environment whose rules let it start, if any: the host running it gives
+    /// it that environment's secrets only if its own reading of the pipeline agrees.
+    pub environment: Option<String>,
     /// The `needs` context: each needed job's `outputs` and `result`.
     pub needs: serde_json::Value,
     /// Its folder under the run's workspace; empty when the run has one job, which runs in the

@@ -265,9 +265,9 @@ pub(crate) async fn follow_run(
     }
 }
 
-/// How far back (in clock-numbered log lines: 2 s) a follower of a run whose jobs several
+/// How far back (in clock-numbered log lines: 5 s) a follower of a run whose jobs several
 /// hosts write reads again, for lines that reached the store after later ones.
-pub(crate) const LOG_LOOKBACK: u64 = 2_000 << 15;
+pub(crate) const LOG_LOOKBACK: u64 = 5_000 << 16;
 
 /// The lines a follower has sent: every one up to `floor` (what it asked to resume after), and
 /// those of the last `window` seqs by number.

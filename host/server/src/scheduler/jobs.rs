@@ -28,6 +28,8 @@ const JOB_POLL: Duration = Duration::from_millis(200);
 /// A job this host runs for a run whose graph may run elsewhere.
 pub(super) struct JobHere {
     pub(super) abort: AbortHandle,
+    /// Its lease (with the try it is, the lease's token).
+    lease: JobLease,
     /// When its lease was last taken or renewed.
     renewed: Instant,
     /// Its lease is gone: stopped, it is not completed.
@@ -37,16 +39,33 @@ pub(super) struct JobHere {
 /// The identity of a leased job: run, attempt, job instance.
 pub(super) type JobId = (i64, i64, String);
 
+/// How often this host renews the leases of the jobs it runs, at most: a job called off (its
+/// run cancelled, a fail-fast sibling failed) stops within this long.
+const JOB_BEAT: Duration = Duration::from_secs(2);
+
 impl Scheduler {
-    /// Takes jobs from the pool while this host has room (`max-concurrent-runs` jobs at once).
-    /// A draining host takes jobs only while graphs of its own still run: they may wait for a
-    /// job no other host has room for.
+    /// Takes jobs from the pool while this host has room (`max-concurrent-runs` jobs at once),
+    /// and renews the leases of those it runs. A draining host takes only jobs of the runs whose
+    /// graph it runs (they may wait for a job no other host has room for); a halted one none.
     pub(super) async fn lease_jobs(self: Arc<Self>) {
-        loop {
-            while !(self.draining() && self.running().is_empty())
-                && self.jobs_here().len() < self.config.max_concurrent_runs
-            {
-                match self.queue.lease_job(&self.owner, &self.config.labels, self.config.lease_ttl) {
+        let beat = JOB_BEAT.min(self.config.lease_ttl / 4);
+        let mut last_beat = Instant::now();
+        while !self.halted() {
+            if last_beat.elapsed() >= beat {
+                self.job_heartbeat();
+                last_beat = Instant::now();
+            }
+            loop {
+                let mine: Option<Vec<i64>> = self.draining().then(|| self.running().keys().copied().collect());
+                if mine.as_ref().is_some_and(Vec::is_empty)
+                    || self.jobs_here().len() >= self.config.max_concurrent_runs
+                    || self.halted()
+                {
+                    break;
+                }
+                let leased =
+                    self.queue.lease_job(&self.owner, &self.config.labels, self.config.lease_ttl, mine.as_deref());
+                match leased {
                     Ok(Some(lease)) => self.start_job(lease),
                     Ok(None) => break,
                     Err(e) => {
@@ -69,33 +88,61 @@ impl Scheduler {
     fn start_job(self: &Arc<Self>, lease: JobLease) {
         let id: JobId = (lease.run, lease.attempt, lease.key.clone());
         tracing::info!(run = lease.run, job = %lease.key, tries = lease.tries, "job taken from the pool");
+        let folder = format!("job-{}-{}-{}-{}", lease.run, lease.attempt, lease.key, lease.tries);
+        let root = self.config.data_dir.join("work").join(folder);
         let this = self.clone();
-        let root = self.config.data_dir.join("work").join(format!("job-{}-{}-{}", lease.run, lease.attempt, lease.key));
-        let workspace = root.clone();
-        let task = tokio::spawn(async move { this.run_leased(lease, workspace).await });
-        self.jobs_here()
-            .insert(id.clone(), JobHere { abort: task.abort_handle(), renewed: Instant::now(), lost: false });
+        let (taken, workspace) = (lease.clone(), root.clone());
+        let task = tokio::spawn(async move { this.run_leased(taken, workspace).await });
+        let here = JobHere { abort: task.abort_handle(), lease: lease.clone(), renewed: Instant::now(), lost: false };
+        if let Some(before) = self.jobs_here().insert(id.clone(), here) {
+            // This host's own earlier try, whose lease lapsed while it ran (a stalled host):
+            // it stops, and its end is not recorded.
+            before.abort.abort();
+        }
         let this = self.clone();
         tokio::spawn(async move {
-            let report = task.await;
-            let here = this.jobs_here().remove(&id);
-            // However it ended (a job stopped here goes on elsewhere, in a workspace of its own).
-            if !this.config.keep_workspaces {
-                let _ = tokio::fs::remove_dir_all(&root).await;
-            }
-            let (run, attempt, key) = &id;
-            match report {
-                // Stopped (lease lost, host halted): not this host's to complete.
-                Err(_) => {}
-                Ok(_) if here.is_some_and(|h| h.lost) || this.halted() => {}
-                Ok(report) => {
-                    let json = serde_json::to_string(&report).unwrap_or_default();
-                    match this.queue.complete_job(*run, *attempt, key, &this.owner, &json) {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!(run, job = %key, "the job ended here, but its lease had moved on"),
-                        Err(e) => tracing::error!(run, job = %key, "recording the job's end: {e:#}"),
+            let ended = task.await;
+            let lost = this.jobs_here().get(&id).is_none_or(|h| h.lost || h.lease.tries != lease.tries);
+            let report = match ended {
+                // Stopped: its lease is gone, or the host halted.
+                Err(e) if e.is_cancelled() => None,
+                Err(e) => {
+                    tracing::error!(run = lease.run, job = %lease.key, "the job's task panicked: {e}");
+                    Some(failed_job(&lease.key, &lease.key))
+                }
+                Ok(report) => Some(report),
+            };
+            if let Some(report) = report.filter(|_| !lost && !this.halted()) {
+                // Recorded while the heartbeat still renews the lease; a short outage of the
+                // database is waited out.
+                let json = serde_json::to_string(&report).unwrap_or_default();
+                let started = Instant::now();
+                loop {
+                    match this.queue.complete_job(&lease, &this.owner, &json) {
+                        Ok(true) => break,
+                        Ok(false) => {
+                            tracing::warn!(run = lease.run, job = %lease.key, "the job ended here, but its lease had moved on");
+                            break;
+                        }
+                        Err(e) if started.elapsed() < this.config.lease_ttl / 2 => {
+                            tracing::warn!(run = lease.run, job = %lease.key, "recording the job's end (retrying): {e:#}");
+                            tokio::time::sleep(JOB_POLL).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(run = lease.run, job = %lease.key, "recording the job's end: {e:#}");
+                            break;
+                        }
                     }
                 }
+            }
+            {
+                let mut here = this.jobs_here();
+                if here.get(&id).is_some_and(|h| h.lease.tries == lease.tries) {
+                    here.remove(&id);
+                }
+            }
+            if !this.config.keep_workspaces {
+                let _ = tokio::fs::remove_dir_all(&root).await;
             }
             // Its graph, if it runs here, looks at once.
             let _ = this.job_done.send(id);
@@ -106,13 +153,17 @@ impl Scheduler {
     /// The heartbeat of the jobs this host runs: as for runs, a job whose lease is gone (its
     /// run ended or started over, it was called off, another host took it) or could not be
     /// renewed for half its time is stopped.
-    pub(super) fn job_heartbeat(&self) {
+    fn job_heartbeat(&self) {
         let ttl = self.config.lease_ttl;
-        let ids: Vec<JobId> = self.jobs_here().keys().cloned().collect();
-        for (run, attempt, key) in ids {
-            let renewed = self.queue.extend_job(run, attempt, &key, &self.owner, ttl);
+        let leases: Vec<JobLease> = self.jobs_here().values().filter(|h| !h.lost).map(|h| h.lease.clone()).collect();
+        for lease in leases {
+            let renewed = self.queue.extend_job(&lease, &self.owner, ttl);
             let mut here = self.jobs_here();
-            let Some(j) = here.get_mut(&(run, attempt, key.clone())) else { continue };
+            let (run, key) = (lease.run, &lease.key);
+            let Some(j) = here.get_mut(&(run, lease.attempt, key.clone())).filter(|j| j.lease.tries == lease.tries)
+            else {
+                continue;
+            };
             match renewed {
                 Ok(true) => {
                     j.renewed = Instant::now();
@@ -139,22 +190,39 @@ impl Scheduler {
 
     /// Runs a leased job: the run's pipeline read here, in `root`, a workspace of its own.
     async fn run_leased(self: Arc<Self>, lease: JobLease, root: PathBuf) -> JobReport {
-        let ticket: Result<JobTicket, _> = serde_json::from_str(&lease.ticket);
-        let report = match ticket {
-            Ok(ticket) => self.clone().run_ticket(&lease, ticket, root).await,
-            Err(e) => Err(format!("the job's ticket cannot be read ({e}): a host of another version offered it")),
-        };
-        report.unwrap_or_else(|e| {
-            // Its steps never ran: the job's record says why.
-            tracing::error!(run = lease.run, job = %lease.key, "the job could not start: {e}");
-            let (key, name) = (&lease.key, ticket_name(&lease.ticket).unwrap_or_else(|| lease.key.clone()));
-            let why = format!("the job could not start on host {}: {e}", self.owner);
-            let r = self.store.job_finished(lease.run, key, key, &name, RunStatus::Failure, Some(&why), None, None);
-            if let Err(e) = r {
-                tracing::error!(run = lease.run, job = %key, "recording the job's end: {e:#}");
+        let ticket: JobTicket = match serde_json::from_str(&lease.ticket) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(run = lease.run, job = %lease.key, "the job's ticket cannot be read ({e}): a host of another version offered it");
+                return failed_job(&lease.key, &lease.key);
             }
-            failed_job(key, &name)
-        })
+        };
+        let (key, job, name) = (ticket.key.clone(), ticket.job.clone(), ticket.name.clone());
+        match self.clone().run_ticket(&lease, ticket, root).await {
+            Ok(report) => report,
+            Err(e) => {
+                // Its steps never ran: the job's record says why, if the run is still at this
+                // attempt (a later attempt's record is not this one's to write).
+                tracing::error!(run = lease.run, job = %key, "the job could not start: {e}");
+                let why = format!("the job could not start on host {}: {e}", self.owner);
+                let current = matches!(self.store.run(lease.run), Ok(Some(r)) if r.attempt == lease.attempt);
+                if current
+                    && let Err(e) = self.store.job_finished(
+                        lease.run,
+                        &key,
+                        &job,
+                        &name,
+                        RunStatus::Failure,
+                        Some(&why),
+                        None,
+                        None,
+                    )
+                {
+                    tracing::error!(run = lease.run, job = %key, "recording the job's end: {e:#}");
+                }
+                failed_job(&key, &name)
+            }
+        }
     }
 
     async fn run_ticket(
@@ -185,7 +253,31 @@ impl Scheduler {
         if plan.fetches() {
             self.resolver.prepare(&mut plan, &app.components).await.map_err(|e| e.to_string())?;
         }
-        let index = plan.jobs.iter().position(|j| j.key == ticket.key).unwrap_or(0);
+        let index = plan
+            .jobs
+            .iter()
+            .position(|j| j.key == ticket.key)
+            .ok_or_else(|| format!("the pipeline read on this host has no job `{}`", ticket.key))?;
+        // The environment's rules were passed on the graph's host; this host gives the job that
+        // environment's secrets only if its own reading agrees, and an environment with
+        // approvers only with an approval on record.
+        let environment = plan.jobs[index].environment.as_ref().map(|e| e.name.clone());
+        if environment != ticket.environment {
+            return Err(format!(
+                "the job's environment on this host ({}) is not the one its run's graph checked ({}): the hosts read \
+                 different pipelines or configurations",
+                environment.as_deref().unwrap_or("none"),
+                ticket.environment.as_deref().unwrap_or("none")
+            ));
+        }
+        if let Some(env) = &environment
+            && app.environments.get(env).is_some_and(|e| !e.approvers.is_empty())
+        {
+            let decision = self.store.decision(run.id, run.attempt, &ticket.key).map_err(|e| format!("{e:#}"))?;
+            if !decision.is_some_and(|d| d.approved) {
+                return Err(format!("environment `{env}` needs an approval, and none is on record for this job"));
+            }
+        }
         let sink = Arc::new(Sink::new(&self, &run, &plan, Default::default(), Some(1 + index as u64 % 511)));
         if lease.tries > 1 {
             let text = format!(
@@ -283,6 +375,16 @@ impl Scheduler {
             labels: ticket.labels.clone(),
             ticket: serde_json::to_string(&ticket).unwrap_or_default(),
         };
+        // Its record says what it waits for before any host can take it (a host that starts it
+        // writes over this, never the other way round).
+        let why = if ticket.labels.is_empty() {
+            "waiting for a host".to_string()
+        } else {
+            format!("waiting for a host with the labels {}", ticket.labels.join(", "))
+        };
+        sink.check("a queued job", self.store.job_queued(id, &key, &ticket.job, &name, &why));
+        let mine: JobId = (id, attempt, key.clone());
+        let mut done_here = self.job_done.subscribe();
         // A short outage of the database is waited out, as the run's lease allows.
         let started = Instant::now();
         while let Err(e) = self.queue.offer_job(&offer) {
@@ -291,17 +393,8 @@ impl Scheduler {
             }
             tokio::time::sleep(JOB_POLL).await;
         }
-        let why = if ticket.labels.is_empty() {
-            "waiting for a host".to_string()
-        } else {
-            format!("waiting for a host with the labels {}", ticket.labels.join(", "))
-        };
-        let mine: JobId = (id, attempt, key.clone());
-        let mut done_here = self.job_done.subscribe();
-        let job_id = sink.job_id(&key).to_string();
-        sink.check("a queued job", self.store.job_queued(id, &key, &job_id, &name, &why));
         self.job_wake.notify_one();
-        let mut call_off = CallOff { scheduler: self.clone(), run: id, key: Some(key.clone()) };
+        let mut call_off = CallOff { scheduler: self.clone(), run: id, attempt, key: Some(key.clone()) };
         let mut called_off = false;
         let mut poll = tokio::time::interval(JOB_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -316,7 +409,7 @@ impl Scheduler {
             }
             if cancel.load(Ordering::SeqCst) && !called_off {
                 // Fail-fast: another combination of its matrix failed.
-                called_off = self.queue.cancel_jobs(id, Some(&key)).is_ok();
+                called_off = self.queue.cancel_jobs(id, attempt, Some(&key)).is_ok();
             }
             match self.queue.job_state(id, attempt, &key) {
                 Ok(Some(JobState::Done(report))) => {
@@ -353,22 +446,18 @@ impl Scheduler {
 struct CallOff {
     scheduler: Arc<Scheduler>,
     run: i64,
+    attempt: i64,
     key: Option<String>,
 }
 
 impl Drop for CallOff {
     fn drop(&mut self) {
         if let Some(key) = self.key.take()
-            && let Err(e) = self.scheduler.queue.cancel_jobs(self.run, Some(&key))
+            && let Err(e) = self.scheduler.queue.cancel_jobs(self.run, self.attempt, Some(&key))
         {
             tracing::error!(run = self.run, job = %key, "calling the job off: {e:#}");
         }
     }
-}
-
-/// The display name a ticket carries, when it can be read.
-fn ticket_name(ticket: &str) -> Option<String> {
-    serde_json::from_str::<JobTicket>(ticket).ok().map(|t| t.name)
 }
 
 /// A job that failed before any step ran.

@@ -378,7 +378,8 @@ pub trait RunStore: Send + Sync + 'static {
         outputs: Option<&BTreeMap<String, String>>,
     ) -> anyhow::Result<()>;
 
-    /// A job waits for a host of the pool to take it, with the reason (the labels it needs).
+    /// A job waits for a host of the pool to take it, with the reason (the labels it needs). A
+    /// job that started or ended already keeps its row.
     fn job_queued(&self, run: i64, key: &str, job: &str, name: &str, reason: &str) -> anyhow::Result<()>;
 
     /// A job waits before its first step (for an approval of `environment`), with the reason.

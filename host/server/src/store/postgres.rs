@@ -700,7 +700,8 @@ impl RunStore for PostgresStore {
     fn job_queued(&self, run: i64, key: &str, job: &str, name: &str, reason: &str) -> anyhow::Result<()> {
         self.execute(
             "INSERT INTO jobs (run_id, job_key, job, name, status, reason) VALUES ($1, $2, $3, $4, 'queued', $5)
-             ON CONFLICT (run_id, job_key) DO UPDATE SET status = 'queued', reason = EXCLUDED.reason",
+             ON CONFLICT (run_id, job_key) DO UPDATE SET status = 'queued', reason = EXCLUDED.reason
+             WHERE jobs.status IN ('queued', 'waiting')",
             &[&run, &key, &job, &name, &reason],
         )?;
         Ok(())
@@ -1156,79 +1157,83 @@ impl JobQueue for PostgresStore {
         Ok(())
     }
 
-    fn lease_job(&self, owner: &str, labels: &[String], ttl: Duration) -> anyhow::Result<Option<JobLease>> {
+    fn lease_job(
+        &self,
+        owner: &str,
+        labels: &[String],
+        ttl: Duration,
+        only_runs: Option<&[i64]>,
+    ) -> anyhow::Result<Option<JobLease>> {
+        let only: Option<Vec<i64>> = only_runs.map(<[i64]>::to_vec);
         self.with(|c| {
             let mut tx = c.transaction()?;
             let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
-            // Rows another host is leasing right now are skipped, not waited for; those this
-            // host cannot take (labels) stay for others.
-            let rows = tx.query(
-                "SELECT q.run_id, q.attempt, q.job_key, q.labels, q.ticket, q.state, q.tries, r.status, r.attempt
-                 FROM job_queue q JOIN runs r ON r.id = q.run_id
-                 WHERE (q.state = 'queued' OR (q.state = 'running' AND q.expires_at <= $1))
-                    -- Only while the run's graph is alive: a run whose host died is taken over
-                    -- as a new attempt, and this job with it.
-                    AND (r.status <> 'running' OR r.lease_expires_at > $1)
-                    -- A job of a run taken over waits until no host may still run it for the
-                    -- attempt before (its lease there has ended or lapsed): never twice at once.
-                    AND NOT EXISTS (SELECT 1 FROM job_queue o WHERE o.run_id = q.run_id AND o.attempt < q.attempt
-                        AND o.state IN ('running', 'cancelled') AND o.expires_at > $1)
-                 ORDER BY q.seq LIMIT 64 FOR UPDATE OF q SKIP LOCKED",
+            // Jobs of runs that ended or started over: nobody waits for them any more.
+            tx.execute(
+                "UPDATE job_queue q SET state = 'cancelled' FROM runs r
+                 WHERE r.id = q.run_id AND q.state IN ('queued', 'running')
+                    AND (r.status <> 'running' OR r.attempt <> q.attempt)",
+                &[],
+            )?;
+            // Jobs whose host stopped renewing them: offered again for their second try, or,
+            // after two, abandoned (their graph fails them).
+            tx.execute(
+                "UPDATE job_queue SET state = CASE WHEN tries >= 2 THEN 'abandoned' ELSE 'queued' END
+                 WHERE state = 'running' AND expires_at <= $1",
                 &[&now],
             )?;
-            let mut found = None;
-            for row in rows {
-                let (run, attempt, key): (i64, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                let (state, tries): (String, i64) = (row.try_get(5)?, row.try_get(6)?);
-                let (run_status, run_attempt): (String, i64) = (row.try_get(7)?, row.try_get(8)?);
-                let pk: [&(dyn ToSql + Sync); 3] = [&run, &attempt, &key];
-                if run_status != "running" || run_attempt != attempt {
-                    // Its run ended or started over: nobody waits for this job any more.
+            // The oldest job this host's labels cover, of a run whose graph is alive; one a
+            // host is leasing right now is skipped, not waited for.
+            let row = tx.query_opt(
+                "SELECT q.run_id, q.attempt, q.job_key, q.ticket, q.tries
+                 FROM job_queue q JOIN runs r ON r.id = q.run_id
+                 WHERE q.state = 'queued' AND r.status = 'running' AND r.attempt = q.attempt
+                    AND r.lease_expires_at > $1
+                    -- A job whose host went silent moves only once the run's graph has renewed
+                    -- its own lease since: a host cut off with both stays the graph's to replace.
+                    AND (q.tries = 0 OR r.lease_expires_at - $4 > q.expires_at)
+                    AND string_to_array(q.labels, ',') <@ $2::TEXT[]
+                    AND ($3::BIGINT[] IS NULL OR q.run_id = ANY($3::BIGINT[]))
+                    -- A job of a run taken over waits until no host may still run it for the
+                    -- attempt before (its lease there has ended or lapsed): never twice at once.
+                    AND NOT EXISTS (SELECT 1 FROM job_queue o WHERE o.run_id = q.run_id AND o.job_key = q.job_key
+                        AND o.attempt < q.attempt AND o.state IN ('running', 'cancelled') AND o.expires_at > $1)
+                 ORDER BY q.seq LIMIT 1 FOR UPDATE OF q SKIP LOCKED",
+                &[&now, &labels, &only, &millis(ttl)],
+            )?;
+            let found = match row {
+                None => None,
+                Some(row) => {
+                    let (run, attempt, key): (i64, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                    let tries: i64 = row.try_get::<_, i64>(4)? + 1;
                     tx.execute(
-                        "UPDATE job_queue SET state = 'cancelled' WHERE run_id = $1 AND attempt = $2 AND job_key = $3",
-                        &pk,
+                        "UPDATE job_queue SET state = 'running', owner = $4, expires_at = $5, tries = $6
+                         WHERE run_id = $1 AND attempt = $2 AND job_key = $3",
+                        &[&run, &attempt, &key, &owner, &now.saturating_add(millis(ttl)), &tries],
                     )?;
-                    continue;
+                    Some(JobLease { run, attempt, key, ticket: row.try_get(3)?, tries })
                 }
-                if state == "running" && tries >= 2 {
-                    // Its host stopped a second time: the run's graph fails it (see `JobState::Abandoned`).
-                    tx.execute(
-                        "UPDATE job_queue SET state = 'abandoned' WHERE run_id = $1 AND attempt = $2 AND job_key = $3",
-                        &pk,
-                    )?;
-                    continue;
-                }
-                let needs: String = row.try_get(3)?;
-                if !super::covers(labels, &needs) {
-                    continue;
-                }
-                tx.execute(
-                    "UPDATE job_queue SET state = 'running', owner = $4, expires_at = $5, tries = tries + 1
-                     WHERE run_id = $1 AND attempt = $2 AND job_key = $3",
-                    &[&run, &attempt, &key, &owner, &now.saturating_add(millis(ttl))],
-                )?;
-                found = Some(JobLease { run, attempt, key, ticket: row.try_get(4)?, tries: tries + 1 });
-                break;
-            }
+            };
             tx.commit()?;
             Ok(found)
         })
     }
 
-    fn extend_job(&self, run: i64, attempt: i64, key: &str, owner: &str, ttl: Duration) -> anyhow::Result<bool> {
+    fn extend_job(&self, l: &JobLease, owner: &str, ttl: Duration) -> anyhow::Result<bool> {
         let sql = format!(
-            "UPDATE job_queue q SET expires_at = {DB_NOW} + $5
-             WHERE q.run_id = $1 AND q.attempt = $2 AND q.job_key = $3 AND q.owner = $4 AND q.state = 'running'
+            "UPDATE job_queue q SET expires_at = {DB_NOW} + $6
+             WHERE q.run_id = $1 AND q.attempt = $2 AND q.job_key = $3 AND q.tries = $4 AND q.owner = $5
+                AND q.state = 'running'
                 AND EXISTS (SELECT 1 FROM runs r WHERE r.id = q.run_id AND r.attempt = q.attempt AND r.status = 'running')"
         );
-        Ok(self.execute(&sql, &[&run, &attempt, &key, &owner, &millis(ttl)])? == 1)
+        Ok(self.execute(&sql, &[&l.run, &l.attempt, &l.key, &l.tries, &owner, &millis(ttl)])? == 1)
     }
 
-    fn complete_job(&self, run: i64, attempt: i64, key: &str, owner: &str, report: &str) -> anyhow::Result<bool> {
+    fn complete_job(&self, l: &JobLease, owner: &str, report: &str) -> anyhow::Result<bool> {
         let n = self.execute(
-            "UPDATE job_queue SET state = 'done', report = $5, expires_at = NULL
-             WHERE run_id = $1 AND attempt = $2 AND job_key = $3 AND owner = $4 AND state = 'running'",
-            &[&run, &attempt, &key, &owner, &report],
+            "UPDATE job_queue SET state = 'done', report = $6, expires_at = NULL
+             WHERE run_id = $1 AND attempt = $2 AND job_key = $3 AND tries = $4 AND owner = $5 AND state = 'running'",
+            &[&l.run, &l.attempt, &l.key, &l.tries, &owner, &report],
         )?;
         Ok(n == 1)
     }
@@ -1244,12 +1249,22 @@ impl JobQueue for PostgresStore {
         })
     }
 
-    fn cancel_jobs(&self, run: i64, key: Option<&str>) -> anyhow::Result<()> {
+    fn cancel_jobs(&self, run: i64, attempt: i64, key: Option<&str>) -> anyhow::Result<()> {
         self.execute(
             "UPDATE job_queue SET state = 'cancelled'
-             WHERE run_id = $1 AND ($2::TEXT IS NULL OR job_key = $2::TEXT) AND state IN ('queued', 'running')",
-            &[&run, &key],
+             WHERE run_id = $1 AND attempt = $2 AND ($3::TEXT IS NULL OR job_key = $3::TEXT)
+                AND state IN ('queued', 'running')",
+            &[&run, &attempt, &key],
         )?;
         Ok(())
+    }
+
+    fn forget_jobs(&self, run: i64, attempt: i64) -> anyhow::Result<()> {
+        self.execute("DELETE FROM job_queue WHERE run_id = $1 AND attempt = $2", &[&run, &attempt])?;
+        Ok(())
+    }
+
+    fn clock_ms(&self) -> anyhow::Result<i64> {
+        self.with(|c| Ok(c.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?))
     }
 }

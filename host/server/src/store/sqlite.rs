@@ -412,7 +412,8 @@ impl RunStore for SqliteStore {
     fn job_queued(&self, run: i64, key: &str, job: &str, name: &str, reason: &str) -> anyhow::Result<()> {
         self.conn().execute(
             "INSERT INTO jobs (run_id, job_key, job, name, status, reason) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)
-             ON CONFLICT (run_id, job_key) DO UPDATE SET status = 'queued', reason = ?5",
+             ON CONFLICT (run_id, job_key) DO UPDATE SET status = 'queued', reason = ?5
+             WHERE jobs.status IN ('queued', 'waiting')",
             params![run, key, job, name, reason],
         )?;
         Ok(())
@@ -924,6 +925,131 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl JobQueue for SqliteStore {
+    fn offer_job(&self, o: &JobOffer) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO job_queue (run_id, attempt, job_key, labels, ticket, state, offered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)
+             ON CONFLICT (run_id, attempt, job_key) DO UPDATE SET labels = excluded.labels, ticket = excluded.ticket,
+                state = 'queued', owner = NULL, expires_at = NULL, tries = 0, report = NULL, offered_at = excluded.offered_at
+             WHERE job_queue.state <> 'running'",
+            params![o.run, o.attempt, o.key, o.labels.join(","), o.ticket, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn lease_job(
+        &self,
+        owner: &str,
+        labels: &[String],
+        ttl: Duration,
+        only_runs: Option<&[i64]>,
+    ) -> anyhow::Result<Option<JobLease>> {
+        let mut conn = self.conn();
+        // IMMEDIATE: two processes on one file never take the same job.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        // As PostgreSQL's: jobs of runs that ended or started over are called off; jobs whose
+        // host stopped renewing them are offered again, or abandoned after two tries.
+        tx.execute(
+            "UPDATE job_queue SET state = 'cancelled' WHERE state IN ('queued', 'running')
+                AND EXISTS (SELECT 1 FROM runs r WHERE r.id = job_queue.run_id
+                    AND (r.status <> 'running' OR r.attempt <> job_queue.attempt))",
+            [],
+        )?;
+        tx.execute(
+            "UPDATE job_queue SET state = CASE WHEN tries >= 2 THEN 'abandoned' ELSE 'queued' END
+             WHERE state = 'running' AND expires_at <= ?1",
+            [now],
+        )?;
+        // One host owns a SQLite file: every open job is read, its labels checked here.
+        type Candidate = (i64, i64, String, String, String, i64);
+        let rows: Vec<Candidate> = tx
+            .prepare_cached(
+                "SELECT q.run_id, q.attempt, q.job_key, q.labels, q.ticket, q.tries
+                 FROM job_queue q JOIN runs r ON r.id = q.run_id
+                 WHERE q.state = 'queued' AND r.status = 'running' AND r.attempt = q.attempt
+                    AND r.lease_expires_at > ?1
+                    AND (q.tries = 0 OR r.lease_expires_at - ?2 > q.expires_at)
+                    AND NOT EXISTS (SELECT 1 FROM job_queue o WHERE o.run_id = q.run_id AND o.job_key = q.job_key
+                        AND o.attempt < q.attempt AND o.state IN ('running', 'cancelled') AND o.expires_at > ?1)
+                 ORDER BY q.rowid",
+            )?
+            .query_map(params![now, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let pick = rows.into_iter().find(|(run, _, _, needs, _, _)| {
+            super::covers(labels, needs) && only_runs.is_none_or(|only| only.contains(run))
+        });
+        let found = match pick {
+            None => None,
+            Some((run, attempt, key, _, ticket, tries)) => {
+                let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+                tx.execute(
+                    "UPDATE job_queue SET state = 'running', owner = ?4, expires_at = ?5, tries = ?6
+                     WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3",
+                    params![run, attempt, key, owner, expires_at, tries + 1],
+                )?;
+                Some(JobLease { run, attempt, key, ticket, tries: tries + 1 })
+            }
+        };
+        tx.commit()?;
+        Ok(found)
+    }
+
+    fn extend_job(&self, l: &JobLease, owner: &str, ttl: Duration) -> anyhow::Result<bool> {
+        let expires_at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let n = self.conn().execute(
+            "UPDATE job_queue SET expires_at = ?6
+             WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3 AND tries = ?4 AND owner = ?5 AND state = 'running'
+                AND EXISTS (SELECT 1 FROM runs r WHERE r.id = job_queue.run_id AND r.attempt = job_queue.attempt
+                    AND r.status = 'running')",
+            params![l.run, l.attempt, l.key, l.tries, owner, expires_at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn complete_job(&self, l: &JobLease, owner: &str, report: &str) -> anyhow::Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE job_queue SET state = 'done', report = ?6, expires_at = NULL
+             WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3 AND tries = ?4 AND owner = ?5 AND state = 'running'",
+            params![l.run, l.attempt, l.key, l.tries, owner, report],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn job_state(&self, run: i64, attempt: i64, key: &str) -> anyhow::Result<Option<JobState>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT state, owner, report, tries FROM job_queue WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3",
+                params![run, attempt, key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(state, owner, report, tries)| super::job_state(state, owner, report, tries)).transpose()
+    }
+
+    fn cancel_jobs(&self, run: i64, attempt: i64, key: Option<&str>) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE job_queue SET state = 'cancelled'
+             WHERE run_id = ?1 AND attempt = ?2 AND (?3 IS NULL OR job_key = ?3) AND state IN ('queued', 'running')",
+            params![run, attempt, key],
+        )?;
+        Ok(())
+    }
+
+    fn forget_jobs(&self, run: i64, attempt: i64) -> anyhow::Result<()> {
+        self.conn().execute("DELETE FROM job_queue WHERE run_id = ?1 AND attempt = ?2", params![run, attempt])?;
+        Ok(())
+    }
+
+    fn clock_ms(&self) -> anyhow::Result<i64> {
+        Ok(now_ms())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -979,117 +1105,5 @@ mod tests {
             store.insert_run(&NewRun { app: app.into(), trigger: "push".into(), ..NewRun::default() }).unwrap().number
         };
         assert_eq!((number("web"), number("web"), number("api"), number("new")), (42, 43, 8, 1));
-    }
-}
-
-impl JobQueue for SqliteStore {
-    fn offer_job(&self, o: &JobOffer) -> anyhow::Result<()> {
-        self.conn().execute(
-            "INSERT INTO job_queue (run_id, attempt, job_key, labels, ticket, state, offered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)
-             ON CONFLICT (run_id, attempt, job_key) DO UPDATE SET labels = excluded.labels, ticket = excluded.ticket,
-                state = 'queued', owner = NULL, expires_at = NULL, tries = 0, report = NULL, offered_at = excluded.offered_at
-             WHERE job_queue.state <> 'running'",
-            params![o.run, o.attempt, o.key, o.labels.join(","), o.ticket, now_ms()],
-        )?;
-        Ok(())
-    }
-
-    fn lease_job(&self, owner: &str, labels: &[String], ttl: Duration) -> anyhow::Result<Option<JobLease>> {
-        let mut conn = self.conn();
-        // IMMEDIATE: two processes on one file never take the same job.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = now_ms();
-        type Candidate = (i64, i64, String, String, String, String, i64, String, i64);
-        let rows: Vec<Candidate> = tx
-            .prepare_cached(
-                "SELECT q.run_id, q.attempt, q.job_key, q.labels, q.ticket, q.state, q.tries, r.status, r.attempt
-                 FROM job_queue q JOIN runs r ON r.id = q.run_id
-                 WHERE (q.state = 'queued' OR (q.state = 'running' AND q.expires_at <= ?1))
-                    -- Only while the run's graph is alive: a run whose host died is taken over
-                    -- as a new attempt, and this job with it.
-                    AND (r.status <> 'running' OR r.lease_expires_at > ?1)
-                    -- A job of a run taken over waits until no host may still run it for the
-                    -- attempt before (its lease there has ended or lapsed): never twice at once.
-                    AND NOT EXISTS (SELECT 1 FROM job_queue o WHERE o.run_id = q.run_id AND o.attempt < q.attempt
-                        AND o.state IN ('running', 'cancelled') AND o.expires_at > ?1)
-                 ORDER BY q.rowid LIMIT 64",
-            )?
-            .query_map([now], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut found = None;
-        for (run, attempt, key, needs, ticket, state, tries, run_status, run_attempt) in rows {
-            let set = |state: &str| {
-                tx.execute(
-                    "UPDATE job_queue SET state = ?4 WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3",
-                    params![run, attempt, key, state],
-                )
-            };
-            if run_status != "running" || run_attempt != attempt {
-                set("cancelled")?;
-                continue;
-            }
-            if state == "running" && tries >= 2 {
-                set("abandoned")?;
-                continue;
-            }
-            if !super::covers(labels, &needs) {
-                continue;
-            }
-            let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-            tx.execute(
-                "UPDATE job_queue SET state = 'running', owner = ?4, expires_at = ?5, tries = tries + 1
-                 WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3",
-                params![run, attempt, key, owner, expires_at],
-            )?;
-            found = Some(JobLease { run, attempt, key, ticket, tries: tries + 1 });
-            break;
-        }
-        tx.commit()?;
-        Ok(found)
-    }
-
-    fn extend_job(&self, run: i64, attempt: i64, key: &str, owner: &str, ttl: Duration) -> anyhow::Result<bool> {
-        let expires_at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        let n = self.conn().execute(
-            "UPDATE job_queue SET expires_at = ?5
-             WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3 AND owner = ?4 AND state = 'running'
-                AND EXISTS (SELECT 1 FROM runs r WHERE r.id = job_queue.run_id AND r.attempt = job_queue.attempt
-                    AND r.status = 'running')",
-            params![run, attempt, key, owner, expires_at],
-        )?;
-        Ok(n == 1)
-    }
-
-    fn complete_job(&self, run: i64, attempt: i64, key: &str, owner: &str, report: &str) -> anyhow::Result<bool> {
-        let n = self.conn().execute(
-            "UPDATE job_queue SET state = 'done', report = ?5, expires_at = NULL
-             WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3 AND owner = ?4 AND state = 'running'",
-            params![run, attempt, key, owner, report],
-        )?;
-        Ok(n == 1)
-    }
-
-    fn job_state(&self, run: i64, attempt: i64, key: &str) -> anyhow::Result<Option<JobState>> {
-        let conn = self.conn();
-        let row = conn
-            .query_row(
-                "SELECT state, owner, report, tries FROM job_queue WHERE run_id = ?1 AND attempt = ?2 AND job_key = ?3",
-                params![run, attempt, key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        row.map(|(state, owner, report, tries)| super::job_state(state, owner, report, tries)).transpose()
-    }
-
-    fn cancel_jobs(&self, run: i64, key: Option<&str>) -> anyhow::Result<()> {
-        self.conn().execute(
-            "UPDATE job_queue SET state = 'cancelled'
-             WHERE run_id = ?1 AND (?2 IS NULL OR job_key = ?2) AND state IN ('queued', 'running')",
-            params![run, key],
-        )?;
-        Ok(())
     }
 }

@@ -99,6 +99,7 @@ fn offer(run: i64, attempt: i64, key: &str, labels: &[&str]) -> JobOffer {
 fn jobs_are_leased_by_labels_renewed_moved_once_and_called_off(store: &dyn Store, _: Kind) {
     let linux: Vec<String> = vec!["linux".into(), "x64".into()];
     let gpu: Vec<String> = vec!["gpu".into(), "linux".into()];
+    let lease = |owner: &str, labels: &[String], ttl| store.lease_job(owner, labels, ttl, None).unwrap();
     let a = queued(store, "web");
     store.lease(a, "graph-host", MINUTE).unwrap().unwrap();
     store.offer_job(&offer(a, 1, "build", &[])).unwrap();
@@ -107,61 +108,68 @@ fn jobs_are_leased_by_labels_renewed_moved_once_and_called_off(store: &dyn Store
     assert_eq!(store.job_state(a, 1, "nope").unwrap(), None);
 
     // The oldest job the host's labels cover; a job needing a label it lacks stays for another.
-    let one = store.lease_job("host-1", &linux, MINUTE).unwrap().unwrap();
+    let one = lease("host-1", &linux, MINUTE).unwrap();
     assert_eq!((one.run, one.attempt, one.key.as_str(), one.tries), (a, 1, "build", 1));
     assert_eq!(one.ticket, r#"{"key":"build"}"#);
-    assert!(store.lease_job("host-1", &linux, MINUTE).unwrap().is_none(), "train needs gpu");
-    let two = store.lease_job("host-2", &gpu, Duration::ZERO).unwrap().unwrap();
+    assert!(lease("host-1", &linux, MINUTE).is_none(), "train needs gpu");
+    let two = lease("host-2", &gpu, Duration::ZERO).unwrap();
     assert_eq!(two.key, "train");
     assert_eq!(store.job_state(a, 1, "build").unwrap(), Some(JobState::Running { owner: "host-1".into(), tries: 1 }));
-    assert!(store.extend_job(a, 1, "build", "host-1", MINUTE).unwrap());
-    assert!(!store.extend_job(a, 1, "build", "host-2", MINUTE).unwrap(), "not host-2's");
+    assert!(store.extend_job(&one, "host-1", MINUTE).unwrap());
+    assert!(!store.extend_job(&one, "host-2", MINUTE).unwrap(), "not host-2's");
 
     // host-2's lease lapsed: another host with the labels takes the job again, as its second
-    // try; host-2 can neither renew nor complete it any more.
-    let moved = store.lease_job("host-3", &gpu, Duration::ZERO).unwrap().unwrap();
+    // try; host-2 can neither renew nor complete it any more, not even with its own token.
+    let moved = lease("host-3", &gpu, Duration::ZERO).unwrap();
     assert_eq!((moved.key.as_str(), moved.tries), ("train", 2));
-    assert!(!store.extend_job(a, 1, "train", "host-2", MINUTE).unwrap());
-    assert!(!store.complete_job(a, 1, "train", "host-2", "{}").unwrap());
-    // Its second host stopped too: it is not taken a third time, and the run's graph fails it.
-    assert!(store.lease_job("host-4", &gpu, MINUTE).unwrap().is_none());
+    assert!(!store.extend_job(&two, "host-2", MINUTE).unwrap());
+    assert!(!store.complete_job(&two, "host-2", "{}").unwrap());
+    // A host whose own try lapsed and that takes the job again holds a new token: the old
+    // try's end is refused.
+    let again = lease("host-3", &gpu, MINUTE);
+    assert!(again.is_none(), "its second try lapsed too: not taken a third time");
     assert_eq!(store.job_state(a, 1, "train").unwrap(), Some(JobState::Abandoned));
+    assert!(!store.complete_job(&moved, "host-3", "{}").unwrap());
 
     // Completed by its owner, with the report its graph reads back; only once.
-    assert!(store.complete_job(a, 1, "build", "host-1", r#"{"status":"success"}"#).unwrap());
+    assert!(store.complete_job(&one, "host-1", r#"{"status":"success"}"#).unwrap());
     assert_eq!(store.job_state(a, 1, "build").unwrap(), Some(JobState::Done(r#"{"status":"success"}"#.into())));
-    assert!(!store.complete_job(a, 1, "build", "host-1", "{}").unwrap());
-    assert!(!store.extend_job(a, 1, "build", "host-1", MINUTE).unwrap());
+    assert!(!store.complete_job(&one, "host-1", "{}").unwrap());
+    assert!(!store.extend_job(&one, "host-1", MINUTE).unwrap());
 
-    // A run's jobs are called off when it ends, one by one (fail-fast) or all; a running job's
-    // host finds its lease gone.
+    // Jobs are called off one by one (fail-fast) or all of an attempt; a running job's host
+    // finds its lease gone. Another attempt's jobs are left alone.
     store.offer_job(&offer(a, 1, "deploy", &[])).unwrap();
     store.offer_job(&offer(a, 1, "notify", &[])).unwrap();
     store.offer_job(&offer(a, 1, "lint", &[])).unwrap();
-    store.cancel_jobs(a, Some("deploy")).unwrap();
+    store.cancel_jobs(a, 1, Some("deploy")).unwrap();
     assert_eq!(store.job_state(a, 1, "deploy").unwrap(), Some(JobState::Cancelled));
-    let notify = store.lease_job("host-1", &linux, MINUTE).unwrap().unwrap();
+    let notify = lease("host-1", &linux, MINUTE).unwrap();
     assert_eq!(notify.key, "notify");
-    store.cancel_jobs(a, None).unwrap();
-    assert!(!store.extend_job(a, 1, "notify", "host-1", MINUTE).unwrap());
-    assert!(!store.complete_job(a, 1, "notify", "host-1", "{}").unwrap());
+    store.offer_job(&offer(a, 7, "other-attempt", &[])).unwrap();
+    store.cancel_jobs(a, 1, None).unwrap();
+    assert!(!store.extend_job(&notify, "host-1", MINUTE).unwrap());
+    assert!(!store.complete_job(&notify, "host-1", "{}").unwrap());
     assert_eq!(store.job_state(a, 1, "lint").unwrap(), Some(JobState::Cancelled));
-    assert!(store.lease_job("host-1", &linux, MINUTE).unwrap().is_none());
+    assert_eq!(store.job_state(a, 7, "other-attempt").unwrap(), Some(JobState::Queued));
+    assert!(lease("host-1", &linux, MINUTE).is_none(), "attempt 7 is not the run's");
+    assert_eq!(store.job_state(a, 7, "other-attempt").unwrap(), Some(JobState::Cancelled));
 
-    // A job of a run that ended, or of an earlier attempt, is never taken; a job's lease does
-    // not outlive its run.
+    // A job of a run that ended is never taken; a job's lease does not outlive its run.
     store.offer_job(&offer(a, 1, "late", &[])).unwrap();
-    let late = store.lease_job("host-1", &linux, MINUTE).unwrap().unwrap();
+    let late = lease("host-1", &linux, MINUTE).unwrap();
     assert_eq!(late.key, "late");
-    store.offer_job(&offer(a, 0, "stale", &[])).unwrap();
     assert!(store.complete(a, "graph-host", RunStatus::Success, None).unwrap());
-    assert!(!store.extend_job(a, 1, "late", "host-1", MINUTE).unwrap(), "the run is over");
+    assert!(!store.extend_job(&late, "host-1", MINUTE).unwrap(), "the run is over");
     store.offer_job(&offer(a, 1, "after", &[])).unwrap();
-    assert!(store.lease_job("host-1", &linux, MINUTE).unwrap().is_none());
+    assert!(lease("host-1", &linux, MINUTE).is_none());
     assert_eq!(store.job_state(a, 1, "after").unwrap(), Some(JobState::Cancelled));
-    assert_eq!(store.job_state(a, 0, "stale").unwrap(), Some(JobState::Cancelled));
+    store.forget_jobs(a, 1).unwrap();
+    assert_eq!(store.job_state(a, 1, "after").unwrap(), None);
+    assert_eq!(store.job_state(a, 7, "other-attempt").unwrap(), Some(JobState::Cancelled));
 
-    // A queued job's record says what it waits for, and the run's end closes it.
+    // A queued job's record says what it waits for; once started it stays started; the run's
+    // end closes it.
     let b = queued(store, "web");
     store.lease(b, "graph-host", MINUTE).unwrap().unwrap();
     store.job_queued(b, "train", "train", "Train", "waiting for a host with the labels gpu").unwrap();
@@ -170,37 +178,45 @@ fn jobs_are_leased_by_labels_renewed_moved_once_and_called_off(store: &dyn Store
         (jobs[0].status, jobs[0].reason.as_deref()),
         (RunStatus::Queued, Some("waiting for a host with the labels gpu"))
     );
+    store.job_started(b, "build", "build", "Build").unwrap();
+    store.job_queued(b, "build", "build", "Build", "waiting for a host").unwrap();
+    let build = store.jobs(b).unwrap().into_iter().find(|j| j.key == "build").unwrap();
+    assert_eq!((build.status, build.reason), (RunStatus::Running, None), "a late `queued` is ignored");
     assert!(store.complete(b, "graph-host", RunStatus::Cancelled, Some("cancelled")).unwrap());
-    assert_eq!(store.jobs(b).unwrap()[0].status, RunStatus::Cancelled);
+    assert!(store.jobs(b).unwrap().iter().all(|j| j.status == RunStatus::Cancelled));
+
+    // Only the runs asked for (a draining host takes jobs of its own runs only), and the
+    // labels filter sees past many jobs this host cannot take.
+    let c = queued(store, "web");
+    let d = queued(store, "web");
+    store.lease(c, "graph-host", MINUTE).unwrap().unwrap();
+    store.lease(d, "graph-host", MINUTE).unwrap().unwrap();
+    for i in 0..70 {
+        store.offer_job(&offer(c, 1, &format!("gpu-{i}"), &["gpu"])).unwrap();
+    }
+    store.offer_job(&offer(c, 1, "plain", &[])).unwrap();
+    store.offer_job(&offer(d, 1, "mine", &[])).unwrap();
+    let mine = store.lease_job("host-1", &linux, MINUTE, Some(&[d])).unwrap().unwrap();
+    assert_eq!((mine.run, mine.key.as_str()), (d, "mine"));
+    let plain = lease("host-1", &linux, MINUTE).unwrap();
+    assert_eq!(plain.key, "plain", "found behind 70 jobs for gpu");
 
     // A run taken over (its graph's host died) runs a job of its new attempt only once no host
     // may still run that job for the attempt before: never twice at once.
-    let c = queued(store, "web");
-    store.lease(c, "graph-1", Duration::from_millis(300)).unwrap().unwrap();
-    store.offer_job(&offer(c, 1, "build", &[])).unwrap();
-    store.lease_job("host-1", &linux, Duration::from_millis(800)).unwrap().unwrap();
+    let e = queued(store, "web");
+    store.lease(e, "graph-1", Duration::from_millis(300)).unwrap().unwrap();
+    store.offer_job(&offer(e, 1, "build", &[])).unwrap();
+    let old = lease("host-1", &linux, Duration::from_millis(800)).unwrap();
     std::thread::sleep(Duration::from_millis(350));
-    assert!(store.lease(c, "graph-2", MINUTE).unwrap().unwrap().taken_over);
-    store.offer_job(&offer(c, 2, "build", &[])).unwrap();
-    assert!(store.lease_job("host-2", &linux, MINUTE).unwrap().is_none(), "attempt 1's build may still run");
-    assert!(!store.extend_job(c, 1, "build", "host-1", MINUTE).unwrap(), "host-1 finds it is no longer its");
+    assert!(lease("host-2", &linux, MINUTE).is_none(), "the graph is gone: the job waits for the run's new attempt");
+    assert!(store.lease(e, "graph-2", MINUTE).unwrap().unwrap().taken_over);
+    store.offer_job(&offer(e, 2, "build", &[])).unwrap();
+    assert!(lease("host-2", &linux, MINUTE).is_none(), "attempt 1's build may still run");
+    assert!(!store.extend_job(&old, "host-1", MINUTE).unwrap(), "host-1 finds it is no longer its");
     std::thread::sleep(Duration::from_millis(500));
-    let again = store.lease_job("host-2", &linux, MINUTE).unwrap().unwrap();
+    let again = lease("host-2", &linux, MINUTE).unwrap();
     assert_eq!((again.attempt, again.key.as_str(), again.tries), (2, "build", 1));
-
-    // A job whose run's graph host stopped renewing the run is not moved: the run is taken
-    // over as a new attempt first, with the job.
-    let d = queued(store, "web");
-    store.lease(d, "graph-1", Duration::from_millis(300)).unwrap().unwrap();
-    store.offer_job(&offer(d, 1, "build", &[])).unwrap();
-    store.lease_job("host-1", &linux, Duration::ZERO).unwrap().unwrap();
-    std::thread::sleep(Duration::from_millis(350));
-    assert!(store.lease_job("host-2", &linux, MINUTE).unwrap().is_none(), "the graph is gone");
-    assert!(store.lease(d, "graph-2", MINUTE).unwrap().unwrap().taken_over);
-    store.offer_job(&offer(d, 2, "build", &[])).unwrap();
-    let fresh = store.lease_job("host-2", &linux, MINUTE).unwrap().unwrap();
-    assert_eq!((fresh.attempt, fresh.tries), (2, 1));
-    assert_eq!(store.job_state(d, 1, "build").unwrap(), Some(JobState::Cancelled));
+    assert!(store.clock_ms().unwrap() > 1_700_000_000_000);
 }
 
 fn queued(store: &dyn Store, app: &str) -> i64 {
@@ -765,7 +781,7 @@ mod shared {
                     let taken = &taken;
                     s.spawn(move || {
                         let owner = format!("host-{i}-{worker}");
-                        while let Some(lease) = host.lease_job(&owner, &[], MINUTE).unwrap() {
+                        while let Some(lease) = host.lease_job(&owner, &[], MINUTE, None).unwrap() {
                             assert_eq!(lease.tries, 1);
                             taken.lock().unwrap().push((lease.key, owner.clone()));
                         }
@@ -779,7 +795,8 @@ mod shared {
         let owners: BTreeSet<&str> = taken.iter().map(|(_, o)| o.as_str()).collect();
         assert!(owners.len() > 1, "more than one host took jobs: {owners:?}");
         for (key, owner) in &taken {
-            assert!(hosts[1].extend_job(run, 1, key, owner, MINUTE).unwrap(), "{key} is held by {owner}");
+            let lease = crate::queue::JobLease { run, attempt: 1, key: key.clone(), ticket: String::new(), tries: 1 };
+            assert!(hosts[1].extend_job(&lease, owner, MINUTE).unwrap(), "{key} is held by {owner}");
         }
     }
 
